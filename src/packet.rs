@@ -305,6 +305,123 @@ impl Mask<'_> {
     }
 }
 
+/// Host-side writer of the same layout: documents the format by construction, serialises
+/// packets for replay and builds test packets. The GPU assembles packets itself.
+#[derive(Debug, Clone)]
+pub struct PacketBuilder {
+    layout: PacketLayout,
+    header: PacketHeader,
+    detections: Vec<Detection>,
+    masks: Vec<MaskRecord>,
+    mask_data: Vec<u8>,
+}
+
+impl PacketBuilder {
+    /// An empty packet for a `frame_width x frame_height` frame.
+    pub fn new(layout: PacketLayout, sequence: u32, frame_width: u32, frame_height: u32) -> Self {
+        let header = PacketHeader {
+            magic: PACKET_MAGIC,
+            version: PACKET_VERSION,
+            header_bytes: std::mem::size_of::<PacketHeader>() as u16,
+            total_bytes: layout.total_bytes() as u32,
+            sequence,
+            frame_width,
+            frame_height,
+            detection_capacity: layout.detection_capacity,
+            detections_offset: layout.detections_offset() as u32,
+            mask_index_offset: layout.mask_index_offset() as u32,
+            mask_data_offset: layout.mask_data_offset() as u32,
+            mask_data_capacity: layout.mask_data_capacity,
+            ..PacketHeader::zeroed()
+        };
+        PacketBuilder {
+            layout,
+            header,
+            detections: Vec::new(),
+            masks: Vec::new(),
+            mask_data: Vec::new(),
+        }
+    }
+
+    /// Appends a detection; returns its index, or an error when the packet is full.
+    pub fn push_detection(&mut self, detection: Detection) -> Result<u32> {
+        if self.detections.len() >= self.layout.detection_capacity as usize {
+            return Err(Error::Packet(format!(
+                "detection capacity {} exceeded",
+                self.layout.detection_capacity
+            )));
+        }
+        self.detections.push(detection);
+        Ok(self.detections.len() as u32 - 1)
+    }
+
+    /// Appends the mask of `detection`: a row-major `width x height` crop at (x, y).
+    pub fn push_mask(
+        &mut self,
+        detection: u32,
+        (x, y, width, height): (u32, u32, u32, u32),
+        pixels: &[bool],
+    ) -> Result<()> {
+        if pixels.len() != width as usize * height as usize {
+            return Err(Error::Packet(format!(
+                "mask of {}x{} given {} pixels",
+                width,
+                height,
+                pixels.len()
+            )));
+        }
+        if detection as usize >= self.detections.len() {
+            return Err(Error::Packet(format!(
+                "mask for detection {detection} of {}",
+                self.detections.len()
+            )));
+        }
+        let bits = pack_mask_bits(pixels);
+        if self.mask_data.len() + bits.len() > self.layout.mask_data_capacity as usize {
+            return Err(Error::Packet(format!(
+                "mask data capacity {} exceeded",
+                self.layout.mask_data_capacity
+            )));
+        }
+        self.masks.push(MaskRecord {
+            detection,
+            x,
+            y,
+            width,
+            height,
+            data_offset: self.mask_data.len() as u32,
+            data_bytes: bits.len() as u32,
+            reserved: 0,
+        });
+        self.mask_data.extend_from_slice(&bits);
+        Ok(())
+    }
+
+    /// The packet's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.header.detection_count = self.detections.len() as u32;
+        self.header.mask_count = self.masks.len() as u32;
+        self.header.mask_data_bytes = self.mask_data.len() as u32;
+        let mut bytes = vec![0u8; self.layout.total_bytes()];
+        let put = |bytes: &mut [u8], at: usize, src: &[u8]| {
+            bytes[at..at + src.len()].copy_from_slice(src)
+        };
+        put(&mut bytes, 0, bytemuck::bytes_of(&self.header));
+        put(
+            &mut bytes,
+            self.layout.detections_offset(),
+            bytemuck::cast_slice(&self.detections),
+        );
+        put(
+            &mut bytes,
+            self.layout.mask_index_offset(),
+            bytemuck::cast_slice(&self.masks),
+        );
+        put(&mut bytes, self.layout.mask_data_offset(), &self.mask_data);
+        bytes
+    }
+}
+
 /// Bit-packs a row-major boolean crop (LSB first), the encoding of the mask data section.
 pub fn pack_mask_bits(mask: &[bool]) -> Vec<u8> {
     let mut bits = vec![0u8; mask.len().div_ceil(8)];

@@ -205,14 +205,20 @@ impl Pipeline {
         self.plan.arena.peak_bytes()
     }
 
-    /// Stages the frame and uploads it in one copy; returns the bytes uploaded.
-    fn upload_frame(&mut self, frame: &Frame<'_>) -> Result<usize> {
+    /// Stages the frame and uploads it in one copy; returns the bytes uploaded. `process` does
+    /// this itself; benchmarks call it to time stages on a resident frame.
+    pub fn upload_frame(&mut self, frame: &Frame<'_>) -> Result<usize> {
         frame.validate(self.config.max_width, self.config.max_height)?;
         self.sequence = self.sequence.wrapping_add(1);
         let bytes = stage_frame(frame, self.sequence, self.staging.as_mut_slice())?;
         let upload = self.plan.arena.ptr(self.plan.tensors.upload);
         self.gpu.upload(upload, &self.staging.as_slice()[..bytes])?;
         Ok(bytes)
+    }
+
+    /// Launches one stage on the stream (eagerly, outside the graph).
+    pub fn launch_stage(&self, stage: Stage) -> Result<()> {
+        self.plan.launch_stage(&self.gpu, stage)
     }
 
     fn download_packet(&mut self) -> Result<()> {

@@ -1,0 +1,111 @@
+//! Weights files: recognition of MobileSAM and every D-FINE variant from key names and shapes,
+//! and a typed error naming the problem for every kind of bad file.
+
+mod common;
+
+use common::weights::{dfine, mobilesam, spec, temp_dir, write};
+use finesam::weights::recognise::DfineVariant;
+use finesam::weights::{recognise, Model, WeightsFile};
+use finesam::Error;
+
+#[test]
+fn recognises_mobilesam() {
+    let dir = temp_dir("recognise-sam");
+    let path = write(&dir, "sam.safetensors", &mobilesam());
+    let file = WeightsFile::open(&path).unwrap();
+    assert_eq!(recognise(&file).unwrap(), Model::MobileSam);
+    file.validate_finite().unwrap();
+    assert_eq!(file.to_f16("mask_decoder.iou_token.weight").unwrap().len(), 256);
+}
+
+#[test]
+fn recognises_every_dfine_variant() {
+    let dir = temp_dir("recognise-dfine");
+    for (inputs, hidden, layers, variant) in [
+        (&[512, 1024][..], 128, 3, DfineVariant::N),
+        (&[256, 512, 1024][..], 256, 3, DfineVariant::S),
+        (&[384, 768, 1536][..], 256, 4, DfineVariant::M),
+        (&[512, 1024, 2048][..], 256, 6, DfineVariant::L),
+        (&[512, 1024, 2048][..], 384, 6, DfineVariant::X),
+    ] {
+        let path = write(&dir, &format!("{variant:?}.safetensors"), &dfine(inputs, hidden, layers));
+        let model = recognise(&WeightsFile::open(&path).unwrap()).unwrap();
+        assert_eq!(
+            model,
+            Model::Dfine {
+                variant,
+                classes: 80,
+                decoder_layers: layers
+            }
+        );
+    }
+}
+
+#[test]
+fn bad_files_are_typed_errors() {
+    let dir = temp_dir("bad-weights");
+    let good = write(&dir, "good.safetensors", &mobilesam());
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    let err = WeightsFile::open(&truncated).unwrap_err();
+    assert!(matches!(err, Error::WeightsFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a valid safetensors file"), "{err}");
+
+    let text = dir.join("notes.safetensors");
+    std::fs::write(&text, "this is not a weights file at all").unwrap();
+    assert!(matches!(WeightsFile::open(&text), Err(Error::WeightsFile { .. })));
+
+    let mut header = bytes.clone();
+    header[8] = b'!'; // the JSON header must start with '{'
+    let bad_header = dir.join("bad-header.safetensors");
+    std::fs::write(&bad_header, header).unwrap();
+    assert!(matches!(WeightsFile::open(&bad_header), Err(Error::WeightsFile { .. })));
+
+    let missing = dir.join("missing.safetensors");
+    assert!(matches!(WeightsFile::open(&missing), Err(Error::Io { .. })));
+
+    let mut specs = mobilesam();
+    specs[3].values = Some(vec![0.0, 1.0, f32::NAN, 0.0].into_iter().cycle().take(256).collect());
+    let nan = write(&dir, "nan.safetensors", &specs);
+    let err = WeightsFile::open(&nan).unwrap().validate_finite().unwrap_err();
+    match &err {
+        Error::NonFinite { name, index, .. } => {
+            assert_eq!(name, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix");
+            assert_eq!(*index, 2);
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+
+    let mut specs = mobilesam();
+    specs.remove(5);
+    let lacking = write(&dir, "lacking.safetensors", &specs);
+    let err = recognise(&WeightsFile::open(&lacking).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingTensor { name, .. } if name == "mask_decoder.iou_token.weight"),
+        "{err:?}"
+    );
+
+    let mut specs = mobilesam();
+    specs[1] = spec("image_encoder.neck.0.weight", &[256, 160, 1, 1]);
+    let misshapen = write(&dir, "misshapen.safetensors", &specs);
+    let err = recognise(&WeightsFile::open(&misshapen).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::TensorShape { expected, found, .. } if expected == &[256, 320, 1, 1] && found == &[256, 160, 1, 1]),
+        "{err:?}"
+    );
+
+    let unknown = write(&dir, "unknown.safetensors", &[spec("fc.weight", &[4, 4])]);
+    let err = recognise(&WeightsFile::open(&unknown).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("no known model"), "{err}");
+
+    let mut specs = mobilesam();
+    specs[0].values = Some(vec![1e6; 32 * 27]);
+    let huge = write(&dir, "huge.safetensors", &specs);
+    let err = WeightsFile::open(&huge)
+        .unwrap()
+        .to_f16("image_encoder.patch_embed.seq.0.c.weight")
+        .unwrap_err();
+    assert!(err.to_string().contains("overflows fp16"), "{err}");
+}
