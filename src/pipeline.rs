@@ -205,15 +205,30 @@ impl Pipeline {
         self.plan.arena.peak_bytes()
     }
 
-    /// Stages the frame and uploads it in one copy; returns the bytes uploaded. `process` does
-    /// this itself; benchmarks call it to time stages on a resident frame.
-    pub fn upload_frame(&mut self, frame: &Frame<'_>) -> Result<usize> {
+    /// Writes the frame's header and pixels into the pinned staging buffer (host work only);
+    /// returns the bytes to upload.
+    pub fn stage_frame(&mut self, frame: &Frame<'_>) -> Result<usize> {
         frame.validate(self.config.max_width, self.config.max_height)?;
         self.sequence = self.sequence.wrapping_add(1);
-        let bytes = stage_frame(frame, self.sequence, self.staging.as_mut_slice())?;
+        stage_frame(frame, self.sequence, self.staging.as_mut_slice())
+    }
+
+    /// Uploads the first `bytes` of the staging buffer: the frame's one host-to-device copy.
+    pub fn upload_staged(&self, bytes: usize) -> Result<()> {
+        let staged = self.staging.as_slice().get(..bytes).ok_or_else(|| {
+            Error::Frame(format!(
+                "{bytes} bytes requested from a {}-byte staging buffer",
+                self.staging.len()
+            ))
+        })?;
         let upload = self.plan.arena.ptr(self.plan.tensors.upload);
-        self.gpu.upload(upload, &self.staging.as_slice()[..bytes])?;
-        Ok(bytes)
+        self.gpu.upload(upload, staged)
+    }
+
+    /// Stages and uploads a frame (the frame's only host-to-device copy).
+    pub fn upload_frame(&mut self, frame: &Frame<'_>) -> Result<()> {
+        let bytes = self.stage_frame(frame)?;
+        self.upload_staged(bytes)
     }
 
     /// Launches one stage on the stream (eagerly, outside the graph).
@@ -274,57 +289,62 @@ impl Pipeline {
         self.gpu.synchronize()
     }
 
-    /// Times the per-frame work on `frame`: the upload, each stage (CUDA events), the download,
-    /// the graph replay and the whole frame (host wall clock), over `iterations` repetitions
-    /// after a warm-up.
+    /// Times the per-frame work on `frame` over `iterations` samples after a warm-up: host
+    /// staging and the whole frame by wall clock, the upload, each stage, the download and the
+    /// graph replay in GPU time (CUDA events around 10 back-to-back repetitions).
     pub fn time_stages(&mut self, frame: &Frame<'_>, iterations: usize) -> Result<Vec<Timing>> {
-        let iterations = iterations.max(1);
+        const REPS: usize = 10;
         for _ in 0..3 {
             self.process(frame)?;
         }
-        let rows = Stage::ALL.len() + 4;
-        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(iterations); rows];
-        for _ in 0..iterations {
-            let start = self.gpu.record_event()?;
-            self.upload_frame(frame)?;
-            let mut marks = vec![self.gpu.record_event()?];
-            for stage in Stage::ALL {
-                self.plan.launch_stage(&self.gpu, stage)?;
-                marks.push(self.gpu.record_event()?);
-            }
-            self.download_packet()?;
-            let end = self.gpu.record_event()?;
-            samples[0].push(self.gpu.elapsed_ms(&start, &marks[0])? as f64);
-            for (i, pair) in marks.windows(2).enumerate() {
-                samples[1 + i].push(self.gpu.elapsed_ms(&pair[0], &pair[1])? as f64);
-            }
-            let last = marks.last().unwrap_or(&start);
-            samples[Stage::ALL.len() + 1].push(self.gpu.elapsed_ms(last, &end)? as f64);
-
-            let before = self.gpu.record_event()?;
-            self.graph.replay()?;
-            let after = self.gpu.record_event()?;
-            samples[Stage::ALL.len() + 2].push(self.gpu.elapsed_ms(&before, &after)? as f64);
-
-            let wall = Instant::now();
-            self.process(frame)?;
-            samples[Stage::ALL.len() + 3].push(wall.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut names: Vec<String> = vec![format!(
+        let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+        let mut row = |name: String, sample: f64| match rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, samples)) => samples.push(sample),
+            None => rows.push((name, vec![sample])),
+        };
+        let upload_name = format!(
             "upload {}x{} {:?} (pinned)",
             frame.width, frame.height, frame.format
-        )];
-        names.extend(Stage::ALL.iter().map(|s| s.name().to_string()));
-        names.push(format!(
+        );
+        let download_name = format!(
             "download packet ({} bytes)",
             self.config.packet.total_bytes()
-        ));
-        names.push("graph replay (all stages)".into());
-        names.push("whole frame, host wall clock".into());
-        Ok(names
+        );
+        for _ in 0..iterations.max(1) {
+            let wall = Instant::now();
+            let bytes = self.stage_frame(frame)?;
+            row("stage frame into pinned memory (host)".into(), ms_since(wall));
+            row(
+                upload_name.clone(),
+                self.gpu.time_ms(REPS, || self.upload_staged(bytes))?,
+            );
+            for stage in Stage::ALL {
+                let ms = self
+                    .gpu
+                    .time_ms(REPS, || self.plan.launch_stage(&self.gpu, stage))?;
+                row(stage.name().into(), ms);
+            }
+            let packet = self.plan.arena.ptr(self.plan.tensors.packet);
+            let (gpu, host) = (&self.gpu, &mut self.packet_host);
+            row(
+                download_name.clone(),
+                gpu.time_ms(REPS, || gpu.download(host.as_mut_slice(), packet))?,
+            );
+            row(
+                "graph replay (all stages)".into(),
+                self.gpu.time_ms(REPS, || self.graph.replay())?,
+            );
+            let wall = Instant::now();
+            self.process(frame)?;
+            row("whole frame, host wall clock".into(), ms_since(wall));
+        }
+        Ok(rows
             .into_iter()
-            .zip(samples)
-            .map(|(name, s)| Timing::from_samples(name, s))
+            .map(|(name, samples)| Timing::from_samples(name, samples))
             .collect())
     }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }

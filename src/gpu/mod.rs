@@ -224,6 +224,18 @@ impl Gpu {
             .map_err(Error::cuda("recording an event"))
     }
 
+    /// GPU milliseconds per repetition of `work`, issued `reps` times back to back between two
+    /// events (back-to-back issue keeps launch gaps out of the measurement).
+    pub fn time_ms(&self, reps: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+        let reps = reps.max(1);
+        let start = self.record_event()?;
+        for _ in 0..reps {
+            work()?;
+        }
+        let end = self.record_event()?;
+        Ok(self.elapsed_ms(&start, &end)? as f64 / reps as f64)
+    }
+
     /// Milliseconds of GPU time between two recorded events (synchronises on `end`).
     pub fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f32> {
         end.synchronize()
