@@ -65,6 +65,18 @@ fn frame_path(c: &mut Criterion) {
             pipeline.process(&frame).expect("frame runs");
         })
     });
+    pipeline
+        .staged_frame_mut(width, height, PixelFormat::Rgb8)
+        .expect("staging fits")
+        .copy_from_slice(&data);
+    group.bench_function("whole_frame_1920x1080_written_in_place_wall_clock", |b| {
+        b.iter(|| {
+            pipeline
+                .staged_frame_mut(width, height, PixelFormat::Rgb8)
+                .expect("staging fits");
+            pipeline.process_staged().expect("frame runs");
+        })
+    });
     group.finish();
 }
 

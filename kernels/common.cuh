@@ -23,22 +23,4 @@ constexpr uint32_t kFramePixelOffset = 64;     // pixels start here in the uploa
 
 enum PixelFormat : uint32_t { kGray8 = 0, kRgb8 = 1, kBgr8 = 2, kRgba8 = 3 };
 
-__device__ __forceinline__ int bytes_per_pixel(uint32_t format) {
-    return format == kGray8 ? 1 : (format == kRgba8 ? 4 : 3);
-}
-
-// Reads one pixel as RGB floats in 0..255 whatever the storage format.
-__device__ __forceinline__ void load_rgb(const uint8_t* px, uint32_t format, float& r, float& g,
-                                         float& b) {
-    switch (format) {
-        case kGray8: r = g = b = static_cast<float>(px[0]); break;
-        case kBgr8:
-            b = px[0]; g = px[1]; r = px[2];
-            break;
-        default:  // kRgb8, kRgba8 (alpha ignored)
-            r = px[0]; g = px[1]; b = px[2];
-            break;
-    }
-}
-
 }  // namespace finesam

@@ -15,65 +15,94 @@ namespace {
 
 constexpr int kTileX = 32;  // one warp spans 32 consecutive output pixels of a row
 constexpr int kTileY = 8;
+// Most input taps one output pixel reads along one axis. A span covers at most 2*scale+1
+// inputs; the host caps frames at 16384 pixels a side, so the largest scale (D-FINE, 16384/640)
+// needs 53 taps.
+constexpr int kMaxTaps = 64;
 
 __device__ __forceinline__ float triangle(float x) {
     x = fabsf(x);
     return x < 1.f ? 1.f - x : 0.f;
 }
 
-// The input span and weight normalisation of one output index along one axis, exactly as
-// ATen computes them (compute_weights_span + compute_weights with interp_size 2).
-struct AxisSpan {
-    int start;
-    int size;
-    float start_minus_center;
-    float inv_scale;
-    float inv_total;
-};
-
-__device__ __forceinline__ AxisSpan axis_span(int out_index, float scale, int in_size) {
-    AxisSpan s;
+// Fills taps[0..size) with the normalised weights of one output index along one axis, exactly
+// as ATen computes them (compute_weights_span + compute_weights, interp_size 2); returns start.
+__device__ int axis_weights(int out_index, float scale, int in_size, float* taps, int stride,
+                            int& size) {
     const float support = scale >= 1.f ? scale : 1.f;
     const float center = scale * (out_index + 0.5f);
-    s.start = max(static_cast<int>(center - support + 0.5f), 0);
-    s.size = min(static_cast<int>(center + support + 0.5f), in_size) - s.start;
-    s.start_minus_center = s.start - center;
-    s.inv_scale = scale >= 1.f ? 1.f / scale : 1.f;
+    int start = max(static_cast<int>(center - support + 0.5f), 0);
+    int count = min(min(static_cast<int>(center + support + 0.5f), in_size) - start, kMaxTaps);
+    const float start_minus_center = start - center;
+    const float inv_scale = scale >= 1.f ? 1.f / scale : 1.f;
+    auto weight = [&](int j) { return triangle((j + start_minus_center + 0.5f) * inv_scale); };
     float total = 0.f;
-    for (int j = 0; j < s.size; ++j) total += triangle((j + s.start_minus_center + 0.5f) * s.inv_scale);
-    s.inv_total = total != 0.f ? 1.f / total : 0.f;
-    return s;
+    for (int j = 0; j < count; ++j) total += weight(j);
+    const float inv_total = total != 0.f ? 1.f / total : 0.f;
+    // Drop zero-weight taps at the span's ends (they add exactly 0 in the reference too).
+    int first = 0;
+    while (first < count && weight(first) == 0.f) ++first;
+    while (count > first && weight(count - 1) == 0.f) --count;
+    for (int j = first; j < count; ++j) taps[(j - first) * stride] = weight(j) * inv_total;
+    size = count - first;
+    return start + first;
 }
 
-__device__ __forceinline__ float axis_weight(const AxisSpan& s, int j) {
-    return triangle((j + s.start_minus_center + 0.5f) * s.inv_scale) * s.inv_total;
+// u8 -> f32 without the conversion unit (I2F runs at a quarter of the FMA rate and was the
+// bottleneck): put the byte in the mantissa of 2^23 and subtract 2^23. Exact for 0..255.
+__device__ __forceinline__ float byte_to_float(uint32_t byte) {
+    return __uint_as_float(0x4b000000u | byte) - 8388608.f;
 }
 
-// Resamples the frame at output pixel (ox, oy) of an out_w x out_h image; RGB in 0..255.
-__device__ void resample(const FrameHeader& h, const uint8_t* pixels, int ox, int oy, int out_w,
-                         int out_h, float rgb[3]) {
-    const float scale_x = static_cast<float>(h.width) / out_w;
-    const float scale_y = static_cast<float>(h.height) / out_h;
-    const AxisSpan sx = axis_span(ox, scale_x, h.width);
-    const AxisSpan sy = axis_span(oy, scale_y, h.height);
-    const int bpp = bytes_per_pixel(h.format);
+// Per-block weight tables: x weights for the tile's 32 columns, y weights for its 8 rows.
+struct TileWeights {
+    float x[kMaxTaps][kTileX];
+    float y[kMaxTaps][kTileY];
+    int x_start[kTileX], x_size[kTileX];
+    int y_start[kTileY], y_size[kTileY];
+};
+
+// Resamples one output pixel of the tile from the weight tables; RGB in 0..255.
+template <int kBytesPerPixel, bool kBgr>
+__device__ __forceinline__ void resample_tile(const TileWeights& w, const uint8_t* pixels,
+                                              uint32_t stride, float rgb[3]) {
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int x_size = w.x_size[tx], y_size = w.y_size[ty];
+    const uint8_t* base = pixels + static_cast<size_t>(w.y_start[ty]) * stride +
+                          static_cast<size_t>(w.x_start[tx]) * kBytesPerPixel;
     rgb[0] = rgb[1] = rgb[2] = 0.f;
-    for (int j = 0; j < sy.size; ++j) {
-        const uint8_t* row = pixels + static_cast<size_t>(sy.start + j) * h.row_stride +
-                             static_cast<size_t>(sx.start) * bpp;
+    for (int j = 0; j < y_size; ++j) {
+        const uint8_t* px = base + static_cast<size_t>(j) * stride;
         float r = 0.f, g = 0.f, b = 0.f;
-        for (int i = 0; i < sx.size; ++i) {
-            float pr, pg, pb;
-            load_rgb(row + i * bpp, h.format, pr, pg, pb);
-            const float w = axis_weight(sx, i);
-            r = fmaf(w, pr, r);
-            g = fmaf(w, pg, g);
-            b = fmaf(w, pb, b);
+#pragma unroll 4
+        for (int i = 0; i < x_size; ++i, px += kBytesPerPixel) {
+            const float wx = w.x[i][tx];
+            if (kBytesPerPixel == 1) {
+                const float v = byte_to_float(px[0]);
+                r = fmaf(wx, v, r);
+            } else {
+                r = fmaf(wx, byte_to_float(px[kBgr ? 2 : 0]), r);
+                g = fmaf(wx, byte_to_float(px[1]), g);
+                b = fmaf(wx, byte_to_float(px[kBgr ? 0 : 2]), b);
+            }
         }
-        const float wy = axis_weight(sy, j);
+        const float wy = w.y[j][ty];
         rgb[0] = fmaf(wy, r, rgb[0]);
-        rgb[1] = fmaf(wy, g, rgb[1]);
-        rgb[2] = fmaf(wy, b, rgb[2]);
+        if (kBytesPerPixel > 1) {
+            rgb[1] = fmaf(wy, g, rgb[1]);
+            rgb[2] = fmaf(wy, b, rgb[2]);
+        }
+    }
+    if (kBytesPerPixel == 1) rgb[1] = rgb[2] = rgb[0];
+}
+
+__device__ __forceinline__ void resample_any(const TileWeights& w, const uint8_t* pixels,
+                                             const FrameHeader& h, float rgb[3]) {
+    switch (h.format) {
+        case kGray8: resample_tile<1, false>(w, pixels, h.row_stride, rgb); break;
+        case kBgr8: resample_tile<3, true>(w, pixels, h.row_stride, rgb); break;
+        case kRgba8: resample_tile<4, false>(w, pixels, h.row_stride, rgb); break;
+        default: resample_tile<3, false>(w, pixels, h.row_stride, rgb); break;
     }
 }
 
@@ -85,9 +114,12 @@ struct SamNormalization {
 };
 
 // Grid: a flat list of 32x8 tiles, first those of the D-FINE output, then those of the SAM one.
+// Each block first builds its tile's weight tables in shared memory (one thread per column and
+// per row), then every thread accumulates its pixel from them.
 extern "C" __global__ void __launch_bounds__(kTileX * kTileY)
 preprocess_frame(const uint8_t* __restrict__ upload, __half* __restrict__ dfine_out, int dfine_size,
                  __half* __restrict__ sam_out, int sam_size, SamNormalization norm) {
+    __shared__ TileWeights weights;
     const FrameHeader h = *reinterpret_cast<const FrameHeader*>(upload);
     const uint8_t* pixels = upload + kFramePixelOffset;
 
@@ -98,26 +130,47 @@ preprocess_frame(const uint8_t* __restrict__ upload, __half* __restrict__ dfine_
     const int size = is_dfine ? dfine_size : sam_size;
     if (!is_dfine) tile -= dfine_tiles;
     const int tiles_x = (size + kTileX - 1) / kTileX;
-    const int ox = (tile % tiles_x) * kTileX + threadIdx.x;
-    const int oy = (tile / tiles_x) * kTileY + threadIdx.y;
-    if (ox >= size || oy >= size) return;
+    const int x0 = (tile % tiles_x) * kTileX, y0 = (tile / tiles_x) * kTileY;
+    const int ox = x0 + threadIdx.x, oy = y0 + threadIdx.y;
+    // The resampled extent: the whole square for D-FINE, the longest-side-1024 box for SAM.
+    const int out_w = is_dfine ? size : static_cast<int>(h.sam_width);
+    const int out_h = is_dfine ? size : static_cast<int>(h.sam_height);
     const size_t plane = static_cast<size_t>(size) * size;
     const size_t at = static_cast<size_t>(oy) * size + ox;
 
-    float rgb[3];
+    // SAM tiles entirely in the padding: zeros (padding follows normalisation in the reference).
+    if (x0 >= out_w || y0 >= out_h) {
+        if (ox < size && oy < size)
+            for (int c = 0; c < 3; ++c) sam_out[c * plane + at] = __float2half_rn(0.f);
+        return;
+    }
+    const int tid = threadIdx.y * kTileX + threadIdx.x;
+    if (tid < kTileX) {
+        const int col = min(x0 + tid, out_w - 1);
+        weights.x_start[tid] = axis_weights(col, static_cast<float>(h.width) / out_w, h.width,
+                                            &weights.x[0][tid], kTileX, weights.x_size[tid]);
+    } else if (tid < kTileX + kTileY) {
+        const int r = tid - kTileX;
+        const int row = min(y0 + r, out_h - 1);
+        weights.y_start[r] = axis_weights(row, static_cast<float>(h.height) / out_h, h.height,
+                                          &weights.y[0][r], kTileY, weights.y_size[r]);
+    }
+    __syncthreads();
+    if (ox >= size || oy >= size) return;
+
     if (is_dfine) {
-        resample(h, pixels, ox, oy, size, size, rgb);
+        float rgb[3];
+        resample_any(weights, pixels, h, rgb);
         constexpr float kInv255 = 1.f / 255.f;
         for (int c = 0; c < 3; ++c) dfine_out[c * plane + at] = __float2half_rn(rgb[c] * kInv255);
         return;
     }
-    // SAM: resample into the resized extent, zero padding outside it (padding happens after
-    // normalisation in the reference, so it is exactly 0).
-    if (ox >= static_cast<int>(h.sam_width) || oy >= static_cast<int>(h.sam_height)) {
+    if (ox >= out_w || oy >= out_h) {
         for (int c = 0; c < 3; ++c) sam_out[c * plane + at] = __float2half_rn(0.f);
         return;
     }
-    resample(h, pixels, ox, oy, h.sam_width, h.sam_height, rgb);
+    float rgb[3];
+    resample_any(weights, pixels, h, rgb);
     for (int c = 0; c < 3; ++c)
         sam_out[c * plane + at] = __float2half_rn((rgb[c] - norm.mean[c]) * norm.inv_std[c]);
 }

@@ -79,6 +79,23 @@ impl<'a> Frame<'a> {
 
     /// Checks the frame against itself and the runtime's configured maximum size.
     pub fn validate(&self, max_width: u32, max_height: u32) -> Result<()> {
+        self.validate_geometry(max_width, max_height)?;
+        let needed = self.span_bytes();
+        if self.data.len() < needed {
+            return Err(Error::Frame(format!(
+                "buffer holds {} bytes but a {}x{} {:?} frame with stride {} needs {needed}",
+                self.data.len(),
+                self.width,
+                self.height,
+                self.format,
+                self.row_stride
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks size, stride and aspect ratio, but not the pixel buffer.
+    pub fn validate_geometry(&self, max_width: u32, max_height: u32) -> Result<()> {
         if self.width == 0 || self.height == 0 {
             return Err(Error::Frame(format!(
                 "empty frame ({}x{})",
@@ -101,17 +118,6 @@ impl<'a> Frame<'a> {
         if self.row_stride > u32::MAX as usize {
             return Err(Error::Frame(format!(
                 "row stride {} does not fit 32 bits",
-                self.row_stride
-            )));
-        }
-        let needed = self.span_bytes();
-        if self.data.len() < needed {
-            return Err(Error::Frame(format!(
-                "buffer holds {} bytes but a {}x{} {:?} frame with stride {} needs {needed}",
-                self.data.len(),
-                self.width,
-                self.height,
-                self.format,
                 self.row_stride
             )));
         }

@@ -7,7 +7,10 @@ use std::time::Instant;
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::frame::{stage_frame, Frame, DFINE_INPUT_SIZE, FRAME_PIXEL_OFFSET, SAM_INPUT_SIZE};
+use crate::frame::{
+    stage_frame, Frame, FrameHeader, PixelFormat, DFINE_INPUT_SIZE, FRAME_PIXEL_OFFSET,
+    SAM_INPUT_SIZE,
+};
 use crate::gpu::{Arena, ArenaPlanner, Gpu, Graph, PinnedBuffer, TensorId};
 use crate::ops::packet::launch_assemble_packet_header;
 use crate::ops::preprocess::{input_bytes, launch_preprocess, PreprocessIo};
@@ -25,6 +28,10 @@ pub struct PipelineConfig {
     /// Sections of the result packet.
     pub packet: PacketLayout,
 }
+
+/// Largest frame side a pipeline accepts: keeps every resampling span within the kernel's
+/// weight tables (kMaxTaps in kernels/preprocess.cu).
+pub const MAX_FRAME_SIDE: u32 = 16384;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -136,15 +143,21 @@ pub struct Pipeline {
     packet_host: PinnedBuffer,
     graph: Graph,
     sequence: u32,
+    /// Geometry of a frame the caller wrote straight into the staging buffer.
+    pending: Option<(u32, u32, PixelFormat)>,
 }
 
 impl Pipeline {
     /// Opens the GPU, plans and allocates the arena, captures the frame graph. After this no
     /// device memory is allocated again.
     pub fn new(config: PipelineConfig) -> Result<Pipeline> {
-        if config.max_width == 0 || config.max_height == 0 {
+        if config.max_width == 0
+            || config.max_height == 0
+            || config.max_width > MAX_FRAME_SIDE
+            || config.max_height > MAX_FRAME_SIDE
+        {
             return Err(Error::Plan(format!(
-                "maximum frame size {}x{} is empty",
+                "maximum frame size {}x{} must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}",
                 config.max_width, config.max_height
             )));
         }
@@ -187,6 +200,7 @@ impl Pipeline {
             packet_host,
             graph,
             sequence: 0,
+            pending: None,
         })
     }
 
@@ -244,6 +258,42 @@ impl Pipeline {
     /// Runs one frame: one upload, the graph, one download; returns the parsed packet.
     pub fn process(&mut self, frame: &Frame<'_>) -> Result<ResultPacket<'_>> {
         self.upload_frame(frame)?;
+        self.graph.replay()?;
+        self.download_packet()?;
+        self.gpu.synchronize()?;
+        ResultPacket::parse(self.packet_host.as_slice())
+    }
+
+    /// Pinned memory for the caller to write a tightly packed `width x height` frame into
+    /// directly (e.g. a camera or decoder), saving the host copy of [`Pipeline::process`];
+    /// follow with [`Pipeline::process_staged`].
+    pub fn staged_frame_mut(
+        &mut self,
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+    ) -> Result<&mut [u8]> {
+        let bytes = width as usize * height as usize * format.bytes_per_pixel();
+        Frame::packed(&[], width, height, format)
+            .validate_geometry(self.config.max_width, self.config.max_height)?;
+        self.pending = Some((width, height, format));
+        let region = FRAME_PIXEL_OFFSET..FRAME_PIXEL_OFFSET + bytes;
+        Ok(&mut self.staging.as_mut_slice()[region])
+    }
+
+    /// Runs the frame written through [`Pipeline::staged_frame_mut`]: no host copy, one upload,
+    /// the graph, one download.
+    pub fn process_staged(&mut self) -> Result<ResultPacket<'_>> {
+        let (width, height, format) = self
+            .pending
+            .take()
+            .ok_or_else(|| Error::Frame("process_staged called without staged_frame_mut".into()))?;
+        let packed = Frame::packed(&[], width, height, format);
+        self.sequence = self.sequence.wrapping_add(1);
+        let header = FrameHeader::for_frame(&packed, self.sequence)?;
+        let staging = self.staging.as_mut_slice();
+        staging[..std::mem::size_of::<FrameHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+        self.upload_staged(FRAME_PIXEL_OFFSET + packed.span_bytes())?;
         self.graph.replay()?;
         self.download_packet()?;
         self.gpu.synchronize()?;
@@ -313,7 +363,10 @@ impl Pipeline {
         for _ in 0..iterations.max(1) {
             let wall = Instant::now();
             let bytes = self.stage_frame(frame)?;
-            row("stage frame into pinned memory (host)".into(), ms_since(wall));
+            row(
+                "stage frame into pinned memory (host)".into(),
+                ms_since(wall),
+            );
             row(
                 upload_name.clone(),
                 self.gpu.time_ms(REPS, || self.upload_staged(bytes))?,
@@ -337,6 +390,16 @@ impl Pipeline {
             let wall = Instant::now();
             self.process(frame)?;
             row("whole frame, host wall clock".into(), ms_since(wall));
+            if frame.row_stride == frame.width as usize * frame.format.bytes_per_pixel() {
+                let pixels = self.staged_frame_mut(frame.width, frame.height, frame.format)?;
+                pixels.copy_from_slice(&frame.data[..frame.span_bytes()]);
+                let wall = Instant::now();
+                self.process_staged()?;
+                row(
+                    "whole frame written in place (process_staged), wall".into(),
+                    ms_since(wall),
+                );
+            }
         }
         Ok(rows
             .into_iter()

@@ -16,7 +16,9 @@ fn overlapping_lifetimes_never_share_bytes() {
             let first = rng.range(0, 30) as usize;
             let last = first + rng.range(0, 10) as usize;
             let bytes = rng.range(0, 1 << 20) as usize;
-            planner.request(format!("t{i}"), bytes, first, last).unwrap();
+            planner
+                .request(format!("t{i}"), bytes, first, last)
+                .unwrap();
         }
         let plan = planner.plan();
         let entries: Vec<_> = plan.entries().collect();
@@ -38,7 +40,9 @@ fn disjoint_lifetimes_share_memory() {
     let mut planner = ArenaPlanner::new();
     // A chain: each tensor lives two steps, so at most two are alive at once.
     for step in 0..10 {
-        planner.request(format!("t{step}"), 1 << 20, step, step + 1).unwrap();
+        planner
+            .request(format!("t{step}"), 1 << 20, step, step + 1)
+            .unwrap();
     }
     let plan = planner.plan();
     assert_eq!(plan.peak_bytes(), 2 << 20);

@@ -52,7 +52,10 @@ fn invalid_frames_are_rejected_with_a_reason() {
         assert!(err.to_string().contains(reason), "{err} lacks '{reason}'");
     }
     let err = ok.validate(64, 64).unwrap_err();
-    assert!(err.to_string().contains("exceeds the configured maximum"), "{err}");
+    assert!(
+        err.to_string().contains("exceeds the configured maximum"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -90,11 +93,19 @@ fn antialias_weights_follow_aten() {
     // (0.75, 0.75, 0.25) normalised by 1.75.
     let (start, w) = antialias_weights(0, 4, 2);
     assert_eq!(start, 0);
-    approx::assert_abs_diff_eq!(w.as_slice(), [3.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0].as_slice(), epsilon = 1e-12);
+    approx::assert_abs_diff_eq!(
+        w.as_slice(),
+        [3.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0].as_slice(),
+        epsilon = 1e-12
+    );
     // Output 1: centre 3, span [1, 4), weights (0.25, 0.75, 0.75) / 1.75.
     let (start, w) = antialias_weights(1, 4, 2);
     assert_eq!(start, 1);
-    approx::assert_abs_diff_eq!(w.as_slice(), [1.0 / 7.0, 3.0 / 7.0, 3.0 / 7.0].as_slice(), epsilon = 1e-12);
+    approx::assert_abs_diff_eq!(
+        w.as_slice(),
+        [1.0 / 7.0, 3.0 / 7.0, 3.0 / 7.0].as_slice(),
+        epsilon = 1e-12
+    );
     // Upscale 2 -> 4 is plain bilinear (align_corners=False) with edge clamping:
     // output 1 samples x = 0.25 -> 0.75 * p0 + 0.25 * p1.
     let (start, w) = antialias_weights(1, 2, 4);

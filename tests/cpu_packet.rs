@@ -46,7 +46,10 @@ fn round_trip() {
     assert_eq!(mask.area(), pixels.iter().filter(|&&p| p).count() as u64);
     for y in 0..3 {
         for x in 0..5 {
-            assert_eq!(mask.contains(100 + x, 200 + y), pixels[(y * 5 + x) as usize]);
+            assert_eq!(
+                mask.contains(100 + x, 200 + y),
+                pixels[(y * 5 + x) as usize]
+            );
         }
     }
     assert!(!mask.contains(99, 200) && !mask.contains(105, 200) && !mask.contains(100, 203));
@@ -54,7 +57,10 @@ fn round_trip() {
 
 #[test]
 fn bits_are_lsb_first() {
-    assert_eq!(pack_mask_bits(&[true, false, false, false, false, false, false, false, true]), vec![1, 1]);
+    assert_eq!(
+        pack_mask_bits(&[true, false, false, false, false, false, false, false, true]),
+        vec![1, 1]
+    );
     assert_eq!(pack_mask_bits(&[false, true, true]), vec![0b110]);
 }
 
@@ -92,9 +98,15 @@ fn corruption_is_reported() {
     ];
     for (err, expected) in cases {
         assert!(matches!(err, Error::Packet(_)), "{err:?}");
-        assert!(err.to_string().contains(expected), "'{err}' lacks '{expected}'");
+        assert!(
+            err.to_string().contains(expected),
+            "'{err}' lacks '{expected}'"
+        );
     }
-    assert_eq!(u32::from_le_bytes(sample_packet().0[..4].try_into().unwrap()), PACKET_MAGIC);
+    assert_eq!(
+        u32::from_le_bytes(sample_packet().0[..4].try_into().unwrap()),
+        PACKET_MAGIC
+    );
 }
 
 #[test]

@@ -15,7 +15,10 @@ fn recognises_mobilesam() {
     let file = WeightsFile::open(&path).unwrap();
     assert_eq!(recognise(&file).unwrap(), Model::MobileSam);
     file.validate_finite().unwrap();
-    assert_eq!(file.to_f16("mask_decoder.iou_token.weight").unwrap().len(), 256);
+    assert_eq!(
+        file.to_f16("mask_decoder.iou_token.weight").unwrap().len(),
+        256
+    );
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn recognises_every_dfine_variant() {
         (&[512, 1024, 2048][..], 256, 6, DfineVariant::L),
         (&[512, 1024, 2048][..], 384, 6, DfineVariant::X),
     ] {
-        let path = write(&dir, &format!("{variant:?}.safetensors"), &dfine(inputs, hidden, layers));
+        let path = write(
+            &dir,
+            &format!("{variant:?}.safetensors"),
+            &dfine(inputs, hidden, layers),
+        );
         let model = recognise(&WeightsFile::open(&path).unwrap()).unwrap();
         assert_eq!(
             model,
@@ -51,28 +58,49 @@ fn bad_files_are_typed_errors() {
     std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
     let err = WeightsFile::open(&truncated).unwrap_err();
     assert!(matches!(err, Error::WeightsFile { .. }), "{err:?}");
-    assert!(err.to_string().contains("not a valid safetensors file"), "{err}");
+    assert!(
+        err.to_string().contains("not a valid safetensors file"),
+        "{err}"
+    );
 
     let text = dir.join("notes.safetensors");
     std::fs::write(&text, "this is not a weights file at all").unwrap();
-    assert!(matches!(WeightsFile::open(&text), Err(Error::WeightsFile { .. })));
+    assert!(matches!(
+        WeightsFile::open(&text),
+        Err(Error::WeightsFile { .. })
+    ));
 
     let mut header = bytes.clone();
     header[8] = b'!'; // the JSON header must start with '{'
     let bad_header = dir.join("bad-header.safetensors");
     std::fs::write(&bad_header, header).unwrap();
-    assert!(matches!(WeightsFile::open(&bad_header), Err(Error::WeightsFile { .. })));
+    assert!(matches!(
+        WeightsFile::open(&bad_header),
+        Err(Error::WeightsFile { .. })
+    ));
 
     let missing = dir.join("missing.safetensors");
     assert!(matches!(WeightsFile::open(&missing), Err(Error::Io { .. })));
 
     let mut specs = mobilesam();
-    specs[3].values = Some(vec![0.0, 1.0, f32::NAN, 0.0].into_iter().cycle().take(256).collect());
+    specs[3].values = Some(
+        vec![0.0, 1.0, f32::NAN, 0.0]
+            .into_iter()
+            .cycle()
+            .take(256)
+            .collect(),
+    );
     let nan = write(&dir, "nan.safetensors", &specs);
-    let err = WeightsFile::open(&nan).unwrap().validate_finite().unwrap_err();
+    let err = WeightsFile::open(&nan)
+        .unwrap()
+        .validate_finite()
+        .unwrap_err();
     match &err {
         Error::NonFinite { name, index, .. } => {
-            assert_eq!(name, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix");
+            assert_eq!(
+                name,
+                "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+            );
             assert_eq!(*index, 2);
         }
         other => panic!("expected NonFinite, got {other:?}"),

@@ -31,7 +31,11 @@ fn pipeline(max_width: u32, max_height: u32) -> Pipeline {
 fn max_abs_error(gpu: &[f16], reference: impl Iterator<Item = f64>) -> f64 {
     gpu.iter().zip(reference).fold(0.0f64, |worst, (g, r)| {
         let g = g.to_f64();
-        let err = if g.is_finite() { (g - r).abs() } else { f64::INFINITY };
+        let err = if g.is_finite() {
+            (g - r).abs()
+        } else {
+            f64::INFINITY
+        };
         worst.max(err)
     })
 }
@@ -86,7 +90,10 @@ fn preprocess_matches_cpu_reference_on_random_frames() {
         println!(
             "random {width}x{height} {format:?} stride {stride}: max abs error D-FINE {dfine_err:.2e}, SAM {sam_err:.2e}"
         );
-        assert!(dfine_err <= DFINE_TOL_VS_CPU, "D-FINE input error {dfine_err}");
+        assert!(
+            dfine_err <= DFINE_TOL_VS_CPU,
+            "D-FINE input error {dfine_err}"
+        );
         assert!(sam_err <= SAM_TOL_VS_CPU, "SAM input error {sam_err}");
     }
 }
@@ -123,7 +130,11 @@ fn preprocess_matches_pytorch_on_real_images() {
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 16, "expected the 16 generated cases, found {}", paths.len());
+    assert!(
+        paths.len() >= 16,
+        "expected the 16 generated cases, found {}",
+        paths.len()
+    );
     let mut pipeline = pipeline(3840, 2160);
     for path in paths {
         let bytes = std::fs::read(&path).unwrap();
@@ -144,8 +155,14 @@ fn preprocess_matches_pytorch_on_real_images() {
             "torch parity {name}: {width}x{height} {format:?} SAM extent {:?}: max abs error D-FINE {dfine_err:.2e} (<= {DFINE_TOL_VS_TORCH:.0e}), SAM {sam_err:.2e} (<= {SAM_TOL_VS_TORCH:.0e})",
             sam_extent(width, height).unwrap()
         );
-        assert!(dfine_err <= DFINE_TOL_VS_TORCH, "{name}: D-FINE input error {dfine_err}");
-        assert!(sam_err <= SAM_TOL_VS_TORCH, "{name}: SAM input error {sam_err}");
+        assert!(
+            dfine_err <= DFINE_TOL_VS_TORCH,
+            "{name}: D-FINE input error {dfine_err}"
+        );
+        assert!(
+            sam_err <= SAM_TOL_VS_TORCH,
+            "{name}: SAM input error {sam_err}"
+        );
     }
 }
 
@@ -169,14 +186,76 @@ fn graph_replay_equals_eager_launches() {
         pipeline.read_dfine_input().unwrap(),
         pipeline.read_sam_input().unwrap(),
     );
-    assert!(graph.0.iter().zip(&eager.0).all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(graph.1.iter().zip(&eager.1).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(graph
+        .0
+        .iter()
+        .zip(&eager.0)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(graph
+        .1
+        .iter()
+        .zip(&eager.1)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
     // The packets differ only in the sequence number.
     assert_eq!(graph_packet.len(), eager_packet.len());
     let differing: Vec<usize> = (0..graph_packet.len())
         .filter(|&i| graph_packet[i] != eager_packet[i])
         .collect();
-    assert!(differing.iter().all(|&i| (12..16).contains(&i)), "{differing:?}");
+    assert!(
+        differing.iter().all(|&i| (12..16).contains(&i)),
+        "{differing:?}"
+    );
+}
+
+#[test]
+fn frame_written_in_place_equals_copied_frame() {
+    if !gpu_available("frame_written_in_place_equals_copied_frame") {
+        return;
+    }
+    let mut pipeline = pipeline(1920, 1080);
+    let data = Rng::new(9).bytes(1037 * 771 * 3);
+    pipeline
+        .process(&Frame::packed(&data, 1037, 771, PixelFormat::Bgr8))
+        .unwrap();
+    let copied = (
+        pipeline.read_dfine_input().unwrap(),
+        pipeline.read_sam_input().unwrap(),
+    );
+    pipeline.poison_inputs(0xff).unwrap();
+    pipeline
+        .staged_frame_mut(1037, 771, PixelFormat::Bgr8)
+        .unwrap()
+        .copy_from_slice(&data);
+    let before = pipeline.gpu().counters();
+    let packet = pipeline.process_staged().unwrap();
+    assert_eq!(
+        (packet.header().frame_width, packet.header().sam_height),
+        (1037, 761)
+    );
+    let cost = pipeline.gpu().counters().since(&before);
+    assert_eq!(
+        (cost.uploads, cost.downloads, cost.device_allocations),
+        (1, 1, 0)
+    );
+    let staged = (
+        pipeline.read_dfine_input().unwrap(),
+        pipeline.read_sam_input().unwrap(),
+    );
+    assert!(copied
+        .0
+        .iter()
+        .zip(&staged.0)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(copied
+        .1
+        .iter()
+        .zip(&staged.1)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(matches!(pipeline.process_staged(), Err(Error::Frame(_))));
+    assert!(matches!(
+        pipeline.staged_frame_mut(1921, 10, PixelFormat::Rgb8),
+        Err(Error::Frame(_))
+    ));
 }
 
 #[test]
@@ -226,7 +305,10 @@ fn one_upload_one_download_and_no_allocation_after_warm_up() {
     let total = pipeline.gpu().counters().since(&start);
     let (free_after, _) = pipeline.gpu().memory_info().unwrap();
     assert_eq!(total.device_allocations, 0);
-    assert_eq!(free_before, free_after, "device memory changed after warm-up");
+    assert_eq!(
+        free_before, free_after,
+        "device memory changed after warm-up"
+    );
     println!(
         "frames after warm-up: {} uploads, {} downloads, 0 allocations; arena {} bytes",
         total.uploads,
@@ -248,7 +330,10 @@ fn packet_echoes_each_frame() {
             .unwrap();
         let h = packet.header();
         assert_eq!(h.sequence, sequence);
-        assert_eq!((h.frame_width, h.frame_height, h.frame_format), (1037, 771, 3));
+        assert_eq!(
+            (h.frame_width, h.frame_height, h.frame_format),
+            (1037, 771, 3)
+        );
         assert_eq!((h.sam_width, h.sam_height), (1024, 761));
         assert_eq!((h.detection_count, h.mask_count, h.flags), (0, 0, 0));
         assert_eq!(h.detection_capacity, 300);

@@ -35,7 +35,12 @@ pub fn write(dir: &Path, name: &str, specs: &[Spec]) -> PathBuf {
     let views: Vec<(String, TensorView<'_>)> = specs
         .iter()
         .zip(&buffers)
-        .map(|(s, b)| (s.name.clone(), TensorView::new(Dtype::F32, s.shape.clone(), b).unwrap()))
+        .map(|(s, b)| {
+            (
+                s.name.clone(),
+                TensorView::new(Dtype::F32, s.shape.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let bytes = safetensors::serialize(views, None).unwrap();
     let path = dir.join(name);
@@ -49,7 +54,10 @@ pub fn mobilesam() -> Vec<Spec> {
         spec("image_encoder.patch_embed.seq.0.c.weight", &[32, 3, 3, 3]),
         spec("image_encoder.neck.0.weight", &[256, 320, 1, 1]),
         spec("image_encoder.neck.2.weight", &[256, 256, 3, 3]),
-        spec("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", &[2, 128]),
+        spec(
+            "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+            &[2, 128],
+        ),
         spec("prompt_encoder.not_a_point_embed.weight", &[1, 256]),
         spec("mask_decoder.iou_token.weight", &[1, 256]),
         spec("mask_decoder.mask_tokens.weight", &[4, 256]),
@@ -64,10 +72,16 @@ pub fn dfine(in_channels: &[usize], hidden: usize, layers: usize) -> Vec<Spec> {
         spec("decoder.reg_scale", &[1]),
     ];
     for (i, &c) in in_channels.iter().enumerate() {
-        specs.push(spec(&format!("encoder.input_proj.{i}.conv.weight"), &[hidden, c, 1, 1]));
+        specs.push(spec(
+            &format!("encoder.input_proj.{i}.conv.weight"),
+            &[hidden, c, 1, 1],
+        ));
     }
     for i in 0..layers {
-        specs.push(spec(&format!("decoder.dec_score_head.{i}.weight"), &[80, hidden]));
+        specs.push(spec(
+            &format!("decoder.dec_score_head.{i}.weight"),
+            &[80, hidden],
+        ));
     }
     specs
 }
