@@ -7,6 +7,8 @@
 // align_corners=False, antialias=True) on 0..255 values, i.e. ATen's upsample_bilinear2d_aa
 // (separable triangle filter whose support grows with the downscale factor, weights
 // normalised per axis); followed by /255 (D-FINE) or SamPredictor's normalisation (SAM).
+#include <climits>
+
 #include "common.cuh"
 
 using namespace finesam;
@@ -14,7 +16,13 @@ using namespace finesam;
 namespace {
 
 constexpr int kTileX = 32;  // one warp spans 32 consecutive output pixels of a row
-constexpr int kTileY = 8;
+constexpr int kThreadsY = 8;
+// Each thread produces a vertical strip of consecutive output rows. Their input row spans
+// overlap, so every input row of the union is filtered horizontally once and added to each
+// output row whose span holds it: separable filtering in registers, about half the work of
+// filtering every output pixel's 2D window on its own.
+constexpr int kRowsPerThread = 4;
+constexpr int kTileY = kThreadsY * kRowsPerThread;
 // Most input taps one output pixel reads along one axis. A span covers at most 2*scale+1
 // inputs; the host caps frames at 16384 pixels a side, so the largest scale (D-FINE, 16384/640)
 // needs 53 taps.
@@ -62,47 +70,58 @@ struct TileWeights {
     int y_start[kTileY], y_size[kTileY];
 };
 
-// Resamples one output pixel of the tile from the weight tables; RGB in 0..255.
+// Resamples this thread's strip of kRowsPerThread output pixels (RGB in 0..255).
 template <int kBytesPerPixel, bool kBgr>
-__device__ __forceinline__ void resample_tile(const TileWeights& w, const uint8_t* pixels,
-                                              uint32_t stride, float rgb[3]) {
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int x_size = w.x_size[tx], y_size = w.y_size[ty];
-    const uint8_t* base = pixels + static_cast<size_t>(w.y_start[ty]) * stride +
-                          static_cast<size_t>(w.x_start[tx]) * kBytesPerPixel;
-    rgb[0] = rgb[1] = rgb[2] = 0.f;
-    for (int j = 0; j < y_size; ++j) {
-        const uint8_t* px = base + static_cast<size_t>(j) * stride;
+__device__ __forceinline__ void resample_strip(const TileWeights& w, const uint8_t* pixels,
+                                               uint32_t stride, float rgb[kRowsPerThread][3]) {
+    const int tx = threadIdx.x, r0 = threadIdx.y * kRowsPerThread;
+    const int x_size = w.x_size[tx];
+    const uint8_t* column = pixels + static_cast<size_t>(w.x_start[tx]) * kBytesPerPixel;
+    int y_start[kRowsPerThread], y_size[kRowsPerThread];
+    int y_begin = INT_MAX, y_end = 0;
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+        y_start[r] = w.y_start[r0 + r];
+        y_size[r] = w.y_size[r0 + r];
+        y_begin = min(y_begin, y_start[r]);
+        y_end = max(y_end, y_start[r] + y_size[r]);
+        rgb[r][0] = rgb[r][1] = rgb[r][2] = 0.f;
+    }
+    for (int y = y_begin; y < y_end; ++y) {
+        const uint8_t* px = column + static_cast<size_t>(y) * stride;
         float r = 0.f, g = 0.f, b = 0.f;
 #pragma unroll 4
         for (int i = 0; i < x_size; ++i, px += kBytesPerPixel) {
             const float wx = w.x[i][tx];
             if (kBytesPerPixel == 1) {
-                const float v = byte_to_float(px[0]);
-                r = fmaf(wx, v, r);
+                r = fmaf(wx, byte_to_float(px[0]), r);
             } else {
                 r = fmaf(wx, byte_to_float(px[kBgr ? 2 : 0]), r);
                 g = fmaf(wx, byte_to_float(px[1]), g);
                 b = fmaf(wx, byte_to_float(px[kBgr ? 0 : 2]), b);
             }
         }
-        const float wy = w.y[j][ty];
-        rgb[0] = fmaf(wy, r, rgb[0]);
-        if (kBytesPerPixel > 1) {
-            rgb[1] = fmaf(wy, g, rgb[1]);
-            rgb[2] = fmaf(wy, b, rgb[2]);
+        if (kBytesPerPixel == 1) g = b = r;
+#pragma unroll
+        for (int k = 0; k < kRowsPerThread; ++k) {
+            const int j = y - y_start[k];
+            if (j >= 0 && j < y_size[k]) {
+                const float wy = w.y[j][r0 + k];
+                rgb[k][0] = fmaf(wy, r, rgb[k][0]);
+                rgb[k][1] = fmaf(wy, g, rgb[k][1]);
+                rgb[k][2] = fmaf(wy, b, rgb[k][2]);
+            }
         }
     }
-    if (kBytesPerPixel == 1) rgb[1] = rgb[2] = rgb[0];
 }
 
 __device__ __forceinline__ void resample_any(const TileWeights& w, const uint8_t* pixels,
-                                             const FrameHeader& h, float rgb[3]) {
+                                             const FrameHeader& h, float rgb[kRowsPerThread][3]) {
     switch (h.format) {
-        case kGray8: resample_tile<1, false>(w, pixels, h.row_stride, rgb); break;
-        case kBgr8: resample_tile<3, true>(w, pixels, h.row_stride, rgb); break;
-        case kRgba8: resample_tile<4, false>(w, pixels, h.row_stride, rgb); break;
-        default: resample_tile<3, false>(w, pixels, h.row_stride, rgb); break;
+        case kGray8: resample_strip<1, false>(w, pixels, h.row_stride, rgb); break;
+        case kBgr8: resample_strip<3, true>(w, pixels, h.row_stride, rgb); break;
+        case kRgba8: resample_strip<4, false>(w, pixels, h.row_stride, rgb); break;
+        default: resample_strip<3, false>(w, pixels, h.row_stride, rgb); break;
     }
 }
 
@@ -113,10 +132,10 @@ struct SamNormalization {
     float inv_std[3];
 };
 
-// Grid: a flat list of 32x8 tiles, first those of the D-FINE output, then those of the SAM one.
-// Each block first builds its tile's weight tables in shared memory (one thread per column and
-// per row), then every thread accumulates its pixel from them.
-extern "C" __global__ void __launch_bounds__(kTileX * kTileY)
+// Grid: a flat list of 32x32 tiles, first those of the D-FINE output, then those of the SAM
+// one. Each block first builds its tile's weight tables in shared memory (one thread per column
+// and per row), then every thread accumulates its strip of 4 pixels from them.
+extern "C" __global__ void __launch_bounds__(kTileX * kThreadsY)
 preprocess_frame(const uint8_t* __restrict__ upload, __half* __restrict__ dfine_out, int dfine_size,
                  __half* __restrict__ sam_out, int sam_size, SamNormalization norm) {
     __shared__ TileWeights weights;
@@ -131,17 +150,21 @@ preprocess_frame(const uint8_t* __restrict__ upload, __half* __restrict__ dfine_
     if (!is_dfine) tile -= dfine_tiles;
     const int tiles_x = (size + kTileX - 1) / kTileX;
     const int x0 = (tile % tiles_x) * kTileX, y0 = (tile / tiles_x) * kTileY;
-    const int ox = x0 + threadIdx.x, oy = y0 + threadIdx.y;
+    const int ox = x0 + threadIdx.x, oy0 = y0 + threadIdx.y * kRowsPerThread;
     // The resampled extent: the whole square for D-FINE, the longest-side-1024 box for SAM.
     const int out_w = is_dfine ? size : static_cast<int>(h.sam_width);
     const int out_h = is_dfine ? size : static_cast<int>(h.sam_height);
     const size_t plane = static_cast<size_t>(size) * size;
-    const size_t at = static_cast<size_t>(oy) * size + ox;
+    __half* out = is_dfine ? dfine_out : sam_out;
+    const __half zero = __float2half_rn(0.f);
 
     // SAM tiles entirely in the padding: zeros (padding follows normalisation in the reference).
     if (x0 >= out_w || y0 >= out_h) {
-        if (ox < size && oy < size)
-            for (int c = 0; c < 3; ++c) sam_out[c * plane + at] = __float2half_rn(0.f);
+        for (int k = 0; k < kRowsPerThread; ++k) {
+            const int oy = oy0 + k;
+            if (ox < size && oy < size)
+                for (int c = 0; c < 3; ++c) out[c * plane + static_cast<size_t>(oy) * size + ox] = zero;
+        }
         return;
     }
     const int tid = threadIdx.y * kTileX + threadIdx.x;
@@ -156,21 +179,25 @@ preprocess_frame(const uint8_t* __restrict__ upload, __half* __restrict__ dfine_
                                           &weights.y[0][r], kTileY, weights.y_size[r]);
     }
     __syncthreads();
-    if (ox >= size || oy >= size) return;
+    if (ox >= size) return;
 
-    if (is_dfine) {
-        float rgb[3];
-        resample_any(weights, pixels, h, rgb);
-        constexpr float kInv255 = 1.f / 255.f;
-        for (int c = 0; c < 3; ++c) dfine_out[c * plane + at] = __float2half_rn(rgb[c] * kInv255);
-        return;
-    }
-    if (ox >= out_w || oy >= out_h) {
-        for (int c = 0; c < 3; ++c) sam_out[c * plane + at] = __float2half_rn(0.f);
-        return;
-    }
-    float rgb[3];
+    float rgb[kRowsPerThread][3];
     resample_any(weights, pixels, h, rgb);
-    for (int c = 0; c < 3; ++c)
-        sam_out[c * plane + at] = __float2half_rn((rgb[c] - norm.mean[c]) * norm.inv_std[c]);
+#pragma unroll
+    for (int k = 0; k < kRowsPerThread; ++k) {
+        const int oy = oy0 + k;
+        if (oy >= size) break;
+        const size_t at = static_cast<size_t>(oy) * size + ox;
+        for (int c = 0; c < 3; ++c) {
+            float v;
+            if (is_dfine) {
+                v = rgb[k][c] * (1.f / 255.f);
+            } else if (ox < out_w && oy < out_h) {
+                v = (rgb[k][c] - norm.mean[c]) * norm.inv_std[c];
+            } else {
+                v = 0.f;  // SAM padding inside a boundary tile
+            }
+            out[c * plane + at] = __float2half_rn(v);
+        }
+    }
 }

@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::weights::{dfine, mobilesam, spec, temp_dir, write};
+use common::weights::{dfine, mobilesam, spec, temp_dir, values, write};
 use finesam::weights::recognise::DfineVariant;
-use finesam::weights::{recognise, Model, WeightsFile};
+use finesam::weights::{recognise, Model, StoredDtype, WeightsFile};
 use finesam::Error;
+use safetensors::Dtype;
 
 #[test]
 fn recognises_mobilesam() {
@@ -46,6 +47,40 @@ fn recognises_every_dfine_variant() {
             }
         );
     }
+}
+
+#[test]
+fn reads_f32_f16_and_bf16() {
+    let dir = temp_dir("dtypes");
+    let mut specs = mobilesam();
+    specs[0].dtype = Dtype::F16;
+    specs[1].dtype = Dtype::BF16;
+    let path = write(&dir, "mixed.safetensors", &specs);
+    let file = WeightsFile::open(&path).unwrap();
+    assert_eq!(file.info(&specs[0].name).unwrap().dtype, StoredDtype::F16);
+    assert_eq!(file.info(&specs[1].name).unwrap().dtype, StoredDtype::Bf16);
+    for spec in &specs {
+        let expected = values(spec);
+        let got = file.to_f32(&spec.name).unwrap();
+        // bf16 keeps 8 significant bits, f16 11.
+        let tol = match spec.dtype {
+            Dtype::BF16 => 4e-3,
+            Dtype::F16 => 5e-4,
+            _ => 0.0,
+        };
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                (g - e).abs() <= tol * e.abs().max(1e-2),
+                "{}: {g} vs {e}",
+                spec.name
+            );
+        }
+    }
+    let mut specs = mobilesam();
+    specs[0].dtype = Dtype::I64;
+    let ints = write(&dir, "ints.safetensors", &specs[..1]);
+    let err = WeightsFile::open(&ints).unwrap_err();
+    assert!(matches!(err, Error::TensorDtype { .. }), "{err:?}");
 }
 
 #[test]

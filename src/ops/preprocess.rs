@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 use crate::frame::{DFINE_INPUT_SIZE, SAM_INPUT_SIZE, SAM_PIXEL_MEAN, SAM_PIXEL_STD};
 use crate::gpu::{DevicePtr, Gpu};
 
+// Must match kTileX, kThreadsY and kRowsPerThread in the kernel.
 const TILE_X: u32 = 32;
-const TILE_Y: u32 = 8;
+const THREADS_Y: u32 = 8;
+const TILE_Y: u32 = THREADS_Y * 4;
 
 /// Mirrors `SamNormalization` in the kernel (passed by value).
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +82,7 @@ pub fn launch_preprocess(gpu: &Gpu, io: &PreprocessIo) -> Result<()> {
     let sam_size = SAM_INPUT_SIZE as i32;
     let cfg = LaunchConfig {
         grid_dim: (tiles(DFINE_INPUT_SIZE) + tiles(SAM_INPUT_SIZE), 1, 1),
-        block_dim: (TILE_X, TILE_Y, 1),
+        block_dim: (TILE_X, THREADS_Y, 1),
         shared_mem_bytes: 0,
     };
     let stream = gpu.stream();

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
-/// One tensor to write: name, shape, f32 values (filled from the index when empty).
+/// One tensor to write: name, shape, f32 values (filled from the index when empty), stored dtype
+/// (F32, F16 or BF16).
 pub struct Spec {
     pub name: String,
     pub shape: Vec<usize>,
     pub values: Option<Vec<f32>>,
+    pub dtype: Dtype,
 }
 
 pub fn spec(name: &str, shape: &[usize]) -> Spec {
@@ -16,20 +18,39 @@ pub fn spec(name: &str, shape: &[usize]) -> Spec {
         name: name.to_string(),
         shape: shape.to_vec(),
         values: None,
+        dtype: Dtype::F32,
     }
 }
 
-/// Writes the tensors as F32 safetensors into `dir/name`.
+/// The values a spec holds (explicit, or a ramp derived from the index).
+pub fn values(s: &Spec) -> Vec<f32> {
+    let n: usize = s.shape.iter().product();
+    s.values
+        .clone()
+        .unwrap_or_else(|| (0..n).map(|i| (i % 17) as f32 * 0.01 - 0.05).collect())
+}
+
+/// Writes the tensors as safetensors into `dir/name`.
 pub fn write(dir: &Path, name: &str, specs: &[Spec]) -> PathBuf {
     let buffers: Vec<Vec<u8>> = specs
         .iter()
         .map(|s| {
-            let n: usize = s.shape.iter().product();
-            let values = s
-                .values
-                .clone()
-                .unwrap_or_else(|| (0..n).map(|i| (i % 17) as f32 * 0.01).collect());
-            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            let values = values(s);
+            match s.dtype {
+                Dtype::F16 => values
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => values
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                Dtype::I64 => values
+                    .iter()
+                    .flat_map(|&v| (v as i64).to_le_bytes())
+                    .collect(),
+                _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            }
         })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = specs
@@ -38,7 +59,7 @@ pub fn write(dir: &Path, name: &str, specs: &[Spec]) -> PathBuf {
         .map(|(s, b)| {
             (
                 s.name.clone(),
-                TensorView::new(Dtype::F32, s.shape.clone(), b).unwrap(),
+                TensorView::new(s.dtype, s.shape.clone(), b).unwrap(),
             )
         })
         .collect();
