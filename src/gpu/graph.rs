@@ -25,7 +25,7 @@ impl Graph {
         issued?;
         let inner = ended
             .map_err(Error::cuda("cuStreamEndCapture / cuGraphInstantiate"))?
-            .ok_or_else(|| Error::Plan("graph capture recorded no work".into()))?;
+            .ok_or_else(|| Error::Plan("the stream was not capturing".into()))?;
         inner.upload().map_err(Error::cuda("cuGraphUpload"))?;
         Ok(Graph { inner })
     }
