@@ -27,6 +27,21 @@ fn pipeline(max_width: u32, max_height: u32) -> Pipeline {
     .expect("pipeline builds on the GPU")
 }
 
+/// Both network inputs of the last frame, read back from the device.
+fn read_inputs(pipeline: &Pipeline) -> (Vec<f16>, Vec<f16>) {
+    (
+        pipeline.read_dfine_input().unwrap(),
+        pipeline.read_sam_input().unwrap(),
+    )
+}
+
+/// Bitwise equality of two input pairs (NaN-safe, unlike `==` on f16).
+fn assert_same_inputs(a: &(Vec<f16>, Vec<f16>), b: &(Vec<f16>, Vec<f16>), what: &str) {
+    let same = |x: &[f16], y: &[f16]| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+    assert!(same(&a.0, &b.0), "{what}: D-FINE inputs differ");
+    assert!(same(&a.1, &b.1), "{what}: SAM inputs differ");
+}
+
 /// Max |gpu - reference| over all elements; NaN (an unwritten, poisoned element) counts as inf.
 fn max_abs_error(gpu: &[f16], reference: impl Iterator<Item = f64>) -> f64 {
     gpu.iter().zip(reference).fold(0.0f64, |worst, (g, r)| {
@@ -49,8 +64,7 @@ fn run_against(
 ) -> (f64, f64) {
     pipeline.poison_inputs(0xff).unwrap();
     pipeline.process(frame).unwrap();
-    let dfine_gpu = pipeline.read_dfine_input().unwrap();
-    let sam_gpu = pipeline.read_sam_input().unwrap();
+    let (dfine_gpu, sam_gpu) = read_inputs(pipeline);
     (
         max_abs_error(&dfine_gpu, dfine.iter().copied()),
         max_abs_error(&sam_gpu, sam.iter().copied()),
@@ -176,26 +190,11 @@ fn graph_replay_equals_eager_launches() {
     let frame = Frame::packed(&data, 1280, 720, PixelFormat::Rgb8);
     pipeline.poison_inputs(0xff).unwrap();
     let graph_packet = pipeline.process(&frame).unwrap().as_bytes().to_vec();
-    let graph = (
-        pipeline.read_dfine_input().unwrap(),
-        pipeline.read_sam_input().unwrap(),
-    );
+    let graph = read_inputs(&pipeline);
     pipeline.poison_inputs(0xff).unwrap();
     let eager_packet = pipeline.process_eager(&frame).unwrap().as_bytes().to_vec();
-    let eager = (
-        pipeline.read_dfine_input().unwrap(),
-        pipeline.read_sam_input().unwrap(),
-    );
-    assert!(graph
-        .0
-        .iter()
-        .zip(&eager.0)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(graph
-        .1
-        .iter()
-        .zip(&eager.1)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let eager = read_inputs(&pipeline);
+    assert_same_inputs(&graph, &eager, "graph vs eager");
     // The packets differ only in the sequence number.
     assert_eq!(graph_packet.len(), eager_packet.len());
     let differing: Vec<usize> = (0..graph_packet.len())
@@ -217,10 +216,7 @@ fn frame_written_in_place_equals_copied_frame() {
     pipeline
         .process(&Frame::packed(&data, 1037, 771, PixelFormat::Bgr8))
         .unwrap();
-    let copied = (
-        pipeline.read_dfine_input().unwrap(),
-        pipeline.read_sam_input().unwrap(),
-    );
+    let copied = read_inputs(&pipeline);
     pipeline.poison_inputs(0xff).unwrap();
     pipeline
         .staged_frame_mut(1037, 771, PixelFormat::Bgr8)
@@ -237,20 +233,8 @@ fn frame_written_in_place_equals_copied_frame() {
         (cost.uploads, cost.downloads, cost.device_allocations),
         (1, 1, 0)
     );
-    let staged = (
-        pipeline.read_dfine_input().unwrap(),
-        pipeline.read_sam_input().unwrap(),
-    );
-    assert!(copied
-        .0
-        .iter()
-        .zip(&staged.0)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(copied
-        .1
-        .iter()
-        .zip(&staged.1)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let staged = read_inputs(&pipeline);
+    assert_same_inputs(&copied, &staged, "copied vs written in place");
     assert!(matches!(pipeline.process_staged(), Err(Error::Frame(_))));
     assert!(matches!(
         pipeline.staged_frame_mut(1921, 10, PixelFormat::Rgb8),
