@@ -97,3 +97,37 @@ pub fn sam_input(frame: &Frame<'_>) -> Result<Vec<f64>> {
     }
     Ok(out)
 }
+
+/// One bilinear tap pair of `F.interpolate(mode="bilinear", align_corners=False)` (no
+/// antialias): source index pair and weights for output index `dst`.
+fn bilinear_taps(in_size: usize, out_size: usize, dst: usize) -> (usize, usize, f64, f64) {
+    let scale = in_size as f64 / out_size as f64;
+    let src = (scale * (dst as f64 + 0.5) - 0.5).max(0.0);
+    let i0 = (src as usize).min(in_size - 1);
+    let i1 = (i0 + 1).min(in_size - 1);
+    let w1 = src - i0 as f64;
+    (i0, i1, 1.0 - w1, w1)
+}
+
+/// The logit of frame pixel (x, y) after `Sam.postprocess_masks`: low-res 256x256 logits
+/// upsampled to 1024x1024, cropped to the SAM extent, resized to the frame (both bilinear,
+/// align_corners=False). The mask is `logit > 0`.
+pub fn mask_logit(
+    low_res: &[f32],
+    (frame_w, frame_h): (usize, usize),
+    (sam_w, sam_h): (usize, usize),
+    (x, y): (usize, usize),
+) -> f64 {
+    const LOW: usize = 256;
+    const SAM: usize = SAM_INPUT_SIZE as usize;
+    let upsampled = |u: usize, v: usize| {
+        let (y0, y1, wy0, wy1) = bilinear_taps(LOW, SAM, v);
+        let (x0, x1, wx0, wx1) = bilinear_taps(LOW, SAM, u);
+        let at = |r: usize, c: usize| low_res[r * LOW + c] as f64;
+        wy0 * (wx0 * at(y0, x0) + wx1 * at(y0, x1)) + wy1 * (wx0 * at(y1, x0) + wx1 * at(y1, x1))
+    };
+    let (v0, v1, wy0, wy1) = bilinear_taps(sam_h, frame_h, y);
+    let (u0, u1, wx0, wx1) = bilinear_taps(sam_w, frame_w, x);
+    wy0 * (wx0 * upsampled(u0, v0) + wx1 * upsampled(u1, v0))
+        + wy1 * (wx0 * upsampled(u0, v1) + wx1 * upsampled(u1, v1))
+}

@@ -17,15 +17,22 @@ mod images {
 pub struct Kernels {
     pub(crate) preprocess_frame: CudaFunction,
     pub(crate) assemble_packet_header: CudaFunction,
+    pub(crate) mask_bounds: CudaFunction,
+    pub(crate) mask_layout: CudaFunction,
+    pub(crate) mask_encode: CudaFunction,
 }
 
 impl Kernels {
     pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
         let preprocess = load_module(ctx, "preprocess", images::PREPROCESS)?;
         let packet = load_module(ctx, "packet", images::PACKET)?;
+        let mask = load_module(ctx, "mask", images::MASK)?;
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
+            mask_bounds: function(&mask, "mask", "mask_bounds")?,
+            mask_layout: function(&mask, "mask", "mask_layout")?,
+            mask_encode: function(&mask, "mask", "mask_encode")?,
         })
     }
 }

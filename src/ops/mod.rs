@@ -1,5 +1,6 @@
 //! Typed launchers: one Rust function per kernel that checks its arguments and launches it on
 //! the GPU's stream. Model code composes these; it never names a kernel.
 
+pub mod mask;
 pub mod packet;
 pub mod preprocess;

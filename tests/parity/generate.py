@@ -86,7 +86,43 @@ def preprocess(out_dir: Path):
     print(f"preprocess: {count} cases on {device}")
 
 
-SECTIONS = {"preprocess": preprocess}
+def blob_logits(rng, count, extent):
+    """Smooth blob-shaped low-res logits inside the SAM extent, like a mask head's output."""
+    ys, xs = np.mgrid[0:256, 0:256].astype(np.float32)
+    out = np.full((count, 256, 256), -1.0, dtype=np.float32)
+    for k in range(count):
+        for _ in range(rng.integers(2, 6)):
+            cx, cy = rng.uniform(0, extent[0] / 4), rng.uniform(0, extent[1] / 4)
+            r, a = rng.uniform(3, 40), rng.uniform(0.5, 4.0)
+            out[k] += a * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r))
+    return out
+
+
+def masks(out_dir: Path):
+    """Official Sam.postprocess_masks (upsample to 1024, crop to the resized extent, resize to
+    the frame) on smooth random low-res logits; the masks are `logits > 0`."""
+    mobile_sam = official.mobile_sam()
+    from mobile_sam.utils.transforms import ResizeLongestSide
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sam = mobile_sam.sam_model_registry["vit_t"]().to(device).eval()
+    out = out_dir / "masks"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    with torch.no_grad():
+        for (width, height), count in [((1920, 1080), 3), ((1037, 771), 2), ((333, 1999), 2), ((512, 512), 2)]:
+            input_size = ResizeLongestSide(1024).get_preprocess_shape(height, width, 1024)
+            low = blob_logits(rng, count, (input_size[1], input_size[0]))
+            logits = sam.postprocess_masks(torch.from_numpy(low)[:, None].to(device), input_size, (height, width))
+            save_file(
+                {"low_res_logits": low, "logits": logits[:, 0].float().cpu().numpy()},
+                str(out / f"masks_{width}x{height}.safetensors"),
+            )
+            print(f"masks/{width}x{height}: {count} masks, extent {input_size}, "
+                  f"{int((logits > 0).sum())} set pixels")
+
+
+SECTIONS = {"preprocess": preprocess, "masks": masks}
 
 
 def main():
