@@ -48,3 +48,38 @@ def dfine_src(work: Path = Path("/tmp/finesam-dfine")) -> types.ModuleType:
     package.__path__ = [str(target)]
     sys.modules.setdefault("src", package)
     return package
+
+
+def randomize(module, seed: int, skip=()):
+    """Seeded random values for every parameter and BatchNorm statistic of `module` (the
+    official initialisers leave many heads at zero or constants, which would hide code paths).
+    Weights ~ N(0, 1/fan_in), biases and norm shifts ~ N(0, 0.1), norm scales ~ U(0.5, 1.5),
+    running variances ~ U(0.5, 1.5). Names in `skip` (fixed hyper-parameters stored as
+    parameters, e.g. D-FINE's decoder.up / decoder.reg_scale) keep their values."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(t, std):
+        return torch.randn(t.shape, generator=gen) * std
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name in skip:
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            is_norm = p.dim() == 1 and any(k in name for k in ("norm", "bn", ".ln", "lab"))
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(normal(p, fan_in ** -0.5))
+            elif is_norm and leaf in ("weight", "scale"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_(normal(p, 0.1))
+        for name, b in module.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_mean":
+                b.copy_(normal(b, 0.1))
+            elif leaf == "running_var":
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    return module

@@ -1,0 +1,112 @@
+"""MobileSAM parity references (section `mobilesam` of generate.py).
+
+Builds the official `vit_t` model with seeded random weights (official.randomize), scales the
+mask head so low-res logits have std ~2 as trained weights give (random heads give std ~0.03,
+which would make every threshold decision fragile), and writes:
+- mobilesam/weights.safetensors: the state dict, official key names (what finesam loads);
+- mobilesam/<image>.safetensors: the official preprocessed input, per-stage encoder outputs
+  (patch_embed, layers.0-3, embedding after the neck), and for each prompt set the low-res
+  mask logits and IoU predictions of `SamPredictor.predict_torch` (the final masks follow from
+  the low-res logits by Sam.postprocess_masks, which tests/gpu_mask.rs checks on its own).
+Prompt sets: 1, 8 and 32 boxes (single mask), 3 points with labels (multimask), 8 boxes
+(multimask). Inputs are in frame pixels; metadata records the frame size and format.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch
+
+import official
+from generate import frames
+
+SEED = 1234
+# The frames generate.py builds (native sizes and 1920x1080) that the MobileSAM tests use.
+CASES = {"astronaut_512x512", "coffee_600x400", "chelsea_451x300", "camera_512x512", "astronaut_1920x1080"}
+
+
+def build(device):
+    mobile_sam = official.mobile_sam()
+    sam = mobile_sam.sam_model_registry["vit_t"]()
+    official.randomize(sam, SEED)
+    return sam.to(device).eval(), mobile_sam
+
+
+def random_boxes(rng, count, width, height):
+    x0 = rng.uniform(0, width * 0.8, count)
+    y0 = rng.uniform(0, height * 0.8, count)
+    w = rng.uniform(width * 0.05, width * 0.5, count)
+    h = rng.uniform(height * 0.05, height * 0.5, count)
+    return np.stack([x0, y0, np.minimum(x0 + w, width - 1), np.minimum(y0 + h, height - 1)], 1).astype(np.float32)
+
+
+def scale_mask_head(sam, predictor, target_std=2.0):
+    """Scales the hypernetwork MLPs' last layers so low-res logits have std ~target_std
+    (the masks are linear in them)."""
+    boxes = torch.tensor([[100.0, 100.0, 400.0, 400.0]], device=predictor.device)
+    _, _, low = predictor.predict_torch(None, None, predictor.transform.apply_boxes_torch(boxes, predictor.original_size), multimask_output=True)
+    factor = target_std / float(low.std())
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(factor)
+            mlp.layers[-1].bias.mul_(factor)
+    return factor
+
+
+def generate(out_dir: Path):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sam, mobile_sam = build(device)
+    predictor = mobile_sam.SamPredictor(sam)
+    out = out_dir / "mobilesam"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    stages = {}
+    encoder = sam.image_encoder
+    hooks = [encoder.patch_embed.register_forward_hook(lambda m, i, o: stages.__setitem__("patch_embed", o))]
+    for n, layer in enumerate(encoder.layers):
+        hooks.append(layer.register_forward_hook(lambda m, i, o, n=n: stages.__setitem__(f"layers.{n}", o)))
+    factor = None
+    with torch.no_grad():
+        for name, stored, fmt, rgb in frames():
+            if name not in CASES:
+                continue
+            height, width = rgb.shape[:2]
+            x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float()
+            transformed = predictor.transform.apply_image_torch(x)
+            predictor.set_torch_image(transformed, (height, width))
+            if factor is None:
+                factor = scale_mask_head(sam, predictor)
+                save_torch({k: v.contiguous() for k, v in sam.state_dict().items()}, str(out / "weights.safetensors"))
+                print(f"mobilesam: weights (seed {SEED}, mask head x{factor:.1f})")
+            tensors = {
+                "frame": stored,
+                "input": sam.preprocess(transformed)[0].float().cpu().numpy(),
+                "embedding": predictor.features[0].float().cpu().numpy(),
+            }
+            for stage, value in stages.items():
+                tensors[f"stage.{stage}"] = value[0].float().cpu().numpy()
+            prompt_sets = [(f"boxes{k}", k, False) for k in (1, 8, 32)] + [("boxes8_multi", 8, True), ("points3_multi", 0, True)]
+            for label, count, multimask in prompt_sets:
+                if count:
+                    boxes = random_boxes(rng, count, width, height)
+                    pts, lbl = None, None
+                    box_t = predictor.transform.apply_boxes_torch(torch.from_numpy(boxes).to(device), (height, width))
+                    tensors[f"{label}.boxes"] = boxes
+                else:
+                    points = np.stack([rng.uniform(0, width, 3), rng.uniform(0, height, 3)], 1).astype(np.float32)
+                    labels = np.array([1, 1, 0], dtype=np.float32)
+                    pts = predictor.transform.apply_coords_torch(torch.from_numpy(points).to(device), (height, width))[None]
+                    lbl = torch.from_numpy(labels.astype(np.int32)).to(device)[None]
+                    box_t = None
+                    tensors[f"{label}.points"] = points
+                    tensors[f"{label}.point_labels"] = labels
+                _, iou, low = predictor.predict_torch(pts, lbl, box_t, multimask_output=multimask, return_logits=True)
+                tensors[f"{label}.low_res_logits"] = low.float().cpu().numpy()
+                tensors[f"{label}.iou"] = iou.float().cpu().numpy()
+            save_file(tensors, str(out / f"{name}.safetensors"), metadata={"format": fmt, "image": name})
+            print(f"mobilesam/{name}: embedding std {tensors['embedding'].std():.3f}, "
+                  f"boxes8 low-res logit std {tensors['boxes8.low_res_logits'].std():.2f}")
+    for h in hooks:
+        h.remove()
