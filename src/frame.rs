@@ -169,12 +169,18 @@ impl FrameHeader {
     /// The header for a validated frame.
     pub fn for_frame(frame: &Frame<'_>, sequence: u32) -> Result<FrameHeader> {
         let (sam_width, sam_height) = sam_extent(frame.width, frame.height)?;
+        let row_stride = u32::try_from(frame.row_stride).map_err(|_| {
+            Error::Frame(format!(
+                "row stride {} does not fit 32 bits",
+                frame.row_stride
+            ))
+        })?;
         Ok(FrameHeader {
             magic: FRAME_MAGIC,
             sequence,
             width: frame.width,
             height: frame.height,
-            row_stride: frame.row_stride as u32,
+            row_stride,
             format: frame.format as u32,
             sam_width,
             sam_height,
@@ -186,6 +192,12 @@ impl FrameHeader {
 pub fn stage_frame(frame: &Frame<'_>, sequence: u32, staging: &mut [u8]) -> Result<usize> {
     let header = FrameHeader::for_frame(frame, sequence)?;
     let span = frame.span_bytes();
+    if frame.data.len() < span {
+        return Err(Error::Frame(format!(
+            "buffer holds {} bytes but the frame spans {span}",
+            frame.data.len()
+        )));
+    }
     let total = FRAME_PIXEL_OFFSET + span;
     if staging.len() < total {
         return Err(Error::Frame(format!(
