@@ -318,8 +318,14 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p) {
         const int gm = m0 + r;
         const int gn = n0 + c;
         if (gm >= p.m || gn >= p.n) continue;
-        const float4 lo = *reinterpret_cast<const float4*>(s_c + r * T::kLdc + c);
-        const float4 hi = *reinterpret_cast<const float4*>(s_c + r * T::kLdc + c + 4);
+        // Lanes 4-7 of each quarter-warp read their two float4 halves in the opposite order,
+        // so the 8 lanes of one load instruction cover all 32 banks (no 2-way conflict).
+        const int swap = (idx >> 2) & 1;
+        const float* src = s_c + r * T::kLdc + c;
+        const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
+        const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
+        const float4 lo = swap ? second : first;
+        const float4 hi = swap ? first : second;
         float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
         __half* yrow = y + gm * p.ldy + gn;
         const __half* rrow = res ? res + gm * p.ldr + gn : nullptr;
