@@ -387,7 +387,9 @@ fn depthwise_params(
     }
     let need_in = input_bytes(KERNEL, &[shape.batch, shape.height, shape.width, c])?;
     args.input.check(KERNEL, "input", Some(need_in), 16)?;
-    let need_w = (shape.kernel * shape.kernel * c).checked_mul(HALF);
+    let need_w = c
+        .checked_mul(shape.kernel * shape.kernel)
+        .and_then(|e| e.checked_mul(HALF));
     args.weight.check(KERNEL, "weight", need_w, 16)?;
     if let Some(bias) = &args.bias {
         bias.check(KERNEL, "bias", c.checked_mul(4), 16)?;
@@ -581,8 +583,10 @@ pub fn conv_weight_ohwi(
     kernel_h: usize,
     kernel_w: usize,
 ) -> Result<Vec<f32>> {
-    let taps = kernel_h * kernel_w;
-    let expected = out_channels * in_channels * taps;
+    let taps = kernel_h.saturating_mul(kernel_w);
+    let expected = out_channels
+        .saturating_mul(in_channels)
+        .saturating_mul(taps);
     if weight.len() != expected || expected == 0 {
         return Err(launch_error(
             "conv_weight_ohwi",
@@ -612,14 +616,14 @@ pub fn depthwise_weight_taps(
     kernel_h: usize,
     kernel_w: usize,
 ) -> Result<Vec<f32>> {
-    let taps = kernel_h * kernel_w;
-    if weight.len() != channels * taps || weight.is_empty() {
+    let taps = kernel_h.saturating_mul(kernel_w);
+    if weight.len() != channels.saturating_mul(taps) || weight.is_empty() {
         return Err(launch_error(
             "depthwise_weight_taps",
             format!(
                 "weight has {} values, [{channels}, 1, {kernel_h}, {kernel_w}] needs {}",
                 weight.len(),
-                channels * taps
+                channels.saturating_mul(taps)
             ),
         ));
     }
