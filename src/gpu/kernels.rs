@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+use crate::ops::gemm::GemmTile;
+use crate::ops::{conv, norm};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -20,6 +22,17 @@ pub struct Kernels {
     pub(crate) mask_bounds: CudaFunction,
     pub(crate) mask_layout: CudaFunction,
     pub(crate) mask_encode: CudaFunction,
+    /// `gemm_<tile>`, indexed by `GemmTile::index`.
+    pub(crate) gemm: [CudaFunction; GemmTile::COUNT],
+    /// `conv_igemm_<tile>`, indexed by `GemmTile::index`.
+    pub(crate) conv_igemm: [CudaFunction; GemmTile::COUNT],
+    /// `depthwise_k<K>s<S>`, indexed by `conv::depthwise_index`.
+    pub(crate) depthwise: [CudaFunction; conv::DEPTHWISE_VARIANTS.len()],
+    pub(crate) conv3x3_stem_nchw: CudaFunction,
+    /// `layer_norm_c<C>`, indexed by `norm::variant_index`.
+    pub(crate) layer_norm: [CudaFunction; norm::LAYER_NORM_VARIANTS.len()],
+    /// Streaming multiprocessors of the device (GEMM tile selection).
+    pub(crate) sm_count: u32,
 }
 
 impl Kernels {
@@ -27,13 +40,46 @@ impl Kernels {
         let preprocess = load_module(ctx, "preprocess", images::PREPROCESS)?;
         let packet = load_module(ctx, "packet", images::PACKET)?;
         let mask = load_module(ctx, "mask", images::MASK)?;
+        let gemm = load_module(ctx, "gemm", images::GEMM)?;
+        let conv_module = load_module(ctx, "conv", images::CONV)?;
+        let norm_module = load_module(ctx, "norm", images::NORM)?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(Error::cuda("querying the SM count"))?
+            .max(1) as u32;
+        let gemm_fns = functions(&gemm, "gemm", GemmTile::ALL.map(GemmTile::gemm_kernel))?;
+        let conv_fns = functions(&gemm, "gemm", GemmTile::ALL.map(GemmTile::conv_kernel))?;
+        // The large tiles need more than the default 48 KiB of dynamic shared memory.
+        for (i, tile) in GemmTile::ALL.iter().enumerate() {
+            set_dynamic_smem(&gemm_fns[i], tile.smem_bytes())?;
+            set_dynamic_smem(&conv_fns[i], tile.smem_bytes())?;
+        }
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
             mask_bounds: function(&mask, "mask", "mask_bounds")?,
             mask_layout: function(&mask, "mask", "mask_layout")?,
             mask_encode: function(&mask, "mask", "mask_encode")?,
+            gemm: gemm_fns,
+            conv_igemm: conv_fns,
+            depthwise: functions(
+                &conv_module,
+                "conv",
+                conv::DEPTHWISE_VARIANTS.map(|(_, _, name)| name),
+            )?,
+            conv3x3_stem_nchw: function(&conv_module, "conv", "conv3x3_stem_nchw")?,
+            layer_norm: functions(
+                &norm_module,
+                "norm",
+                norm::LAYER_NORM_VARIANTS.map(|(_, name)| name),
+            )?,
+            sm_count,
         })
+    }
+
+    /// Streaming multiprocessors of the device, as the GEMM tile selection sees them.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
     }
 }
 
@@ -46,6 +92,30 @@ fn load_module(ctx: &Arc<CudaContext>, file: &str, image: &[u8]) -> Result<Arc<C
                  FINESAM_CUDA_ARCHS including its compute capability)"
             ),
         })
+}
+
+fn functions<const N: usize>(
+    module: &Arc<CudaModule>,
+    file: &str,
+    names: [&str; N],
+) -> Result<[CudaFunction; N]> {
+    let loaded = names
+        .iter()
+        .map(|name| function(module, file, name))
+        .collect::<Result<Vec<_>>>()?;
+    // Exactly N functions were loaded above, so the conversion cannot fail.
+    loaded.try_into().map_err(|_| Error::Cuda {
+        op: "loading a kernel function",
+        message: format!("kernels/{file}.cu: wrong number of functions"),
+    })
+}
+
+fn set_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+    f.set_attribute(
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(Error::cuda("setting a kernel's dynamic shared memory"))
 }
 
 fn function(module: &Arc<CudaModule>, file: &str, name: &str) -> Result<CudaFunction> {

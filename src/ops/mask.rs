@@ -3,7 +3,8 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-use crate::error::{Error, Result};
+use super::launch_error;
+use crate::error::Result;
 use crate::gpu::{DevicePtr, Gpu};
 use crate::packet::PacketLayout;
 
@@ -66,13 +67,6 @@ pub struct MaskDecodeParams {
     pub threshold: f32,
 }
 
-fn launch_error(kernel: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Launch {
-        kernel,
-        message: e.to_string(),
-    }
-}
-
 /// Launches the three mask kernels (bounds, layout, encode) on the stream.
 pub fn launch_mask_decode(
     gpu: &Gpu,
@@ -108,10 +102,7 @@ pub fn launch_mask_decode(
         None
     };
     if let Some(message) = problem {
-        return Err(Error::Launch {
-            kernel: "mask_decode",
-            message,
-        });
+        return Err(launch_error("mask_decode", message));
     }
     let geometry = MaskGeometry {
         mask_index_offset: layout.mask_index_offset() as u32,
@@ -136,7 +127,7 @@ pub fn launch_mask_decode(
         shared_mem_bytes: 0,
     };
     // SAFETY: argument order and types match `mask_bounds`; sizes checked above.
-    unsafe { bounds.launch(cfg) }.map_err(launch_error("mask_bounds"))?;
+    unsafe { bounds.launch(cfg) }.map_err(|e| launch_error("mask_bounds", e.to_string()))?;
 
     let mut records = stream.launch_builder(&kernels.mask_layout);
     records
@@ -151,7 +142,7 @@ pub fn launch_mask_decode(
         shared_mem_bytes: 0,
     };
     // SAFETY: argument order and types match `mask_layout`.
-    unsafe { records.launch(one) }.map_err(launch_error("mask_layout"))?;
+    unsafe { records.launch(one) }.map_err(|e| launch_error("mask_layout", e.to_string()))?;
 
     let mut encode = stream.launch_builder(&kernels.mask_encode);
     encode
@@ -167,6 +158,6 @@ pub fn launch_mask_decode(
         shared_mem_bytes: 0,
     };
     // SAFETY: argument order and types match `mask_encode`.
-    unsafe { encode.launch(cfg) }.map_err(launch_error("mask_encode"))?;
+    unsafe { encode.launch(cfg) }.map_err(|e| launch_error("mask_encode", e.to_string()))?;
     Ok(())
 }

@@ -1,6 +1,70 @@
 //! Typed launchers: one Rust function per kernel that checks its arguments and launches it on
 //! the GPU's stream. Model code composes these; it never names a kernel.
 
+pub mod conv;
+pub mod gemm;
 pub mod mask;
+pub mod norm;
 pub mod packet;
 pub mod preprocess;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DeviceBuffer, DevicePtr};
+
+/// A device tensor as a launcher sees it: its address and how many bytes are valid from there,
+/// so the launcher can prove a shape fits before the kernel touches memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRegion {
+    /// Device address of the first byte.
+    pub ptr: DevicePtr,
+    /// Bytes valid at `ptr`.
+    pub bytes: usize,
+}
+
+impl DeviceRegion {
+    /// A region of `bytes` at `ptr`.
+    pub fn new(ptr: DevicePtr, bytes: usize) -> DeviceRegion {
+        DeviceRegion { ptr, bytes }
+    }
+
+    /// The whole of `buffer`.
+    pub fn of(buffer: &DeviceBuffer) -> DeviceRegion {
+        DeviceRegion::new(buffer.ptr(), buffer.len())
+    }
+
+    /// Checks that the region is non-null, aligned to `align` bytes and holds `need` bytes
+    /// (`None`: the size overflowed). `kernel` and `what` name the failure.
+    pub(crate) fn check(
+        &self,
+        kernel: &'static str,
+        what: &str,
+        need: Option<usize>,
+        align: u64,
+    ) -> Result<()> {
+        if self.ptr == 0 {
+            return Err(launch_error(kernel, format!("{what} is a null pointer")));
+        }
+        if self.ptr % align != 0 {
+            return Err(launch_error(
+                kernel,
+                format!("{what} at {:#x} is not {align}-byte aligned", self.ptr),
+            ));
+        }
+        match need {
+            Some(need) if need <= self.bytes => Ok(()),
+            Some(need) => Err(launch_error(
+                kernel,
+                format!("{what} has {} bytes, needs {need}", self.bytes),
+            )),
+            None => Err(launch_error(kernel, format!("{what}: size overflows"))),
+        }
+    }
+}
+
+/// An `Error::Launch` for `kernel`.
+pub(crate) fn launch_error(kernel: &'static str, message: impl Into<String>) -> Error {
+    Error::Launch {
+        kernel,
+        message: message.into(),
+    }
+}

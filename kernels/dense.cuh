@@ -1,0 +1,37 @@
+// Helpers shared by the dense op families (gemm.cu, conv.cu, norm.cu): activations and
+// 16-byte fp16 vector packing. Activation codes match `Activation` in src/ops/gemm.rs.
+#pragma once
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace finesam {
+
+enum Activation : int { kActNone = 0, kActGelu = 1, kActRelu = 2 };
+
+// nn.GELU() (exact erf form, the PyTorch default) and nn.ReLU().
+__device__ __forceinline__ float activate(float v, int act) {
+    if (act == kActGelu) return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    if (act == kActRelu) return fmaxf(v, 0.f);
+    return v;
+}
+
+// 8 fp16 (one 16-byte vector) <-> 8 floats.
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const float2 v = __half22float2(h[e]);
+        f[2 * e] = v.x;
+        f[2 * e + 1] = v.y;
+    }
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+    uint4 raw;
+    __half2* h = reinterpret_cast<__half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) h[e] = __floats2half2_rn(f[2 * e], f[2 * e + 1]);
+    return raw;
+}
+
+}  // namespace finesam

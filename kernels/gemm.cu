@@ -1,0 +1,381 @@
+// Tensor-core GEMM and implicit-GEMM convolution with a fused epilogue (fp16 in, fp32
+// accumulate, fp16 out):
+//
+//   Y[b][m, n] = act(alpha * sum_k X[b][m, k] * W[b][n, k] + bias[n])  (+ R[b][m, n])
+//
+// W is in PyTorch Linear layout [out, in] (row n holds the K inputs of output n), so this is
+// torch.nn.functional.linear(X, W, bias) followed by the activation (nn.GELU() exact erf, or
+// nn.ReLU()) and an optional residual, added after the activation (`x + mlp(x)`) or before it
+// (`act(conv(x) + shortcut)`, TinyViT's MBConv). `b` indexes an optional batch (grid.y) with
+// element strides for every operand; every matrix has its own row stride.
+//
+// The conv_* kernels are the same GEMM with X replaced by the implicit im2col matrix of an NHWC
+// input: torch.nn.functional.conv2d(x, w, bias, stride, padding) with x NHWC [B, H, W, Cin],
+// w as [Cout, kh, kw, Cin] (src/ops/conv.rs converts PyTorch's [Cout, Cin, kh, kw]), and the
+// output NHWC [B*Ho*Wo, Cout] with a row (pixel) stride. Row m = (b, oy, ox), column
+// k = (ky, kx, ci); Cin % 8 == 0 so every 16-byte chunk of a row lies inside one input pixel.
+//
+// Tiling: a block computes BM x BN of Y with WARPS_M x WARPS_N warps, each warp a (BM/WARPS_M)
+// x (BN/WARPS_N) tile of mma.sync.m16n8k16 (fp16 x fp16 -> fp32). K advances 32 at a time
+// through a STAGES-deep cp.async ring in shared memory (rows padded to 40 halves = 80 bytes so
+// the 8 row addresses of every ldmatrix phase fall on distinct bank quads). Out-of-range rows
+// and K chunks are zero-filled by cp.async (src-size 0), so any M, N and K % 8 == 0 work. The
+// epilogue stages alpha * acc in shared memory as fp32 and then writes Y in 16-byte rows
+// (coalesced, with 16-byte residual reads), or element-wise at ragged edges and odd strides.
+// Blocks are ordered in groups of 8 M-tiles so neighbours share X and W rows in L2.
+#include "dense.cuh"
+
+using namespace finesam;
+
+namespace {
+
+constexpr int kBK = 32;           // K per pipeline stage
+constexpr int kSmemLd = kBK + 8;  // padded smem row, in halves (80 bytes)
+constexpr int kGroupM = 8;        // M-tiles per L2 group
+
+// Mirrors `GemmParams` in src/ops/gemm.rs (passed by value; keep the field order in sync).
+struct GemmParams {
+    const __half* x;
+    const __half* w;
+    const float* bias;        // [N] or null
+    const __half* residual;   // or null
+    __half* y;
+    long long ldx, ldw, ldr, ldy;  // row strides, elements
+    long long bsx, bsw, bsr, bsy;  // batch strides, elements (grid.y)
+    int m, n, k;
+    int act;                  // Activation
+    int residual_before_act;  // 1: act(v + r); 0: act(v) + r
+    int vec_out;              // y and residual rows are 16-byte aligned
+    float alpha;
+    // Implicit-GEMM convolution geometry (conv_* kernels only).
+    int conv_h, conv_w, conv_cin, conv_kh, conv_kw, conv_stride, conv_pad, conv_ho, conv_wo;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy; src_bytes = 0 writes zeros without reading.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// alpha * acc (already applied) + bias, residual before or after the activation.
+__device__ __forceinline__ float epilogue(float v, float bias, float r, const GemmParams& p) {
+    v += bias;
+    if (p.residual_before_act) v += r;
+    v = activate(v, p.act);
+    if (!p.residual_before_act) v += r;
+    return v;
+}
+
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+struct Tile {
+    static constexpr int kThreads = WARPS_M * WARPS_N * 32;
+    static constexpr int kWarpM = BM / WARPS_M;
+    static constexpr int kWarpN = BN / WARPS_N;
+    static constexpr int kMmaM = kWarpM / 16;
+    static constexpr int kMmaN = kWarpN / 8;
+    // 16-byte chunks per stage: 4 per row (kBK = 32 halves).
+    static constexpr int kAIters = BM * (kBK / 8) / kThreads;
+    static constexpr int kBIters = BN * (kBK / 8) / kThreads;
+    static constexpr int kLdc = BN + 8;  // fp32 staging row: float2 writes of 16 lanes conflict-free
+    static constexpr int kPipeBytes = STAGES * (BM + BN) * kSmemLd * 2;
+    static constexpr int kStageCBytes = BM * kLdc * 4;
+    static constexpr int kSmemBytes = kPipeBytes > kStageCBytes ? kPipeBytes : kStageCBytes;
+    static_assert(kMmaN % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+    static_assert(kAIters * kThreads == BM * 4 && kBIters * kThreads == BN * 4, "loader split");
+};
+
+// Per-thread state of the A (X or im2col) loader: one entry per row chunk it copies.
+template <int ITERS, int THREADS, bool CONV>
+struct ALoader;
+
+template <int ITERS, int THREADS>
+struct ALoader<ITERS, THREADS, false> {
+    const __half* row[ITERS];
+    bool valid[ITERS];
+    __device__ void init(const GemmParams& p, const __half* x, int m0, int tid) {
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const int r = m0 + (tid >> 2) + i * (THREADS >> 2);
+            valid[i] = r < p.m;
+            row[i] = x + static_cast<long long>(valid[i] ? r : 0) * p.ldx;
+        }
+    }
+    __device__ void load(const GemmParams& p, uint32_t dst, int k0, int tid) const {
+        const int kc = k0 + (tid & 3) * 8;
+        const bool kin = kc < p.k;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const bool ok = valid[i] && kin;
+            cp_async16(dst + i * (THREADS >> 2) * kSmemLd * 2, row[i] + (ok ? kc : 0),
+                       ok ? 16 : 0);
+        }
+    }
+};
+
+template <int ITERS, int THREADS>
+struct ALoader<ITERS, THREADS, true> {
+    const __half* image[ITERS];  // start of this row's batch image
+    int iy0[ITERS], ix0[ITERS];  // top-left input pixel of the receptive field
+    __device__ void init(const GemmParams& p, const __half* x, int m0, int tid) {
+        const int hw = p.conv_ho * p.conv_wo;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const int r = m0 + (tid >> 2) + i * (THREADS >> 2);
+            const int b = r / hw;
+            const int rem = r - b * hw;
+            const int oy = rem / p.conv_wo;
+            const int ox = rem - oy * p.conv_wo;
+            image[i] = x + static_cast<long long>(b) * p.conv_h * p.conv_w * p.conv_cin;
+            // Rows past M get an impossible pixel so every tap reads as padding.
+            iy0[i] = r < p.m ? oy * p.conv_stride - p.conv_pad : -(1 << 20);
+            ix0[i] = ox * p.conv_stride - p.conv_pad;
+        }
+    }
+    __device__ void load(const GemmParams& p, uint32_t dst, int k0, int tid) const {
+        const int kc = k0 + (tid & 3) * 8;
+        const int tap = kc / p.conv_cin;
+        const int ci = kc - tap * p.conv_cin;
+        const int ky = tap / p.conv_kw;
+        const int kx = tap - ky * p.conv_kw;
+        const bool kin = kc < p.k;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const int iy = iy0[i] + ky;
+            const int ix = ix0[i] + kx;
+            const bool ok = kin && iy >= 0 && iy < p.conv_h && ix >= 0 && ix < p.conv_w;
+            const long long offset =
+                ok ? (static_cast<long long>(iy) * p.conv_w + ix) * p.conv_cin + ci : 0;
+            cp_async16(dst + i * (THREADS >> 2) * kSmemLd * 2, image[i] + offset, ok ? 16 : 0);
+        }
+    }
+};
+
+template <class T, bool CONV>
+__device__ __forceinline__ void gemm_body(const GemmParams& p) {
+    constexpr int BM = T::kBM, BN = T::kBN;
+    extern __shared__ __align__(128) unsigned char smem[];
+    __half* s_a = reinterpret_cast<__half*>(smem);      // [STAGES][BM][kSmemLd]
+    __half* s_b = s_a + T::kStages * BM * kSmemLd;      // [STAGES][BN][kSmemLd]
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int warp_m = warp / T::kWarpsN;
+    const int warp_n = warp % T::kWarpsN;
+
+    // Grouped tile order: kGroupM M-tiles sweep all N-tiles before the next group starts.
+    const int m_tiles = (p.m + BM - 1) / BM;
+    const int n_tiles = (p.n + BN - 1) / BN;
+    const int pid = blockIdx.x;
+    const int group = pid / (kGroupM * n_tiles);
+    const int first_m = group * kGroupM;
+    const int group_rows = min(m_tiles - first_m, kGroupM);
+    const int in_group = pid - group * kGroupM * n_tiles;
+    const int m0 = (first_m + in_group % group_rows) * BM;
+    const int n0 = (in_group / group_rows) * BN;
+
+    const long long batch = blockIdx.y;
+    const __half* x = p.x + batch * p.bsx;
+    const __half* w = p.w + batch * p.bsw;
+
+    ALoader<T::kAIters, T::kThreads, CONV> a_loader;
+    a_loader.init(p, x, m0, tid);
+    const __half* b_row[T::kBIters];
+    bool b_valid[T::kBIters];
+#pragma unroll
+    for (int i = 0; i < T::kBIters; ++i) {
+        const int r = n0 + (tid >> 2) + i * (T::kThreads >> 2);
+        b_valid[i] = r < p.n;
+        b_row[i] = w + static_cast<long long>(b_valid[i] ? r : 0) * p.ldw;
+    }
+    // This thread's chunk within a stage: row tid/4, halves (tid%4)*8.
+    const uint32_t a_dst0 = smem_addr(s_a + (tid >> 2) * kSmemLd + (tid & 3) * 8);
+    const uint32_t b_dst0 = smem_addr(s_b + (tid >> 2) * kSmemLd + (tid & 3) * 8);
+    constexpr uint32_t kAStageBytes = BM * kSmemLd * 2;
+    constexpr uint32_t kBStageBytes = BN * kSmemLd * 2;
+
+    auto load_stage = [&](int kt, int stage) {
+        const int k0 = kt * kBK;
+        a_loader.load(p, a_dst0 + stage * kAStageBytes, k0, tid);
+        const int kc = k0 + (tid & 3) * 8;
+        const bool kin = kc < p.k;
+#pragma unroll
+        for (int i = 0; i < T::kBIters; ++i) {
+            const bool ok = b_valid[i] && kin;
+            cp_async16(b_dst0 + stage * kBStageBytes + i * (T::kThreads >> 2) * kSmemLd * 2,
+                       b_row[i] + (ok ? kc : 0), ok ? 16 : 0);
+        }
+    };
+
+    float acc[T::kMmaM][T::kMmaN][4];
+#pragma unroll
+    for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+        for (int j = 0; j < T::kMmaN; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    const int k_tiles = (p.k + kBK - 1) / kBK;
+#pragma unroll
+    for (int s = 0; s < T::kStages - 1; ++s) {
+        if (s < k_tiles) load_stage(s, s);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane addresses (bytes within a stage). A x4: lanes 0-15 rows 0-15 at k 0,
+    // lanes 16-31 rows 0-15 at k 8. B x4: matrices (n 0-7, k 0), (n 0-7, k 8), (n 8-15, k 0),
+    // (n 8-15, k 8) -> the b0/b1 registers of two adjacent n8 tiles.
+    const uint32_t a_frag0 =
+        smem_addr(s_a + (warp_m * T::kWarpM + (lane & 15)) * kSmemLd + (lane >> 4) * 8);
+    const uint32_t b_frag0 = smem_addr(
+        s_b + (warp_n * T::kWarpN + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
+        ((lane >> 3) & 1) * 8);
+
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        cp_async_wait<T::kStages - 2>();
+        __syncthreads();
+        // Refill the stage consumed in the previous iteration (everyone is past it now).
+        const int next = kt + T::kStages - 1;
+        if (next < k_tiles) load_stage(next, next % T::kStages);
+        cp_async_commit();
+
+        const int stage = kt % T::kStages;
+        const uint32_t a_base = a_frag0 + stage * kAStageBytes;
+        const uint32_t b_base = b_frag0 + stage * kBStageBytes;
+#pragma unroll
+        for (int kk = 0; kk < kBK; kk += 16) {
+            uint32_t a[T::kMmaM][4];
+            uint32_t b[T::kMmaN][2];
+#pragma unroll
+            for (int i = 0; i < T::kMmaM; ++i)
+                ldmatrix_x4(a[i], a_base + (i * 16 * kSmemLd + kk) * 2);
+#pragma unroll
+            for (int j = 0; j < T::kMmaN / 2; ++j) {
+                uint32_t r[4];
+                ldmatrix_x4(r, b_base + (j * 16 * kSmemLd + kk) * 2);
+                b[2 * j][0] = r[0];
+                b[2 * j][1] = r[1];
+                b[2 * j + 1][0] = r[2];
+                b[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+                for (int j = 0; j < T::kMmaN; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
+        }
+    }
+
+    // ---- Epilogue: stage alpha * acc as fp32, then write whole 16-byte output chunks. ----
+    cp_async_wait<0>();
+    __syncthreads();
+    float* s_c = reinterpret_cast<float*>(smem);  // [BM][kLdc]
+    {
+        const int r0 = warp_m * T::kWarpM + (lane >> 2);
+        const int c0 = warp_n * T::kWarpN + (lane & 3) * 2;
+#pragma unroll
+        for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+            for (int j = 0; j < T::kMmaN; ++j) {
+                float* dst = s_c + (r0 + i * 16) * T::kLdc + c0 + j * 8;
+                *reinterpret_cast<float2*>(dst) =
+                    make_float2(p.alpha * acc[i][j][0], p.alpha * acc[i][j][1]);
+                *reinterpret_cast<float2*>(dst + 8 * T::kLdc) =
+                    make_float2(p.alpha * acc[i][j][2], p.alpha * acc[i][j][3]);
+            }
+    }
+    __syncthreads();
+
+    __half* y = p.y + batch * p.bsy;
+    const __half* res = p.residual ? p.residual + batch * p.bsr : nullptr;
+    constexpr int kChunksPerRow = BN / 8;
+    for (int idx = tid; idx < BM * kChunksPerRow; idx += T::kThreads) {
+        const int r = idx / kChunksPerRow;
+        const int c = (idx - r * kChunksPerRow) * 8;
+        const int gm = m0 + r;
+        const int gn = n0 + c;
+        if (gm >= p.m || gn >= p.n) continue;
+        // Lanes 4-7 of each quarter-warp read their two float4 halves in the opposite order,
+        // so the 8 lanes of one load instruction cover all 32 banks (no 2-way conflict).
+        const int swap = (idx >> 2) & 1;
+        const float* src = s_c + r * T::kLdc + c;
+        const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
+        const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
+        const float4 lo = swap ? second : first;
+        const float4 hi = swap ? first : second;
+        float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        __half* yrow = y + gm * p.ldy + gn;
+        const __half* rrow = res ? res + gm * p.ldr + gn : nullptr;
+        if (p.vec_out && gn + 8 <= p.n) {
+            float rv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            if (rrow) unpack8(*reinterpret_cast<const uint4*>(rrow), rv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = epilogue(v[e], p.bias ? p.bias[gn + e] : 0.f, rv[e], p);
+            const uint4 out = pack8(v);
+            *reinterpret_cast<uint4*>(yrow) = out;
+        } else {
+            // Ragged N edge or unaligned output/residual rows: element by element.
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                if (gn + e < p.n) {
+                    const float b = p.bias ? p.bias[gn + e] : 0.f;
+                    const float r = rrow ? __half2float(rrow[e]) : 0.f;
+                    yrow[e] = __float2half_rn(epilogue(v[e], b, r, p));
+                }
+            }
+        }
+    }
+}
+
+template <int BM_, int BN_, int WARPS_M, int WARPS_N, int STAGES>
+struct Config : Tile<BM_, BN_, WARPS_M, WARPS_N, STAGES> {
+    static constexpr int kBM = BM_, kBN = BN_, kWarpsN = WARPS_N, kStages = STAGES;
+};
+
+// The tile configurations (keep in sync with GemmTile in src/ops/gemm.rs: sizes, threads,
+// dynamic shared memory).
+using Big = Config<128, 128, 2, 4, 4>;   // 256 threads, warp tile 64x32, 80 KiB smem
+using Wide = Config<128, 64, 2, 2, 4>;   // 128 threads, warp tile 64x32, 60 KiB smem
+using Small = Config<64, 64, 2, 2, 4>;   // 128 threads, warp tile 32x32, 40 KiB smem
+// The host sets these as the kernels' dynamic shared memory (GemmTile::smem_bytes).
+static_assert(Big::kSmemBytes == 81920 && Wide::kSmemBytes == 61440 && Small::kSmemBytes == 40960,
+              "dynamic shared memory sizes must match GemmTile::smem_bytes in src/ops/gemm.rs");
+
+}  // namespace
+
+#define FINESAM_GEMM_KERNELS(NAME, CFG, MIN_BLOCKS)                                           \
+    extern "C" __global__ void __launch_bounds__(CFG::kThreads, MIN_BLOCKS)                   \
+        gemm_##NAME(const GemmParams p) {                                                     \
+        gemm_body<CFG, false>(p);                                                             \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(CFG::kThreads, MIN_BLOCKS)                   \
+        conv_igemm_##NAME(const GemmParams p) {                                               \
+        gemm_body<CFG, true>(p);                                                              \
+    }
+
+FINESAM_GEMM_KERNELS(128x128, Big, 2)
+FINESAM_GEMM_KERNELS(128x64, Wide, 3)
+FINESAM_GEMM_KERNELS(64x64, Small, 4)

@@ -1,0 +1,117 @@
+// LayerNorm over the last dimension, fp16 in/out, fp32 statistics:
+//
+//   s = x (+ r)                 (rounded to fp16 and optionally written to `sum`, as PyTorch's
+//                                fp16 `x = x + r` would store it)
+//   y = (s - mean(s)) / sqrt(var(s) + eps) * gamma + beta     (biased variance)
+//
+// = torch.nn.functional.layer_norm(s, [C], gamma, beta, eps) (nn.LayerNorm, eps 1e-5) and, on
+// NHWC activations, SAM's LayerNorm2d over channels (eps 1e-6). gamma/beta fp32 [C].
+//
+// A group of G lanes (G = 8, 16 or 32, inside one warp) owns a row; each lane holds VPL 16-byte
+// vectors (8 channels each) in registers, so the row is read once and the variance is computed
+// exactly from centred values (two passes over registers). C % 8 == 0, C <= G * VPL * 8.
+#include "dense.cuh"
+
+using namespace finesam;
+
+namespace {
+
+// Mirrors `LayerNormParams` in src/ops/norm.rs.
+struct LayerNormParams {
+    const __half* x;
+    const __half* residual;  // or null
+    __half* sum;             // x + residual, or null
+    const float* gamma;
+    const float* beta;
+    __half* y;
+    int rows, c;
+    float eps;
+};
+
+constexpr int kThreads = 256;
+
+template <int G>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+    for (int offset = G / 2; offset > 0; offset >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+template <int G, int VPL>
+__device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
+    const int row = blockIdx.x * (kThreads / G) + threadIdx.x / G;
+    const int lane = threadIdx.x % G;
+    // Rows past the end still take part in the shuffles; they only skip memory.
+    const bool row_ok = row < p.rows;
+    const long long base = static_cast<long long>(row_ok ? row : 0) * p.c;
+
+    float v[VPL][8];
+    bool has[VPL];
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        const int c0 = (lane + j * G) * 8;
+        has[j] = row_ok && c0 < p.c;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[j][e] = 0.f;
+        if (has[j]) {
+            unpack8(*reinterpret_cast<const uint4*>(p.x + base + c0), v[j]);
+            if (p.residual) {
+                float r[8];
+                unpack8(*reinterpret_cast<const uint4*>(p.residual + base + c0), r);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[j][e] += r[e];
+                const uint4 s = pack8(v[j]);
+                // Normalise the rounded sum, exactly what the stored residual stream holds.
+                unpack8(s, v[j]);
+                if (p.sum) *reinterpret_cast<uint4*>(p.sum + base + c0) = s;
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) total += v[j][e];
+    }
+    const float inv_c = 1.f / static_cast<float>(p.c);
+    const float mean = group_sum<G>(total) * inv_c;
+    float sq = 0.f;
+#pragma unroll
+    for (int j = 0; j < VPL; ++j)
+        if (has[j])
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const float d = v[j][e] - mean;
+                sq = fmaf(d, d, sq);
+            }
+    const float rstd = rsqrtf(group_sum<G>(sq) * inv_c + p.eps);
+
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+        if (!has[j]) continue;
+        const int c0 = (lane + j * G) * 8;
+        const float4 g0 = *reinterpret_cast<const float4*>(p.gamma + c0);
+        const float4 g1 = *reinterpret_cast<const float4*>(p.gamma + c0 + 4);
+        const float4 b0 = *reinterpret_cast<const float4*>(p.beta + c0);
+        const float4 b1 = *reinterpret_cast<const float4*>(p.beta + c0 + 4);
+        const float g[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+        const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        float out[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = fmaf((v[j][e] - mean) * rstd, g[e], b[e]);
+        *reinterpret_cast<uint4*>(p.y + base + c0) = pack8(out);
+    }
+}
+
+}  // namespace
+
+// Variants by the largest C they cover (keep in sync with src/ops/norm.rs).
+#define FINESAM_LAYER_NORM(NAME, G, VPL)                                                       \
+    extern "C" __global__ void __launch_bounds__(kThreads) layer_norm_##NAME(                 \
+        const LayerNormParams p) {                                                            \
+        layer_norm_body<G, VPL>(p);                                                           \
+    }
+
+FINESAM_LAYER_NORM(c64, 8, 1)
+FINESAM_LAYER_NORM(c128, 16, 1)
+FINESAM_LAYER_NORM(c256, 32, 1)
+FINESAM_LAYER_NORM(c512, 32, 2)
+FINESAM_LAYER_NORM(c1024, 32, 4)

@@ -1,0 +1,511 @@
+//! Launchers for `kernels/gemm.cu`: tensor-core GEMM with a fused epilogue,
+//! `Y = act(alpha * X · W^T + bias) (+ R)` in fp16 with fp32 accumulation, W in PyTorch Linear
+//! layout `[out, in]`, optionally batched with strides (grid.y).
+//!
+//! Operand rules (checked; violations are `Error::Launch`, never a panic or a fault):
+//! - X `[batch][M, K]` and W `[batch][N, K]`: 16-byte aligned, row and batch strides multiples
+//!   of 8 elements (the kernel copies 16-byte chunks), K % 8 == 0.
+//! - Y and the residual `[batch][M, N]`: 2-byte aligned, any strides >= N; 16-byte aligned rows
+//!   take the vectorised epilogue. Y may be the residual (in-place `x += f(x)`); Y must not
+//!   overlap X or W.
+//! - bias: `[N]` fp32 (folded BatchNorm biases keep their precision), shared by all batches.
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{launch_error, DeviceRegion};
+use crate::error::Result;
+use crate::gpu::Gpu;
+
+const HALF: usize = 2;
+
+/// The activation applied in the epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    None,
+    /// `nn.GELU()`: the exact erf form `0.5 x (1 + erf(x / sqrt 2))`.
+    Gelu,
+    /// `nn.ReLU()`.
+    Relu,
+}
+
+impl Activation {
+    /// The code the kernels read (`finesam::Activation` in kernels/dense.cuh).
+    pub(crate) fn code(self) -> i32 {
+        match self {
+            Activation::None => 0,
+            Activation::Gelu => 1,
+            Activation::Relu => 2,
+        }
+    }
+}
+
+/// A fp16 matrix (or a batch of them) in device memory: rows of `row_stride` elements, batch
+/// items `batch_stride` elements apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matrix {
+    /// Where the matrix lives and how many bytes are valid there.
+    pub region: DeviceRegion,
+    /// Elements between the starts of consecutive rows (>= the column count).
+    pub row_stride: usize,
+    /// Elements between consecutive batch items (unused when the batch is 1).
+    pub batch_stride: usize,
+}
+
+impl Matrix {
+    /// A densely packed matrix with `cols` columns (row stride = cols), no batch stride.
+    pub fn packed(region: DeviceRegion, cols: usize) -> Matrix {
+        Matrix {
+            region,
+            row_stride: cols,
+            batch_stride: 0,
+        }
+    }
+
+    /// The same matrix with `row_stride` elements between rows (e.g. a column slice of a
+    /// wider tensor: offset `region.ptr` by the first column).
+    pub fn with_row_stride(self, row_stride: usize) -> Matrix {
+        Matrix { row_stride, ..self }
+    }
+
+    /// The same matrix with `batch_stride` elements between batch items.
+    pub fn with_batch_stride(self, batch_stride: usize) -> Matrix {
+        Matrix {
+            batch_stride,
+            ..self
+        }
+    }
+
+    /// Bytes spanned by `batch` items of `rows x cols` (None on overflow).
+    pub fn span_bytes(&self, rows: usize, cols: usize, batch: usize) -> Option<usize> {
+        if rows == 0 || cols == 0 || batch == 0 {
+            return Some(0);
+        }
+        let elements = (batch - 1)
+            .checked_mul(self.batch_stride)?
+            .checked_add((rows - 1).checked_mul(self.row_stride)?)?
+            .checked_add(cols)?;
+        elements.checked_mul(HALF)
+    }
+
+    /// Rows and batch items start on 16-byte boundaries.
+    fn rows_16b_aligned(&self) -> bool {
+        self.region.ptr % 16 == 0 && self.row_stride % 8 == 0 && self.batch_stride % 8 == 0
+    }
+
+    /// Checks a `[batch][rows, cols]` operand. `chunked`: the kernel reads it with cp.async in
+    /// 16-byte chunks along the rows (X, W); otherwise element-wise or by 16-byte rows where
+    /// aligned (Y, residual).
+    fn check_operand(
+        &self,
+        kernel: &'static str,
+        what: &str,
+        (rows, cols, batch): (usize, usize, usize),
+        chunked: bool,
+    ) -> Result<()> {
+        self.check_strides(kernel, what, cols)?;
+        if chunked && (self.row_stride % 8 != 0 || (batch > 1 && self.batch_stride % 8 != 0)) {
+            return Err(launch_error(
+                kernel,
+                format!(
+                    "{what}: row stride {} and batch stride {} must be multiples of 8 elements",
+                    self.row_stride, self.batch_stride
+                ),
+            ));
+        }
+        let align = if chunked { 16 } else { HALF as u64 };
+        self.region
+            .check(kernel, what, self.span_bytes(rows, cols, batch), align)
+    }
+
+    fn check_strides(&self, kernel: &'static str, what: &str, cols: usize) -> Result<()> {
+        if self.row_stride < cols {
+            return Err(launch_error(
+                kernel,
+                format!(
+                    "{what}: row stride {} is less than its {cols} columns",
+                    self.row_stride
+                ),
+            ));
+        }
+        if i64::try_from(self.row_stride).is_err() || i64::try_from(self.batch_stride).is_err() {
+            return Err(launch_error(kernel, format!("{what}: stride too large")));
+        }
+        // A zero batch stride is allowed: inputs broadcast; `epilogue_params` keeps output
+        // items apart.
+        Ok(())
+    }
+}
+
+/// Where the residual joins the epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResidualOrder {
+    /// `act(v) + r`: a transformer's `x + mlp(x)`.
+    #[default]
+    AfterActivation,
+    /// `act(v + r)`: TinyViT's MBConv (`x += shortcut; x = act3(x)`).
+    BeforeActivation,
+}
+
+/// A residual added in the epilogue: `[batch][M, N]` fp16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Residual {
+    /// The residual matrix (may be the output itself).
+    pub matrix: Matrix,
+    /// Before or after the activation.
+    pub order: ResidualOrder,
+}
+
+/// What happens to the accumulator before it is stored:
+/// `y = act(alpha * acc + bias) + r` or `act(alpha * acc + bias + r)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epilogue {
+    /// Scales the product (e.g. attention's 1/sqrt(d)).
+    pub alpha: f32,
+    /// `[N]` fp32, shared by all batch items.
+    pub bias: Option<DeviceRegion>,
+    /// The activation.
+    pub activation: Activation,
+    /// An optional residual.
+    pub residual: Option<Residual>,
+}
+
+impl Default for Epilogue {
+    fn default() -> Epilogue {
+        Epilogue {
+            alpha: 1.0,
+            bias: None,
+            activation: Activation::None,
+            residual: None,
+        }
+    }
+}
+
+/// Problem size: `batch` products of `[M, K] x [K, N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmProblem {
+    /// Output rows (tokens, or pixels of a 1x1 convolution).
+    pub m: usize,
+    /// Output columns (output features / channels).
+    pub n: usize,
+    /// Reduction length (input features); a multiple of 8.
+    pub k: usize,
+    /// Independent products (grid.y), at most 65535.
+    pub batch: usize,
+}
+
+impl GemmProblem {
+    /// One product of `[m, k] x [k, n]`.
+    pub fn new(m: usize, n: usize, k: usize) -> GemmProblem {
+        GemmProblem { m, n, k, batch: 1 }
+    }
+
+    /// Multiply-adds x 2.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}
+
+/// The block tile configurations compiled in kernels/gemm.cu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemmTile {
+    /// 128 x 128, 8 warps (64x32 each), 4 stages: the throughput tile for large problems.
+    T128x128,
+    /// 128 x 64, 4 warps (64x32 each), 4 stages.
+    T128x64,
+    /// 64 x 64, 4 warps (32x32 each), 4 stages: more blocks for small problems.
+    T64x64,
+}
+
+impl GemmTile {
+    /// Number of configurations.
+    pub const COUNT: usize = 3;
+    /// Every configuration, in kernel-table order.
+    pub const ALL: [GemmTile; GemmTile::COUNT] =
+        [GemmTile::T128x128, GemmTile::T128x64, GemmTile::T64x64];
+
+    /// Position in the kernel tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Block tile rows (M).
+    pub fn bm(self) -> usize {
+        match self {
+            GemmTile::T128x128 | GemmTile::T128x64 => 128,
+            GemmTile::T64x64 => 64,
+        }
+    }
+
+    /// Block tile columns (N).
+    pub fn bn(self) -> usize {
+        match self {
+            GemmTile::T128x128 => 128,
+            GemmTile::T128x64 | GemmTile::T64x64 => 64,
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            GemmTile::T128x128 => 256,
+            GemmTile::T128x64 | GemmTile::T64x64 => 128,
+        }
+    }
+
+    /// Dynamic shared memory: the cp.async ring (4 stages of (BM + BN) rows of 40 halves) or
+    /// the fp32 epilogue staging tile, whichever is larger (static_assert'ed in gemm.cu).
+    pub fn smem_bytes(self) -> u32 {
+        let (bm, bn) = (self.bm() as u32, self.bn() as u32);
+        let ring = 4 * (bm + bn) * 40 * 2;
+        let staging = bm * (bn + 8) * 4;
+        ring.max(staging)
+    }
+
+    /// Relative cost of one tile's work: smaller tiles re-read more operands per FLOP and
+    /// issue more ldmatrix per mma.
+    fn cost_factor(self) -> f64 {
+        match self {
+            GemmTile::T128x128 => 1.0,
+            GemmTile::T128x64 => 1.15,
+            GemmTile::T64x64 => 1.4,
+        }
+    }
+
+    /// Blocks launched for a problem.
+    pub fn blocks(self, m: usize, n: usize, batch: usize) -> usize {
+        m.div_ceil(self.bm()) * n.div_ceil(self.bn()) * batch
+    }
+
+    pub(crate) fn gemm_kernel(self) -> &'static str {
+        match self {
+            GemmTile::T128x128 => "gemm_128x128",
+            GemmTile::T128x64 => "gemm_128x64",
+            GemmTile::T64x64 => "gemm_64x64",
+        }
+    }
+
+    pub(crate) fn conv_kernel(self) -> &'static str {
+        match self {
+            GemmTile::T128x128 => "conv_igemm_128x128",
+            GemmTile::T128x64 => "conv_igemm_128x64",
+            GemmTile::T64x64 => "conv_igemm_64x64",
+        }
+    }
+}
+
+/// Picks the tile for an `m x n` output (times `batch`) on a GPU with `sm_count` SMs.
+///
+/// Model: blocks spread evenly over the SMs, so the busiest SM does `ceil(blocks / sms)`
+/// tiles; its time is that count times the tile's area times the tile's cost factor. Large
+/// problems get 128x128; problems that would leave SMs idle get smaller tiles.
+pub fn select_gemm_tile(m: usize, n: usize, batch: usize, sm_count: u32) -> GemmTile {
+    let sms = sm_count.max(1) as usize;
+    let cost = |tile: GemmTile| {
+        let per_sm = tile.blocks(m, n, batch).div_ceil(sms) as f64;
+        per_sm * (tile.bm() * tile.bn()) as f64 * tile.cost_factor()
+    };
+    let mut best = GemmTile::T128x128;
+    for tile in GemmTile::ALL {
+        if cost(tile) < cost(best) {
+            best = tile;
+        }
+    }
+    best
+}
+
+/// Mirrors `GemmParams` in kernels/gemm.cu (passed by value; same field order).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct GemmParams {
+    pub(crate) x: u64,
+    pub(crate) w: u64,
+    bias: u64,
+    residual: u64,
+    y: u64,
+    ldx: i64,
+    pub(crate) ldw: i64,
+    ldr: i64,
+    ldy: i64,
+    bsx: i64,
+    bsw: i64,
+    bsr: i64,
+    bsy: i64,
+    m: i32,
+    n: i32,
+    k: i32,
+    act: i32,
+    residual_before_act: i32,
+    vec_out: i32,
+    alpha: f32,
+    pub(crate) conv: ConvGeometry,
+}
+
+/// The implicit-GEMM convolution fields of `GemmParams` (zero for a plain GEMM).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct ConvGeometry {
+    pub(crate) h: i32,
+    pub(crate) w: i32,
+    pub(crate) cin: i32,
+    pub(crate) kh: i32,
+    pub(crate) kw: i32,
+    pub(crate) stride: i32,
+    pub(crate) pad: i32,
+    pub(crate) ho: i32,
+    pub(crate) wo: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for GemmParams {}
+
+fn to_i32(kernel: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| launch_error(kernel, format!("{what} = {v} exceeds i32")))
+}
+
+/// Checks the epilogue and output operands shared by GEMM and convolution and fills the
+/// corresponding parameter fields (X and W are the caller's).
+pub(crate) fn epilogue_params(
+    kernel: &'static str,
+    problem: &GemmProblem,
+    y: &Matrix,
+    epilogue: &Epilogue,
+) -> Result<GemmParams> {
+    let GemmProblem { m, n, k, batch } = *problem;
+    if m == 0 || n == 0 || k == 0 || batch == 0 {
+        return Err(launch_error(
+            kernel,
+            format!("empty problem M={m} N={n} K={k} batch={batch}"),
+        ));
+    }
+    if batch > 65535 {
+        return Err(launch_error(kernel, format!("batch {batch} exceeds 65535")));
+    }
+    if !epilogue.alpha.is_finite() {
+        return Err(launch_error(kernel, "alpha is not finite"));
+    }
+    y.check_operand(kernel, "output Y", (m, n, batch), false)?;
+    if batch > 1 && y.batch_stride < y.span_bytes(m, n, 1).unwrap_or(usize::MAX) / HALF {
+        return Err(launch_error(
+            kernel,
+            format!(
+                "output Y: batch stride {} overlaps the previous item ({m} rows x {n})",
+                y.batch_stride
+            ),
+        ));
+    }
+    if let Some(bias) = &epilogue.bias {
+        bias.check(kernel, "bias", n.checked_mul(4), 4)?;
+    }
+    let mut vec_out = y.rows_16b_aligned();
+    let mut params = GemmParams {
+        y: y.region.ptr,
+        ldy: y.row_stride as i64,
+        bsy: y.batch_stride as i64,
+        m: to_i32(kernel, "M", m)?,
+        n: to_i32(kernel, "N", n)?,
+        k: to_i32(kernel, "K", k)?,
+        act: epilogue.activation.code(),
+        alpha: epilogue.alpha,
+        bias: epilogue.bias.map_or(0, |b| b.ptr),
+        ..GemmParams::default()
+    };
+    if let Some(residual) = &epilogue.residual {
+        let r = &residual.matrix;
+        r.check_operand(kernel, "residual", (m, n, batch), false)?;
+        vec_out &= r.rows_16b_aligned();
+        params.residual = r.region.ptr;
+        params.ldr = r.row_stride as i64;
+        params.bsr = r.batch_stride as i64;
+        params.residual_before_act = i32::from(residual.order == ResidualOrder::BeforeActivation);
+    }
+    params.vec_out = i32::from(vec_out);
+    Ok(params)
+}
+
+/// The operands of a GEMM (see the module documentation for their rules).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmArgs {
+    /// `[batch][M, K]`.
+    pub x: Matrix,
+    /// `[batch][N, K]` (PyTorch Linear layout); batch stride 0 shares one W.
+    pub w: Matrix,
+    /// `[batch][M, N]`.
+    pub y: Matrix,
+    /// Scale, bias, activation, residual.
+    pub epilogue: Epilogue,
+}
+
+/// Validates a GEMM launch and returns its kernel parameters.
+fn gemm_params(problem: &GemmProblem, args: &GemmArgs) -> Result<GemmParams> {
+    const KERNEL: &str = "gemm";
+    let GemmArgs { x, w, y, epilogue } = args;
+    let mut params = epilogue_params(KERNEL, problem, y, epilogue)?;
+    let GemmProblem { m, n, k, batch } = *problem;
+    if k % 8 != 0 {
+        return Err(launch_error(
+            KERNEL,
+            format!("K = {k} must be a multiple of 8 (16-byte rows)"),
+        ));
+    }
+    x.check_operand(KERNEL, "input X", (m, k, batch), true)?;
+    w.check_operand(KERNEL, "weight W", (n, k, batch), true)?;
+    params.x = x.region.ptr;
+    params.w = w.region.ptr;
+    params.ldx = x.row_stride as i64;
+    params.ldw = w.row_stride as i64;
+    params.bsx = x.batch_stride as i64;
+    params.bsw = w.batch_stride as i64;
+    Ok(params)
+}
+
+/// Checks a GEMM's arguments exactly as [`launch_gemm`] does, without a GPU.
+pub fn check_gemm(problem: &GemmProblem, args: &GemmArgs) -> Result<()> {
+    gemm_params(problem, args).map(|_| ())
+}
+
+/// `Y = act(alpha * X · W^T + bias) (+ R)` with the tile [`select_gemm_tile`] picks.
+pub fn launch_gemm(gpu: &Gpu, problem: &GemmProblem, args: &GemmArgs) -> Result<()> {
+    let tile = select_gemm_tile(problem.m, problem.n, problem.batch, gpu.kernels().sm_count);
+    launch_gemm_tile(gpu, tile, problem, args)
+}
+
+/// [`launch_gemm`] with an explicit tile (tests and tuning).
+pub fn launch_gemm_tile(
+    gpu: &Gpu,
+    tile: GemmTile,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> Result<()> {
+    let params = gemm_params(problem, args)?;
+    let f = &gpu.kernels().gemm[tile.index()];
+    launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
+}
+
+/// Launches a gemm.cu kernel (GEMM or implicit-GEMM convolution) on validated parameters.
+pub(crate) fn launch_tiled(
+    gpu: &Gpu,
+    f: &cudarc::driver::CudaFunction,
+    name: &'static str,
+    tile: GemmTile,
+    problem: &GemmProblem,
+    params: &GemmParams,
+) -> Result<()> {
+    let tiles = problem.m.div_ceil(tile.bm()) * problem.n.div_ceil(tile.bn());
+    let grid_x = u32::try_from(tiles)
+        .ok()
+        .filter(|&t| t <= i32::MAX as u32)
+        .ok_or_else(|| launch_error(name, format!("{tiles} tiles exceed the grid limit")))?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid_x, problem.batch as u32, 1),
+        block_dim: (tile.threads(), 1, 1),
+        shared_mem_bytes: tile.smem_bytes(),
+    };
+    let mut launch = gpu.stream().launch_builder(f);
+    launch.arg(params);
+    // SAFETY: the parameter struct mirrors the kernel's; every pointer was checked to be
+    // non-null, aligned and large enough for the extents the kernel touches.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(name, e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
+//! selection, and the launchers' argument checks (which run before any GPU work).
+
+use finesam::ops::conv::{
+    check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
+    depthwise_weight_taps, fold_batchnorm, BatchNorm, Conv2dShape, ConvArgs, DepthwiseArgs,
+    DepthwiseShape, StemArgs,
+};
+use finesam::ops::gemm::{
+    check_gemm, select_gemm_tile, Activation, Epilogue, GemmArgs, GemmProblem, GemmTile, Matrix,
+    Residual, ResidualOrder,
+};
+use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
+use finesam::ops::DeviceRegion;
+use finesam::Error;
+
+const H100_SMS: u32 = 132;
+
+fn is_launch_error(result: finesam::Result<()>) -> bool {
+    matches!(result, Err(Error::Launch { .. }))
+}
+
+#[test]
+fn fold_batchnorm_matches_the_formula() {
+    // Two output channels, two weights each.
+    let weight = [1.0f32, -2.0, 0.5, 4.0];
+    let bn = BatchNorm {
+        gamma: &[2.0, 0.5],
+        beta: &[0.1, -0.2],
+        mean: &[1.0, -3.0],
+        var: &[3.0, 0.25],
+        eps: 1.0,
+    };
+    let (w, b) = fold_batchnorm(&weight, None, &bn).unwrap();
+    // s = gamma / sqrt(var + eps) = [1.0, 0.5 / sqrt(1.25)].
+    let s1 = 0.5 / 1.25f64.sqrt();
+    let expect_w = [1.0, -2.0, 0.5 * s1, 4.0 * s1];
+    let expect_b = [0.1 - 1.0, -0.2 + 3.0 * s1];
+    for (got, want) in w.iter().zip(expect_w) {
+        assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    for (got, want) in b.iter().zip(expect_b) {
+        assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    // With a conv bias: b' = beta + (b - mean) * s.
+    let (_, b2) = fold_batchnorm(&weight, Some(&[0.5, 1.0]), &bn).unwrap();
+    assert!((b2[0] as f64 - (0.1 + (0.5 - 1.0))).abs() < 1e-6);
+    assert!((b2[1] as f64 - (-0.2 + (1.0 + 3.0) * s1)).abs() < 1e-6);
+}
+
+#[test]
+fn fold_batchnorm_rejects_bad_inputs() {
+    let bn = BatchNorm {
+        gamma: &[1.0, 1.0],
+        beta: &[0.0, 0.0],
+        mean: &[0.0, 0.0],
+        var: &[1.0, 1.0],
+        eps: 1e-5,
+    };
+    assert!(
+        fold_batchnorm(&[1.0, 2.0, 3.0], None, &bn).is_err(),
+        "3 weights for 2 channels"
+    );
+    assert!(fold_batchnorm(&[], None, &bn).is_err());
+    assert!(fold_batchnorm(&[1.0, 2.0], Some(&[0.0]), &bn).is_err());
+    let short = BatchNorm { mean: &[0.0], ..bn };
+    assert!(fold_batchnorm(&[1.0, 2.0], None, &short).is_err());
+    let negative = BatchNorm {
+        var: &[1.0, -2.0],
+        eps: 0.0,
+        ..bn
+    };
+    assert!(fold_batchnorm(&[1.0, 2.0], None, &negative).is_err());
+}
+
+#[test]
+fn conv_weight_layouts() {
+    // [Cout=2, Cin=3, 2, 2] with value = 1000 co + 100 ci + 10 ky + kx.
+    let (cout, cin, kh, kw) = (2, 3, 2, 2);
+    let mut w = Vec::new();
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    w.push((1000 * co + 100 * ci + 10 * ky + kx) as f32);
+                }
+            }
+        }
+    }
+    let ohwi = conv_weight_ohwi(&w, cout, cin, kh, kw).unwrap();
+    for co in 0..cout {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                for ci in 0..cin {
+                    let got = ohwi[((co * kh + ky) * kw + kx) * cin + ci];
+                    assert_eq!(got, (1000 * co + 100 * ci + 10 * ky + kx) as f32);
+                }
+            }
+        }
+    }
+    assert!(conv_weight_ohwi(&w, cout, cin, kh, 3).is_err());
+
+    // Depthwise [C=3, 1, 3, 3] -> [9, 3].
+    let dw: Vec<f32> = (0..27).map(|i| i as f32).collect();
+    let taps = depthwise_weight_taps(&dw, 3, 3, 3).unwrap();
+    for c in 0..3 {
+        for t in 0..9 {
+            assert_eq!(taps[t * 3 + c], (c * 9 + t) as f32);
+        }
+    }
+    assert!(depthwise_weight_taps(&dw, 4, 3, 3).is_err());
+}
+
+#[test]
+fn tile_selection_fills_the_gpu() {
+    // Large problems: the big tile.
+    assert_eq!(
+        select_gemm_tile(4096, 4096, 1, H100_SMS),
+        GemmTile::T128x128
+    );
+    assert_eq!(
+        select_gemm_tile(65536, 256, 1, H100_SMS),
+        GemmTile::T128x128
+    );
+    assert_eq!(
+        select_gemm_tile(16384, 512, 1, H100_SMS),
+        GemmTile::T128x128
+    );
+    // The neck conv (M 4096, N 256): 64 big tiles would leave half the SMs idle.
+    assert_ne!(select_gemm_tile(4096, 256, 1, H100_SMS), GemmTile::T128x128);
+    // Tiny problems: the small tile.
+    assert_eq!(select_gemm_tile(64, 64, 1, H100_SMS), GemmTile::T64x64);
+    assert_eq!(select_gemm_tile(100, 30, 1, H100_SMS), GemmTile::T64x64);
+    // Every choice is one of the compiled tiles, for any shape, and never panics.
+    for m in [1, 7, 64, 129, 1000, 65536] {
+        for n in [1, 8, 64, 320, 1280] {
+            for batch in [1, 3, 100] {
+                let tile = select_gemm_tile(m, n, batch, H100_SMS);
+                assert!(GemmTile::ALL.contains(&tile));
+                let _ = select_gemm_tile(m, n, batch, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn tile_table_is_consistent() {
+    for (i, tile) in GemmTile::ALL.iter().enumerate() {
+        assert_eq!(tile.index(), i);
+        assert!(
+            tile.smem_bytes() <= 227 * 1024,
+            "{tile:?} exceeds Hopper's shared memory"
+        );
+        assert_eq!(tile.blocks(tile.bm(), tile.bn(), 1), 1);
+        assert_eq!(tile.blocks(tile.bm() + 1, tile.bn(), 2), 4);
+    }
+    assert_eq!(GemmTile::T128x128.smem_bytes(), 81920);
+    assert_eq!(GemmTile::T128x64.smem_bytes(), 61440);
+    assert_eq!(GemmTile::T64x64.smem_bytes(), 40960);
+}
+
+// Fake, never dereferenced device addresses: the checks run on the host before any launch.
+const BASE: u64 = 0x7f00_0000_0000;
+
+fn region(bytes: usize) -> DeviceRegion {
+    DeviceRegion::new(BASE, bytes)
+}
+
+/// check_gemm on loose operands.
+fn check(p: &GemmProblem, x: Matrix, w: Matrix, y: Matrix, epilogue: Epilogue) -> bool {
+    match check_gemm(p, &GemmArgs { x, w, y, epilogue }) {
+        Ok(()) => true,
+        Err(Error::Launch { .. }) => false,
+        Err(other) => panic!("expected Error::Launch, got {other:?}"),
+    }
+}
+
+#[test]
+fn gemm_checks() {
+    let (m, n, k) = (100, 72, 64);
+    let p = GemmProblem::new(m, n, k);
+    let x = Matrix::packed(region(m * k * 2), k);
+    let w = Matrix::packed(region(n * k * 2), k);
+    let y = Matrix::packed(region(m * n * 2), n);
+    let e = Epilogue::default();
+    assert!(check(&p, x, w, y, e));
+
+    // K alignment; empty problem.
+    assert!(!check(&GemmProblem::new(m, n, 20), x, w, y, e));
+    assert!(!check(&GemmProblem::new(0, n, k), x, w, y, e));
+    // Null, misaligned, undersized operands.
+    let null = Matrix::packed(DeviceRegion::new(0, 1 << 20), k);
+    assert!(!check(&p, null, w, y, e));
+    let misaligned = Matrix::packed(DeviceRegion::new(BASE + 8, m * k * 2), k);
+    assert!(!check(&p, misaligned, w, y, e));
+    assert!(!check(
+        &p,
+        x,
+        Matrix::packed(region(n * k * 2 - 2), k),
+        y,
+        e
+    ));
+    assert!(!check(
+        &p,
+        x,
+        w,
+        Matrix::packed(region(m * n * 2 - 2), n),
+        e
+    ));
+    // Strides: below the column count, or not 16-byte multiples for the cp.async operands.
+    assert!(!check(&p, x.with_row_stride(k - 8), w, y, e));
+    let x_odd = Matrix::packed(region(m * (k + 4) * 2), k).with_row_stride(k + 4);
+    assert!(!check(&p, x_odd, w, y, e));
+    // Outputs may have any stride >= N.
+    let y_odd = Matrix::packed(region(m * (n + 3) * 2), n).with_row_stride(n + 3);
+    assert!(check(&p, x, w, y_odd, e));
+    // Bias: needs N floats.
+    let bias = |bytes| Epilogue {
+        bias: Some(region(bytes)),
+        activation: Activation::Gelu,
+        ..e
+    };
+    assert!(!check(&p, x, w, y, bias(n * 4 - 4)));
+    assert!(check(&p, x, w, y, bias(n * 4)));
+    // Residual: same shape as Y.
+    let residual = |bytes| Epilogue {
+        residual: Some(Residual {
+            matrix: Matrix::packed(region(bytes), n),
+            order: ResidualOrder::BeforeActivation,
+        }),
+        ..e
+    };
+    assert!(check(&p, x, w, y, residual(m * n * 2)));
+    assert!(!check(&p, x, w, y, residual(m * n * 2 - 2)));
+    // Non-finite alpha.
+    let nan = Epilogue {
+        alpha: f32::NAN,
+        ..e
+    };
+    assert!(!check(&p, x, w, y, nan));
+
+    // Batched: operands must hold every item; outputs must not overlap between items.
+    let pb = GemmProblem { batch: 4, ..p };
+    let xb = x.with_batch_stride(m * k);
+    let wb = Matrix::packed(region(n * k * 2), k); // batch stride 0: W broadcast
+    let yb = Matrix::packed(region(4 * m * n * 2), n).with_batch_stride(m * n);
+    assert!(!check(&pb, xb, wb, yb, e), "X holds one item only");
+    let xb_big = Matrix::packed(region(4 * m * k * 2), k).with_batch_stride(m * k);
+    assert!(check(&pb, xb_big, wb, yb, e));
+    assert!(!check(&pb, xb_big, wb, yb.with_batch_stride(m * n - 8), e));
+    let huge_batch = GemmProblem { batch: 70000, ..p };
+    assert!(!check(&huge_batch, xb_big, wb, yb, e));
+}
+
+#[test]
+fn conv_checks() {
+    let s = Conv2dShape {
+        batch: 2,
+        height: 16,
+        width: 12,
+        in_channels: 32,
+        out_channels: 48,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 2,
+        padding: 1,
+    };
+    assert_eq!(s.output_size(), Some((8, 6)));
+    let problem = s.gemm_problem().unwrap();
+    assert_eq!((problem.m, problem.n, problem.k), (2 * 8 * 6, 48, 9 * 32));
+    let args = ConvArgs {
+        input: region(2 * 16 * 12 * 32 * 2),
+        weight: region(48 * 9 * 32 * 2),
+        output: Matrix::packed(region(problem.m * 48 * 2), 48),
+        epilogue: Epilogue::default(),
+    };
+    check_conv2d(&s, &args).unwrap();
+    let short_input = ConvArgs {
+        input: region(100),
+        ..args
+    };
+    assert!(is_launch_error(check_conv2d(&s, &short_input)));
+    let short_weight = ConvArgs {
+        weight: region(100),
+        ..args
+    };
+    assert!(is_launch_error(check_conv2d(&s, &short_weight)));
+    let too_big_kernel = Conv2dShape { kernel_h: 40, ..s };
+    assert_eq!(too_big_kernel.output_size(), None);
+    for bad in [
+        Conv2dShape {
+            in_channels: 12,
+            ..s
+        },
+        too_big_kernel,
+        Conv2dShape { stride: 0, ..s },
+    ] {
+        assert!(is_launch_error(check_conv2d(&bad, &args)), "{bad:?}");
+    }
+
+    // Depthwise.
+    let d = DepthwiseShape {
+        batch: 1,
+        height: 10,
+        width: 10,
+        channels: 64,
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    assert_eq!(d.output_size(), Some((5, 5)));
+    let args = DepthwiseArgs {
+        input: region(10 * 10 * 64 * 2),
+        weight: region(9 * 64 * 2),
+        bias: Some(region(64 * 4)),
+        activation: Activation::Gelu,
+        output: Matrix::packed(region(25 * 64 * 2), 64),
+    };
+    check_depthwise_conv2d(&d, &args).unwrap();
+    for bad in [
+        DepthwiseShape { kernel: 4, ..d },
+        DepthwiseShape { stride: 3, ..d },
+        DepthwiseShape { channels: 60, ..d },
+    ] {
+        assert!(
+            is_launch_error(check_depthwise_conv2d(&bad, &args)),
+            "{bad:?}"
+        );
+    }
+    let short_out = DepthwiseArgs {
+        output: Matrix::packed(region(25 * 64 * 2 - 16), 64),
+        ..args
+    };
+    assert!(is_launch_error(check_depthwise_conv2d(&d, &short_out)));
+    let odd_stride = DepthwiseArgs {
+        output: args.output.with_row_stride(68),
+        ..args
+    };
+    assert!(is_launch_error(check_depthwise_conv2d(&d, &odd_stride)));
+
+    // Stem.
+    let stem = Conv2dShape {
+        batch: 1,
+        height: 64,
+        width: 64,
+        in_channels: 3,
+        out_channels: 32,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let stem_args = StemArgs {
+        input: region(3 * 64 * 64 * 2),
+        weight: region(32 * 27 * 2),
+        bias: None,
+        activation: Activation::Gelu,
+        output: Matrix::packed(region(32 * 32 * 32 * 2), 32),
+    };
+    check_conv3x3_stem(&stem, &stem_args).unwrap();
+    for bad in [
+        Conv2dShape {
+            in_channels: 4,
+            ..stem
+        },
+        Conv2dShape {
+            out_channels: 72,
+            ..stem
+        },
+        Conv2dShape {
+            out_channels: 30,
+            ..stem
+        },
+        Conv2dShape {
+            kernel_w: 5,
+            ..stem
+        },
+    ] {
+        assert!(
+            is_launch_error(check_conv3x3_stem(&bad, &stem_args)),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn layer_norm_checks() {
+    assert_eq!(variant_index(8), Some(0));
+    assert_eq!(variant_index(64), Some(0));
+    assert_eq!(variant_index(72), Some(1));
+    assert_eq!(variant_index(320), Some(3));
+    assert_eq!(variant_index(1024), Some(4));
+    assert_eq!(variant_index(1032), None);
+    let args = LayerNormArgs {
+        rows: 100,
+        channels: 256,
+        eps: 1e-6,
+        x: region(100 * 256 * 2),
+        residual: None,
+        sum: None,
+        gamma: region(256 * 4),
+        beta: region(256 * 4),
+        y: region(100 * 256 * 2),
+    };
+    check_layer_norm(&args).unwrap();
+    for bad in [
+        LayerNormArgs {
+            channels: 250,
+            ..args
+        },
+        LayerNormArgs {
+            channels: 2048,
+            ..args
+        },
+        LayerNormArgs { rows: 0, ..args },
+        LayerNormArgs {
+            eps: f32::NAN,
+            ..args
+        },
+        LayerNormArgs {
+            y: region(100),
+            ..args
+        },
+        LayerNormArgs {
+            gamma: region(16),
+            ..args
+        },
+        LayerNormArgs {
+            sum: Some(region(100 * 256 * 2)),
+            ..args
+        },
+        LayerNormArgs {
+            x: DeviceRegion::new(0, 1 << 20),
+            ..args
+        },
+    ] {
+        assert!(is_launch_error(check_layer_norm(&bad)), "{bad:?}");
+    }
+    let with_sum = LayerNormArgs {
+        residual: Some(region(100 * 256 * 2)),
+        sum: Some(region(100 * 256 * 2)),
+        ..args
+    };
+    check_layer_norm(&with_sum).unwrap();
+}
