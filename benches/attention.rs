@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::attention::{
-    attention_flops, launch_attention, Attention, AttentionBias, BiasDtype, HeadsTensor,
+    attention_flops, launch_attention, plan_attention, Attention, AttentionBias,
+    AttentionWorkspace, BiasDtype, HeadsTensor,
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use finesam::Gpu;
@@ -52,6 +53,7 @@ struct Case {
 
 /// Buffers kept alive for the duration of one benchmark.
 struct Prepared {
+    workspace: Option<DeviceBuffer>,
     attention: Attention,
     _buffers: Vec<DeviceBuffer>,
 }
@@ -77,20 +79,34 @@ fn prepare(gpu: &Gpu, c: &Case) -> Prepared {
         let views = (view(&q, c.lq), view(&k, c.lk), view(&v, c.lk));
         (views.0, views.1, views.2, None, vec![q, k, v, o])
     };
+    let mut attention = Attention {
+        batch: c.batch,
+        heads: c.heads,
+        q_len: c.lq,
+        kv_len: c.lk,
+        head_dim: c.d,
+        scale: (c.d as f32).powf(-0.5),
+        q,
+        k,
+        v,
+        o: o_view,
+        bias,
+        workspace: None,
+    };
+    // Give the launch the key-split workspace its plan asks for (zeroed once).
+    let plan = plan_attention(gpu, &attention).expect("plan");
+    let workspace = (plan.workspace_bytes > 0).then(|| {
+        let buf = gpu.alloc(plan.workspace_bytes).expect("alloc");
+        gpu.memset(buf.ptr(), 0, buf.len()).expect("memset");
+        attention.workspace = Some(AttentionWorkspace {
+            ptr: buf.ptr(),
+            bytes: buf.len(),
+        });
+        buf
+    });
     Prepared {
-        attention: Attention {
-            batch: c.batch,
-            heads: c.heads,
-            q_len: c.lq,
-            kv_len: c.lk,
-            head_dim: c.d,
-            scale: (c.d as f32).powf(-0.5),
-            q,
-            k,
-            v,
-            o: o_view,
-            bias,
-        },
+        attention,
+        workspace,
         _buffers: buffers,
     }
 }
@@ -126,6 +142,15 @@ const CASES: &[Case] = &[
     Case {
         name: "sam_token_to_image_b8_7x4096_d16",
         batch: 8,
+        heads: 8,
+        lq: 7,
+        lk: 4096,
+        d: 16,
+        tinyvit: false,
+    },
+    Case {
+        name: "sam_token_to_image_b1_7x4096_d16",
+        batch: 1,
         heads: 8,
         lq: 7,
         lk: 4096,
@@ -199,23 +224,41 @@ fn attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     for case in CASES {
         let prepared = prepare(&gpu, case);
-        let a = prepared.attention;
-        let run = || launch_attention(&gpu, &a);
-        run().expect("attention launches");
-        let ms = gpu.time_ms(200, run).expect("timing");
-        let flops = attention_flops(case.batch, case.heads, case.lq, case.lk, case.d);
-        println!(
-            "{:<36} {:>8.2} us  {:>7.2} TFLOP/s",
-            case.name,
-            ms * 1e3,
-            flops / (ms * 1e-3) / 1e12
-        );
-        group.bench_function(case.name, |b| {
-            b.iter_custom(|iters| {
-                let ms = gpu.time_ms(iters as usize, run).expect("attention");
-                gpu_duration(ms, iters)
-            })
-        });
+        let plan = plan_attention(&gpu, &prepared.attention).expect("plan");
+        // With the key-split workspace (where the plan splits) and, for comparison, without.
+        let mut variants = vec![("", prepared.attention)];
+        if prepared.workspace.is_some() {
+            let unsplit = Attention {
+                workspace: None,
+                ..prepared.attention
+            };
+            variants.push(("_no_key_split", unsplit));
+        }
+        for (suffix, a) in variants {
+            let name = format!("{}{suffix}", case.name);
+            let run = || launch_attention(&gpu, &a);
+            run().expect("attention launches");
+            let ms = gpu.time_ms(200, run).expect("timing");
+            let flops = attention_flops(case.batch, case.heads, case.lq, case.lk, case.d);
+            println!(
+                "{name:<48} {:>8.2} us  {:>7.2} TFLOP/s  ({:?}, {} query tiles, {} key splits)",
+                ms * 1e3,
+                flops / (ms * 1e-3) / 1e12,
+                plan.shape,
+                plan.q_tiles,
+                if a.workspace.is_some() {
+                    plan.key_splits
+                } else {
+                    1
+                },
+            );
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let ms = gpu.time_ms(iters as usize, run).expect("attention");
+                    gpu_duration(ms, iters)
+                })
+            });
+        }
     }
     group.finish();
 }

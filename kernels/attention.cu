@@ -17,10 +17,14 @@
 // read with ldmatrix (.trans for V) from an XOR-swizzled layout that is free of bank conflicts.
 //
 // Two CTA shapes per head dim D in {16, 32, 64}:
-//   attention_dD       4 warps x 16 query rows, every warp sees the whole key tile (Lq > 16);
+//   attention_dD       4 warps x 16 query rows, every warp sees the whole key tile;
 //   attention_split_dD 1 x 16 query rows, the 4 warps split each key tile and merge their partial
-//                      (max, sum, O) through shared memory at the end (Lq <= 16, e.g. SAM's 7
-//                      tokens against 4096 image keys).
+//                      (max, sum, O) through shared memory at the end. Used for Lq <= 16 (SAM's 7
+//                      tokens against 4096 image keys) and whenever the first shape would launch
+//                      fewer CTAs than the GPU has SMs (D-FINE's 300 queries). Given a workspace,
+//                      the keys are also split across CTAs (gridDim.x = q_tiles * splits); the
+//                      last CTA of each (b, h, q_tile) merges the splits (an atomic counter it
+//                      resets, so CUDA-graph replays stay valid).
 // Rows/keys past Lq/Lk are zero-filled in shared memory and masked to -inf, so any Lq, Lk >= 1
 // works. A row whose every score is -inf (only possible through a -inf bias) yields 0, not NaN.
 #include <cuda_fp16.h>
@@ -40,6 +44,12 @@ struct AttentionParams {
     long long v_batch, v_token, v_head;
     long long o_batch, o_token, o_head;
     long long bias_batch, bias_head, bias_row;
+    // Key splits across CTAs (split shape only): CTA (q_tile, split) covers key tiles
+    // [split * tiles_per_split, ...) and leaves its (max, sum, O) in `partial`; the last CTA of
+    // a (b, h, q_tile) to finish (counted in `counters`, reset to 0 by it) merges them.
+    float* partial;
+    unsigned int* counters;
+    int splits, tiles_per_split;
     int batch, heads, lq, lk;
     int bias_kind;     // 0 none, 1 fp32, 2 fp16
     float scale_log2;  // scale * log2(e)
@@ -98,6 +108,16 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// Eight fp32 values -> one 16-byte fp16 store.
+__device__ __forceinline__ void store_row_chunk(__half* dst, const float (&v)[8]) {
+    uint4 out;
+    out.x = pack_half2(v[0], v[1]);
+    out.y = pack_half2(v[2], v[3]);
+    out.z = pack_half2(v[4], v[5]);
+    out.w = pack_half2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(dst) = out;
+}
+
 // WM warps along queries x WN warps along keys (WM * WN = 4); KW keys per warp per stage.
 template <int D, int WM, int WN, int KW>
 struct Shape {
@@ -131,7 +151,9 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
     const int wn = warp / WM;
     const int h = blockIdx.y;
     const int b = blockIdx.z;
-    const int q0 = blockIdx.x * kBlockM;
+    const int q_tile = blockIdx.x / p.splits;
+    const int split = blockIdx.x % p.splits;
+    const int q0 = q_tile * kBlockM;
 
     const __half* qg = p.q + b * p.q_batch + h * p.q_head;
     const __half* kg = p.k + b * p.k_batch + h * p.k_head;
@@ -154,7 +176,10 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
             cp_async16(smem_kv[stage][1] + swizzle<D>(r, c), vg + row * p.v_token + c * 8, ok);
         }
     };
-    load_kv(0, 0);
+    const int total_tiles = (p.lk + kBlockN - 1) / kBlockN;
+    const int first_tile = split * p.tiles_per_split;
+    const int end_tile = min(total_tiles, first_tile + p.tiles_per_split);
+    load_kv(first_tile, 0);
     cp_async_commit();
 
     // Q fragments stay in registers for the whole key loop.
@@ -186,10 +211,9 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.f, 0.f};  // this thread's partial sums; quad-reduced at the end
 
-    const int num_tiles = (p.lk + kBlockN - 1) / kBlockN;
-    for (int t = 0; t < num_tiles; ++t) {
-        const int stage = t & 1;
-        if (t + 1 < num_tiles) {
+    for (int t = first_tile; t < end_tile; ++t) {
+        const int stage = (t - first_tile) & 1;
+        if (t + 1 < end_tile) {
             load_kv(t + 1, stage ^ 1);
             cp_async_commit();
             cp_async_wait<1>();
@@ -323,7 +347,8 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
         }
     } else {
         // Merge the WN partial results of the same 16 rows: global max, rescaled sums, and the
-        // sum of rescaled O fragments through an fp32 buffer that reuses the K/V tiles.
+        // sum of rescaled O fragments through an fp32 buffer that reuses the K/V tiles. With
+        // several key splits the sum stays unnormalised and goes to `partial` instead.
         float* max_s = smem_stats;
         float* sum_s = smem_stats + WN * 16;
         if (tq == 0) {
@@ -334,6 +359,11 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
             }
         }
         __syncthreads();
+        const bool final_split = p.splits == 1;
+        // Partials of this (b, h, q_tile): `splits` blocks of [16 x D] O, 16 maxima, 16 sums.
+        const long long group = (long long)(b * p.heads + h) * (gridDim.x / p.splits) + q_tile;
+        constexpr int kPart = 16 * (D + 2);
+        float* my_part = p.partial + (group * p.splits + split) * kPart;
         float* merge = reinterpret_cast<float*>(&smem_kv[0][0][0]);
         static_assert(WN * 16 * D * 4 <= sizeof(__half) * 4 * S::kKvHalves, "merge buffer");
 #pragma unroll
@@ -346,11 +376,16 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
             float total = 0.f;
 #pragma unroll
             for (int w = 0; w < WN; ++w) total += sum_s[w * 16 + r] * exp2f(max_s[w * 16 + r] - m_use);
-            const float f = total > 0.f ? exp2f(row_max[i] - m_use) / total : 0.f;
+            float f = exp2f(row_max[i] - m_use);
+            if (final_split) f = total > 0.f ? f / total : 0.f;
 #pragma unroll
             for (int j = 0; j < DT; ++j) {
                 *reinterpret_cast<float2*>(merge + (wn * 16 + r) * D + j * 8 + 2 * tq) =
                     make_float2(o[j][2 * i] * f, o[j][2 * i + 1] * f);
+            }
+            if (!final_split && wn == 0 && tq == 0) {
+                my_part[16 * D + r] = m;
+                my_part[16 * D + 16 + r] = total;
             }
         }
         __syncthreads();
@@ -367,13 +402,52 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
                 acc[0] += a.x; acc[1] += a.y; acc[2] += a.z; acc[3] += a.w;
                 acc[4] += bq.x; acc[5] += bq.y; acc[6] += bq.z; acc[7] += bq.w;
             }
-            uint4 out;
-            out.x = pack_half2(acc[0], acc[1]);
-            out.y = pack_half2(acc[2], acc[3]);
-            out.z = pack_half2(acc[4], acc[5]);
-            out.w = pack_half2(acc[6], acc[7]);
-            *reinterpret_cast<uint4*>(og + (q0 + r) * p.o_token + c * 8) = out;
+            if (final_split) {
+                store_row_chunk(og + (q0 + r) * p.o_token + c * 8, acc);
+            } else {
+                float4* dst = reinterpret_cast<float4*>(my_part + r * D + c * 8);
+                dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+                dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+            }
         }
+        if (final_split) return;
+
+        // Publish this split; the last one to arrive merges all of them.
+        __shared__ bool is_last;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            const unsigned int done = atomicAdd(p.counters + group, 1u);
+            is_last = done == (unsigned int)p.splits - 1;
+        }
+        __syncthreads();
+        if (!is_last) return;
+        __threadfence();
+        const float* parts = p.partial + group * p.splits * kPart;
+        for (int i = tid; i < 16 * kChunks; i += kThreads) {
+            const int r = i / kChunks, c = i % kChunks;
+            if (q0 + r >= p.lq) continue;
+            float m = -INFINITY;
+            for (int sp = 0; sp < p.splits; ++sp) m = fmaxf(m, __ldcg(parts + sp * kPart + 16 * D + r));
+            const float m_use = m == -INFINITY ? 0.f : m;
+            float total = 0.f, acc[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+            for (int sp = 0; sp < p.splits; ++sp) {
+                const float* part = parts + sp * kPart;
+                const float w = exp2f(__ldcg(part + 16 * D + r) - m_use);
+                total += w * __ldcg(part + 16 * D + 16 + r);
+                const float4 a = __ldcg(reinterpret_cast<const float4*>(part + r * D + c * 8));
+                const float4 bq = __ldcg(reinterpret_cast<const float4*>(part + r * D + c * 8) + 1);
+                acc[0] += w * a.x; acc[1] += w * a.y; acc[2] += w * a.z; acc[3] += w * a.w;
+                acc[4] += w * bq.x; acc[5] += w * bq.y; acc[6] += w * bq.z; acc[7] += w * bq.w;
+            }
+            const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] *= inv;
+            store_row_chunk(og + (q0 + r) * p.o_token + c * 8, acc);
+        }
+        if (tid == 0) p.counters[group] = 0;  // ready for the next launch (graph replays)
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use finesam::ops::attention::{
-    tinyvit_bias_indices, tinyvit_dense_bias, Attention, AttentionBias, AttentionShape, BiasDtype,
-    HeadsTensor,
+    tinyvit_bias_indices, tinyvit_dense_bias, Attention, AttentionBias, AttentionShape,
+    AttentionWorkspace, BiasDtype, HeadsTensor,
 };
 use finesam::ops::window::WindowGeometry;
 use finesam::Error;
@@ -83,6 +83,7 @@ fn valid() -> Attention {
             lq,
             lk,
         )),
+        workspace: None,
     }
 }
 
@@ -97,16 +98,84 @@ fn expect_launch_error(attention: Attention, needle: &str) {
 }
 
 #[test]
-fn attention_check_accepts_valid_launches_and_picks_the_shape() {
-    assert_eq!(valid().check().unwrap(), AttentionShape::Rows);
-    let mut small = valid();
-    small.q_len = 7;
-    assert_eq!(small.check().unwrap(), AttentionShape::SplitKeys);
+fn attention_check_accepts_valid_launches() {
+    assert!(valid().check().is_ok());
     // K/V broadcast over the batch (batch stride 0) is allowed.
     let mut shared_kv = valid();
     shared_kv.k.batch_stride = 0;
     shared_kv.v.batch_stride = 0;
     assert!(shared_kv.check().is_ok());
+}
+
+fn plain(batch: usize, heads: usize, q_len: usize, kv_len: usize, d: usize) -> Attention {
+    let q = HeadsTensor::contiguous(BASE, batch * q_len * heads * d * 2, q_len, heads, d);
+    let kv = HeadsTensor::contiguous(BASE, batch * kv_len * heads * d * 2, kv_len, heads, d);
+    Attention {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim: d,
+        scale: 0.25,
+        q,
+        k: kv,
+        v: kv,
+        o: q,
+        bias: None,
+        workspace: None,
+    }
+}
+
+#[test]
+fn attention_plan_picks_shapes_and_key_splits() {
+    const H100_SMS: usize = 132;
+    let plan = |a: Attention| {
+        let p = a.plan(H100_SMS).unwrap();
+        (
+            p.shape,
+            p.q_tiles,
+            p.key_splits,
+            p.tiles_per_split,
+            p.workspace_bytes,
+        )
+    };
+    // TinyViT layers[1]: 361 windows x 4 heads fill the GPU with the 4-warp shape.
+    assert_eq!(
+        plan(plain(361, 4, 49, 49, 32)),
+        (AttentionShape::Rows, 1, 1, 1, 0)
+    );
+    // SAM token->image, 8 boxes: 64 (b, h) pairs, 32 stages of 128 keys -> 5 splits of 7
+    // stages; workspace = 64 counters (256 B) + 64 x 5 partials of 16 x 18 floats.
+    assert_eq!(
+        plan(plain(8, 8, 7, 4096, 16)),
+        (
+            AttentionShape::SplitKeys,
+            1,
+            5,
+            7,
+            256 + 64 * 5 * 16 * 18 * 4
+        )
+    );
+    // One box: 8 pairs -> one stage per split.
+    assert_eq!(plan(plain(1, 8, 7, 4096, 16)).2, 32);
+    // D-FINE decoder: 40 CTAs of 64 rows would idle the GPU; 152 of 16 rows, 2 key splits.
+    assert_eq!(
+        plan(plain(1, 8, 300, 300, 32)),
+        (
+            AttentionShape::SplitKeys,
+            19,
+            2,
+            2,
+            608 + 152 * 2 * 16 * 34 * 4
+        )
+    );
+    // Many short sequences: no split, no workspace.
+    assert_eq!(
+        plan(plain(64, 8, 7, 7, 32)),
+        (AttentionShape::SplitKeys, 1, 1, 1, 0)
+    );
+    // Head dim 64 stages 64 keys.
+    assert_eq!(plan(plain(1, 1, 5, 1000, 64)).2, 16);
 }
 
 #[test]
@@ -154,6 +223,13 @@ fn attention_check_rejects_bad_arguments() {
     let mut a = valid();
     a.batch = 70_000;
     expect_launch_error(a, "65535");
+
+    let mut a = valid();
+    a.workspace = Some(AttentionWorkspace {
+        ptr: BASE + 8,
+        bytes: 1 << 20,
+    });
+    expect_launch_error(a, "workspace address");
 }
 
 #[test]

@@ -8,7 +8,8 @@ mod common;
 
 use common::{gpu_available, Rng};
 use finesam::ops::attention::{
-    launch_attention, tinyvit_dense_bias, Attention, AttentionBias, BiasDtype, HeadsTensor,
+    launch_attention, plan_attention, tinyvit_dense_bias, Attention, AttentionBias,
+    AttentionWorkspace, BiasDtype, HeadsTensor,
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use finesam::{Error, Gpu};
@@ -167,8 +168,9 @@ fn from_bytes(bytes: &[u8]) -> Vec<f16> {
         .collect()
 }
 
-/// Runs one case on the GPU and returns (max abs error, rel L2 error).
-fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> (f64, f64) {
+/// Runs one case on the GPU and returns (variant, max abs error, rel L2 error) per launch
+/// variant (with and without a key-split workspace).
+fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Vec<(String, f64, f64)> {
     let ([qv, kv, vv], input_len) = input_views(c);
     let mut input: Vec<f16> = (0..input_len)
         .map(|_| f16::from_f64(rng.normal()))
@@ -266,18 +268,13 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> (f64, f64) {
             head_stride: c.lq * c.lk,
             row_stride: c.lk,
         }),
+        workspace: None,
     };
-    launch_attention(gpu, &attention).unwrap();
-    let mut out_bytes = vec![0u8; o_len * 2];
-    gpu.download(&mut out_bytes, o_buf.ptr()).unwrap();
-    gpu.synchronize().unwrap();
-    let out = from_bytes(&out_bytes);
 
     // f64 reference: naive softmax attention on the fp16 inputs (scale applied in f64, as the
-    // kernel applies it in fp32 to the fp32 accumulators).
+    // kernel applies it in fp32 to the fp32 accumulators). Order (b, i, h, d).
     let scale = attention.scale as f64;
     let mut reference = Vec::with_capacity(c.batch * c.lq * hd);
-    let mut got = Vec::with_capacity(reference.capacity());
     let mut logits = vec![0.0f64; c.lk];
     for b in 0..c.batch {
         for i in 0..c.lq {
@@ -297,24 +294,72 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> (f64, f64) {
                 let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for d in 0..c.d {
-                    let mut acc = 0.0;
-                    for (j, w) in weights.iter().enumerate() {
-                        acc += w * input[vv.at(b, j, h) + d].to_f64();
-                    }
+                    let acc: f64 = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(j, w)| w * input[vv.at(b, j, h) + d].to_f64())
+                        .sum();
                     reference.push(acc / total);
-                    got.push(out[ov.at(b, i, h) + d].to_f64());
                 }
             }
-            // Padding after each output row must stay poisoned (no stray writes).
-            let pad = &out_bytes[2 * (ov.at(b, i, 0) + hd)..2 * (ov.at(b, i, 0) + o_row)];
-            assert!(
-                pad.iter().all(|&x| x == POISON),
-                "{}: padding of row ({b}, {i}) was written",
-                c.name
-            );
         }
     }
-    errors(&got, &reference)
+
+    // Without a workspace; then, where the plan splits keys across CTAs, twice with one (the
+    // second run proves the kernel left its arrival counters at zero).
+    let plan = plan_attention(gpu, &attention).unwrap();
+    let workspace = (plan.workspace_bytes > 0).then(|| {
+        let buf = gpu.alloc(plan.workspace_bytes).unwrap();
+        gpu.memset(buf.ptr(), 0, buf.len()).unwrap();
+        buf
+    });
+    let mut runs = vec![(format!("{:?}", plan.shape), None)];
+    if let Some(ws) = &workspace {
+        let ws = Some(AttentionWorkspace {
+            ptr: ws.ptr(),
+            bytes: ws.len(),
+        });
+        for run in 1..=2 {
+            let label = format!("{} key splits, run {run}", plan.key_splits);
+            runs.push((label, ws));
+        }
+    }
+    let mut results = Vec::new();
+    for (label, workspace) in runs {
+        gpu.memset(o_buf.ptr(), POISON, o_len * 2).unwrap();
+        launch_attention(
+            gpu,
+            &Attention {
+                workspace,
+                ..attention
+            },
+        )
+        .unwrap();
+        let mut out_bytes = vec![0u8; o_len * 2];
+        gpu.download(&mut out_bytes, o_buf.ptr()).unwrap();
+        gpu.synchronize().unwrap();
+        let out = from_bytes(&out_bytes);
+        let mut got = Vec::with_capacity(reference.len());
+        for b in 0..c.batch {
+            for i in 0..c.lq {
+                for h in 0..c.heads {
+                    got.extend(out[ov.at(b, i, h)..][..c.d].iter().map(|x| x.to_f64()));
+                }
+                // Padding after each output row must stay poisoned (no stray writes).
+                let row = ov.at(b, i, 0);
+                assert!(
+                    out_bytes[2 * (row + hd)..2 * (row + o_row)]
+                        .iter()
+                        .all(|&x| x == POISON),
+                    "{} ({label}): padding of row ({b}, {i}) was written",
+                    c.name
+                );
+            }
+        }
+        let (max_abs, rel_l2) = errors(&got, &reference);
+        results.push((label, max_abs, rel_l2));
+    }
+    results
 }
 
 fn run_cases(test: &str, seed: u64, cases: &[Case]) {
@@ -324,16 +369,17 @@ fn run_cases(test: &str, seed: u64, cases: &[Case]) {
     let gpu = Gpu::new(0).unwrap();
     let mut rng = Rng::new(seed);
     for c in cases {
-        let (max_abs, rel_l2) = run_case(&gpu, &mut rng, c);
-        println!(
-            "{:<34} B={:<3} H={:<2} Lq={:<4} Lk={:<4} D={:<2} {:?} bias {:?}: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}",
-            c.name, c.batch, c.heads, c.lq, c.lk, c.d, c.layout, c.bias.map(|b| b.0)
-        );
-        assert!(
-            rel_l2 <= REL_L2_TOL && max_abs <= MAX_ABS_TOL,
-            "{}: rel L2 {rel_l2:.3e} (tol {REL_L2_TOL:.0e}), max abs {max_abs:.3e} (tol {MAX_ABS_TOL:.0e})",
-            c.name
-        );
+        for (variant, max_abs, rel_l2) in run_case(&gpu, &mut rng, c) {
+            println!(
+                "{:<34} B={:<3} H={:<2} Lq={:<4} Lk={:<4} D={:<2} {:?} bias {:?} [{variant}]: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}",
+                c.name, c.batch, c.heads, c.lq, c.lk, c.d, c.layout, c.bias.map(|b| b.0)
+            );
+            assert!(
+                rel_l2 <= REL_L2_TOL && max_abs <= MAX_ABS_TOL,
+                "{} [{variant}]: rel L2 {rel_l2:.3e} (tol {REL_L2_TOL:.0e}), max abs {max_abs:.3e} (tol {MAX_ABS_TOL:.0e})",
+                c.name
+            );
+        }
     }
 }
 
@@ -373,6 +419,7 @@ fn attention_matches_reference_on_sam_decoder_shapes() {
         0xa77e_0002,
         &[
             case("sam token->image 8 boxes", 8, 8, 7, 4096, 16),
+            case("sam token->image 1 box", 1, 8, 7, 4096, 16),
             Case {
                 layout: Layout::SharedKv,
                 ..case("sam token->image shared image keys", 8, 8, 7, 4096, 16)
@@ -444,6 +491,7 @@ fn attention_launch_errors_are_typed() {
         v: view,
         o: view,
         bias: None,
+        workspace: None,
     };
     for (head_dim, q_len) in [(24, 16), (32, 10_000)] {
         // An unsupported head dim; then more queries than the buffer holds.

@@ -5,19 +5,23 @@
 //! token and head; the head dimension is contiguous), so Q/K/V can be read straight out of a
 //! packed qkv GEMM output and O written as `[B, L, H * D]` for the output projection.
 
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use crate::error::{Error, Result};
 use crate::gpu::{DevicePtr, Gpu};
 
 const KERNEL: &str = "attention";
-/// Query rows per CTA of the 4-warp shape; the split shape takes 16.
+/// Query rows per CTA and keys per stage of the 4-warp shape; the split shape takes 16 rows.
 const BLOCK_M: usize = 64;
+const BLOCK_N: usize = 64;
 const SPLIT_BLOCK_M: usize = 16;
 const THREADS: u32 = 128;
 /// The kernel moves Q/K/V/O in 16-byte chunks.
 const ALIGN_BYTES: u64 = 16;
 const ALIGN_ELEMS: usize = 8;
+
+/// Aim for this many CTAs per SM when splitting keys across CTAs.
+const CTAS_PER_SM_TARGET: usize = 2;
 
 /// Head dimensions with a compiled kernel.
 pub const HEAD_DIMS: [usize; 3] = [16, 32, 64];
@@ -138,6 +142,16 @@ impl AttentionBias {
     }
 }
 
+/// Scratch for splitting the keys of one attention across CTAs (see [`AttentionPlan`]): a
+/// 16-byte aligned device buffer of at least `AttentionPlan::workspace_bytes`, **zeroed once
+/// after allocation**. The kernel leaves it zeroed again, so one workspace serves any number of
+/// launches (and graph replays) issued one after another on the same stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionWorkspace {
+    pub ptr: DevicePtr,
+    pub bytes: usize,
+}
+
 /// One attention launch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Attention {
@@ -156,15 +170,32 @@ pub struct Attention {
     pub v: HeadsTensor,
     pub o: HeadsTensor,
     pub bias: Option<AttentionBias>,
+    /// Lets short-query launches spread their keys over more CTAs; `None` keeps one CTA per
+    /// (batch, head, query tile).
+    pub workspace: Option<AttentionWorkspace>,
 }
 
 /// Which compiled kernel shape a launch uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionShape {
-    /// 4 warps x 16 query rows, each warp over every key (Lq > 16).
+    /// 4 warps x 16 query rows, each warp over every key.
     Rows,
-    /// 16 query rows, the 4 warps split the keys and merge (Lq <= 16).
+    /// 16 query rows, the 4 warps split the keys and merge (Lq <= 16, or too few CTAs).
     SplitKeys,
+}
+
+/// How a launch is laid out on a GPU with a given number of SMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionPlan {
+    pub shape: AttentionShape,
+    /// Query tiles per (batch, head).
+    pub q_tiles: usize,
+    /// CTAs sharing the keys of one query tile when a workspace is given (1 = no split).
+    pub key_splits: usize,
+    /// Key tiles each split covers.
+    pub tiles_per_split: usize,
+    /// Workspace bytes the split needs (0 when `key_splits == 1`).
+    pub workspace_bytes: usize,
 }
 
 /// Mirrors `AttentionParams` in the kernel (passed by value).
@@ -181,6 +212,10 @@ struct AttentionParams {
     v_strides: [i64; 3],
     o_strides: [i64; 3],
     bias_strides: [i64; 3],
+    partial: u64,
+    counters: u64,
+    splits: i32,
+    tiles_per_split: i32,
     batch: i32,
     heads: i32,
     lq: i32,
@@ -241,8 +276,8 @@ fn check_extent(
 }
 
 impl Attention {
-    /// Validates shapes, strides, alignment and bounds; returns the kernel shape to launch.
-    pub fn check(&self) -> Result<AttentionShape> {
+    /// Validates shapes, strides, alignment and bounds.
+    pub fn check(&self) -> Result<()> {
         let d = self.head_dim;
         if !HEAD_DIMS.contains(&d) {
             return Err(launch_error(format!(
@@ -336,14 +371,57 @@ impl Attention {
                 self.kv_len,
             )?;
         }
-        Ok(if self.q_len <= SPLIT_BLOCK_M {
-            AttentionShape::SplitKeys
+        if let Some(ws) = &self.workspace {
+            if ws.ptr % ALIGN_BYTES != 0 {
+                return Err(launch_error(format!(
+                    "workspace address {:#x} is not 16-byte aligned",
+                    ws.ptr
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the launch and lays it out for a GPU with `sm_count` SMs: the 4-warp shape
+    /// unless the queries are few (Lq <= 16) or it would leave SMs idle, and for the split
+    /// shape as many key splits as bring the grid to about two CTAs per SM.
+    pub fn plan(&self, sm_count: usize) -> Result<AttentionPlan> {
+        self.check()?;
+        let pairs = self.batch * self.heads;
+        let rows_ctas = pairs * self.q_len.div_ceil(BLOCK_M);
+        if self.q_len > SPLIT_BLOCK_M && rows_ctas >= sm_count {
+            return Ok(AttentionPlan {
+                shape: AttentionShape::Rows,
+                q_tiles: self.q_len.div_ceil(BLOCK_M),
+                key_splits: 1,
+                tiles_per_split: self.kv_len.div_ceil(BLOCK_N),
+                workspace_bytes: 0,
+            });
+        }
+        let q_tiles = self.q_len.div_ceil(SPLIT_BLOCK_M);
+        let stage_keys = split_stage_keys(self.head_dim);
+        let tiles = self.kv_len.div_ceil(stage_keys);
+        let groups = pairs * q_tiles;
+        let wanted = (CTAS_PER_SM_TARGET * sm_count)
+            .div_ceil(groups)
+            .clamp(1, tiles);
+        let tiles_per_split = tiles.div_ceil(wanted);
+        let key_splits = tiles.div_ceil(tiles_per_split); // no empty split
+        let workspace_bytes = if key_splits > 1 {
+            counters_bytes(groups) + groups * key_splits * partial_bytes(self.head_dim)
         } else {
-            AttentionShape::Rows
+            0
+        };
+        Ok(AttentionPlan {
+            shape: AttentionShape::SplitKeys,
+            q_tiles,
+            key_splits,
+            tiles_per_split,
+            workspace_bytes,
         })
     }
 
-    fn params(&self) -> AttentionParams {
+    fn params(&self, plan: &AttentionPlan, split: bool) -> AttentionParams {
         let strides = |v: &HeadsTensor| {
             [
                 v.batch_stride as i64,
@@ -377,6 +455,22 @@ impl Attention {
             v_strides: strides(&self.v),
             o_strides: strides(&self.o),
             bias_strides,
+            partial: match (split, &self.workspace) {
+                (true, Some(ws)) => {
+                    ws.ptr + counters_bytes(self.batch * self.heads * plan.q_tiles) as u64
+                }
+                _ => 0,
+            },
+            counters: match (split, &self.workspace) {
+                (true, Some(ws)) => ws.ptr,
+                _ => 0,
+            },
+            splits: if split { plan.key_splits as i32 } else { 1 },
+            tiles_per_split: if split {
+                plan.tiles_per_split as i32
+            } else {
+                i32::MAX
+            },
             batch: self.batch as i32,
             heads: self.heads as i32,
             lq: self.q_len as i32,
@@ -387,34 +481,79 @@ impl Attention {
     }
 }
 
-/// Launches the fused attention on the GPU's stream after [`Attention::check`].
+/// Keys per pipeline stage of the split shape (the kernels' `4 * KW`).
+fn split_stage_keys(head_dim: usize) -> usize {
+    if head_dim == 64 {
+        64
+    } else {
+        128
+    }
+}
+
+/// One u32 arrival counter per (batch, head, query tile), padded to 16 bytes.
+fn counters_bytes(groups: usize) -> usize {
+    (groups * 4).div_ceil(16) * 16
+}
+
+/// One split's partial result: [16 x D] fp32 O, 16 maxima, 16 sums.
+fn partial_bytes(head_dim: usize) -> usize {
+    16 * (head_dim + 2) * 4
+}
+
+/// The GPU's SM count (sizes the grid).
+pub fn sm_count(gpu: &Gpu) -> Result<usize> {
+    let attribute = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+    let count = gpu
+        .stream()
+        .context()
+        .attribute(attribute)
+        .map_err(Error::cuda("querying the SM count"))?;
+    Ok(count.max(1) as usize)
+}
+
+/// The plan `launch_attention` will follow on this GPU; size an [`AttentionWorkspace`] from
+/// its `workspace_bytes`.
+pub fn plan_attention(gpu: &Gpu, attention: &Attention) -> Result<AttentionPlan> {
+    attention.plan(sm_count(gpu)?)
+}
+
+/// Launches the fused attention on the GPU's stream after [`Attention::plan`]. Keys are split
+/// across CTAs only when a workspace of the planned size is given; one that is too small is
+/// an error rather than a silent slowdown.
 pub fn launch_attention(gpu: &Gpu, attention: &Attention) -> Result<()> {
-    let shape = attention.check()?;
+    let plan = plan_attention(gpu, attention)?;
+    let split = plan.key_splits > 1 && attention.workspace.is_some();
+    if let (true, Some(ws)) = (split, &attention.workspace) {
+        if ws.bytes < plan.workspace_bytes {
+            return Err(launch_error(format!(
+                "workspace has {} bytes, the plan needs {}",
+                ws.bytes, plan.workspace_bytes
+            )));
+        }
+    }
     let kernels = gpu.kernels();
-    let (function, block_m): (&CudaFunction, usize) = match (shape, attention.head_dim) {
-        (AttentionShape::Rows, 16) => (&kernels.attention_d16, BLOCK_M),
-        (AttentionShape::Rows, 32) => (&kernels.attention_d32, BLOCK_M),
-        (AttentionShape::Rows, _) => (&kernels.attention_d64, BLOCK_M),
-        (AttentionShape::SplitKeys, 16) => (&kernels.attention_split_d16, SPLIT_BLOCK_M),
-        (AttentionShape::SplitKeys, 32) => (&kernels.attention_split_d32, SPLIT_BLOCK_M),
-        (AttentionShape::SplitKeys, _) => (&kernels.attention_split_d64, SPLIT_BLOCK_M),
+    let function: &CudaFunction = match (plan.shape, attention.head_dim) {
+        (AttentionShape::Rows, 16) => &kernels.attention_d16,
+        (AttentionShape::Rows, 32) => &kernels.attention_d32,
+        (AttentionShape::Rows, _) => &kernels.attention_d64,
+        (AttentionShape::SplitKeys, 16) => &kernels.attention_split_d16,
+        (AttentionShape::SplitKeys, 32) => &kernels.attention_split_d32,
+        (AttentionShape::SplitKeys, _) => &kernels.attention_split_d64,
     };
-    let q_tiles = attention.q_len.div_ceil(block_m);
+    let splits = if split { plan.key_splits } else { 1 };
+    let grid_x = u32::try_from(plan.q_tiles * splits)
+        .map_err(|_| launch_error(format!("{} x {splits} CTAs exceed the grid", plan.q_tiles)))?;
     let cfg = LaunchConfig {
-        grid_dim: (
-            q_tiles as u32,
-            attention.heads as u32,
-            attention.batch as u32,
-        ),
+        grid_dim: (grid_x, attention.heads as u32, attention.batch as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let params = attention.params();
+    let params = attention.params(&plan, split);
     let stream = gpu.stream();
     let mut launch = stream.launch_builder(function);
     launch.arg(&params);
     // SAFETY: the kernel takes one AttentionParams by value; every address it derives was
-    // bounds- and alignment-checked by `check`.
+    // bounds- and alignment-checked by `check`, the workspace size against the plan above.
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(e.to_string()))?;
     Ok(())
 }
