@@ -51,11 +51,13 @@ impl HeadsTensor {
         heads: usize,
         head_dim: usize,
     ) -> HeadsTensor {
+        // Saturating: absurd sizes then fail `Attention::check` instead of wrapping.
+        let token_stride = heads.saturating_mul(head_dim);
         HeadsTensor {
             ptr,
             bytes,
-            batch_stride: tokens * heads * head_dim,
-            token_stride: heads * head_dim,
+            batch_stride: tokens.saturating_mul(token_stride),
+            token_stride,
             head_stride: head_dim,
         }
     }
@@ -74,17 +76,18 @@ impl HeadsTensor {
         which: usize,
         per_head_interleaved: bool,
     ) -> HeadsTensor {
-        let width = 3 * heads * head_dim;
+        let per_part = heads.saturating_mul(head_dim);
+        let width = per_part.saturating_mul(3);
         let (offset, head_stride) = if per_head_interleaved {
-            (which * head_dim, 3 * head_dim)
+            (which.saturating_mul(head_dim), head_dim.saturating_mul(3))
         } else {
-            (which * heads * head_dim, head_dim)
+            (which.saturating_mul(per_part), head_dim)
         };
-        let offset_bytes = offset * 2;
+        let offset_bytes = offset.saturating_mul(2);
         HeadsTensor {
-            ptr: ptr + offset_bytes as u64,
+            ptr: ptr.saturating_add(offset_bytes as u64),
             bytes: bytes.saturating_sub(offset_bytes),
-            batch_stride: tokens * width,
+            batch_stride: tokens.saturating_mul(width),
             token_stride: width,
             head_stride,
         }

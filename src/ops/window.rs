@@ -53,22 +53,26 @@ impl WindowGeometry {
     /// Windows over the whole batch (the attention's batch).
     pub fn windows(&self) -> usize {
         let (y, x) = self.grid();
-        self.batch * y * x
+        self.batch.saturating_mul(y).saturating_mul(x)
     }
 
     /// Tokens per window (the attention's sequence length).
     pub fn tokens(&self) -> usize {
-        self.window * self.window
+        self.window.saturating_mul(self.window)
     }
 
     /// Elements of the NHWC map.
     pub fn map_elements(&self) -> usize {
-        self.batch * self.height * self.width * self.channels
+        [self.height, self.width, self.channels]
+            .iter()
+            .fold(self.batch, |n, &d| n.saturating_mul(d))
     }
 
     /// Elements of the partitioned `[windows, tokens, channels]` tensor.
     pub fn windows_elements(&self) -> usize {
-        self.windows() * self.tokens() * self.channels
+        self.windows()
+            .saturating_mul(self.tokens())
+            .saturating_mul(self.channels)
     }
 
     fn params(&self, kernel: &'static str) -> Result<WindowParams> {
@@ -93,10 +97,13 @@ impl WindowGeometry {
         let (wy, wx) = self.grid();
         let to_i32 =
             |v: usize| i32::try_from(v).map_err(|_| fail(format!("{v} in {self:?} exceeds i32")));
-        // The kernels index elements in 64-bit but take the geometry as i32.
-        self.windows_elements()
-            .checked_mul(2)
-            .ok_or_else(|| fail(format!("{self:?} overflows")))?;
+        // The kernels index elements with 32-bit ints (grid-stride steps included).
+        let largest = self.windows_elements().max(self.map_elements());
+        if largest >= (i32::MAX as usize) - (MAX_BLOCKS * THREADS as usize) * 8 {
+            return Err(fail(format!(
+                "{self:?} has {largest} elements, too many for i32"
+            )));
+        }
         Ok(WindowParams {
             batch: to_i32(self.batch)?,
             height: to_i32(self.height)?,
