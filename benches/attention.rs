@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::attention::{
-    attention_flops, launch_attention, plan_attention, Attention, AttentionBias,
+    attention_flops, fragment_bias_len, launch_attention, plan_attention, Attention, AttentionBias,
     AttentionWorkspace, BiasDtype, HeadsTensor,
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
@@ -47,7 +47,8 @@ struct Case {
     lq: usize,
     lk: usize,
     d: usize,
-    /// TinyViT: one packed `[B, L, H, 3, D]` qkv buffer and the shared fp16 bias.
+    /// TinyViT: one packed `[B, L, H, 3, D]` qkv buffer and the shared fp16 bias (fragment
+    /// order; also timed dense).
     tinyvit: bool,
 }
 
@@ -55,6 +56,8 @@ struct Case {
 struct Prepared {
     workspace: Option<DeviceBuffer>,
     attention: Attention,
+    /// TinyViT only: the same bias as a dense `[H, N, N]` table.
+    dense_bias: Option<AttentionBias>,
     _buffers: Vec<DeviceBuffer>,
 }
 
@@ -62,13 +65,25 @@ fn prepare(gpu: &Gpu, c: &Case) -> Prepared {
     let hd = c.heads * c.d;
     let o = gpu.alloc(c.batch * c.lq * hd * 2).expect("alloc");
     let o_view = HeadsTensor::contiguous(o.ptr(), o.len(), c.lq, c.heads, c.d);
+    let mut dense_bias = None;
     let (q, k, v, bias, buffers) = if c.tinyvit {
         let qkv = filled(gpu, c.batch * c.lq * 3 * hd, 2.0);
         let table = filled(gpu, c.heads * c.lq * c.lk, 2.0);
+        let frags = filled(gpu, c.heads * fragment_bias_len(c.lq, c.lk), 2.0);
         let view =
             |which| HeadsTensor::packed_qkv(qkv.ptr(), qkv.len(), c.lq, c.heads, c.d, which, true);
-        let bias = AttentionBias::shared(table.ptr(), table.len(), BiasDtype::F16, c.lq, c.lk);
-        (view(0), view(1), view(2), Some(bias), vec![qkv, table, o])
+        let dense =
+            AttentionBias::shared(table.ptr(), table.len(), BiasDtype::F16, c.lq, c.lk, false);
+        dense_bias = Some(dense);
+        let bias =
+            AttentionBias::shared(frags.ptr(), frags.len(), BiasDtype::F16, c.lq, c.lk, true);
+        (
+            view(0),
+            view(1),
+            view(2),
+            Some(bias),
+            vec![qkv, table, frags, o],
+        )
     } else {
         let q = filled(gpu, c.batch * c.lq * hd, 2.0);
         let k = filled(gpu, c.batch * c.lk * hd, 2.0);
@@ -106,6 +121,7 @@ fn prepare(gpu: &Gpu, c: &Case) -> Prepared {
     });
     Prepared {
         attention,
+        dense_bias,
         workspace,
         _buffers: buffers,
     }
@@ -233,6 +249,13 @@ fn attention(c: &mut Criterion) {
                 ..prepared.attention
             };
             variants.push(("_no_key_split", unsplit));
+        }
+        if let Some(dense) = prepared.dense_bias {
+            let a = Attention {
+                bias: Some(dense),
+                ..prepared.attention
+            };
+            variants.push(("_dense_bias", a));
         }
         for (suffix, a) in variants {
             let name = format!("{}{suffix}", case.name);

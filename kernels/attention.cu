@@ -51,11 +51,22 @@ struct AttentionParams {
     unsigned int* counters;
     int splits, tiles_per_split;
     int batch, heads, lq, lk;
-    int bias_kind;     // 0 none, 1 fp32, 2 fp16
+    int bias_kind;     // BiasKind below
     float scale_log2;  // scale * log2(e)
+    float inv_scale;   // 1 / scale (the bias seeds the Q K^T accumulators in unscaled units)
 };
 
-constexpr float kLog2e = 1.4426950408889634f;
+enum BiasKind : int {
+    kNoBias = 0,
+    kDenseF32 = 1,
+    kDenseF16 = 2,
+    // Fragment order (built by `fragment_bias` in src/ops/attention.rs): per head, blocks of 16
+    // query rows x 64 keys, each [32 lanes][8 n-tiles][4] values in mma accumulator order, so a
+    // thread reads exactly its own values with 16-byte loads instead of one scattered load each.
+    kFragmentsF32 = 3,
+    kFragmentsF16 = 4,
+};
+
 constexpr int kThreads = 128;  // 4 warps in both CTA shapes
 
 // Shared-memory tiles are rows of D halves cut into 16-byte chunks. The chunk index is XORed
@@ -196,14 +207,9 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
     const int tq = lane & 3;
     const int row0 = q0 + wm * 16 + g;
     const bool row_ok[2] = {row0 < p.lq, row0 + 8 < p.lq};
-    const char* bias_rows[2] = {nullptr, nullptr};
-    if (p.bias_kind != 0) {
-        const int elem = p.bias_kind == 1 ? 4 : 2;
-        const char* base = static_cast<const char*>(p.bias) +
-                           (b * p.bias_batch + h * p.bias_head) * elem;
-        bias_rows[0] = base + (long long)row0 * p.bias_row * elem;
-        bias_rows[1] = base + (long long)(row0 + 8) * p.bias_row * elem;
-    }
+    const bool warp_rows = q0 + wm * 16 < p.lq;  // the warp has at least one real row
+    const long long bias_base = b * p.bias_batch + h * p.bias_head;
+    const int key_blocks = (p.lk + 63) / 64;
 
     float o[DT][4];
 #pragma unroll
@@ -227,9 +233,58 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
         const __half* ks = smem_kv[stage][0];
         const __half* vs = smem_kv[stage][1];
 
+        // The bias (in units of Q K^T) seeds the accumulators: no extra registers for it.
         float s[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        if (p.bias_kind >= kFragmentsF32) {
+            if (valid > 0 && warp_rows) {
+                const long long offset =
+                    bias_base +
+                    ((((q0 + wm * 16) / 16) * (long long)key_blocks + key0 / 64) * 32 + lane) * 32 +
+                    (key0 % 64) / 8 * 4;
+                if (p.bias_kind == kFragmentsF32) {
+                    const float4* src = reinterpret_cast<const float4*>(static_cast<const float*>(p.bias) + offset);
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        const float4 v = __ldg(src + j);
+                        s[j][0] = v.x * p.inv_scale;
+                        s[j][1] = v.y * p.inv_scale;
+                        s[j][2] = v.z * p.inv_scale;
+                        s[j][3] = v.w * p.inv_scale;
+                    }
+                } else {
+                    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const __half*>(p.bias) + offset);
+#pragma unroll
+                    for (int j2 = 0; j2 < NT / 2; ++j2) {
+                        uint4 u = __ldg(src + j2);
+                        const __half2* hv = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) {
+                            const float2 f = __half22float2(hv[k]);
+                            s[2 * j2 + k / 2][2 * (k % 2)] = f.x * p.inv_scale;
+                            s[2 * j2 + k / 2][2 * (k % 2) + 1] = f.y * p.inv_scale;
+                        }
+                    }
+                }
+            }
+        } else if (p.bias_kind != kNoBias) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = key0 + j * 8 + 2 * tq + (e & 1);
+                    const int i = e >> 1;
+                    if (col < p.lk && row_ok[i]) {
+                        const long long at = bias_base + (long long)(row0 + 8 * i) * p.bias_row + col;
+                        const float bv = p.bias_kind == kDenseF32
+                                             ? __ldg(static_cast<const float*>(p.bias) + at)
+                                             : __half2float(static_cast<const __half*>(p.bias)[at]);
+                        s[j][e] = bv * p.inv_scale;
+                    }
+                }
+            }
+        }
 #pragma unroll
         for (int j2 = 0; j2 < NT / 2; ++j2) {
             if (j2 * 16 < valid) {  // 16-key groups wholly past Lk are skipped (masked below)
@@ -245,24 +300,13 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
             }
         }
 
-        // Scale into log2 units, add the bias, mask keys past Lk.
+        // Scale into log2 units, mask keys past Lk.
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int col = key0 + j * 8 + 2 * tq + (e & 1);
-                const int i = e >> 1;
-                float x = s[j][e] * p.scale_log2;
-                if (col >= p.lk) {
-                    x = -INFINITY;
-                } else if (bias_rows[i] != nullptr && row_ok[i]) {
-                    const float bv =
-                        p.bias_kind == 1
-                            ? __ldg(reinterpret_cast<const float*>(bias_rows[i]) + col)
-                            : __half2float(reinterpret_cast<const __half*>(bias_rows[i])[col]);
-                    x = fmaf(bv, kLog2e, x);
-                }
-                s[j][e] = x;
+                s[j][e] = col < p.lk ? s[j][e] * p.scale_log2 : -INFINITY;
             }
         }
 

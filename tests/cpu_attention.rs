@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use finesam::ops::attention::{
-    tinyvit_bias_indices, tinyvit_dense_bias, Attention, AttentionBias, AttentionShape,
-    AttentionWorkspace, BiasDtype, HeadsTensor,
+    fragment_bias, fragment_bias_len, tinyvit_bias_indices, tinyvit_dense_bias, Attention,
+    AttentionBias, AttentionShape, AttentionWorkspace, BiasDtype, HeadsTensor,
 };
 use finesam::ops::window::WindowGeometry;
 use finesam::Error;
@@ -59,6 +59,41 @@ fn tinyvit_dense_bias_gathers_per_head() {
     ));
 }
 
+#[test]
+fn fragment_bias_holds_every_element_once_in_accumulator_order() {
+    let (heads, q_len, kv_len) = (3, 49, 70);
+    // Distinct non-zero values: 1 + flat index.
+    let dense: Vec<f32> = (0..heads * q_len * kv_len)
+        .map(|i| 1.0 + i as f32)
+        .collect();
+    let frag = fragment_bias(&dense, heads, q_len, kv_len).unwrap();
+    let per_head = fragment_bias_len(q_len, kv_len);
+    assert_eq!(per_head, 4 * 2 * 16 * 64);
+    assert_eq!(frag.len(), heads * per_head);
+    let mut seen = vec![0u32; dense.len()];
+    for (i, &v) in frag.iter().enumerate() {
+        if v != 0.0 {
+            let flat = v as usize - 1;
+            assert_eq!(flat / (q_len * kv_len), i / per_head, "value left its head");
+            seen[flat] += 1;
+        }
+    }
+    assert!(seen.iter().all(|&n| n == 1), "every element exactly once");
+    // Head 1, row block 0, key block 1: lane 5 (g = 1, t = 1), n-tile 2, accumulator 3 is
+    // row g + 8 = 9, key 64 + 8 * 2 + 2 * 1 + 1 = 83 (past Lk = 70: padding, 0); accumulator 2
+    // of n-tile 0 is row 9, key 64 + 2 = 66.
+    let block = per_head + 16 * 64;
+    assert_eq!(frag[block + 5 * 32 + 2 * 4 + 3], 0.0);
+    assert_eq!(
+        frag[block + 5 * 32 + 2],
+        dense[q_len * kv_len + 9 * kv_len + 66]
+    );
+    assert!(matches!(
+        fragment_bias(&dense[1..], heads, q_len, kv_len),
+        Err(Error::Plan(_))
+    ));
+}
+
 const BASE: u64 = 0x7f00_0000_0000;
 
 fn valid() -> Attention {
@@ -82,6 +117,7 @@ fn valid() -> Attention {
             BiasDtype::F32,
             lq,
             lk,
+            false,
         )),
         workspace: None,
     }
@@ -219,6 +255,32 @@ fn attention_check_rejects_bad_arguments() {
     let mut a = valid();
     a.scale = f32::NAN;
     expect_launch_error(a, "scale");
+
+    let mut a = valid();
+    a.scale = 0.0;
+    expect_launch_error(a, "scale 0 with a bias");
+
+    let mut a = valid();
+    a.bias = Some(AttentionBias::shared(
+        BASE + 0x200_0008,
+        1 << 20,
+        BiasDtype::F16,
+        49,
+        49,
+        true,
+    ));
+    expect_launch_error(a, "not aligned to 16 bytes");
+
+    let mut a = valid();
+    a.bias = Some(AttentionBias::shared(
+        BASE + 0x200_0000,
+        4 * fragment_bias_len(49, 49) * 2 - 2,
+        BiasDtype::F16,
+        49,
+        49,
+        true,
+    ));
+    expect_launch_error(a, "bias reaches byte");
 
     let mut a = valid();
     a.batch = 70_000;

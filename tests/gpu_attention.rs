@@ -8,8 +8,8 @@ mod common;
 
 use common::{gpu_available, Rng};
 use finesam::ops::attention::{
-    launch_attention, plan_attention, tinyvit_dense_bias, Attention, AttentionBias,
-    AttentionWorkspace, BiasDtype, HeadsTensor,
+    fragment_bias, fragment_bias_len, launch_attention, plan_attention, tinyvit_dense_bias,
+    Attention, AttentionBias, AttentionWorkspace, BiasDtype, BiasLayout, HeadsTensor,
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use finesam::{Error, Gpu};
@@ -43,9 +43,7 @@ struct Case {
     lk: usize,
     d: usize,
     layout: Layout,
-    /// `Some((dtype, window))`: TinyViT's gathered bias (window^2 == Lq == Lk), shared by every
-    /// batch entry. `Some((dtype, 0))`: a dense random bias per batch entry.
-    bias: Option<(BiasDtype, usize)>,
+    bias: Option<BiasCase>,
     /// Std of Q and K entries: 1.5 gives logits of std ~2.3, 4.0 gives ~16 (stability test).
     sigma_qk: f64,
     /// Extra elements after each output row, checked to stay poisoned.
@@ -72,6 +70,24 @@ const fn case(
         sigma_qk: 1.5,
         o_pad: 0,
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BiasCase {
+    dtype: BiasDtype,
+    /// `window > 0`: TinyViT's gathered bias (window^2 == Lq == Lk), shared by every batch
+    /// entry; 0: a random bias per batch entry.
+    window: usize,
+    /// Upload in `fragment_bias` order instead of dense rows.
+    fragments: bool,
+}
+
+const fn bias(dtype: BiasDtype, window: usize, fragments: bool) -> Option<BiasCase> {
+    Some(BiasCase {
+        dtype,
+        window,
+        fragments,
+    })
 }
 
 /// Element offsets of one of Q/K/V/O inside the host (and device) buffer.
@@ -190,10 +206,10 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Vec<(String, f64, f64)> {
         }
     }
 
-    // Bias: element (b, h, i, j) at bias_at(..); values as the kernel will see them (rounded).
+    // Bias: dense [B or 1, H, Lq, Lk] values as the kernel will see them (rounded to dtype).
     let (bias_values, bias_batch_stride): (Vec<f64>, usize) = match c.bias {
         None => (Vec::new(), 0),
-        Some((_, window)) if window > 0 => {
+        Some(BiasCase { window, .. }) if window > 0 => {
             assert_eq!(window * window, c.lq, "{}", c.name);
             let table: Vec<f32> = (0..c.heads * window * window)
                 .map(|_| (2.0 * rng.normal()) as f32)
@@ -209,24 +225,30 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Vec<(String, f64, f64)> {
             (values, per_batch)
         }
     };
-    let bias_values: Vec<f64> = match c.bias {
-        Some((BiasDtype::F16, _)) => bias_values
-            .iter()
-            .map(|&x| f16::from_f64(x).to_f64())
-            .collect(),
-        Some((BiasDtype::F32, _)) => bias_values.iter().map(|&x| x as f32 as f64).collect(),
-        None => bias_values,
+    let round = |x: f64| match c.bias.map(|b| b.dtype) {
+        Some(BiasDtype::F16) => f16::from_f64(x).to_f64(),
+        _ => x as f32 as f64,
     };
-    let bias_bytes: Vec<u8> = match c.bias {
-        Some((BiasDtype::F16, _)) => bias_values
+    let bias_values: Vec<f64> = bias_values.into_iter().map(round).collect();
+    // The device table: dense rows, or reordered into fragments (a per-batch table is just
+    // B * H heads).
+    let fragments = c.bias.is_some_and(|b| b.fragments);
+    let device_values: Vec<f32> = if fragments {
+        let heads = bias_values.len() / (c.lq * c.lk);
+        let dense: Vec<f32> = bias_values.iter().map(|&x| x as f32).collect();
+        fragment_bias(&dense, heads, c.lq, c.lk).unwrap()
+    } else {
+        bias_values.iter().map(|&x| x as f32).collect()
+    };
+    let bias_bytes: Vec<u8> = match c.bias.map(|b| b.dtype) {
+        Some(BiasDtype::F16) => device_values
             .iter()
-            .flat_map(|&x| f16::from_f64(x).to_le_bytes())
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
             .collect(),
-        Some((BiasDtype::F32, _)) => bias_values
+        _ => device_values
             .iter()
-            .flat_map(|&x| (x as f32).to_le_bytes())
+            .flat_map(|&x| x.to_le_bytes())
             .collect(),
-        None => Vec::new(),
     };
 
     let hd = c.heads * c.d;
@@ -260,13 +282,25 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Vec<(String, f64, f64)> {
         k: kv.device(input_buf.ptr(), input_len),
         v: vv.device(input_buf.ptr(), input_len),
         o: ov.device(o_buf.ptr(), o_len),
-        bias: c.bias.map(|(dtype, _)| AttentionBias {
-            ptr: bias_buf.ptr(),
-            bytes: bias_bytes.len(),
-            dtype,
-            batch_stride: bias_batch_stride,
-            head_stride: c.lq * c.lk,
-            row_stride: c.lk,
+        bias: c.bias.map(|b| {
+            let (layout, head_stride) = if b.fragments {
+                (BiasLayout::Fragments, fragment_bias_len(c.lq, c.lk))
+            } else {
+                (BiasLayout::Dense { row_stride: c.lk }, c.lq * c.lk)
+            };
+            AttentionBias {
+                ptr: bias_buf.ptr(),
+                bytes: bias_bytes.len(),
+                dtype: b.dtype,
+                layout,
+                // Per-batch tables hold H heads per batch entry in either layout.
+                batch_stride: if bias_batch_stride > 0 {
+                    c.heads * head_stride
+                } else {
+                    0
+                },
+                head_stride,
+            }
         }),
         workspace: None,
     };
@@ -371,8 +405,8 @@ fn run_cases(test: &str, seed: u64, cases: &[Case]) {
     for c in cases {
         for (variant, max_abs, rel_l2) in run_case(&gpu, &mut rng, c) {
             println!(
-                "{:<34} B={:<3} H={:<2} Lq={:<4} Lk={:<4} D={:<2} {:?} bias {:?} [{variant}]: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}",
-                c.name, c.batch, c.heads, c.lq, c.lk, c.d, c.layout, c.bias.map(|b| b.0)
+                "{:<34} B={:<3} H={:<2} Lq={:<4} Lk={:<4} D={:<2} {:?} bias (dtype, fragments) {:?} [{variant}]: rel L2 {rel_l2:.2e}, max abs {max_abs:.2e}",
+                c.name, c.batch, c.heads, c.lq, c.lk, c.d, c.layout, c.bias.map(|b| (b.dtype, b.fragments))
             );
             assert!(
                 rel_l2 <= REL_L2_TOL && max_abs <= MAX_ABS_TOL,
@@ -385,28 +419,41 @@ fn run_cases(test: &str, seed: u64, cases: &[Case]) {
 
 #[test]
 fn attention_matches_reference_on_tinyvit_windows() {
-    let w7 = |name, heads, dtype| Case {
+    let w7 = |name, heads, bias| Case {
         layout: Layout::PackedPerHead,
-        bias: Some((dtype, 7)),
+        bias,
         ..case(name, 64, heads, 49, 49, 32)
     };
+    let w14 = |name, batch, bias, o_pad| Case {
+        layout: Layout::PackedPerHead,
+        bias,
+        o_pad,
+        ..case(name, batch, 5, 196, 196, 32)
+    };
+    use BiasDtype::{F16, F32};
     run_cases(
         "attention_matches_reference_on_tinyvit_windows",
         0xa77e_0001,
         &[
-            w7("tinyvit stage 2 window 7", 4, BiasDtype::F32),
-            w7("tinyvit stage 4 window 7", 10, BiasDtype::F16),
-            w7("tinyvit 2 heads window 7", 2, BiasDtype::F32),
+            w7("tinyvit stage 2 window 7", 4, bias(F32, 7, false)),
+            w7("tinyvit stage 4 window 7", 10, bias(F16, 7, false)),
+            w7("tinyvit 2 heads window 7", 2, bias(F32, 7, false)),
+            w7("tinyvit w7, fragment bias f16", 4, bias(F16, 7, true)),
+            w7("tinyvit w7, fragment bias f32", 10, bias(F32, 7, true)),
+            w14("tinyvit stage 3 window 14", 12, bias(F16, 14, false), 0),
+            w14("tinyvit w14, padded O rows", 3, bias(F32, 14, false), 8),
+            w14("tinyvit w14, fragment bias f16", 12, bias(F16, 14, true), 0),
+            // One window: the 16-row split shape reads half 64-key fragment blocks.
+            w14(
+                "tinyvit w14, 1 window, fragments",
+                1,
+                bias(F32, 14, true),
+                0,
+            ),
             Case {
                 layout: Layout::PackedPerHead,
-                bias: Some((BiasDtype::F16, 14)),
-                ..case("tinyvit stage 3 window 14", 12, 5, 196, 196, 32)
-            },
-            Case {
-                layout: Layout::PackedPerHead,
-                bias: Some((BiasDtype::F32, 14)),
-                o_pad: 8,
-                ..case("tinyvit window 14, padded O rows", 3, 5, 196, 196, 32)
+                bias: bias(F16, 7, true),
+                ..case("tinyvit w7, 2 windows, fragments", 2, 2, 49, 49, 32)
             },
         ],
     );
@@ -459,9 +506,18 @@ fn attention_matches_reference_on_dfine_and_edge_shapes() {
             case("one query", 3, 2, 1, 129, 32),
             case("17 queries (rows shape)", 2, 2, 17, 65, 32),
             Case {
-                bias: Some((BiasDtype::F32, 0)),
+                bias: bias(BiasDtype::F32, 0, false),
                 sigma_qk: 4.0,
                 ..case("large logits with per-batch bias", 2, 4, 100, 777, 32)
+            },
+            Case {
+                bias: bias(BiasDtype::F16, 0, true),
+                sigma_qk: 4.0,
+                ..case("large logits, per-batch fragments", 4, 40, 100, 777, 32)
+            },
+            Case {
+                bias: bias(BiasDtype::F32, 0, true),
+                ..case("D=64 split keys, per-batch fragments", 2, 3, 5, 300, 64)
             },
             Case {
                 sigma_qk: 4.0,

@@ -110,9 +110,20 @@ impl BiasDtype {
     }
 }
 
-/// Additive score bias: element `(b, head, query, key)` at
-/// `ptr + size * (b * batch_stride + head * head_stride + query * row_stride + key)`.
-/// TinyViT's gathered `attention_biases` is `[H, N, N]` shared by every window: batch stride 0.
+/// How a bias table is laid out (beyond its batch and head strides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasLayout {
+    /// Element `(b, head, query, key)` at
+    /// `b * batch_stride + head * head_stride + query * row_stride + key`.
+    Dense { row_stride: usize },
+    /// The order [`fragment_bias`] produces (per head [`fragment_bias_len`] elements): every
+    /// thread reads its own scores' bias with 16-byte loads. Best for constant tables such as
+    /// TinyViT's, converted once at load. Needs 16-byte alignment of the address and strides.
+    Fragments,
+}
+
+/// Additive score bias, added to `scale * Q K^T` before the softmax. TinyViT's gathered
+/// `attention_biases` is `[H, N, N]` shared by every window: batch stride 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionBias {
     /// Device address of element (0, 0, 0, 0), aligned to the element size.
@@ -120,29 +131,86 @@ pub struct AttentionBias {
     /// Bytes addressable from `ptr`.
     pub bytes: usize,
     pub dtype: BiasDtype,
+    pub layout: BiasLayout,
+    /// Elements between batch entries (0 = one table for all).
     pub batch_stride: usize,
+    /// Elements between heads.
     pub head_stride: usize,
-    pub row_stride: usize,
 }
 
 impl AttentionBias {
-    /// A dense `[heads, q_len, kv_len]` table shared by every batch entry.
+    /// A `[heads, q_len, kv_len]` table shared by every batch entry, dense (`fragments` false)
+    /// or in [`fragment_bias`] order.
     pub fn shared(
         ptr: DevicePtr,
         bytes: usize,
         dtype: BiasDtype,
         q_len: usize,
         kv_len: usize,
+        fragments: bool,
     ) -> AttentionBias {
+        let (layout, head_stride) = if fragments {
+            (BiasLayout::Fragments, fragment_bias_len(q_len, kv_len))
+        } else {
+            let dense = BiasLayout::Dense { row_stride: kv_len };
+            (dense, q_len.saturating_mul(kv_len))
+        };
         AttentionBias {
             ptr,
             bytes,
             dtype,
+            layout,
             batch_stride: 0,
-            head_stride: q_len * kv_len,
-            row_stride: kv_len,
+            head_stride,
         }
     }
+}
+
+/// Query rows and keys of one block of a fragment-ordered bias.
+const FRAGMENT_ROWS: usize = 16;
+const FRAGMENT_KEYS: usize = 64;
+
+/// Elements per head of a fragment-ordered bias: blocks of 16 query rows x 64 keys.
+pub fn fragment_bias_len(q_len: usize, kv_len: usize) -> usize {
+    q_len
+        .div_ceil(FRAGMENT_ROWS)
+        .saturating_mul(kv_len.div_ceil(FRAGMENT_KEYS))
+        .saturating_mul(FRAGMENT_ROWS * FRAGMENT_KEYS)
+}
+
+/// Reorders a dense `[heads, q_len, kv_len]` bias into the kernel's fragment order: per head,
+/// row-major blocks of 16 query rows x 64 keys; inside a block, for each of the 32 lanes of a
+/// warp, the 8 n-tiles x 4 values of its m16n8 accumulators (lane = 4 g + t holds rows g and
+/// g + 8, keys 8 j + 2 t and 8 j + 2 t + 1). Padding past `q_len`/`kv_len` is 0.
+pub fn fragment_bias(dense: &[f32], heads: usize, q_len: usize, kv_len: usize) -> Result<Vec<f32>> {
+    let per_head = q_len.saturating_mul(kv_len);
+    if heads == 0 || per_head == 0 || Some(dense.len()) != heads.checked_mul(per_head) {
+        return Err(Error::Plan(format!(
+            "dense bias has {} values, expected {heads} heads x {q_len} x {kv_len}",
+            dense.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(heads * fragment_bias_len(q_len, kv_len));
+    for table in dense.chunks_exact(per_head) {
+        for row_block in 0..q_len.div_ceil(FRAGMENT_ROWS) {
+            for key_block in 0..kv_len.div_ceil(FRAGMENT_KEYS) {
+                for lane in 0..32 {
+                    // (n-tile j, accumulator e) in the order the kernel's s[j][e] reads them.
+                    for (j, e) in (0..8).flat_map(|j| (0..4).map(move |e| (j, e))) {
+                        let row = row_block * FRAGMENT_ROWS + lane / 4 + 8 * (e / 2);
+                        let key = key_block * FRAGMENT_KEYS + 8 * j + 2 * (lane % 4) + e % 2;
+                        let inside = row < q_len && key < kv_len;
+                        out.push(if inside {
+                            table[row * kv_len + key]
+                        } else {
+                            0.0
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Scratch for splitting the keys of one attention across CTAs (see [`AttentionPlan`]): a
@@ -225,6 +293,7 @@ struct AttentionParams {
     lk: i32,
     bias_kind: i32,
     scale_log2: f32,
+    inv_scale: f32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -355,24 +424,7 @@ impl Attention {
             }
         }
         if let Some(bias) = &self.bias {
-            let elem = bias.dtype.bytes();
-            if bias.ptr % elem as u64 != 0 {
-                return Err(launch_error(format!(
-                    "bias address {:#x} is not aligned to {elem} bytes",
-                    bias.ptr
-                )));
-            }
-            check_extent(
-                "bias",
-                bias.bytes,
-                elem,
-                [
-                    (self.batch, bias.batch_stride),
-                    (self.heads, bias.head_stride),
-                    (self.q_len, bias.row_stride),
-                ],
-                self.kv_len,
-            )?;
+            self.check_bias(bias)?;
         }
         if let Some(ws) = &self.workspace {
             if ws.ptr % ALIGN_BYTES != 0 {
@@ -383,6 +435,56 @@ impl Attention {
             }
         }
         Ok(())
+    }
+
+    fn check_bias(&self, bias: &AttentionBias) -> Result<()> {
+        // The bias is seeded into the Q K^T accumulators divided by the scale.
+        if self.scale == 0.0 {
+            return Err(launch_error("scale 0 with a bias is not supported".into()));
+        }
+        let elem = bias.dtype.bytes();
+        let align = match bias.layout {
+            BiasLayout::Dense { .. } => elem,
+            BiasLayout::Fragments => ALIGN_BYTES as usize,
+        };
+        if bias.ptr % align as u64 != 0 {
+            return Err(launch_error(format!(
+                "bias address {:#x} is not aligned to {align} bytes",
+                bias.ptr
+            )));
+        }
+        match bias.layout {
+            BiasLayout::Dense { row_stride } => check_extent(
+                "bias",
+                bias.bytes,
+                elem,
+                [
+                    (self.batch, bias.batch_stride),
+                    (self.heads, bias.head_stride),
+                    (self.q_len, row_stride),
+                ],
+                self.kv_len,
+            ),
+            BiasLayout::Fragments => {
+                let strides = [bias.batch_stride, bias.head_stride];
+                if strides.iter().any(|s| (s * elem) % align != 0) {
+                    return Err(launch_error(format!(
+                        "fragment bias strides {strides:?} must be multiples of 16 bytes"
+                    )));
+                }
+                check_extent(
+                    "bias",
+                    bias.bytes,
+                    elem,
+                    [
+                        (self.batch, bias.batch_stride),
+                        (self.heads, bias.head_stride),
+                        (1, 0),
+                    ],
+                    fragment_bias_len(self.q_len, self.kv_len),
+                )
+            }
+        }
     }
 
     /// Checks the launch and lays it out for a GPU with `sm_count` SMs: the 4-warp shape
@@ -432,20 +534,21 @@ impl Attention {
                 v.head_stride as i64,
             ]
         };
+        // Kernel BiasKind: 1/2 dense fp32/fp16, 3/4 fragment-ordered fp32/fp16.
         let (bias, bias_strides, bias_kind) = match &self.bias {
             None => (0, [0; 3], 0),
-            Some(b) => (
-                b.ptr,
-                [
-                    b.batch_stride as i64,
-                    b.head_stride as i64,
-                    b.row_stride as i64,
-                ],
-                match b.dtype {
-                    BiasDtype::F32 => 1,
-                    BiasDtype::F16 => 2,
-                },
-            ),
+            Some(b) => {
+                let (row_stride, kind) = match b.layout {
+                    BiasLayout::Dense { row_stride } => (row_stride, 1),
+                    BiasLayout::Fragments => (0, 3),
+                };
+                let dtype = match b.dtype {
+                    BiasDtype::F32 => 0,
+                    BiasDtype::F16 => 1,
+                };
+                let strides = [b.batch_stride, b.head_stride, row_stride].map(|s| s as i64);
+                (b.ptr, strides, kind + dtype)
+            }
         };
         AttentionParams {
             q: self.q.ptr,
@@ -480,6 +583,7 @@ impl Attention {
             lk: self.kv_len as i32,
             bias_kind,
             scale_log2: self.scale * std::f32::consts::LOG2_E,
+            inv_scale: 1.0 / self.scale,
         }
     }
 }
