@@ -31,6 +31,14 @@ pub struct Kernels {
     pub(crate) conv3x3_stem_nchw: CudaFunction,
     /// `layer_norm_c<C>`, indexed by `norm::variant_index`.
     pub(crate) layer_norm: [CudaFunction; norm::LAYER_NORM_VARIANTS.len()],
+    pub(crate) attention_d16: CudaFunction,
+    pub(crate) attention_d32: CudaFunction,
+    pub(crate) attention_d64: CudaFunction,
+    pub(crate) attention_split_d16: CudaFunction,
+    pub(crate) attention_split_d32: CudaFunction,
+    pub(crate) attention_split_d64: CudaFunction,
+    pub(crate) window_partition: CudaFunction,
+    pub(crate) window_unpartition: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
 }
@@ -43,6 +51,9 @@ impl Kernels {
         let gemm = load_module(ctx, "gemm", images::GEMM)?;
         let conv_module = load_module(ctx, "conv", images::CONV)?;
         let norm_module = load_module(ctx, "norm", images::NORM)?;
+        let attention = load_module(ctx, "attention", images::ATTENTION)?;
+        let window = load_module(ctx, "window", images::WINDOW)?;
+        let attn = |name| function(&attention, "attention", name);
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -73,6 +84,14 @@ impl Kernels {
                 "norm",
                 norm::LAYER_NORM_VARIANTS.map(|(_, name)| name),
             )?,
+            attention_d16: attn("attention_d16")?,
+            attention_d32: attn("attention_d32")?,
+            attention_d64: attn("attention_d64")?,
+            attention_split_d16: attn("attention_split_d16")?,
+            attention_split_d32: attn("attention_split_d32")?,
+            attention_split_d64: attn("attention_split_d64")?,
+            window_partition: function(&window, "window", "window_partition")?,
+            window_unpartition: function(&window, "window", "window_unpartition")?,
             sm_count,
         })
     }

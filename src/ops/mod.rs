@@ -1,12 +1,14 @@
 //! Typed launchers: one Rust function per kernel that checks its arguments and launches it on
 //! the GPU's stream. Model code composes these; it never names a kernel.
 
+pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod mask;
 pub mod norm;
 pub mod packet;
 pub mod preprocess;
+pub mod window;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, DevicePtr};

@@ -64,4 +64,15 @@ impl Rng {
     pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
         lo + (self.next_u64() % (hi - lo) as u64) as u32
     }
+
+    /// Uniform in (0, 1].
+    pub fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
 }
