@@ -17,15 +17,28 @@ mod images {
 pub struct Kernels {
     pub(crate) preprocess_frame: CudaFunction,
     pub(crate) assemble_packet_header: CudaFunction,
+    // --- assignment: kernels/assign.cu, launched from src/assign ---
+    pub(crate) assign_solve: CudaFunction,
+    pub(crate) matcher_cost: CudaFunction,
+    pub(crate) matcher_mask_rows: CudaFunction,
+    pub(crate) tracker_cost: CudaFunction,
+    pub(crate) tracker_update: CudaFunction,
+    // --- end assignment ---
 }
 
 impl Kernels {
     pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
         let preprocess = load_module(ctx, "preprocess", images::PREPROCESS)?;
         let packet = load_module(ctx, "packet", images::PACKET)?;
+        let assign = load_module(ctx, "assign", images::ASSIGN)?;
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
+            assign_solve: function(&assign, "assign", "assign_solve")?,
+            matcher_cost: function(&assign, "assign", "matcher_cost")?,
+            matcher_mask_rows: function(&assign, "assign", "matcher_mask_rows")?,
+            tracker_cost: function(&assign, "assign", "tracker_cost")?,
+            tracker_update: function(&assign, "assign", "tracker_update")?,
         })
     }
 }
