@@ -491,3 +491,54 @@ fn tracker_random_sequences_stay_consistent() {
         assert!(t.tracks().len() <= 32);
     }
 }
+
+/// Checks a solved fixture matrix against scipy's optimum: integer costs exactly, float costs
+/// within the reported bound (plus f64 summation noise).
+fn check_against_scipy(a: &Assignment, m: &finesam::assign::fixtures::FixtureMatrix) {
+    assert_eq!(a.unassigned, m.unassigned, "{}: cardinality", m.name);
+    if m.integer && a.quantum == 0.0 {
+        assert_eq!(a.total_cost, m.total, "{}: integer total", m.name);
+    } else {
+        let noise = 1e-12
+            * m.cost
+                .iter()
+                .filter(|c| c.is_finite())
+                .map(|c| c.abs() as f64)
+                .sum::<f64>();
+        let diff = a.total_cost - m.total;
+        assert!(
+            diff <= a.gap_bound() * (1.0 + 1e-9) + noise && -diff <= noise,
+            "{}: total {} vs scipy {} (bound {})",
+            m.name,
+            a.total_cost,
+            m.total,
+            a.gap_bound()
+        );
+    }
+}
+
+#[test]
+fn cpu_model_matches_scipy_fixtures() {
+    let Some(dir) = finesam::assign::fixtures::fixture_dir().expect("fixtures") else {
+        return;
+    };
+    let matrices = finesam::assign::fixtures::load_matrices(&dir).expect("load fixtures");
+    let cfg = AssignConfig::default();
+    // Debug builds skip the largest matrices to stay fast; release builds check all.
+    let limit = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        usize::MAX
+    };
+    let mut checked = 0;
+    for m in matrices.iter().filter(|m| m.rows * m.cols <= limit) {
+        let a = cpu::solve(&m.cost, m.rows, m.cols, m.cols, &cfg).expect(&m.name);
+        check_structure(&a, &m.cost);
+        check_against_scipy(&a, m);
+        checked += 1;
+    }
+    eprintln!(
+        "{checked} of {} fixture matrices match scipy",
+        matrices.len()
+    );
+}

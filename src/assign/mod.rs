@@ -9,6 +9,7 @@
 //! [`matcher`] the matching cost, [`tracker`] the frame-to-frame tracker.
 
 pub mod cpu;
+pub mod fixtures;
 pub mod matcher;
 pub mod oracle;
 pub mod random;
