@@ -322,6 +322,92 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
     return *reinterpret_cast<volatile int*>(nxt_count);
 }
 
+// With a single bidder a Jacobi round is one bid that always wins, so the chain of
+// displacements it starts can run inside one warp without block barriers: the same rounds, the
+// same result, a fraction of the latency. Warp 0 runs it; returns via *tail_rounds / *tail_status
+// (lane 0) the rounds used and kOptimal, kIterationLimit or kOverflow.
+__device__ void forward_chain(const Auction& A, int i, long long eps, unsigned rounds, unsigned max_rounds,
+                              int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+    uint32_t status = kOptimal;
+    while (true) {
+        if (++rounds > max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        const Top2 t = scan_person(A, i, lane);
+        int old = -1;
+        if (lane == 0) {
+            int j = i + t.k1;
+            if (j >= A.m) j -= A.m;
+            const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
+            const long long inc = t.v1 - second + eps;
+            if (inc >= kMaxIncrement) {
+                status = kOverflow;
+            } else {
+                A.price[j] += inc;
+                old = A.owner[j];
+                A.owner[j] = i;
+                A.object[i] = j;
+                A.profit[i] = t.v1 - inc;
+                if (old >= 0) A.object[old] = -1;
+            }
+        }
+        __syncwarp();
+        old = __shfl_sync(kFull, old, 0);
+        status = __shfl_sync(kFull, status, 0);
+        if (status != kOptimal || old < 0) break;
+        i = old;
+    }
+    if (lane == 0) {
+        *tail_rounds = rounds;
+        *tail_status = status;
+    }
+}
+
+// The reverse counterpart: one unassigned object priced above lambda.
+__device__ void reverse_chain(const Auction& A, int j, long long lambda, long long eps, unsigned rounds,
+                              unsigned max_rounds, int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+    uint32_t status = kOptimal;
+    while (true) {
+        if (++rounds > max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        const Top2 t = scan_object(A, j, lane);
+        int next = -1;
+        if (lane == 0) {
+            if (t.v1 - eps <= lambda) {
+                A.price[j] = lambda;
+            } else {
+                int i = j % A.n + t.k1;
+                if (i >= A.n) i -= A.n;
+                const long long offered = t.v2 == kNegInf ? lambda : max(lambda, t.v2 - eps);
+                const long long delta = t.v1 - offered;
+                if (delta >= kMaxIncrement) {
+                    status = kOverflow;
+                } else {
+                    const int k = A.object[i];
+                    A.price[j] = offered;
+                    A.owner[j] = i;
+                    A.object[i] = j;
+                    A.profit[i] += delta;
+                    A.owner[k] = -1;
+                    if (A.price[k] > lambda) next = k;
+                }
+            }
+        }
+        __syncwarp();
+        next = __shfl_sync(kFull, next, 0);
+        status = __shfl_sync(kFull, status, 0);
+        if (status != kOptimal || next < 0) break;
+        j = next;
+    }
+    if (lane == 0) {
+        *tail_rounds = rounds;
+        *tail_status = status;
+    }
+}
+
 __device__ __forceinline__ AssignProblem load_problem(const AssignProblem* problems, const AssignUniform& u, unsigned b) {
     if (problems != nullptr) return problems[b];
     AssignProblem p;
@@ -351,6 +437,8 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     __shared__ int overflow;
     __shared__ int lost;
     __shared__ Scaling sc;
+    __shared__ unsigned tail_rounds;
+    __shared__ uint32_t tail_status;
 
     const unsigned b = blockIdx.x;
     const AssignProblem pr = load_problem(problems, uniform, b);
@@ -545,6 +633,15 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             const int next = resolve_forward(A, r);
             ++r;
             if (next == 0) break;
+            if (next == 1) {
+                // A lone bidder: its displacement chain ends the forward part.
+                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
+                if (tid == 0) A.counts[r % 3] = 0;  // the next round's list starts empty
+                __syncthreads();
+                rounds = tail_rounds;
+                status = tail_status;
+                break;
+            }
             if (++rounds > params.max_rounds) {
                 status = kIterationLimit;
                 break;
@@ -592,6 +689,14 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 const int next = resolve_reverse(A, r, lam);
                 ++r;
                 if (next == 0) break;
+                if (next == 1) {
+                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
+                    if (tid == 0) A.counts[r % 3] = 0;
+                    __syncthreads();
+                    rounds = tail_rounds;
+                    status = tail_status;
+                    break;
+                }
                 if (++rounds > params.max_rounds) {
                     status = kIterationLimit;
                     break;
@@ -811,6 +916,7 @@ extern "C" __global__ void tracker_cost(TrackSlot* __restrict__ slots, TrackerHe
         const int pos = compact_position(active, warp_counts, &base);
         if (active) live[pos] = static_cast<int>(s);
     }
+    __syncthreads();  // live[] complete before any thread reads it
     const int rows = base;
     const int dets = static_cast<int>(min(*det_count, p.max_detections));
     for (int e = threadIdx.x; e < rows * dets; e += blockDim.x) {
@@ -875,6 +981,7 @@ extern "C" __global__ void tracker_update(TrackSlot* __restrict__ slots, Tracker
         const int pos = compact_position(is_free, warp_counts, &free_slots);
         if (is_free) pending[pos] = static_cast<int>(s);
     }
+    __syncthreads();  // pending[] complete before any thread reads it
     const uint32_t next_id = header->next_id;
     const int nfree = free_slots;
     for (int chunk = 0; chunk < dets; chunk += blockDim.x) {
