@@ -537,8 +537,10 @@ pub fn solve(
         return Ok(out);
     }
     if rows.max(cols) > MAX_SIDE {
-        return Err(status_error(0, Status::TooLarge, 0, rows.max(cols))
-            .unwrap_or_else(|| AssignError::Shape("matrix too large".into())));
+        return Err(AssignError::TooLarge {
+            matrix: 0,
+            message: format!("{rows}x{cols} exceeds {MAX_SIDE} per side"),
+        });
     }
     let scan = scan_costs(cost, rows, cols, ld);
     let problem = match scan {

@@ -198,6 +198,11 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
     let smem = capacity * SMEM_PER_OBJECT;
     let func = &gpu.kernels().assign_solve;
     if smem > DEFAULT_SMEM_LIMIT {
+        // cuFuncSetAttribute acts on the current context.
+        gpu.stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| launch_error(format!("binding the context: {e}")))?;
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem as i32,
