@@ -69,6 +69,9 @@ pub enum Error {
     /// An image file could not be decoded.
     #[error("image {path}: {message}")]
     Image { path: PathBuf, message: String },
+    /// An assignment (auction, matcher, tracker) has no result; see `assign::AssignError`.
+    #[error("assignment: {0}")]
+    Assign(#[from] crate::assign::AssignError),
 }
 
 /// Result alias used throughout the crate.

@@ -6,6 +6,7 @@
 //! plan), [`packet`] (the result packet), [`weights`] (safetensors loading and validation),
 //! [`reference`] (CPU references the GPU tests compare against).
 
+pub mod assign;
 pub mod error;
 pub mod frame;
 pub mod gpu;

@@ -39,6 +39,11 @@ pub struct Kernels {
     pub(crate) attention_split_d64: CudaFunction,
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
+    pub(crate) assign_solve: CudaFunction,
+    pub(crate) matcher_cost: CudaFunction,
+    pub(crate) matcher_mask_rows: CudaFunction,
+    pub(crate) tracker_cost: CudaFunction,
+    pub(crate) tracker_update: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
 }
@@ -54,6 +59,7 @@ impl Kernels {
         let attention = load_module(ctx, "attention", images::ATTENTION)?;
         let window = load_module(ctx, "window", images::WINDOW)?;
         let attn = |name| function(&attention, "attention", name);
+        let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -92,6 +98,11 @@ impl Kernels {
             attention_split_d64: attn("attention_split_d64")?,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
+            assign_solve: function(&assign, "assign", "assign_solve")?,
+            matcher_cost: function(&assign, "assign", "matcher_cost")?,
+            matcher_mask_rows: function(&assign, "assign", "matcher_mask_rows")?,
+            tracker_cost: function(&assign, "assign", "tracker_cost")?,
+            tracker_update: function(&assign, "assign", "tracker_update")?,
             sm_count,
         })
     }

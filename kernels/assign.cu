@@ -1,0 +1,1012 @@
+// Assignment kernels: minimum-cost rectangular assignment, D-FINE's matching cost, and an IoU
+// tracker built on both. Everything stays on the device; no host synchronisation inside.
+//
+//   assign_solve      batched epsilon-scaling auction (Bertsekas), one block per matrix.
+//                     Reference op: scipy.optimize.linear_sum_assignment (same optimum; float
+//                     costs within the bound in docs/ASSIGN.md, integer costs exactly). The CPU
+//                     model src/assign/cpu.rs reproduces it round for round (same result).
+//   matcher_cost      D-FINE HungarianMatcher cost (focal class cost, L1, -GIoU on cxcywh boxes,
+//                     nan_to_num(nan=1.0)), written as ragged per-image matrices plus the
+//                     problem descriptors assign_solve reads. Reference op: zoo/dfine/matcher.py.
+//   matcher_mask_rows top-k (one-to-many) matching: forbids the queries matched in a round.
+//   tracker_cost      1 - IoU between live tracks and detections, gated (+inf below the gate).
+//   tracker_update    applies a solved frame: matched tracks follow their detection, unmatched
+//                     ones age and die after max_age, unmatched detections open new ids.
+//
+// Numerics: the file is compiled with --use_fast_math. The solver quantises costs with explicit
+// double-precision _rn intrinsics and runs on integers, so its result is bit-identical to the
+// CPU model; subnormal costs are flushed to zero explicitly on both sides. The tracker's IoU
+// uses _rn intrinsics (never contracted, IEEE division) so the CPU model matches it bit for
+// bit. The matcher cost is compared to PyTorch with a tolerance and may use fast math.
+#include "common.cuh"
+
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr long long kNegInf = -9223372036854775807LL - 1;
+constexpr long long kPosInf = 9223372036854775807LL;
+constexpr long long kMaxIncrement = 1LL << 47;                 // packed bid keys: inc << 16 | id
+constexpr unsigned long long kScaledRangeLimit = 1ULL << 44;  // see docs/ASSIGN.md
+constexpr int kMaxSide = 65534;
+
+enum Status : uint32_t {
+    kOptimal = 0,
+    kInfeasible = 1,
+    kInvalidCost = 2,
+    kIterationLimit = 3,
+    kTooLarge = 4,
+    kOverflow = 5,
+};
+
+}  // namespace
+
+// Layouts shared with src/assign/solver.rs (repr(C) mirrors).
+struct AssignProblem {
+    unsigned long long cost_offset;     // elements into `costs`
+    unsigned long long scratch_offset;  // elements into `scratch` (needs rows * cols)
+    uint32_t rows, cols, ld;            // ld: row stride of the cost, in elements
+    uint32_t row_offset;                // into row_to_col
+    uint32_t col_offset;                // into col_to_row
+    uint32_t pad;
+};
+
+// Used when `problems` is null: `count` equal matrices `stride` elements apart.
+struct AssignUniform {
+    uint32_t count, rows, cols, ld;
+    unsigned long long stride;
+};
+
+struct AssignParams {
+    uint32_t theta;       // epsilon reduction factor
+    uint32_t levels;      // quantisation levels K for float costs
+    uint32_t max_rounds;  // round cap per matrix
+    uint32_t capacity;    // objects the dynamic shared memory was sized for
+};
+
+struct AssignInfo {
+    double total;     // sum of the assigned original costs
+    double quantum;   // 1/S (0 = exact integer mode)
+    uint32_t status;  // Status
+    uint32_t rounds;
+    uint32_t phases;
+    uint32_t unassigned;  // smaller-side members left on forbidden pairs
+};
+
+namespace {
+
+__device__ __forceinline__ float flush_subnormal(float c) {
+    return fabsf(c) < 1.17549435e-38f ? 0.0f : c;
+}
+
+// Deterministic block reduction (fixed shuffle pattern, fixed warp order). Every thread of
+// the block must call it; `red` holds >= 32 entries.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op, T* red) {
+    for (int off = 16; off; off >>= 1) v = op(v, __shfl_xor_sync(kFull, v, off));
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[warp] = v;
+    __syncthreads();
+    T r = red[0];
+    for (int w = 1; w < nwarps; ++w) r = op(r, red[w]);
+    return r;
+}
+
+struct MinLL {
+    __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
+};
+struct MinF {
+    __device__ float operator()(float a, float b) const { return fminf(a, b); }
+};
+struct MaxF {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct AddD {
+    __device__ double operator()(double a, double b) const { return a + b; }
+};
+
+// Best value, its scan position, and the second-best value (kNegInf when absent).
+struct Top2 {
+    long long v1, v2;
+    int k1;
+};
+
+__device__ __forceinline__ void top2_insert(Top2& t, long long v, int k) {
+    if (v > t.v1) {
+        t.v2 = t.v1;
+        t.v1 = v;
+        t.k1 = k;
+    } else if (v > t.v2) {
+        t.v2 = v;
+    }
+}
+
+// Warp-wide top-2; ties on the best value go to the smaller scan position, exactly like a
+// sequential scan that keeps the first maximum (the CPU model).
+__device__ __forceinline__ Top2 warp_top2(Top2 t) {
+#pragma unroll
+    for (int off = 16; off; off >>= 1) {
+        const long long o1 = __shfl_xor_sync(kFull, t.v1, off);
+        const long long o2 = __shfl_xor_sync(kFull, t.v2, off);
+        const int ok = __shfl_xor_sync(kFull, t.k1, off);
+        if (o1 > t.v1 || (o1 == t.v1 && ok < t.k1)) {
+            t.v2 = max(t.v1, o2);
+            t.v1 = o1;
+            t.k1 = ok;
+        } else {
+            t.v2 = max(t.v2, o1);
+        }
+    }
+    return t;
+}
+
+struct Scaling {
+    double scale;
+    double quantum;
+    float cmin;
+    int pad;
+    long long levels;
+    long long mult;
+    long long big;
+    long long eps0;
+};
+
+__device__ __forceinline__ int quantize(float c, const Scaling& s) {
+    c = flush_subnormal(c);
+    if (c == INFINITY) return -1;
+    const double d = __dmul_rn(__dsub_rn(static_cast<double>(c), static_cast<double>(s.cmin)), s.scale);
+    const long long q = __double2ll_rn(d);
+    return static_cast<int>(min(max(q, 0LL), s.levels));
+}
+
+// The auction state in shared memory plus the quantised costs (persons x objects, global).
+struct Auction {
+    const int* q;  // written by this block earlier in the kernel: plain (coherent) loads only
+    int n, m;
+    long long mult, big;
+    long long* price;          // [m]
+    unsigned long long* slot;  // [m] forward: best bid per object; reverse: best offer per person
+    long long* aux;            // [m] forward: profit after winning; reverse: offered price
+    long long* profit;         // [n]
+    int* owner;                // [m] person holding the object, -1
+    int* object;               // [n] object held by the person, -1
+    int* target;               // [m] forward: object bid for; reverse: person offered to
+    int* list0;                // [m] bidders of even rounds
+    int* list1;                // [m] bidders of odd rounds
+    int* counts;               // [3] list sizes, rotating
+    int* overflow;             // set when a bid leaves the packed range
+
+    __device__ __forceinline__ long long benefit(int qv) const {
+        return qv < 0 ? -big : -static_cast<long long>(qv) * mult;
+    }
+    __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
+};
+
+// Person i's best and second-best object value, scanning objects from i on (rotation spreads
+// ties). Warp-collective.
+__device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
+    const int* row = A.q + static_cast<size_t>(i) * A.m;
+    Top2 t{kNegInf, kNegInf, 0x7fffffff};
+#pragma unroll 4
+    for (int k = lane; k < A.m; k += 32) {
+        int j = i + k;
+        if (j >= A.m) j -= A.m;
+        top2_insert(t, A.benefit(row[j]) - A.price[j], k);
+    }
+    return warp_top2(t);
+}
+
+// Object j's best and second-best person for a reverse bid (value a_ij - profit_i), scanning
+// persons from j mod n on. Warp-collective.
+__device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
+    const int start = j % A.n;
+    Top2 t{kNegInf, kNegInf, 0x7fffffff};
+    for (int k = lane; k < A.n; k += 32) {
+        int i = start + k;
+        if (i >= A.n) i -= A.n;
+        top2_insert(t, A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i], k);
+    }
+    return warp_top2(t);
+}
+
+// Lane 0: person i bids for object j at price + (v1 - v2 + eps).
+__device__ __forceinline__ void place_bid(const Auction& A, int i, int j, const Top2& t, long long eps) {
+    const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
+    const long long inc = t.v1 - second + eps;
+    if (inc >= kMaxIncrement) {
+        *A.overflow = 1;
+        return;
+    }
+    A.target[i] = j;
+    A.aux[i] = t.v1 - inc;
+    atomicMax(&A.slot[j], (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned long long>(i + 1));
+}
+
+// Reverse step of unassigned object j (warp-collective): lower its price to lambda when no
+// person wants it by more than eps, else offer it to the best person at the price that keeps
+// every other person eps-satisfied. Returns whether it made an offer.
+__device__ __forceinline__ bool reverse_bid(const Auction& A, int j, long long lambda, long long eps, int lane) {
+    const Top2 t = scan_object(A, j, lane);
+    if (t.v1 - eps <= lambda) {
+        if (lane == 0) {
+            A.price[j] = lambda;
+            A.target[j] = -1;
+        }
+        return false;
+    }
+    if (lane == 0) {
+        int i = j % A.n + t.k1;
+        if (i >= A.n) i -= A.n;
+        const long long offered = t.v2 == kNegInf ? lambda : max(lambda, t.v2 - eps);
+        const long long delta = t.v1 - offered;
+        if (delta >= kMaxIncrement) {
+            *A.overflow = 1;
+        } else {
+            A.target[j] = i;
+            A.aux[j] = offered;
+            atomicMax(&A.slot[i], (static_cast<unsigned long long>(delta) << 16) | static_cast<unsigned long long>(j + 1));
+        }
+    }
+    return true;
+}
+
+__device__ __forceinline__ unsigned long long load_key(const unsigned long long* p) {
+    return *reinterpret_cast<const volatile unsigned long long*>(p);
+}
+
+__device__ __forceinline__ long long next_epsilon(long long eps, unsigned theta, unsigned forward_rounds) {
+    const long long step = forward_rounds <= 2 ? static_cast<long long>(theta) * theta : theta;
+    const long long e = eps / step;
+    return e < 1 ? 1 : e;
+}
+
+// Resolves forward round r: the highest key on each object wins it; losers and displaced
+// owners form the next round's list. Ends with a barrier; returns the next list's size.
+__device__ int resolve_forward(const Auction& A, unsigned r) {
+    const int cnt = A.counts[r % 3];
+    const int* cur = A.list(r);
+    int* nxt = A.list(r + 1);
+    int* nxt_count = &A.counts[(r + 1) % 3];
+    if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int i = cur[e];
+        const int j = A.target[i];
+        const unsigned long long key = load_key(&A.slot[j]);
+        // A loser may read the slot after the winner cleared it: 0 never matches i + 1.
+        if (static_cast<int>(key & 0xFFFF) == i + 1) {
+            A.price[j] += static_cast<long long>(key >> 16);
+            const int old = A.owner[j];
+            A.owner[j] = i;
+            A.object[i] = j;
+            A.profit[i] = A.aux[i];
+            A.slot[j] = 0;
+            if (old >= 0) {
+                A.object[old] = -1;
+                nxt[atomicAdd(nxt_count, 1)] = old;
+            }
+        } else {
+            nxt[atomicAdd(nxt_count, 1)] = i;
+        }
+    }
+    __syncthreads();
+    return *reinterpret_cast<volatile int*>(nxt_count);
+}
+
+// Resolves reverse round r: each person accepts its best offer, releasing its old object
+// (which joins the next list when priced above lambda); refused objects retry.
+__device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
+    const int cnt = A.counts[r % 3];
+    const int* cur = A.list(r);
+    int* nxt = A.list(r + 1);
+    int* nxt_count = &A.counts[(r + 1) % 3];
+    if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int j = cur[e];
+        const int i = A.target[j];
+        if (i < 0) continue;  // lowered its price to lambda this round: done
+        const unsigned long long key = load_key(&A.slot[i]);
+        if (static_cast<int>(key & 0xFFFF) == j + 1) {
+            const int k = A.object[i];
+            A.price[j] = A.aux[j];
+            A.owner[j] = i;
+            A.object[i] = j;
+            A.profit[i] += static_cast<long long>(key >> 16);
+            A.owner[k] = -1;
+            A.slot[i] = 0;
+            if (A.price[k] > lambda) nxt[atomicAdd(nxt_count, 1)] = k;
+        } else {
+            nxt[atomicAdd(nxt_count, 1)] = j;
+        }
+    }
+    __syncthreads();
+    return *reinterpret_cast<volatile int*>(nxt_count);
+}
+
+// With a single bidder a Jacobi round is one bid that always wins, so the chain of
+// displacements it starts can run inside one warp without block barriers: the same rounds, the
+// same result, a fraction of the latency. Warp 0 runs it; returns via *tail_rounds / *tail_status
+// (lane 0) the rounds used and kOptimal, kIterationLimit or kOverflow.
+__device__ void forward_chain(const Auction& A, int i, long long eps, unsigned rounds, unsigned max_rounds,
+                              int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+    uint32_t status = kOptimal;
+    while (true) {
+        if (++rounds > max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        const Top2 t = scan_person(A, i, lane);
+        int old = -1;
+        if (lane == 0) {
+            int j = i + t.k1;
+            if (j >= A.m) j -= A.m;
+            const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
+            const long long inc = t.v1 - second + eps;
+            if (inc >= kMaxIncrement) {
+                status = kOverflow;
+            } else {
+                A.price[j] += inc;
+                old = A.owner[j];
+                A.owner[j] = i;
+                A.object[i] = j;
+                A.profit[i] = t.v1 - inc;
+                if (old >= 0) A.object[old] = -1;
+            }
+        }
+        __syncwarp();
+        old = __shfl_sync(kFull, old, 0);
+        status = __shfl_sync(kFull, status, 0);
+        if (status != kOptimal || old < 0) break;
+        i = old;
+    }
+    if (lane == 0) {
+        *tail_rounds = rounds;
+        *tail_status = status;
+    }
+}
+
+// The reverse counterpart: one unassigned object priced above lambda.
+__device__ void reverse_chain(const Auction& A, int j, long long lambda, long long eps, unsigned rounds,
+                              unsigned max_rounds, int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+    uint32_t status = kOptimal;
+    while (true) {
+        if (++rounds > max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        const Top2 t = scan_object(A, j, lane);
+        int next = -1;
+        if (lane == 0) {
+            if (t.v1 - eps <= lambda) {
+                A.price[j] = lambda;
+            } else {
+                int i = j % A.n + t.k1;
+                if (i >= A.n) i -= A.n;
+                const long long offered = t.v2 == kNegInf ? lambda : max(lambda, t.v2 - eps);
+                const long long delta = t.v1 - offered;
+                if (delta >= kMaxIncrement) {
+                    status = kOverflow;
+                } else {
+                    const int k = A.object[i];
+                    A.price[j] = offered;
+                    A.owner[j] = i;
+                    A.object[i] = j;
+                    A.profit[i] += delta;
+                    A.owner[k] = -1;
+                    if (A.price[k] > lambda) next = k;
+                }
+            }
+        }
+        __syncwarp();
+        next = __shfl_sync(kFull, next, 0);
+        status = __shfl_sync(kFull, status, 0);
+        if (status != kOptimal || next < 0) break;
+        j = next;
+    }
+    if (lane == 0) {
+        *tail_rounds = rounds;
+        *tail_status = status;
+    }
+}
+
+__device__ __forceinline__ AssignProblem load_problem(const AssignProblem* problems, const AssignUniform& u, unsigned b) {
+    if (problems != nullptr) return problems[b];
+    AssignProblem p;
+    p.cost_offset = u.stride * b;
+    p.scratch_offset = static_cast<unsigned long long>(u.rows) * u.cols * b;
+    p.rows = u.rows;
+    p.cols = u.cols;
+    p.ld = u.ld;
+    p.row_offset = u.rows * b;
+    p.col_offset = u.cols * b;
+    p.pad = 0;
+    return p;
+}
+
+}  // namespace
+
+// One block per matrix. Dynamic shared memory: 52 bytes per object of `params.capacity`.
+extern "C" __global__ void __launch_bounds__(1024) assign_solve(
+    const float* __restrict__ costs, const AssignProblem* __restrict__ problems, AssignUniform uniform,
+    int* scratch, int* __restrict__ row_to_col, int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
+    AssignParams params) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ long long red_ll[32];
+    __shared__ float red_f[32];
+    __shared__ double red_d[32];
+    __shared__ int counts[3];
+    __shared__ int overflow;
+    __shared__ int lost;
+    __shared__ Scaling sc;
+    __shared__ unsigned tail_rounds;
+    __shared__ uint32_t tail_status;
+
+    const unsigned b = blockIdx.x;
+    const AssignProblem pr = load_problem(problems, uniform, b);
+    const int tid = threadIdx.x, nthreads = blockDim.x;
+    const int lane = tid & 31, warp = tid >> 5, nwarps = nthreads >> 5;
+    const int rows = static_cast<int>(pr.rows), cols = static_cast<int>(pr.cols);
+    const size_t ld = pr.ld;
+    const float* cost = costs + pr.cost_offset;
+    int* r2c = row_to_col + pr.row_offset;
+    int* c2r = col_to_row + pr.col_offset;
+    AssignInfo* out = info + b;
+
+    const bool transposed = rows > cols;
+    const int n = transposed ? cols : rows;  // persons: the smaller side
+    const int m = transposed ? rows : cols;  // objects
+    auto finish = [&](uint32_t status, uint32_t rounds, uint32_t phases, uint32_t unassigned, double total, double quantum) {
+        if (tid == 0) {
+            out->total = total;
+            out->quantum = quantum;
+            out->status = status;
+            out->rounds = rounds;
+            out->phases = phases;
+            out->unassigned = unassigned;
+        }
+    };
+    // Checked before any output is written: a malformed descriptor must not write out of bounds.
+    if (m > static_cast<int>(params.capacity) || m > kMaxSide || (n > 0 && pr.ld < pr.cols)) {
+        finish(kTooLarge, 0, 0, 0, 0.0, 0.0);
+        return;
+    }
+    for (int r = tid; r < rows; r += nthreads) r2c[r] = -1;
+    for (int c = tid; c < cols; c += nthreads) c2r[c] = -1;
+    if (n == 0) {
+        finish(kOptimal, 0, 0, 0, 0.0, 0.0);
+        return;
+    }
+
+    // Pass 1: finite range, forbidden entries, integrality, invalid values.
+    float lo = INFINITY, hi = -INFINITY;
+    int bad = 0, forbidden = 0, fractional = 0, finite = 0;
+    const int total_elems = rows * cols;
+    for (int e = tid; e < total_elems; e += nthreads) {
+        const int r = e / cols;
+        const float c = flush_subnormal(cost[r * ld + (e - r * cols)]);
+        if (isnan(c) || c == -INFINITY) {
+            bad = 1;
+        } else if (c == INFINITY) {
+            forbidden = 1;
+        } else {
+            finite = 1;
+            lo = fminf(lo, c);
+            hi = fmaxf(hi, c);
+            fractional |= truncf(c) != c;
+        }
+    }
+    bad = __syncthreads_or(bad);
+    forbidden = __syncthreads_or(forbidden);
+    fractional = __syncthreads_or(fractional);
+    finite = __syncthreads_or(finite);
+    lo = block_reduce(lo, MinF{}, red_f);
+    hi = block_reduce(hi, MaxF{}, red_f);
+    if (bad) {
+        finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
+        return;
+    }
+    if (!finite) {
+        finish(kInfeasible, 0, 0, n, 0.0, 0.0);
+        return;
+    }
+    if (tid == 0) {
+        // Same arithmetic as Scaling::choose in src/assign/cpu.rs.
+        const unsigned long long nn = n;
+        const double range = __dsub_rn(static_cast<double>(hi), static_cast<double>(lo));
+        const unsigned long long denom = (nn + 1) * (forbidden ? nn + 1 : 1);
+        unsigned long long kcap = kScaledRangeLimit / denom;
+        if (kcap > params.levels) kcap = params.levels;
+        if (kcap < 1) kcap = 1;
+        Scaling s;
+        s.cmin = lo;
+        s.pad = 0;
+        if (range == 0.0) {
+            s.scale = 0.0;
+            s.levels = 0;
+            s.quantum = 0.0;
+        } else if (!fractional && range <= static_cast<double>(kcap)) {
+            s.scale = 1.0;
+            s.levels = static_cast<long long>(range);
+            s.quantum = 0.0;
+        } else {
+            s.scale = __ddiv_rn(static_cast<double>(kcap), range);
+            s.levels = static_cast<long long>(kcap);
+            s.quantum = __ddiv_rn(range, static_cast<double>(kcap));
+        }
+        s.mult = static_cast<long long>(nn) + 1;
+        const long long big_q = forbidden ? static_cast<long long>(nn) * s.levels + 1 : 0;
+        s.big = big_q * s.mult;
+        const long long range_scaled = s.mult * (forbidden ? big_q : s.levels);
+        const long long e0 = range_scaled / static_cast<long long>(params.theta);
+        s.eps0 = e0 < 1 ? 1 : e0;
+        sc = s;
+        counts[0] = counts[1] = counts[2] = 0;
+        overflow = 0;
+        lost = 0;
+    }
+    __syncthreads();
+    const Scaling s = sc;
+
+    // Pass 2: quantised costs, persons x objects (transposed when rows > cols).
+    int* q = scratch + pr.scratch_offset;
+    const int qn = n * m;
+    for (int e = tid; e < qn; e += nthreads) {
+        const int i = e / m, j = e - i * m;
+        const float c = transposed ? cost[j * ld + i] : cost[i * ld + j];
+        q[e] = quantize(c, s);
+    }
+
+    Auction A;
+    A.q = q;
+    A.n = n;
+    A.m = m;
+    A.mult = s.mult;
+    A.big = s.big;
+    A.price = reinterpret_cast<long long*>(smem);
+    A.slot = reinterpret_cast<unsigned long long*>(A.price + params.capacity);
+    A.aux = reinterpret_cast<long long*>(A.slot + params.capacity);
+    A.profit = A.aux + params.capacity;
+    A.owner = reinterpret_cast<int*>(A.profit + params.capacity);
+    A.object = A.owner + params.capacity;
+    A.target = A.object + params.capacity;
+    A.list0 = A.target + params.capacity;
+    A.list1 = A.list0 + params.capacity;
+    A.counts = counts;
+    A.overflow = &overflow;
+    for (int j = tid; j < m; j += nthreads) {
+        A.price[j] = 0;
+        A.owner[j] = -1;
+        A.slot[j] = 0;
+    }
+    for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
+    __syncthreads();  // also publishes the scratch writes to the whole block
+
+    long long eps = s.eps0;
+    unsigned rounds = 0, phases = 0, r = 0;
+    uint32_t status = kOptimal;
+    while (true) {
+        ++phases;
+        long long pmin = kPosInf;
+        for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
+        pmin = block_reduce(pmin, MinLL{}, red_ll);
+        for (int j = tid; j < m; j += nthreads) A.price[j] -= pmin;
+        __syncthreads();
+
+        // Forward part. Full-scan round: persons keep their object while eps-CS holds, the
+        // others release it and bid with the same scan.
+        const unsigned forward_start = rounds;
+        if (++rounds > params.max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        {
+            int* cur = A.list(r);
+            for (int i = warp; i < n; i += nwarps) {
+                const Top2 t = scan_person(A, i, lane);
+                if (lane == 0) {
+                    int j = i + t.k1;
+                    if (j >= m) j -= m;
+                    const int o = A.object[i];
+                    bool bid = true;
+                    if (o >= 0) {
+                        const long long own = A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
+                        if (own >= t.v1 - eps) {
+                            A.profit[i] = own;
+                            bid = false;
+                        } else {
+                            A.owner[o] = -1;
+                            A.object[i] = -1;
+                        }
+                    }
+                    if (bid) {
+                        place_bid(A, i, j, t, eps);
+                        cur[atomicAdd(&A.counts[r % 3], 1)] = i;
+                    }
+                }
+            }
+        }
+        while (true) {
+            __syncthreads();
+            if (*reinterpret_cast<volatile int*>(&overflow)) {
+                status = kOverflow;
+                break;
+            }
+            const int next = resolve_forward(A, r);
+            ++r;
+            if (next == 0) break;
+            if (next == 1) {
+                // A lone bidder: its displacement chain ends the forward part.
+                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
+                if (tid == 0) A.counts[r % 3] = 0;  // the next round's list starts empty
+                __syncthreads();
+                rounds = tail_rounds;
+                status = tail_status;
+                break;
+            }
+            if (++rounds > params.max_rounds) {
+                status = kIterationLimit;
+                break;
+            }
+            const int* cur = A.list(r);
+            for (int e = warp; e < next; e += nwarps) {
+                const int i = cur[e];
+                const Top2 t = scan_person(A, i, lane);
+                if (lane == 0) {
+                    int j = i + t.k1;
+                    if (j >= m) j -= m;
+                    place_bid(A, i, j, t, eps);
+                }
+            }
+        }
+        if (status != kOptimal) break;
+        const unsigned forward_rounds = rounds - forward_start;
+
+        // Reverse part (rectangular only): unassigned objects priced above lambda, the lowest
+        // assigned price, bid for persons until none is left.
+        if (n < m) {
+            long long lam = kPosInf;
+            for (int j = tid; j < m; j += nthreads)
+                if (A.owner[j] >= 0) lam = min(lam, A.price[j]);
+            lam = block_reduce(lam, MinLL{}, red_ll);
+            if (++rounds > params.max_rounds) {
+                status = kIterationLimit;
+                break;
+            }
+            {
+                int* cur = A.list(r);
+                for (int j = warp; j < m; j += nwarps) {
+                    if (A.owner[j] < 0 && A.price[j] > lam) {
+                        const bool offered = reverse_bid(A, j, lam, eps, lane);
+                        if (lane == 0 && offered) cur[atomicAdd(&A.counts[r % 3], 1)] = j;
+                    }
+                }
+            }
+            while (true) {
+                __syncthreads();
+                if (*reinterpret_cast<volatile int*>(&overflow)) {
+                    status = kOverflow;
+                    break;
+                }
+                const int next = resolve_reverse(A, r, lam);
+                ++r;
+                if (next == 0) break;
+                if (next == 1) {
+                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
+                    if (tid == 0) A.counts[r % 3] = 0;
+                    __syncthreads();
+                    rounds = tail_rounds;
+                    status = tail_status;
+                    break;
+                }
+                if (++rounds > params.max_rounds) {
+                    status = kIterationLimit;
+                    break;
+                }
+                const int* cur = A.list(r);
+                for (int e = warp; e < next; e += nwarps) reverse_bid(A, cur[e], lam, eps, lane);
+            }
+            if (status != kOptimal) break;
+        }
+        if (eps == 1) break;
+        eps = next_epsilon(eps, params.theta, forward_rounds);
+    }
+    if (status != kOptimal) {
+        finish(status, status == kIterationLimit ? params.max_rounds : rounds, phases, 0, 0.0, 0.0);
+        return;
+    }
+
+    double sum = 0.0;
+    for (int i = tid; i < n; i += nthreads) {
+        const int j = A.object[i];
+        if (q[static_cast<size_t>(i) * m + j] < 0) {
+            atomicAdd(&lost, 1);
+            continue;
+        }
+        const int row = transposed ? j : i, col = transposed ? i : j;
+        r2c[row] = col;
+        c2r[col] = row;
+        sum += static_cast<double>(cost[row * ld + col]);
+    }
+    sum = block_reduce(sum, AddD{}, red_d);
+    const int unassigned = *reinterpret_cast<volatile int*>(&lost);
+    finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);
+}
+
+// ------------------------------------------------------------------------------------------
+// D-FINE matching cost.
+
+struct MatcherParams {
+    float alpha, gamma;
+    float w_class, w_bbox, w_giou;
+    uint32_t queries, classes;
+    uint32_t max_targets;  // per image (the solver's shared-memory capacity)
+    uint32_t max_total;    // targets over the batch (the cost buffer holds queries * max_total)
+    uint32_t pad;
+};
+
+namespace {
+
+// torch.nan_to_num(C, nan=1.0): NaN -> 1, +-inf -> +-FLT_MAX.
+__device__ __forceinline__ float nan_to_num(float c) {
+    if (isnan(c)) return 1.0f;
+    if (c == INFINITY) return 3.40282347e38f;
+    if (c == -INFINITY) return -3.40282347e38f;
+    return c;
+}
+
+__device__ __forceinline__ float focal_pow(float x, float gamma) {
+    return gamma == 2.0f ? x * x : __powf(x, gamma);
+}
+
+// box_cxcywh_to_xyxy with w, h clamped at 0 (box_ops.py).
+__device__ __forceinline__ float4 cxcywh_to_xyxy(float4 b) {
+    const float hw = 0.5f * fmaxf(b.z, 0.0f), hh = 0.5f * fmaxf(b.w, 0.0f);
+    return make_float4(b.x - hw, b.y - hh, b.x + hw, b.y + hh);
+}
+
+}  // namespace
+
+// grid (x: element blocks, y: image). Image b's matrix (queries x t_b, t_b = offsets[b+1] -
+// offsets[b]) starts at element queries * offsets[b] of `costs`; problems[b] describes it.
+extern "C" __global__ void matcher_cost(const float* __restrict__ logits, const float* __restrict__ pred_boxes,
+                                        const int* __restrict__ labels, const float* __restrict__ tgt_boxes,
+                                        const int* __restrict__ offsets, MatcherParams p,
+                                        float* __restrict__ costs, AssignProblem* __restrict__ problems) {
+    const unsigned b = blockIdx.y;
+    const int t0 = offsets[b], t1 = offsets[b + 1];
+    // Offsets outside the buffers: no cost is written and the descriptor's 65535 columns make
+    // assign_solve report kTooLarge for this image instead of touching memory.
+    const bool valid = 0 <= t0 && t0 <= t1 && t1 <= static_cast<int>(p.max_total) &&
+                       t1 - t0 <= static_cast<int>(p.max_targets);
+    const int nt = valid ? t1 - t0 : 0;
+    const int nq = static_cast<int>(p.queries);
+    const size_t base = valid ? static_cast<size_t>(nq) * t0 : 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        AssignProblem pr;
+        pr.cost_offset = base;
+        pr.scratch_offset = base;
+        pr.rows = nq;
+        pr.cols = valid ? nt : 65535u;
+        pr.ld = pr.cols;
+        pr.row_offset = b * nq;
+        pr.col_offset = valid ? t0 : 0;
+        pr.pad = 0;
+        problems[b] = pr;
+    }
+    const int total = nq * nt;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+        const int qi = e / nt, t = e - qi * nt;
+        const size_t pq = static_cast<size_t>(b) * nq + qi;
+        const int label = labels[t0 + t];
+        const float logit = (label >= 0 && label < static_cast<int>(p.classes)) ? logits[pq * p.classes + label] : NAN;
+        // Focal class cost: alpha (1-p)^g (-log(p + 1e-8)) - (1-alpha) p^g (-log(1 - p + 1e-8)).
+        const float prob = 1.0f / (1.0f + __expf(-logit));
+        const float neg = (1.0f - p.alpha) * focal_pow(prob, p.gamma) * (-__logf(1.0f - prob + 1e-8f));
+        const float pos = p.alpha * focal_pow(1.0f - prob, p.gamma) * (-__logf(prob + 1e-8f));
+        const float cls = pos - neg;
+        const float4 a = reinterpret_cast<const float4*>(pred_boxes)[pq];
+        const float4 g = reinterpret_cast<const float4*>(tgt_boxes)[t0 + t];
+        const float l1 = fabsf(a.x - g.x) + fabsf(a.y - g.y) + fabsf(a.z - g.z) + fabsf(a.w - g.w);
+        // Generalised IoU on xyxy boxes (box_ops.generalized_box_iou).
+        const float4 x = cxcywh_to_xyxy(a), y = cxcywh_to_xyxy(g);
+        const float area1 = (x.z - x.x) * (x.w - x.y), area2 = (y.z - y.x) * (y.w - y.y);
+        const float iw = fmaxf(fminf(x.z, y.z) - fmaxf(x.x, y.x), 0.0f);
+        const float ih = fmaxf(fminf(x.w, y.w) - fmaxf(x.y, y.y), 0.0f);
+        const float inter = iw * ih;
+        const float uni = area1 + area2 - inter;
+        const float iou = inter / uni;
+        const float ew = fmaxf(fmaxf(x.z, y.z) - fminf(x.x, y.x), 0.0f);
+        const float eh = fmaxf(fmaxf(x.w, y.w) - fminf(x.y, y.y), 0.0f);
+        const float area = ew * eh;
+        const float giou = iou - (area - uni) / area;
+        const float c = p.w_bbox * l1 + p.w_class * cls + p.w_giou * (-giou);
+        costs[base + e] = nan_to_num(c);
+    }
+}
+
+// Top-k matching: forbids (+inf) every query row matched in the previous round, in each
+// image's matrix. grid (x: element blocks, y: image).
+extern "C" __global__ void matcher_mask_rows(float* __restrict__ costs, const AssignProblem* __restrict__ problems,
+                                             const int* __restrict__ row_to_col, uint32_t max_targets) {
+    const AssignProblem pr = problems[blockIdx.y];
+    if (pr.cols > max_targets) return;  // an image matcher_cost rejected
+    const int total = static_cast<int>(pr.rows * pr.cols);
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+        const int qi = e / static_cast<int>(pr.cols);
+        if (row_to_col[pr.row_offset + qi] >= 0) costs[pr.cost_offset + e] = INFINITY;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tracker.
+
+struct TrackSlot {
+    float box[4];  // x0, y0, x1, y1
+    uint32_t id;   // persistent id, >= 1
+    uint32_t age;  // consecutive frames without a match
+    int32_t label;
+    uint32_t active;
+};
+
+struct TrackerHeader {
+    uint32_t next_id;
+    uint32_t live;
+    uint32_t frame;
+    uint32_t rows;  // live tracks compacted into this frame's cost matrix
+};
+
+struct TrackerParams {
+    uint32_t capacity;        // track slots
+    uint32_t max_detections;  // detection buffer length
+    uint32_t max_age;         // a track unmatched for more frames than this is dropped
+    uint32_t match_class;     // 1: only same-label pairs may match
+    float iou_gate;           // pairs with IoU below this are forbidden
+    uint32_t pad;
+};
+
+namespace {
+
+// IoU of two xyxy boxes with IEEE-rounded, never-contracted operations (the CPU model in
+// src/assign/tracker.rs does the same f32 arithmetic).
+__device__ __forceinline__ float iou_exact(const float* a, const float* b) {
+    const float iw = fmaxf(__fsub_rn(fminf(a[2], b[2]), fmaxf(a[0], b[0])), 0.0f);
+    const float ih = fmaxf(__fsub_rn(fminf(a[3], b[3]), fmaxf(a[1], b[1])), 0.0f);
+    const float inter = __fmul_rn(iw, ih);
+    const float area_a = __fmul_rn(fmaxf(__fsub_rn(a[2], a[0]), 0.0f), fmaxf(__fsub_rn(a[3], a[1]), 0.0f));
+    const float area_b = __fmul_rn(fmaxf(__fsub_rn(b[2], b[0]), 0.0f), fmaxf(__fsub_rn(b[3], b[1]), 0.0f));
+    const float uni = __fsub_rn(__fadd_rn(area_a, area_b), inter);
+    return uni > 0.0f ? __fdiv_rn(inter, uni) : 0.0f;
+}
+
+// Order-preserving block compaction of `flag` over one chunk of blockDim.x items: returns the
+// item's position among the flagged ones, adds the chunk's count to *base. Block-collective.
+__device__ int compact_position(bool flag, int* warp_counts, int* base) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const unsigned ballot = __ballot_sync(kFull, flag);
+    if (lane == 0) warp_counts[warp] = __popc(ballot);
+    __syncthreads();
+    int before = *base;
+    int total = 0;
+    for (int w = 0; w < nwarps; ++w) {
+        if (w < warp) before += warp_counts[w];
+        total += warp_counts[w];
+    }
+    const int pos = before + __popc(ballot & ((1u << lane) - 1u));
+    __syncthreads();
+    if (threadIdx.x == 0) *base += total;
+    __syncthreads();
+    return pos;
+}
+
+}  // namespace
+
+// One block. Compacts the live tracks (slot order), writes the live x detections cost matrix
+// (1 - IoU, +inf when gated out) and the problem descriptor for assign_solve.
+extern "C" __global__ void tracker_cost(TrackSlot* __restrict__ slots, TrackerHeader* __restrict__ header,
+                                        const float* __restrict__ det_boxes, const int* __restrict__ det_labels,
+                                        const uint32_t* __restrict__ det_count, TrackerParams p,
+                                        int* __restrict__ live, float* __restrict__ costs,
+                                        AssignProblem* __restrict__ problem) {
+    __shared__ int warp_counts[32];
+    __shared__ int base;
+    if (threadIdx.x == 0) base = 0;
+    __syncthreads();
+    for (uint32_t chunk = 0; chunk < p.capacity; chunk += blockDim.x) {
+        const uint32_t s = chunk + threadIdx.x;
+        const bool active = s < p.capacity && slots[s].active != 0;
+        const int pos = compact_position(active, warp_counts, &base);
+        if (active) live[pos] = static_cast<int>(s);
+    }
+    __syncthreads();  // live[] complete before any thread reads it
+    const int rows = base;
+    const int dets = static_cast<int>(min(*det_count, p.max_detections));
+    for (int e = threadIdx.x; e < rows * dets; e += blockDim.x) {
+        const int r = e / dets, c = e - r * dets;
+        const TrackSlot& t = slots[live[r]];
+        const float* d = det_boxes + 4 * c;
+        const float iou = iou_exact(t.box, d);
+        const bool same = !p.match_class || det_labels == nullptr || det_labels[c] == t.label;
+        // !(iou >= gate) also forbids NaN boxes.
+        costs[e] = (same && iou >= p.iou_gate) ? __fsub_rn(1.0f, iou) : INFINITY;
+    }
+    if (threadIdx.x == 0) {
+        AssignProblem pr;
+        pr.cost_offset = 0;
+        pr.scratch_offset = 0;
+        pr.rows = rows;
+        pr.cols = dets;
+        pr.ld = dets;
+        pr.row_offset = 0;
+        pr.col_offset = 0;
+        pr.pad = 0;
+        *problem = pr;
+        header->rows = rows;
+    }
+}
+
+// One block. Applies the solved assignment: writes each detection's track id (0 = none).
+extern "C" __global__ void tracker_update(TrackSlot* __restrict__ slots, TrackerHeader* __restrict__ header,
+                                          const float* __restrict__ det_boxes, const int* __restrict__ det_labels,
+                                          const uint32_t* __restrict__ det_count, TrackerParams p,
+                                          int* __restrict__ live, const int* __restrict__ row_to_col,
+                                          const int* __restrict__ col_to_row, uint32_t* __restrict__ det_ids) {
+    __shared__ int warp_counts[32];
+    __shared__ int unmatched;
+    __shared__ int free_slots;
+    const int rows = static_cast<int>(header->rows);
+    const int dets = static_cast<int>(min(*det_count, p.max_detections));
+    for (int c = threadIdx.x; c < static_cast<int>(p.max_detections); c += blockDim.x) det_ids[c] = 0;
+    __syncthreads();
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        TrackSlot& t = slots[live[r]];
+        const int c = row_to_col[r];
+        if (c >= 0) {
+            for (int k = 0; k < 4; ++k) t.box[k] = det_boxes[4 * c + k];
+            t.age = 0;
+            if (det_labels != nullptr) t.label = det_labels[c];
+            det_ids[c] = t.id;
+        } else if (++t.age > p.max_age) {
+            t.active = 0;
+        }
+    }
+    if (threadIdx.x == 0) {
+        unmatched = 0;
+        free_slots = 0;
+    }
+    __syncthreads();
+    // The k-th unmatched detection (detection order) takes the k-th free slot (slot order).
+    int* pending = live;  // live[] is no longer needed: reuse it for the free slots
+    for (uint32_t chunk = 0; chunk < p.capacity; chunk += blockDim.x) {
+        const uint32_t s = chunk + threadIdx.x;
+        const bool is_free = s < p.capacity && slots[s].active == 0;
+        const int pos = compact_position(is_free, warp_counts, &free_slots);
+        if (is_free) pending[pos] = static_cast<int>(s);
+    }
+    __syncthreads();  // pending[] complete before any thread reads it
+    const uint32_t next_id = header->next_id;
+    const int nfree = free_slots;
+    for (int chunk = 0; chunk < dets; chunk += blockDim.x) {
+        const int c = chunk + threadIdx.x;
+        const bool open = c < dets && col_to_row[c] < 0;
+        const int k = compact_position(open, warp_counts, &unmatched);
+        if (open && k < nfree) {
+            TrackSlot& t = slots[pending[k]];
+            for (int e = 0; e < 4; ++e) t.box[e] = det_boxes[4 * c + e];
+            t.id = next_id + k;
+            t.age = 0;
+            t.label = det_labels != nullptr ? det_labels[c] : -1;
+            t.active = 1;
+            det_ids[c] = t.id;
+        }
+    }
+    __syncthreads();
+    int alive = 0;
+    for (uint32_t chunk = 0; chunk < p.capacity; chunk += blockDim.x) {
+        const uint32_t s = chunk + threadIdx.x;
+        alive += __syncthreads_count(s < p.capacity && slots[s].active != 0);
+    }
+    if (threadIdx.x == 0) {
+        header->next_id = next_id + min(unmatched, nfree);
+        header->live = alive;
+        header->frame += 1;
+    }
+}

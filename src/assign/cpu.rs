@@ -1,0 +1,577 @@
+//! CPU model of `kernels/assign.cu`'s `assign_solve`, step for step: the same quantisation,
+//! the same Jacobi rounds (every bid of a round sees the prices of the round's start, the
+//! highest packed key wins), the same rotated tie-breaking and epsilon schedule. It therefore
+//! returns the same assignment as the GPU, which the GPU tests check, and it is what the CI
+//! tests check against the exact [`super::oracle`].
+//!
+//! Terms: the smaller side of the matrix are the *persons* (they bid), the larger side the
+//! *objects* (they carry prices). Rows are persons unless rows > cols (then the matrix is used
+//! transposed). Benefits are `a = -(n + 1) * q` for quantised integer costs `q`, `n` persons.
+
+use super::{
+    status_error, AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE,
+    SCALED_RANGE_LIMIT,
+};
+
+/// Subnormal costs are zero: the kernels run with flush-to-zero, and the model must agree.
+pub fn flush_subnormal(c: f32) -> f32 {
+    if c.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        c
+    }
+}
+
+/// What one pass over a cost matrix finds (the kernel's first pass).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CostScan {
+    /// NaN or -inf somewhere.
+    Invalid,
+    /// No finite entry (every entry is +inf).
+    NoFinite,
+    /// Range and flags of the finite entries.
+    Finite {
+        cmin: f32,
+        cmax: f32,
+        has_forbidden: bool,
+        all_integer: bool,
+    },
+}
+
+/// Scans `rows x cols` costs with row stride `ld`.
+pub fn scan_costs(cost: &[f32], rows: usize, cols: usize, ld: usize) -> CostScan {
+    let (mut cmin, mut cmax) = (f32::INFINITY, f32::NEG_INFINITY);
+    let (mut has_forbidden, mut all_integer, mut any_finite) = (false, true, false);
+    for r in 0..rows {
+        for &raw in &cost[r * ld..r * ld + cols] {
+            let c = flush_subnormal(raw);
+            if c.is_nan() || c == f32::NEG_INFINITY {
+                return CostScan::Invalid;
+            }
+            if c == f32::INFINITY {
+                has_forbidden = true;
+                continue;
+            }
+            any_finite = true;
+            cmin = cmin.min(c);
+            cmax = cmax.max(c);
+            all_integer &= c.trunc() == c;
+        }
+    }
+    if !any_finite {
+        return CostScan::NoFinite;
+    }
+    CostScan::Finite {
+        cmin,
+        cmax,
+        has_forbidden,
+        all_integer,
+    }
+}
+
+/// How one matrix's float costs become integers (the kernel computes the same on thread 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scaling {
+    /// Smallest finite cost: quantised to 0.
+    pub cmin: f32,
+    /// Multiplier S: `q = round_half_even((c - cmin) * S)`, clamped to `0..=levels`.
+    pub scale: f64,
+    /// K: the largest quantised finite cost.
+    pub levels: i64,
+    /// 1/S when quantised, 0 when exact.
+    pub quantum: f64,
+    /// n + 1 for n persons: benefits are `-(n + 1) * q`, which makes epsilon = 1 exact.
+    pub mult: i64,
+    /// Benefit magnitude of a forbidden (+inf) pair, `(n * K + 1) * mult`; 0 without any.
+    pub big: i64,
+    /// First epsilon.
+    pub eps0: i64,
+}
+
+impl Scaling {
+    /// Chooses the scaling of a matrix with `persons` on its smaller side.
+    pub fn choose(
+        cmin: f32,
+        cmax: f32,
+        has_forbidden: bool,
+        all_integer: bool,
+        persons: usize,
+        cfg: &AssignConfig,
+    ) -> Scaling {
+        let n = persons as u64;
+        let range = cmax as f64 - cmin as f64;
+        let denom = (n + 1) * if has_forbidden { n + 1 } else { 1 };
+        let kcap = (cfg.levels as u64).min(SCALED_RANGE_LIMIT / denom).max(1);
+        let (scale, levels, quantum) = if range == 0.0 {
+            (0.0, 0i64, 0.0)
+        } else if all_integer && range <= kcap as f64 {
+            (1.0, range as i64, 0.0)
+        } else {
+            (kcap as f64 / range, kcap as i64, range / kcap as f64)
+        };
+        let mult = n as i64 + 1;
+        let big_q = if has_forbidden {
+            n as i64 * levels + 1
+        } else {
+            0
+        };
+        let range_scaled = mult * if has_forbidden { big_q } else { levels };
+        Scaling {
+            cmin,
+            scale,
+            levels,
+            quantum,
+            mult,
+            big: big_q * mult,
+            eps0: (range_scaled / cfg.theta as i64).max(1),
+        }
+    }
+
+    /// The quantised cost of one entry; -1 marks a forbidden (+inf) pair.
+    pub fn quantize(&self, c: f32) -> i32 {
+        let c = flush_subnormal(c);
+        if c == f32::INFINITY {
+            return -1;
+        }
+        let d = (c as f64 - self.cmin as f64) * self.scale;
+        (d.round_ties_even() as i64).clamp(0, self.levels) as i32
+    }
+}
+
+/// Next epsilon after a phase that took `forward_rounds` forward rounds. Phases that settle
+/// at once are a sign that the current scale carries no information, so the next one skips a
+/// factor (the final phase always runs at 1, which alone decides optimality).
+pub fn next_epsilon(eps: i64, theta: u32, forward_rounds: u32) -> i64 {
+    let theta = theta as i64;
+    let step = if forward_rounds <= 2 {
+        theta * theta
+    } else {
+        theta
+    };
+    (eps / step).max(1)
+}
+
+/// A quantised square-free auction problem: `persons x objects` integer costs, row-major by
+/// person (already transposed when the matrix has more rows than columns).
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Persons n (the smaller side).
+    pub persons: usize,
+    /// Objects M (the larger side).
+    pub objects: usize,
+    /// Whether persons are the matrix's columns.
+    pub transposed: bool,
+    /// Quantised costs, `persons x objects`, -1 = forbidden.
+    pub q: Vec<i32>,
+    /// The scaling used.
+    pub scaling: Scaling,
+}
+
+impl Problem {
+    /// Quantises a finite-scanned matrix.
+    pub fn new(
+        cost: &[f32],
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        scan: CostScan,
+        cfg: &AssignConfig,
+    ) -> Option<Problem> {
+        let CostScan::Finite {
+            cmin,
+            cmax,
+            has_forbidden,
+            all_integer,
+        } = scan
+        else {
+            return None;
+        };
+        let transposed = rows > cols;
+        let (persons, objects) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let scaling = Scaling::choose(cmin, cmax, has_forbidden, all_integer, persons, cfg);
+        let mut q = Vec::with_capacity(persons * objects);
+        for i in 0..persons {
+            for j in 0..objects {
+                let c = if transposed {
+                    cost[j * ld + i]
+                } else {
+                    cost[i * ld + j]
+                };
+                q.push(scaling.quantize(c));
+            }
+        }
+        Some(Problem {
+            persons,
+            objects,
+            transposed,
+            q,
+            scaling,
+        })
+    }
+
+    /// Benefit of person `i` for object `j`.
+    pub fn benefit(&self, i: usize, j: usize) -> i64 {
+        self.benefit_of(self.q[i * self.objects + j])
+    }
+
+    fn benefit_of(&self, q: i32) -> i64 {
+        if q < 0 {
+            -self.scaling.big
+        } else {
+            -(q as i64) * self.scaling.mult
+        }
+    }
+
+    /// Best and second-best value over objects, scanned from object `i` on (rotation spreads
+    /// ties: with all-equal costs person i takes object i at once).
+    fn scan_person(&self, price: &[i64], i: usize) -> Top2 {
+        let m = self.objects;
+        let row = &self.q[i * m..(i + 1) * m];
+        let mut t = Top2::new();
+        for k in 0..m {
+            let j = if i + k >= m { i + k - m } else { i + k };
+            t.insert(self.benefit_of(row[j]) - price[j], k);
+        }
+        t
+    }
+
+    /// Best and second-best `a_ij - profit_i` over persons, scanned from person `j mod n` on.
+    fn scan_object(&self, profit: &[i64], j: usize) -> Top2 {
+        let n = self.persons;
+        let start = j % n;
+        let mut t = Top2::new();
+        for k in 0..n {
+            let i = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
+            t.insert(self.benefit(i, j) - profit[i], k);
+        }
+        t
+    }
+}
+
+/// Best value, its scan position and the second-best value (i64::MIN when absent).
+#[derive(Debug, Clone, Copy)]
+struct Top2 {
+    v1: i64,
+    v2: i64,
+    k1: usize,
+}
+
+impl Top2 {
+    fn new() -> Top2 {
+        Top2 {
+            v1: i64::MIN,
+            v2: i64::MIN,
+            k1: usize::MAX,
+        }
+    }
+
+    fn insert(&mut self, v: i64, k: usize) {
+        if v > self.v1 {
+            self.v2 = self.v1;
+            self.v1 = v;
+            self.k1 = k;
+        } else if v > self.v2 {
+            self.v2 = v;
+        }
+    }
+}
+
+fn key(increment: i64, id: usize) -> u64 {
+    ((increment as u64) << 16) | (id as u64 + 1)
+}
+
+fn key_id(key: u64) -> usize {
+    (key & 0xFFFF) as usize
+}
+
+/// The auction's outcome: the object of every person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuctionOutcome {
+    /// Object of each person (every person is assigned).
+    pub object_of_person: Vec<usize>,
+    /// Rounds used.
+    pub rounds: u32,
+    /// Phases used.
+    pub phases: u32,
+}
+
+/// Mutable auction state, as the kernel keeps it in shared memory.
+struct State {
+    price: Vec<i64>,
+    owner: Vec<i32>,
+    object: Vec<i32>,
+    profit: Vec<i64>,
+    slot: Vec<u64>,
+    target: Vec<i32>,
+    aux: Vec<i64>,
+    rounds: u32,
+}
+
+impl State {
+    fn count_round(&mut self, max_rounds: u32) -> Result<(), Status> {
+        self.rounds += 1;
+        if self.rounds > max_rounds {
+            Err(Status::IterationLimit)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs the auction on a quantised problem (n >= 1 persons).
+pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status> {
+    let (n, m) = (p.persons, p.objects);
+    let mut s = State {
+        price: vec![0; m],
+        owner: vec![-1; m],
+        object: vec![-1; n],
+        profit: vec![0; n],
+        slot: vec![0; m.max(n)],
+        target: vec![-1; m],
+        aux: vec![0; m],
+        rounds: 0,
+    };
+    let mut eps = p.scaling.eps0;
+    let mut phases = 0u32;
+    loop {
+        phases += 1;
+        let pmin = s.price.iter().copied().min().unwrap_or(0);
+        s.price.iter_mut().for_each(|x| *x -= pmin);
+        let rounds_before = s.rounds;
+        forward(p, &mut s, eps, cfg.max_rounds)?;
+        let forward_rounds = s.rounds - rounds_before;
+        if n < m {
+            reverse(p, &mut s, eps, cfg.max_rounds)?;
+        }
+        if eps == 1 {
+            break;
+        }
+        eps = next_epsilon(eps, cfg.theta, forward_rounds);
+    }
+    Ok(AuctionOutcome {
+        object_of_person: s.object.iter().map(|&j| j as usize).collect(),
+        rounds: s.rounds,
+        phases,
+    })
+}
+
+/// Records person i's bid for its best object (the kernel's `place_bid`).
+fn place_bid(s: &mut State, i: usize, j: usize, t: Top2, eps: i64) -> Result<(), Status> {
+    let second = if t.v2 == i64::MIN { t.v1 } else { t.v2 };
+    let increment = t.v1 - second + eps;
+    if increment >= MAX_INCREMENT {
+        return Err(Status::Overflow);
+    }
+    s.target[i] = j as i32;
+    s.aux[i] = t.v1 - increment;
+    s.slot[j] = s.slot[j].max(key(increment, i));
+    Ok(())
+}
+
+/// Forward part of a phase: persons violating epsilon-complementary slackness are released,
+/// then unassigned persons bid until everyone holds an object.
+fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), Status> {
+    let m = p.objects;
+    s.count_round(max_rounds)?;
+    // Full-scan round: every person checks its object against the best one.
+    let mut list = Vec::new();
+    for i in 0..p.persons {
+        let t = p.scan_person(&s.price, i);
+        let j = (i + t.k1) % m;
+        if s.object[i] >= 0 {
+            let o = s.object[i] as usize;
+            let own = p.benefit(i, o) - s.price[o];
+            if own >= t.v1 - eps {
+                s.profit[i] = own;
+                continue;
+            }
+            s.owner[o] = -1;
+            s.object[i] = -1;
+        }
+        place_bid(s, i, j, t, eps)?;
+        list.push(i);
+    }
+    loop {
+        // Resolve: the highest key on each object wins it.
+        let mut next = Vec::new();
+        for &i in &list {
+            let j = s.target[i] as usize;
+            let key = s.slot[j];
+            if key_id(key) == i + 1 {
+                s.price[j] += (key >> 16) as i64;
+                let old = s.owner[j];
+                s.owner[j] = i as i32;
+                s.object[i] = j as i32;
+                s.profit[i] = s.aux[i];
+                s.slot[j] = 0;
+                if old >= 0 {
+                    s.object[old as usize] = -1;
+                    next.push(old as usize);
+                }
+            } else {
+                next.push(i);
+            }
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        s.count_round(max_rounds)?;
+        for &i in &next {
+            let t = p.scan_person(&s.price, i);
+            place_bid(s, i, (i + t.k1) % m, t, eps)?;
+        }
+        list = next;
+    }
+}
+
+/// Reverse step of object j: lower its price to lambda when no person wants it enough, else
+/// offer it to the best person at the price that keeps the others epsilon-satisfied. Returns
+/// whether j made an offer.
+fn reverse_bid(
+    p: &Problem,
+    s: &mut State,
+    j: usize,
+    lambda: i64,
+    eps: i64,
+) -> Result<bool, Status> {
+    let n = p.persons;
+    let t = p.scan_object(&s.profit, j);
+    if t.v1 - eps <= lambda {
+        s.price[j] = lambda;
+        s.target[j] = -1;
+        return Ok(false);
+    }
+    let i = (j % n + t.k1) % n;
+    let new_price = if t.v2 == i64::MIN {
+        lambda
+    } else {
+        lambda.max(t.v2 - eps)
+    };
+    let delta = t.v1 - new_price;
+    if delta >= MAX_INCREMENT {
+        return Err(Status::Overflow);
+    }
+    s.target[j] = i as i32;
+    s.aux[j] = new_price;
+    s.slot[i] = s.slot[i].max(key(delta, j));
+    Ok(true)
+}
+
+/// Reverse part of a phase (only when persons < objects): every unassigned object priced
+/// above lambda (the lowest assigned price) bids for persons until none is left, which makes
+/// the final assignment optimal for the rectangular problem (docs/ASSIGN.md).
+fn reverse(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), Status> {
+    let m = p.objects;
+    let lambda = (0..m)
+        .filter(|&j| s.owner[j] >= 0)
+        .map(|j| s.price[j])
+        .min()
+        .unwrap_or(0);
+    s.count_round(max_rounds)?;
+    let mut list = Vec::new();
+    for j in 0..m {
+        if s.owner[j] < 0 && s.price[j] > lambda && reverse_bid(p, s, j, lambda, eps)? {
+            list.push(j);
+        }
+    }
+    loop {
+        let mut next = Vec::new();
+        for &j in &list {
+            if s.target[j] < 0 {
+                continue;
+            }
+            let i = s.target[j] as usize;
+            let key = s.slot[i];
+            if key_id(key) == j + 1 {
+                let k = s.object[i] as usize;
+                s.price[j] = s.aux[j];
+                s.owner[j] = i as i32;
+                s.object[i] = j as i32;
+                s.profit[i] += (key >> 16) as i64;
+                s.owner[k] = -1;
+                s.slot[i] = 0;
+                if s.price[k] > lambda {
+                    next.push(k);
+                }
+            } else {
+                next.push(j);
+            }
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        s.count_round(max_rounds)?;
+        for &j in &next {
+            reverse_bid(p, s, j, lambda, eps)?;
+        }
+        list = next;
+    }
+}
+
+/// Solves one `rows x cols` matrix (row stride `ld`) on the CPU exactly as the GPU does.
+pub fn solve(
+    cost: &[f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    cfg: &AssignConfig,
+) -> Result<Assignment, AssignError> {
+    cfg.validate()?;
+    if rows > 0 && cols > 0 && (ld < cols || cost.len() < (rows - 1) * ld + cols) {
+        return Err(AssignError::Shape(format!(
+            "{rows}x{cols} matrix with row stride {ld} needs {} elements, got {}",
+            (rows - 1) * ld + cols,
+            cost.len()
+        )));
+    }
+    let mut out = Assignment::empty(rows, cols);
+    if rows == 0 || cols == 0 {
+        return Ok(out);
+    }
+    if rows.max(cols) > MAX_SIDE {
+        return Err(AssignError::TooLarge {
+            matrix: 0,
+            message: format!("{rows}x{cols} exceeds {MAX_SIDE} per side"),
+        });
+    }
+    let scan = scan_costs(cost, rows, cols, ld);
+    let problem = match scan {
+        CostScan::Invalid => return Err(AssignError::InvalidCost { matrix: 0 }),
+        CostScan::NoFinite => {
+            out.unassigned = rows.min(cols);
+            return Ok(out);
+        }
+        CostScan::Finite { .. } => Problem::new(cost, rows, cols, ld, scan, cfg),
+    };
+    let Some(p) = problem else {
+        return Ok(out);
+    };
+    let outcome = auction(&p, cfg).map_err(|status| {
+        status_error(0, status, cfg.max_rounds, p.objects).unwrap_or(AssignError::UnknownStatus {
+            matrix: 0,
+            code: status as u32,
+        })
+    })?;
+    for (i, &j) in outcome.object_of_person.iter().enumerate() {
+        if p.q[i * p.objects + j] < 0 {
+            out.unassigned += 1;
+            continue;
+        }
+        let (r, c) = if p.transposed { (j, i) } else { (i, j) };
+        out.row_to_col[r] = c as i32;
+        out.col_to_row[c] = r as i32;
+        out.total_cost += cost[r * ld + c] as f64;
+    }
+    out.quantum = p.scaling.quantum;
+    out.rounds = outcome.rounds;
+    out.phases = outcome.phases;
+    Ok(out)
+}

@@ -1,0 +1,247 @@
+//! Minimum-cost assignment on the GPU: a batched epsilon-scaling auction (forward auction plus
+//! reverse steps for rectangular problems) that is exactly optimal on its integer-quantised
+//! costs, D-FINE's `HungarianMatcher` cost fused in front of it, and an IoU tracker built on it.
+//! The algorithm, the optimality bound and the bad-input rules are in `docs/ASSIGN.md`.
+//!
+//! Layout: [`cpu`] is the step-for-step CPU model of `kernels/assign.cu` (same rounds, same
+//! tie-breaking, same result), [`oracle`] an independent exact solver (shortest augmenting path
+//! in f64, scipy's algorithm) both are checked against, [`solver`] the GPU launchers,
+//! [`matcher`] the matching cost, [`tracker`] the frame-to-frame tracker.
+
+pub mod cpu;
+pub mod fixtures;
+pub mod matcher;
+pub mod oracle;
+pub mod random;
+pub mod solver;
+pub mod tracker;
+
+pub use matcher::{Matcher, MatcherConfig, MatcherInputs, MatcherShape, TopKMatches};
+pub use solver::{assign, assign_batched, Assigner, DeviceBatch, DeviceMatrix};
+pub use tracker::{CpuTracker, GpuTracker, Track, TrackerConfig, TrackerDetections};
+
+/// Largest cost range, in scaled integer units, the solver admits. Bids are packed as
+/// `increment << 16 | bidder` in 64 bits; increments stay below 4x this (see docs/ASSIGN.md).
+pub(crate) const SCALED_RANGE_LIMIT: u64 = 1 << 44;
+/// Bids at or above this increment would not fit the packed key: reported as [`Status::Overflow`].
+pub(crate) const MAX_INCREMENT: i64 = 1 << 47;
+/// Objects (the larger side) per matrix: bidder ids are packed into 16 bits as `id + 1`.
+pub const MAX_SIDE: usize = 65534;
+
+/// Tuning of the auction. The defaults are what the tests and benchmarks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignConfig {
+    /// Epsilon reduction factor between scaling phases (2..=64).
+    pub theta: u32,
+    /// Quantisation levels K for float costs: finite costs are mapped onto the integers 0..=K
+    /// over their range (fewer when +inf entries or large matrices need the headroom).
+    pub levels: u32,
+    /// Cap on bidding rounds per matrix (forward + reverse). Reaching it is reported as
+    /// [`AssignError::IterationLimit`]; it bounds the run time of any input.
+    pub max_rounds: u32,
+    /// Threads per block (a multiple of 32, 64..=1024); 0 picks from the problem size.
+    pub block_threads: u32,
+}
+
+impl Default for AssignConfig {
+    fn default() -> Self {
+        AssignConfig {
+            theta: 8,
+            levels: 1 << 24,
+            max_rounds: 1 << 20,
+            block_threads: 0,
+        }
+    }
+}
+
+impl AssignConfig {
+    /// Checks the ranges documented on the fields.
+    pub fn validate(&self) -> Result<(), AssignError> {
+        if !(2..=64).contains(&self.theta) {
+            return Err(AssignError::Config(format!(
+                "theta {} outside 2..=64",
+                self.theta
+            )));
+        }
+        if self.levels == 0 || self.levels > i32::MAX as u32 {
+            return Err(AssignError::Config(format!(
+                "levels {} outside 1..=2^31-1",
+                self.levels
+            )));
+        }
+        if self.max_rounds == 0 {
+            return Err(AssignError::Config("max_rounds must be positive".into()));
+        }
+        let t = self.block_threads;
+        if t != 0 && (t % 32 != 0 || !(64..=1024).contains(&t)) {
+            return Err(AssignError::Config(format!(
+                "block_threads {t} is not a multiple of 32 in 64..=1024"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-matrix outcome code, shared with the kernel (`AssignInfo::status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Every row (or every column, whichever side is smaller) is assigned optimally.
+    Optimal = 0,
+    /// +inf entries left some of the smaller side unassigned: the result is a maximum-cardinality
+    /// matching of minimum cost among those (scipy raises "cost matrix is infeasible" here).
+    Infeasible = 1,
+    /// The cost holds NaN or -inf.
+    InvalidCost = 2,
+    /// The round cap was reached.
+    IterationLimit = 3,
+    /// The larger side exceeds the launch's shared-memory capacity or [`MAX_SIDE`].
+    TooLarge = 4,
+    /// A bid increment left the packed range (cannot happen within the documented limits).
+    Overflow = 5,
+}
+
+impl Status {
+    pub(crate) fn from_code(code: u32) -> Option<Status> {
+        Some(match code {
+            0 => Status::Optimal,
+            1 => Status::Infeasible,
+            2 => Status::InvalidCost,
+            3 => Status::IterationLimit,
+            4 => Status::TooLarge,
+            5 => Status::Overflow,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an assignment has no result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AssignError {
+    /// NaN or -inf in the cost (scipy: "matrix contains invalid numeric entries").
+    #[error("matrix {matrix}: the cost holds NaN or -inf")]
+    InvalidCost { matrix: usize },
+    /// The round cap ([`AssignConfig::max_rounds`]) was reached.
+    #[error(
+        "matrix {matrix}: no result within {rounds} bidding rounds (AssignConfig::max_rounds)"
+    )]
+    IterationLimit { matrix: usize, rounds: u32 },
+    /// The matrix is larger than the solver's capacity.
+    #[error("matrix {matrix}: {message}")]
+    TooLarge { matrix: usize, message: String },
+    /// A bid left the packed integer range.
+    #[error("matrix {matrix}: bid increment overflow")]
+    Overflow { matrix: usize },
+    /// Returned by [`Assignment::require_complete`] like scipy's "cost matrix is infeasible".
+    #[error("matrix {matrix}: cost matrix is infeasible ({unassigned} of the smaller side cannot be assigned)")]
+    Infeasible { matrix: usize, unassigned: usize },
+    /// Inconsistent shapes or buffers.
+    #[error("bad shape: {0}")]
+    Shape(String),
+    /// An [`AssignConfig`] or tracker/matcher setting out of range.
+    #[error("bad config: {0}")]
+    Config(String),
+    /// The kernel reported a status code this build does not know.
+    #[error("matrix {matrix}: unknown status code {code}")]
+    UnknownStatus { matrix: usize, code: u32 },
+}
+
+/// One solved matrix, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// Rows of the cost matrix.
+    pub rows: usize,
+    /// Columns of the cost matrix.
+    pub cols: usize,
+    /// Column of each row, -1 when unassigned.
+    pub row_to_col: Vec<i32>,
+    /// Row of each column, -1 when unassigned.
+    pub col_to_row: Vec<i32>,
+    /// Sum of the original (f32) costs of the assigned pairs, accumulated in f64.
+    pub total_cost: f64,
+    /// Members of the smaller side left unassigned because only +inf entries remained.
+    pub unassigned: usize,
+    /// Quantisation step 1/S of this matrix; 0 when the costs were used exactly (integer costs
+    /// whose range fits the levels). The guarantee is `total_cost <= optimum + gap_bound()`.
+    pub quantum: f64,
+    /// Bidding rounds used (forward + reverse, all phases).
+    pub rounds: u32,
+    /// Epsilon-scaling phases used.
+    pub phases: u32,
+}
+
+impl Assignment {
+    /// An assignment with nothing assigned.
+    pub(crate) fn empty(rows: usize, cols: usize) -> Assignment {
+        Assignment {
+            rows,
+            cols,
+            row_to_col: vec![-1; rows],
+            col_to_row: vec![-1; cols],
+            total_cost: 0.0,
+            unassigned: 0,
+            quantum: 0.0,
+            rounds: 0,
+            phases: 0,
+        }
+    }
+
+    /// Assigned (row, col) pairs in row order, like scipy's `linear_sum_assignment`.
+    pub fn pairs(&self) -> Vec<(usize, usize)> {
+        self.row_to_col
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c >= 0)
+            .map(|(r, &c)| (r, c as usize))
+            .collect()
+    }
+
+    /// Number of assigned pairs.
+    pub fn assigned(&self) -> usize {
+        self.row_to_col.iter().filter(|&&c| c >= 0).count()
+    }
+
+    /// Whether every member of the smaller side is assigned.
+    pub fn is_complete(&self) -> bool {
+        self.unassigned == 0
+    }
+
+    /// The proven bound: `total_cost` exceeds the true optimum of the f32 costs (over
+    /// maximum-cardinality matchings) by at most this much. 0 in exact integer mode.
+    pub fn gap_bound(&self) -> f64 {
+        self.assigned() as f64 * self.quantum
+    }
+
+    /// Fails like scipy when the matrix admits no complete assignment.
+    pub fn require_complete(self, matrix: usize) -> Result<Assignment, AssignError> {
+        if self.is_complete() {
+            Ok(self)
+        } else {
+            Err(AssignError::Infeasible {
+                matrix,
+                unassigned: self.unassigned,
+            })
+        }
+    }
+}
+
+/// Maps a non-optimal status to its error (Infeasible is a result, not an error).
+pub(crate) fn status_error(
+    matrix: usize,
+    status: Status,
+    rounds: u32,
+    objects: usize,
+) -> Option<AssignError> {
+    match status {
+        Status::Optimal | Status::Infeasible => None,
+        Status::InvalidCost => Some(AssignError::InvalidCost { matrix }),
+        Status::IterationLimit => Some(AssignError::IterationLimit { matrix, rounds }),
+        Status::TooLarge => Some(AssignError::TooLarge {
+            matrix,
+            message: format!(
+                "the larger side ({objects}) exceeds the launch capacity or {MAX_SIDE}"
+            ),
+        }),
+        Status::Overflow => Some(AssignError::Overflow { matrix }),
+    }
+}

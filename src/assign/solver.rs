@@ -1,0 +1,469 @@
+//! GPU launchers for `assign_solve` (kernels/assign.cu) and the workspace that keeps a solve
+//! free of allocations: [`Assigner`] enqueues solves on the GPU's stream and leaves the results
+//! in device buffers; [`Assigner::read`] downloads them only when the caller asks.
+
+use bytemuck::{Pod, Zeroable};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{status_error, AssignConfig, AssignError, Assignment, Status, MAX_SIDE};
+use crate::error::{Error, Result};
+use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
+
+/// Shared-memory bytes the kernel needs per object (4 x i64 + 5 x i32 arrays).
+pub(crate) const SMEM_PER_OBJECT: usize = 52;
+/// Dynamic shared memory every device grants without opting in.
+const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+
+/// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct AssignProblem {
+    /// Element offset of the matrix in the cost buffer.
+    pub cost_offset: u64,
+    /// Element offset of its quantised copy in the scratch buffer (needs rows * cols i32).
+    pub scratch_offset: u64,
+    /// Rows.
+    pub rows: u32,
+    /// Columns.
+    pub cols: u32,
+    /// Row stride in elements.
+    pub ld: u32,
+    /// Offset of its rows in `row_to_col`.
+    pub row_offset: u32,
+    /// Offset of its columns in `col_to_row`.
+    pub col_offset: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for AssignProblem {}
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct AssignUniform {
+    count: u32,
+    rows: u32,
+    cols: u32,
+    ld: u32,
+    stride: u64,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for AssignUniform {}
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct AssignParams {
+    theta: u32,
+    levels: u32,
+    max_rounds: u32,
+    capacity: u32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for AssignParams {}
+
+/// Mirrors `AssignInfo`: what the kernel reports per matrix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub(crate) struct AssignInfo {
+    pub total: f64,
+    pub quantum: f64,
+    pub status: u32,
+    pub rounds: u32,
+    pub phases: u32,
+    pub unassigned: u32,
+}
+
+/// A row-major f32 cost matrix in device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMatrix {
+    /// Address of element (0, 0).
+    pub ptr: DevicePtr,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride in elements (>= cols).
+    pub ld: usize,
+}
+
+impl DeviceMatrix {
+    /// A densely packed matrix (ld = cols).
+    pub fn new(ptr: DevicePtr, rows: usize, cols: usize) -> DeviceMatrix {
+        DeviceMatrix {
+            ptr,
+            rows,
+            cols,
+            ld: cols,
+        }
+    }
+}
+
+/// `count` equally shaped matrices, `stride` elements apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceBatch {
+    /// Address of the first matrix.
+    pub ptr: DevicePtr,
+    /// Matrices.
+    pub count: usize,
+    /// Rows of each.
+    pub rows: usize,
+    /// Columns of each.
+    pub cols: usize,
+    /// Row stride in elements (>= cols).
+    pub ld: usize,
+    /// Elements from one matrix to the next (>= (rows - 1) * ld + cols).
+    pub stride: usize,
+}
+
+impl DeviceBatch {
+    /// `count` densely packed `rows x cols` matrices back to back.
+    pub fn packed(ptr: DevicePtr, count: usize, rows: usize, cols: usize) -> DeviceBatch {
+        DeviceBatch {
+            ptr,
+            count,
+            rows,
+            cols,
+            ld: cols,
+            stride: rows * cols,
+        }
+    }
+
+    fn single(m: &DeviceMatrix) -> DeviceBatch {
+        DeviceBatch {
+            ptr: m.ptr,
+            count: 1,
+            rows: m.rows,
+            cols: m.cols,
+            ld: m.ld,
+            stride: m.rows.saturating_sub(1) * m.ld + m.cols,
+        }
+    }
+}
+
+/// Everything one `assign_solve` launch needs (crate-internal: the matcher and the tracker
+/// launch ragged batches described on the device).
+pub(crate) struct SolveLaunch {
+    pub costs: DevicePtr,
+    /// Device array of [`AssignProblem`]; 0 for a uniform batch.
+    pub problems: DevicePtr,
+    pub count: usize,
+    /// Shape of a uniform batch (ignored with `problems`).
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+    pub stride: usize,
+    pub scratch: DevicePtr,
+    pub row_to_col: DevicePtr,
+    pub col_to_row: DevicePtr,
+    pub info: DevicePtr,
+    /// Largest side the shared memory must hold (objects).
+    pub capacity: usize,
+    /// Largest smaller side (persons) expected, to size the block.
+    pub persons: usize,
+}
+
+fn launch_error(message: String) -> Error {
+    Error::Launch {
+        kernel: "assign_solve",
+        message,
+    }
+}
+
+/// Threads per block: one warp per bidding person, within 128..=1024.
+pub(crate) fn block_threads(cfg: &AssignConfig, persons: usize) -> u32 {
+    if cfg.block_threads != 0 {
+        return cfg.block_threads;
+    }
+    (persons.saturating_mul(32)).clamp(128, 1024) as u32
+}
+
+/// Enqueues one `assign_solve` launch (no allocation, no synchronisation).
+pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Result<()> {
+    cfg.validate()?;
+    if l.count == 0 {
+        return Ok(());
+    }
+    if l.capacity > MAX_SIDE {
+        return Err(AssignError::TooLarge {
+            matrix: 0,
+            message: format!("{} objects exceed the limit of {MAX_SIDE}", l.capacity),
+        }
+        .into());
+    }
+    let capacity = l.capacity.max(1);
+    let smem = capacity * SMEM_PER_OBJECT;
+    let func = &gpu.kernels().assign_solve;
+    if smem > DEFAULT_SMEM_LIMIT {
+        // cuFuncSetAttribute acts on the current context.
+        gpu.stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| launch_error(format!("binding the context: {e}")))?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| {
+            Error::from(AssignError::TooLarge {
+                matrix: 0,
+                message: format!(
+                    "{capacity} objects need {smem} bytes of shared memory, more than this GPU grants ({e})"
+                ),
+            })
+        })?;
+    }
+    let to_u32 = |v: usize, what: &str| {
+        u32::try_from(v).map_err(|_| launch_error(format!("{what} {v} exceeds u32")))
+    };
+    let uniform = AssignUniform {
+        count: to_u32(l.count, "count")?,
+        rows: to_u32(l.rows, "rows")?,
+        cols: to_u32(l.cols, "cols")?,
+        ld: to_u32(l.ld, "ld")?,
+        stride: l.stride as u64,
+    };
+    let params = AssignParams {
+        theta: cfg.theta,
+        levels: cfg.levels,
+        max_rounds: cfg.max_rounds,
+        capacity: capacity as u32,
+    };
+    let launch_cfg = LaunchConfig {
+        grid_dim: (uniform.count, 1, 1),
+        block_dim: (block_threads(cfg, l.persons), 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let stream = gpu.stream();
+    let mut launch = stream.launch_builder(func);
+    launch
+        .arg(&l.costs)
+        .arg(&l.problems)
+        .arg(&uniform)
+        .arg(&l.scratch)
+        .arg(&l.row_to_col)
+        .arg(&l.col_to_row)
+        .arg(&l.info)
+        .arg(&params);
+    // SAFETY: argument order and types match the kernel; the callers size every buffer for
+    // `count` matrices of at most the stated shape (checked in Assigner / matcher / tracker).
+    unsafe { launch.launch(launch_cfg) }.map_err(|e| launch_error(e.to_string()))?;
+    Ok(())
+}
+
+/// Downloads `len` plain values from `src` (asynchronous; valid after a synchronize).
+pub(crate) fn download_into<T: Pod>(gpu: &Gpu, dst: &mut [T], src: DevicePtr) -> Result<()> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    gpu.download(bytemuck::cast_slice_mut(dst), src)
+}
+
+/// Shape and output offsets of one solved matrix, to read its result back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SolvedShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_offset: usize,
+    pub col_offset: usize,
+}
+
+/// Builds host results from downloaded outputs.
+pub(crate) fn assemble(
+    shapes: &[SolvedShape],
+    info: &[AssignInfo],
+    row_to_col: &[i32],
+    col_to_row: &[i32],
+) -> Vec<Result<Assignment, AssignError>> {
+    shapes
+        .iter()
+        .zip(info)
+        .enumerate()
+        .map(|(matrix, (shape, info))| {
+            let status = Status::from_code(info.status).ok_or(AssignError::UnknownStatus {
+                matrix,
+                code: info.status,
+            })?;
+            if let Some(err) = status_error(matrix, status, info.rounds, shape.rows.max(shape.cols))
+            {
+                return Err(err);
+            }
+            let rows = &row_to_col[shape.row_offset..shape.row_offset + shape.rows];
+            let cols = &col_to_row[shape.col_offset..shape.col_offset + shape.cols];
+            Ok(Assignment {
+                rows: shape.rows,
+                cols: shape.cols,
+                row_to_col: rows.to_vec(),
+                col_to_row: cols.to_vec(),
+                total_cost: info.total,
+                unassigned: info.unassigned as usize,
+                quantum: info.quantum,
+                rounds: info.rounds,
+                phases: info.phases,
+            })
+        })
+        .collect()
+}
+
+/// Device workspace and outputs for batches of up to `max_count` matrices of up to
+/// `max_rows x max_cols`. Solving allocates nothing and never synchronises.
+pub struct Assigner {
+    cfg: AssignConfig,
+    max_count: usize,
+    max_rows: usize,
+    max_cols: usize,
+    scratch: DeviceBuffer,
+    row_to_col: DeviceBuffer,
+    col_to_row: DeviceBuffer,
+    info: DeviceBuffer,
+    last: Option<(usize, usize, usize)>,
+}
+
+impl Assigner {
+    /// Allocates the workspace.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: AssignConfig,
+        max_count: usize,
+        max_rows: usize,
+        max_cols: usize,
+    ) -> Result<Assigner> {
+        cfg.validate()?;
+        if max_rows.max(max_cols) > MAX_SIDE {
+            return Err(AssignError::TooLarge {
+                matrix: 0,
+                message: format!("{max_rows}x{max_cols} exceeds the limit of {MAX_SIDE} per side"),
+            }
+            .into());
+        }
+        let elems = max_count * max_rows * max_cols;
+        Ok(Assigner {
+            cfg,
+            max_count,
+            max_rows,
+            max_cols,
+            scratch: gpu.alloc(elems * 4)?,
+            row_to_col: gpu.alloc(max_count * max_rows * 4)?,
+            col_to_row: gpu.alloc(max_count * max_cols * 4)?,
+            info: gpu.alloc(max_count * std::mem::size_of::<AssignInfo>())?,
+            last: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AssignConfig {
+        &self.cfg
+    }
+
+    /// Enqueues the solve of one matrix.
+    pub fn solve(&mut self, gpu: &Gpu, cost: &DeviceMatrix) -> Result<()> {
+        self.solve_batch(gpu, &DeviceBatch::single(cost))
+    }
+
+    /// Enqueues the solve of a batch: one block per matrix, all in one launch.
+    pub fn solve_batch(&mut self, gpu: &Gpu, batch: &DeviceBatch) -> Result<()> {
+        let b = batch;
+        if b.count > self.max_count || b.rows > self.max_rows || b.cols > self.max_cols {
+            return Err(AssignError::Shape(format!(
+                "batch of {} x {}x{} exceeds the workspace ({} x {}x{})",
+                b.count, b.rows, b.cols, self.max_count, self.max_rows, self.max_cols
+            ))
+            .into());
+        }
+        if b.rows > 0 && b.cols > 0 && (b.ld < b.cols || b.stride < (b.rows - 1) * b.ld + b.cols) {
+            return Err(AssignError::Shape(format!(
+                "{}x{} with row stride {} and matrix stride {} overlaps",
+                b.rows, b.cols, b.ld, b.stride
+            ))
+            .into());
+        }
+        launch_solve(
+            gpu,
+            &self.cfg,
+            &SolveLaunch {
+                costs: b.ptr,
+                problems: 0,
+                count: b.count,
+                rows: b.rows,
+                cols: b.cols,
+                ld: b.ld,
+                stride: b.stride,
+                scratch: self.scratch.ptr(),
+                row_to_col: self.row_to_col.ptr(),
+                col_to_row: self.col_to_row.ptr(),
+                info: self.info.ptr(),
+                capacity: b.rows.max(b.cols),
+                persons: b.rows.min(b.cols),
+            },
+        )?;
+        self.last = Some((b.count, b.rows, b.cols));
+        Ok(())
+    }
+
+    /// Device `row_to_col` of the last solve: matrix b's rows start at `b * rows` (i32, -1 =
+    /// unassigned).
+    pub fn row_to_col(&self) -> DevicePtr {
+        self.row_to_col.ptr()
+    }
+
+    /// Device `col_to_row` of the last solve: matrix b's columns start at `b * cols`.
+    pub fn col_to_row(&self) -> DevicePtr {
+        self.col_to_row.ptr()
+    }
+
+    /// Downloads the last solve's results (synchronises), one entry per matrix.
+    pub fn read_each(&self, gpu: &Gpu) -> Result<Vec<Result<Assignment, AssignError>>> {
+        let Some((count, rows, cols)) = self.last else {
+            return Ok(Vec::new());
+        };
+        let mut info = vec![AssignInfo::default(); count];
+        let mut r2c = vec![0i32; count * rows];
+        let mut c2r = vec![0i32; count * cols];
+        download_into(gpu, &mut info, self.info.ptr())?;
+        download_into(gpu, &mut r2c, self.row_to_col.ptr())?;
+        download_into(gpu, &mut c2r, self.col_to_row.ptr())?;
+        gpu.synchronize()?;
+        let shapes: Vec<SolvedShape> = (0..count)
+            .map(|b| SolvedShape {
+                rows,
+                cols,
+                row_offset: b * rows,
+                col_offset: b * cols,
+            })
+            .collect();
+        Ok(assemble(&shapes, &info, &r2c, &c2r))
+    }
+
+    /// Downloads the last solve's results; the first failed matrix is the error.
+    pub fn read(&self, gpu: &Gpu) -> Result<Vec<Assignment>> {
+        self.read_each(gpu)?
+            .into_iter()
+            .map(|r| r.map_err(Error::from))
+            .collect()
+    }
+}
+
+/// Solves one device matrix and reads the result back (allocates a workspace; for repeated
+/// solves keep an [`Assigner`]).
+pub fn assign(gpu: &Gpu, cost: &DeviceMatrix, cfg: &AssignConfig) -> Result<Assignment> {
+    let mut assigner = Assigner::new(gpu, *cfg, 1, cost.rows, cost.cols)?;
+    assigner.solve(gpu, cost)?;
+    assigner
+        .read(gpu)?
+        .pop()
+        .ok_or_else(|| AssignError::Shape("no result".into()).into())
+}
+
+/// Solves a batch of device matrices in one launch and reads the results back.
+pub fn assign_batched(
+    gpu: &Gpu,
+    batch: &DeviceBatch,
+    cfg: &AssignConfig,
+) -> Result<Vec<Assignment>> {
+    let mut assigner = Assigner::new(gpu, *cfg, batch.count, batch.rows, batch.cols)?;
+    assigner.solve_batch(gpu, batch)?;
+    assigner.read(gpu)
+}

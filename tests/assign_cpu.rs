@@ -1,0 +1,544 @@
+//! CI tests of the assignment logic on the CPU: the CPU model of the GPU auction against the
+//! exact oracle (integer costs exactly, float costs within the stated bound, and exactly on
+//! the quantised integers), rectangular both ways, ties, +inf, NaN, empty inputs, the round
+//! cap, the matcher's cost rules and the tracker model.
+
+use finesam::assign::cpu::{self, CostScan, Problem};
+use finesam::assign::matcher::{cost_cpu, match_cpu};
+use finesam::assign::oracle;
+use finesam::assign::random::SplitMix64;
+use finesam::assign::tracker::iou;
+use finesam::assign::{
+    AssignConfig, AssignError, Assignment, CpuTracker, MatcherConfig, TrackerConfig,
+};
+
+fn to_f64(cost: &[f32]) -> Vec<f64> {
+    cost.iter().map(|&c| c as f64).collect()
+}
+
+/// Structural checks: pairs are consistent, each row and column used at most once, the total
+/// is the sum of the pairs.
+fn check_structure(a: &Assignment, cost: &[f32]) {
+    assert_eq!(a.row_to_col.len(), a.rows);
+    assert_eq!(a.col_to_row.len(), a.cols);
+    let mut total = 0.0;
+    for (r, &c) in a.row_to_col.iter().enumerate() {
+        if c >= 0 {
+            assert_eq!(
+                a.col_to_row[c as usize], r as i32,
+                "row {r} -> col {c} not mirrored"
+            );
+            total += cost[r * a.cols + c as usize] as f64;
+        }
+    }
+    let assigned_cols = a.col_to_row.iter().filter(|&&r| r >= 0).count();
+    assert_eq!(assigned_cols, a.assigned());
+    assert_eq!(
+        a.assigned() + a.unassigned,
+        a.rows.min(a.cols),
+        "every member of the smaller side is assigned or counted unassigned"
+    );
+    assert!((total - a.total_cost).abs() <= 1e-9 * (1.0 + total.abs()));
+}
+
+/// Solves with the CPU model and checks against the oracle: exact when `exact`, else within
+/// the reported bound; also checks exactness on the quantised problem.
+fn check(cost: &[f32], rows: usize, cols: usize, cfg: &AssignConfig, exact: bool) -> Assignment {
+    let a = cpu::solve(cost, rows, cols, cols, cfg).expect("solve");
+    check_structure(&a, cost);
+    let (o, unassigned) = oracle::solve_max_cardinality(&to_f64(cost), rows, cols);
+    assert_eq!(a.unassigned, unassigned, "{rows}x{cols}: cardinality");
+    if exact {
+        assert_eq!(
+            a.quantum, 0.0,
+            "{rows}x{cols}: integer costs must be used exactly"
+        );
+        assert_eq!(a.total_cost, o.total, "{rows}x{cols}: total");
+    } else {
+        let slack = a.gap_bound() * (1.0 + 1e-9) + 1e-9 * (1.0 + o.total.abs());
+        assert!(
+            a.total_cost - o.total <= slack
+                && o.total - a.total_cost <= 1e-9 * (1.0 + o.total.abs()),
+            "{rows}x{cols}: total {} vs optimum {} (bound {})",
+            a.total_cost,
+            o.total,
+            a.gap_bound()
+        );
+    }
+    // The auction is exactly optimal for the integers it actually solved.
+    let scan = cpu::scan_costs(cost, rows, cols, cols);
+    if let Some(p) = Problem::new(cost, rows, cols, cols, scan, cfg) {
+        let q: Vec<f64> =
+            p.q.iter()
+                .map(|&v| if v < 0 { f64::INFINITY } else { v as f64 })
+                .collect();
+        let (oq, _) = oracle::solve_max_cardinality(&q, p.persons, p.objects);
+        let ours: f64 = a
+            .pairs()
+            .iter()
+            .map(|&(r, c)| {
+                let (i, j) = if p.transposed { (c, r) } else { (r, c) };
+                p.q[i * p.objects + j] as f64
+            })
+            .sum();
+        assert_eq!(
+            ours, oq.total,
+            "{rows}x{cols}: not optimal on the quantised costs"
+        );
+    }
+    a
+}
+
+fn sizes(rng: &mut SplitMix64, count: usize, max: usize) -> Vec<(usize, usize)> {
+    (0..count)
+        .map(|_| {
+            (
+                1 + rng.below(max as u64) as usize,
+                1 + rng.below(max as u64) as usize,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn oracle_matches_brute_force() {
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for p in permutations(n - 1) {
+            for k in 0..=p.len() {
+                let mut q = p.clone();
+                q.insert(k, n - 1);
+                out.push(q);
+            }
+        }
+        out
+    }
+    let mut rng = SplitMix64::new(7);
+    for n in 1..=6 {
+        for _ in 0..20 {
+            let cost: Vec<f64> = (0..n * n).map(|_| rng.below(20) as f64).collect();
+            let best = permutations(n)
+                .iter()
+                .map(|p| (0..n).map(|i| cost[i * n + p[i]]).sum::<f64>())
+                .fold(f64::INFINITY, f64::min);
+            assert_eq!(oracle::solve(&cost, n, n).unwrap().total, best);
+        }
+    }
+}
+
+#[test]
+fn random_integer_costs_are_exact() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(1);
+    for (k, (rows, cols)) in sizes(&mut rng, 1000, 60).into_iter().enumerate() {
+        let range = [1u64, 2, 10, 1000, 1 << 20][k % 5];
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.below(range + 1) as f32)
+            .collect();
+        check(&cost, rows, cols, &cfg, true);
+    }
+}
+
+#[test]
+fn random_float_costs_within_bound() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(2);
+    for (k, (rows, cols)) in sizes(&mut rng, 600, 60).into_iter().enumerate() {
+        let scale = [1.0f32, 1e-3, 1e3, 7.5][k % 4];
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.range_f32(-1.0, 1.0) * scale)
+            .collect();
+        check(&cost, rows, cols, &cfg, false);
+    }
+}
+
+#[test]
+fn larger_matrices_both_orientations() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(3);
+    for &(rows, cols) in &[(100, 100), (100, 7), (7, 100), (60, 90), (90, 60)] {
+        let cost: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        check(&cost, rows, cols, &cfg, false);
+        let cost: Vec<f32> = (0..rows * cols).map(|_| rng.below(100) as f32).collect();
+        check(&cost, rows, cols, &cfg, true);
+    }
+}
+
+#[test]
+fn ties_and_structured_costs() {
+    let cfg = AssignConfig::default();
+    for &(rows, cols) in &[(64, 64), (10, 64), (64, 10), (1, 1), (1, 9), (9, 1)] {
+        // All equal: person i takes object i in the first round of the only phase.
+        let cost = vec![3.0f32; rows * cols];
+        let a = check(&cost, rows, cols, &cfg, true);
+        assert_eq!(a.total_cost, 3.0 * rows.min(cols) as f64);
+        assert!(
+            a.rounds <= 4,
+            "all-equal {rows}x{cols} took {} rounds",
+            a.rounds
+        );
+        // Two values only, massive ties.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|k| ((k * 7) % 3 == 0) as u8 as f32)
+            .collect();
+        check(&cost, rows, cols, &cfg, true);
+        // Low rank (outer products): many near-equivalent optima.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|k| ((k / cols + 1) * (k % cols + 1)) as f32)
+            .collect();
+        check(&cost, rows, cols, &cfg, true);
+        // Sum structure: every complete assignment has the same cost.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|k| (k / cols + 3 * (k % cols)) as f32)
+            .collect();
+        check(&cost, rows, cols, &cfg, true);
+    }
+}
+
+#[test]
+fn large_dynamic_ranges() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(4);
+    for &(rows, cols) in &[(30, 30), (12, 40), (40, 12)] {
+        // Magnitudes over 60 decades: the bound is relative to the range.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| 10f32.powi(rng.below(61) as i32 - 30) * rng.range_f32(0.5, 1.0))
+            .collect();
+        check(&cost, rows, cols, &cfg, false);
+        // Integers beyond the quantisation levels: no longer exact, still within the bound.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.below(1 << 30) as f32)
+            .collect();
+        check(&cost, rows, cols, &cfg, false);
+        // Near the f32 limits.
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.range_f32(-1.0, 1.0) * 3.0e38)
+            .collect();
+        check(&cost, rows, cols, &cfg, false);
+        // Subnormals are zero, as on the GPU (flush-to-zero).
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.below(4) as f32 * 1e-39)
+            .collect();
+        let a = cpu::solve(&cost, rows, cols, cols, &cfg).unwrap();
+        check_structure(&a, &cost);
+    }
+}
+
+#[test]
+fn forbidden_pairs_maximum_cardinality() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(5);
+    for (k, (rows, cols)) in sizes(&mut rng, 150, 30).into_iter().enumerate() {
+        let density = [0.1, 0.5, 0.8, 0.95][k % 4];
+        let cost: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                if (rng.next_f32() as f64) < density {
+                    f32::INFINITY
+                } else {
+                    rng.below(50) as f32
+                }
+            })
+            .collect();
+        check(&cost, rows, cols, &cfg, true);
+    }
+    // Hall violation: two rows can only use column 0.
+    let inf = f32::INFINITY;
+    let cost = [1.0, inf, inf, 2.0, inf, inf, 5.0, 1.0, 1.0];
+    let a = check(&cost, 3, 3, &cfg, true);
+    assert_eq!(a.unassigned, 1);
+    assert!(matches!(
+        a.require_complete(0),
+        Err(AssignError::Infeasible { unassigned: 1, .. })
+    ));
+    // Everything forbidden, and a row with nothing allowed.
+    let a = cpu::solve(&[inf; 6], 2, 3, 3, &cfg).unwrap();
+    assert_eq!((a.assigned(), a.unassigned), (0, 2));
+    let cost = [inf, inf, inf, 1.0, 2.0, 3.0];
+    let a = check(&cost, 2, 3, &cfg, true);
+    assert_eq!(a.row_to_col, vec![-1, 0]);
+}
+
+#[test]
+fn invalid_and_empty_inputs() {
+    let cfg = AssignConfig::default();
+    for bad in [f32::NAN, f32::NEG_INFINITY] {
+        let cost = [1.0, 2.0, bad, 4.0];
+        assert!(matches!(
+            cpu::solve(&cost, 2, 2, 2, &cfg),
+            Err(AssignError::InvalidCost { .. })
+        ));
+        assert_eq!(cpu::scan_costs(&cost, 2, 2, 2), CostScan::Invalid);
+    }
+    for &(rows, cols) in &[(0, 0), (0, 5), (5, 0)] {
+        let a = cpu::solve(&[], rows, cols, cols, &cfg).unwrap();
+        assert_eq!(a.row_to_col, vec![-1; rows]);
+        assert_eq!(a.col_to_row, vec![-1; cols]);
+        assert_eq!((a.total_cost, a.unassigned), (0.0, 0));
+    }
+    let a = check(&[42.0], 1, 1, &cfg, true);
+    assert_eq!(a.row_to_col, vec![0]);
+    assert!(matches!(
+        cpu::solve(&[1.0; 3], 2, 2, 2, &cfg),
+        Err(AssignError::Shape(_))
+    ));
+    let bad = AssignConfig { theta: 1, ..cfg };
+    assert!(matches!(
+        cpu::solve(&[1.0], 1, 1, 1, &bad),
+        Err(AssignError::Config(_))
+    ));
+}
+
+#[test]
+fn round_cap_is_a_typed_error() {
+    let mut rng = SplitMix64::new(6);
+    let cost: Vec<f32> = (0..40 * 40).map(|_| rng.next_f32()).collect();
+    let cfg = AssignConfig {
+        max_rounds: 3,
+        ..AssignConfig::default()
+    };
+    assert!(matches!(
+        cpu::solve(&cost, 40, 40, 40, &cfg),
+        Err(AssignError::IterationLimit { rounds: 3, .. })
+    ));
+}
+
+#[test]
+fn strided_input_and_other_settings() {
+    let mut rng = SplitMix64::new(8);
+    let (rows, cols, ld) = (20, 15, 17);
+    let padded: Vec<f32> = (0..rows * ld).map(|_| rng.below(30) as f32).collect();
+    let packed: Vec<f32> = (0..rows)
+        .flat_map(|r| padded[r * ld..r * ld + cols].to_vec())
+        .collect();
+    for theta in [2, 4, 16, 64] {
+        for levels in [1 << 8, 1 << 16, i32::MAX as u32] {
+            let cfg = AssignConfig {
+                theta,
+                levels,
+                ..AssignConfig::default()
+            };
+            let a = cpu::solve(&padded, rows, cols, ld, &cfg).unwrap();
+            let b = check(&packed, rows, cols, &cfg, levels >= 30);
+            assert_eq!(a.total_cost, b.total_cost);
+        }
+    }
+}
+
+#[test]
+fn matcher_cost_rules() {
+    let cfg = MatcherConfig::default();
+    let classes = 3;
+    let logits = [0.5f32, -1.0, 2.0, 0.0, 0.0, 0.0];
+    let boxes = [[0.5f32, 0.5, 0.2, 0.2], [0.3, 0.3, 0.0, 0.0]];
+    let labels = [2, 0];
+    let targets = [[0.5f32, 0.5, 0.2, 0.2], [0.3, 0.3, 0.0, 0.0]];
+    let c = cost_cpu(&cfg, &logits, &boxes, classes, &labels, &targets);
+    // Identical boxes: L1 0 and GIoU 1, so the cost is the focal term minus 2.
+    let p = 1.0 / (1.0 + (-2.0f32).exp());
+    let focal = 0.25 * (1.0 - p).powi(2) * -(p + 1e-8).ln() - 0.75 * p * p * -(1.0 - p + 1e-8).ln();
+    assert!((c[0] - (2.0 * focal - 2.0)).abs() < 1e-6, "{}", c[0]);
+    // Two zero-area boxes at the same point: GIoU is 0/0 = NaN, mapped to 1.0 like the
+    // official nan_to_num.
+    assert_eq!(c[3], 1.0);
+    assert!(c.iter().all(|v| v.is_finite()));
+    // Top-k: later rounds use other queries.
+    let mut rng = SplitMix64::new(9);
+    let (queries, targets) = (30, 4);
+    let cost: Vec<f32> = (0..queries * targets).map(|_| rng.next_f32()).collect();
+    let rounds = match_cpu(&cost, queries, targets, 3, &AssignConfig::default()).unwrap();
+    let mut used = std::collections::HashSet::new();
+    for a in &rounds {
+        assert_eq!(a.assigned(), targets);
+        for (q, _) in a.pairs() {
+            assert!(used.insert(q), "query {q} matched twice");
+        }
+    }
+    assert!(MatcherConfig {
+        cost_class: 0.0,
+        cost_bbox: 0.0,
+        cost_giou: 0.0,
+        ..cfg
+    }
+    .validate()
+    .is_err());
+}
+
+fn shifted(b: [f32; 4], dx: f32) -> [f32; 4] {
+    [b[0] + dx, b[1], b[2] + dx, b[3]]
+}
+
+#[test]
+fn tracker_keeps_ids_and_ages_out() {
+    let cfg = TrackerConfig {
+        capacity: 4,
+        max_age: 2,
+        ..TrackerConfig::default()
+    };
+    let mut t = CpuTracker::new(cfg).unwrap();
+    let a = [0.0, 0.0, 10.0, 10.0];
+    let b = [50.0, 50.0, 60.0, 60.0];
+    assert_eq!(t.update(&[a, b], None).unwrap(), vec![1, 2]);
+    // Small motion keeps ids, whatever the detection order.
+    assert_eq!(
+        t.update(&[shifted(b, 1.0), shifted(a, 1.0)], None).unwrap(),
+        vec![2, 1]
+    );
+    // A jump beyond the gate opens a new id; the old track ages.
+    assert_eq!(t.update(&[shifted(a, 30.0)], None).unwrap(), vec![3]);
+    assert_eq!(t.tracks().len(), 3);
+    // Tracks 1 and 2, unmatched for 3 frames (> max_age 2), are gone; track 3 (2 frames) stays.
+    t.update(&[], None).unwrap();
+    assert_eq!(t.tracks().len(), 3);
+    t.update(&[], None).unwrap();
+    let ids: Vec<u32> = t.tracks().iter().map(|x| x.id).collect();
+    assert_eq!(ids, vec![3]);
+    // Class gate.
+    let mut t = CpuTracker::new(cfg).unwrap();
+    assert_eq!(t.update(&[a], Some(&[1])).unwrap(), vec![1]);
+    assert_eq!(t.update(&[a], Some(&[2])).unwrap(), vec![2]);
+    // Capacity: the fifth simultaneous object gets no id.
+    let mut t = CpuTracker::new(cfg).unwrap();
+    let boxes: Vec<[f32; 4]> = (0..5).map(|k| shifted(a, 100.0 * k as f32)).collect();
+    assert_eq!(t.update(&boxes, None).unwrap(), vec![1, 2, 3, 4, 0]);
+    assert!(t.update(&boxes, Some(&[1])).is_err());
+}
+
+#[test]
+fn tracker_maximises_total_overlap() {
+    // Three tracks, three detections: the tracker's matching must reach the best total IoU
+    // over all permutations (a greedy matcher does not, in general).
+    let mut rng = SplitMix64::new(11);
+    let perms = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for _ in 0..200 {
+        let cfg = TrackerConfig {
+            iou_gate: 1e-3,
+            ..TrackerConfig::default()
+        };
+        let mut t = CpuTracker::new(cfg).unwrap();
+        let tracks: Vec<[f32; 4]> = (0..3)
+            .map(|k| {
+                let x = 8.0 * k as f32 + rng.range_f32(0.0, 4.0);
+                [x, 0.0, x + 10.0, 10.0]
+            })
+            .collect();
+        t.update(&tracks, None).unwrap();
+        let dets: Vec<[f32; 4]> = (0..3)
+            .map(|k| shifted(tracks[k], rng.range_f32(-6.0, 6.0)))
+            .collect();
+        let ids = t.update(&dets, None).unwrap();
+        let total = |p: &[usize; 3]| -> f32 {
+            (0..3)
+                .map(|d| iou(&tracks[p[d]], &dets[d]))
+                .map(|v| {
+                    if v >= cfg.iou_gate {
+                        v
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .sum()
+        };
+        let best = perms.iter().map(total).fold(f32::NEG_INFINITY, f32::max);
+        if best == f32::NEG_INFINITY {
+            continue; // no complete matching passes the gate
+        }
+        let chosen: Vec<usize> = ids.iter().map(|&id| id as usize - 1).collect();
+        assert!(chosen.iter().all(|&k| k < 3), "{ids:?}");
+        let got = total(&[chosen[0], chosen[1], chosen[2]]);
+        assert!((got - best).abs() <= 1e-5, "total IoU {got} < best {best}");
+    }
+}
+
+#[test]
+fn tracker_random_sequences_stay_consistent() {
+    let mut rng = SplitMix64::new(10);
+    let mut t = CpuTracker::new(TrackerConfig {
+        capacity: 32,
+        max_detections: 40,
+        ..TrackerConfig::default()
+    })
+    .unwrap();
+    let mut objects: Vec<[f32; 4]> = (0..20)
+        .map(|_| {
+            let (x, y) = (rng.range_f32(0.0, 600.0), rng.range_f32(0.0, 600.0));
+            [x, y, x + 40.0, y + 40.0]
+        })
+        .collect();
+    for _ in 0..30 {
+        for o in &mut objects {
+            *o = shifted(*o, rng.range_f32(-3.0, 3.0));
+        }
+        let visible: Vec<[f32; 4]> = objects
+            .iter()
+            .copied()
+            .filter(|_| rng.below(10) != 0)
+            .collect();
+        let ids = t.update(&visible, None).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for id in ids.iter().filter(|&&id| id != 0) {
+            assert!(seen.insert(*id), "id {id} given twice in one frame");
+        }
+        assert!(t.tracks().len() <= 32);
+    }
+}
+
+/// Checks a solved fixture matrix against scipy's optimum: integer costs exactly, float costs
+/// within the reported bound (plus f64 summation noise).
+fn check_against_scipy(a: &Assignment, m: &finesam::assign::fixtures::FixtureMatrix) {
+    assert_eq!(a.unassigned, m.unassigned, "{}: cardinality", m.name);
+    if m.integer && a.quantum == 0.0 {
+        assert_eq!(a.total_cost, m.total, "{}: integer total", m.name);
+    } else {
+        let noise = 1e-12
+            * m.cost
+                .iter()
+                .filter(|c| c.is_finite())
+                .map(|c| c.abs() as f64)
+                .sum::<f64>();
+        let diff = a.total_cost - m.total;
+        assert!(
+            diff <= a.gap_bound() * (1.0 + 1e-9) + noise && -diff <= noise,
+            "{}: total {} vs scipy {} (bound {})",
+            m.name,
+            a.total_cost,
+            m.total,
+            a.gap_bound()
+        );
+    }
+}
+
+#[test]
+fn cpu_model_matches_scipy_fixtures() {
+    let Some(dir) = finesam::assign::fixtures::fixture_dir().expect("fixtures") else {
+        return;
+    };
+    let matrices = finesam::assign::fixtures::load_matrices(&dir).expect("load fixtures");
+    let cfg = AssignConfig::default();
+    // Debug builds skip the largest matrices to stay fast; release builds check all.
+    let limit = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        usize::MAX
+    };
+    let mut checked = 0;
+    for m in matrices.iter().filter(|m| m.rows * m.cols <= limit) {
+        let a = cpu::solve(&m.cost, m.rows, m.cols, m.cols, &cfg).expect(&m.name);
+        check_structure(&a, &m.cost);
+        check_against_scipy(&a, m);
+        checked += 1;
+    }
+    eprintln!(
+        "{checked} of {} fixture matrices match scipy",
+        matrices.len()
+    );
+}
