@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The GPU machine is Hopper: sm_90a machine code alone keeps the bundle small (the full target
+# list is what CI and `cargo build` use). Override with FINESAM_CUDA_ARCHS.
+export FINESAM_CUDA_ARCHS=${FINESAM_CUDA_ARCHS:-90a}
 rm -rf .bundle/bin
 mkdir -p .bundle/bin .bundle/wheels
 

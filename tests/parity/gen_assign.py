@@ -347,7 +347,15 @@ def main():
     if len(sys.argv) != 2:
         print(__doc__)
         sys.exit(2)
-    out = sys.argv[1]
+    write_all(sys.argv[1])
+
+
+def generate(out_dir):
+    """Section `assign` of generate.py: writes into OUT_DIR/assign."""
+    write_all(os.path.join(str(out_dir), "assign"))
+
+
+def write_all(out):
     os.makedirs(out, exist_ok=True)
     counts = random_sets(out)
     hard = hard_set(out)
