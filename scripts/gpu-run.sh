@@ -19,8 +19,8 @@ mkdir -p "$PEERS"
 parts=${*:-tests bench}
 tests=${TESTS:-$(ls .bundle/bin/gpu_* | xargs -n1 basename)}
 benches=${BENCHES:-$(ls .bundle/bin/bench_* | xargs -n1 basename)}
-status=0
-fail() { echo "FAILED: $*"; status=1; }
+rm -f /tmp/finesam-failed
+fail() { echo "FAILED: $*"; echo "$*" >> /tmp/finesam-failed; }
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -59,5 +59,8 @@ if [[ " $parts " == *" bench "* ]]; then
 fi 2>&1 | tee "$OUT/bench.log"
 
 grep -hE "^test result|FAILED|panicked" "$OUT/tests.log" | sort | uniq -c
-echo "gpu-run status: $status"
-exit $status
+if [ -s /tmp/finesam-failed ]; then
+    echo "gpu-run FAILED: $(tr '\n' ';' < /tmp/finesam-failed)"
+    exit 1
+fi
+echo "gpu-run: all passed"

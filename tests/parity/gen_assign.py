@@ -26,6 +26,7 @@ output says so. Deterministic (fixed seeds). Total size about 30 MB.
 """
 
 import glob
+import inspect
 import os
 import sys
 import types
@@ -256,7 +257,8 @@ def official_cost_matrices(matcher, outputs, targets):
     captured = []
     # linear_sum_assignment is looked up in the module that defines forward: wrap it there.
     fwd = type(matcher).forward if hasattr(type(matcher), "forward") else type(matcher).__call__
-    glb = fwd.__globals__
+    # forward is wrapped by @torch.no_grad(); the module globals are those of the inner function.
+    glb = inspect.unwrap(fwd).__globals__
     original = glb["linear_sum_assignment"]
 
     def spy(c):

@@ -133,11 +133,21 @@ def main():
         p.stem[len("gen_"):] for p in Path(__file__).parent.glob("gen_*.py")
     )
     torch.manual_seed(0)
+    failed = []
     for section in wanted:
-        if section in SECTIONS:
-            SECTIONS[section](out_dir)
-        else:
-            importlib.import_module(f"gen_{section}").generate(out_dir)
+        # One broken section must not keep the others' references from being written.
+        try:
+            if section in SECTIONS:
+                SECTIONS[section](out_dir)
+            else:
+                importlib.import_module(f"gen_{section}").generate(out_dir)
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            failed.append(section)
+    if failed:
+        sys.exit(f"generator sections failed: {failed}")
 
 
 if __name__ == "__main__":
