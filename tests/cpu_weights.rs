@@ -172,3 +172,31 @@ fn bad_files_are_typed_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("overflows fp16"), "{err}");
 }
+
+#[test]
+fn weight_store_builder_rejects_bad_tensors() {
+    use finesam::weights::WeightStoreBuilder;
+    let mut builder = WeightStoreBuilder::new();
+    builder
+        .add_f16("a", &[2, 2], &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
+    builder.add_f32("b", &[3], &[0.5, -0.5, 1e30]).unwrap();
+    // 256-byte aligned entries: 8 bytes of fp16 padded to 256, then 12 bytes.
+    assert_eq!(builder.bytes(), 512);
+    let errors = [
+        builder.add_f16("a", &[1], &[1.0]).unwrap_err(),
+        builder.add_f16("c", &[3], &[1.0, 2.0]).unwrap_err(),
+        builder.add_f16("d", &[1], &[1e6]).unwrap_err(),
+        builder.add_f32("e", &[2], &[1.0, f32::NAN]).unwrap_err(),
+    ];
+    for (err, expected) in
+        errors
+            .iter()
+            .zip(["added twice", "expected", "does not fit fp16", "not finite"])
+    {
+        assert!(
+            err.to_string().contains(expected),
+            "'{err}' lacks '{expected}'"
+        );
+    }
+}

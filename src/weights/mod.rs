@@ -213,56 +213,160 @@ impl WeightsFile {
     }
 }
 
+/// Element type of an uploaded tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceDtype {
+    /// IEEE half: weights of GEMMs, convolutions and attention.
+    F16,
+    /// 32-bit float: biases, norm scales and shifts, small tables kept exact.
+    F32,
+}
+
 /// Where one uploaded tensor lives in the weights region.
 #[derive(Debug, Clone)]
 pub struct DeviceTensor {
-    /// Device address.
+    /// Device address (256-byte aligned).
     pub ptr: DevicePtr,
-    /// Shape as stored.
+    /// Shape as given to the builder.
     pub shape: Vec<usize>,
+    /// Element type on the device.
+    pub dtype: DeviceDtype,
 }
 
-/// The persistent weights region: one device allocation holding every tensor as fp16.
+impl DeviceTensor {
+    /// Bytes the tensor occupies on the device.
+    pub fn bytes(&self) -> usize {
+        let size = match self.dtype {
+            DeviceDtype::F16 => 2,
+            DeviceDtype::F32 => 4,
+        };
+        self.shape.iter().product::<usize>() * size
+    }
+}
+
+/// Collects host tensors (already transformed: BatchNorm folded, layouts changed) and uploads
+/// them into one persistent device allocation with one copy.
+#[derive(Debug, Default)]
+pub struct WeightStoreBuilder {
+    bytes: Vec<u8>,
+    tensors: BTreeMap<String, (usize, Vec<usize>, DeviceDtype)>,
+}
+
+impl WeightStoreBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, name: &str, shape: &[usize], dtype: DeviceDtype, data: &[u8]) -> Result<()> {
+        let size = match dtype {
+            DeviceDtype::F16 => 2,
+            DeviceDtype::F32 => 4,
+        };
+        let expected = shape.iter().product::<usize>() * size;
+        if data.len() != expected {
+            return Err(Error::Plan(format!(
+                "weight '{name}': {} bytes given for shape {shape:?} ({expected} expected)",
+                data.len()
+            )));
+        }
+        if self.tensors.contains_key(name) {
+            return Err(Error::Plan(format!("weight '{name}' added twice")));
+        }
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        // 256-byte alignment per tensor, as in the arena.
+        self.bytes.resize(self.bytes.len().div_ceil(256) * 256, 0);
+        self.tensors
+            .insert(name.to_string(), (offset, shape.to_vec(), dtype));
+        Ok(())
+    }
+
+    /// Adds an fp16 tensor; values beyond the fp16 range are an error.
+    pub fn add_f16(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        if let Some((index, value)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite() || v.abs() > f16::MAX.to_f32())
+        {
+            return Err(Error::Plan(format!(
+                "weight '{name}' element {index} = {value} does not fit fp16"
+            )));
+        }
+        let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+        self.push(name, shape, DeviceDtype::F16, bytemuck::cast_slice(&halves))
+    }
+
+    /// Adds an f32 tensor; non-finite values are an error.
+    pub fn add_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        if let Some((index, value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Plan(format!(
+                "weight '{name}' element {index} = {value} is not finite"
+            )));
+        }
+        self.push(name, shape, DeviceDtype::F32, bytemuck::cast_slice(values))
+    }
+
+    /// Host bytes collected so far (the size of the device region).
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// One allocation, one upload.
+    pub fn upload(self, gpu: &Gpu) -> Result<DeviceWeights> {
+        let buffer = gpu.alloc(self.bytes.len())?;
+        gpu.upload(buffer.ptr(), &self.bytes)?;
+        gpu.synchronize()?;
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(name, (offset, shape, dtype))| {
+                let ptr = buffer.ptr() + offset as DevicePtr;
+                (name, DeviceTensor { ptr, shape, dtype })
+            })
+            .collect();
+        Ok(DeviceWeights { buffer, tensors })
+    }
+}
+
+/// The persistent weights region: one device allocation holding every tensor.
 pub struct DeviceWeights {
     buffer: DeviceBuffer,
     tensors: BTreeMap<String, DeviceTensor>,
 }
 
 impl DeviceWeights {
-    /// Converts `names` (all tensors if empty) to fp16 and uploads them in one copy.
+    /// Converts `names` of `file` (all tensors if empty) to fp16 and uploads them in one copy,
+    /// names and shapes unchanged.
     pub fn upload(gpu: &Gpu, file: &WeightsFile, names: &[&str]) -> Result<DeviceWeights> {
         let names: Vec<&str> = if names.is_empty() {
             file.tensors().keys().map(String::as_str).collect()
         } else {
             names.to_vec()
         };
-        // 128-element (256-byte) alignment per tensor, as in the arena.
-        let mut host: Vec<f16> = Vec::new();
-        let mut placed = Vec::with_capacity(names.len());
+        let mut builder = WeightStoreBuilder::new();
         for name in names {
-            let values = file.to_f16(name)?;
-            let offset = host.len();
-            host.extend_from_slice(&values);
-            host.resize(host.len().div_ceil(128) * 128, f16::ZERO);
-            placed.push((name, offset, file.info(name)?.shape.clone()));
+            let shape = file.info(name)?.shape.clone();
+            let values = file.to_f32(name)?;
+            builder
+                .add_f16(name, &shape, &values)
+                .map_err(|e| Error::WeightsFile {
+                    path: file.path().to_path_buf(),
+                    message: e.to_string().replace("plan error: ", ""),
+                })?;
         }
-        let bytes: &[u8] = bytemuck::cast_slice(&host);
-        let buffer = gpu.alloc(bytes.len())?;
-        gpu.upload(buffer.ptr(), bytes)?;
-        gpu.synchronize()?;
-        let tensors = placed
-            .into_iter()
-            .map(|(name, offset, shape)| {
-                let ptr = buffer.ptr() + (offset * 2) as DevicePtr;
-                (name.to_string(), DeviceTensor { ptr, shape })
-            })
-            .collect();
-        Ok(DeviceWeights { buffer, tensors })
+        builder.upload(gpu)
     }
 
     /// An uploaded tensor.
     pub fn get(&self, name: &str) -> Option<&DeviceTensor> {
         self.tensors.get(name)
+    }
+
+    /// An uploaded tensor, or an error naming it.
+    pub fn require(&self, name: &str) -> Result<&DeviceTensor> {
+        self.get(name)
+            .ok_or_else(|| Error::Plan(format!("weight '{name}' was not uploaded")))
     }
 
     /// Bytes of the weights region.
