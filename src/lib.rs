@@ -7,6 +7,7 @@
 //! [`reference`] (CPU references the GPU tests compare against).
 
 pub mod assign;
+pub mod coco;
 pub mod error;
 pub mod frame;
 pub mod gpu;
