@@ -400,18 +400,13 @@ impl Walk<'_> {
         let w = self.upload(&format!("{name}.weight"), &[cout, cin], &w, true)?;
         let b = self.upload(&format!("{name}.bias"), &[cout], &b, false)?;
         let y = self.tensor(format!("{name} out"), pixels * cout);
-        let problem = GemmProblem::new(pixels, cout, cin);
-        self.push(
-            OpKind::Gemm {
-                problem,
-                x,
-                w,
-                bias: Some(b),
-                activation,
-                residual,
-                y,
-            },
-            problem.flops(),
+        self.gemm_act(
+            x,
+            y,
+            (pixels, cout, cin),
+            (w, Some(b)),
+            residual,
+            activation,
         );
         Ok(y)
     }
@@ -652,7 +647,14 @@ impl Walk<'_> {
         let hidden = dim * 4;
         let fc1 = self.linear(&format!("{name}.mlp.fc1"), hidden, dim)?;
         let h = self.tensor(format!("{name}.mlp.fc1 out"), pixels * hidden);
-        self.gemm_act(n2, h, (pixels, hidden, dim), fc1, None, Activation::Gelu);
+        self.gemm_act(
+            n2,
+            h,
+            (pixels, hidden, dim),
+            (fc1.0, Some(fc1.1)),
+            None,
+            Activation::Gelu,
+        );
         let fc2 = self.linear(&format!("{name}.mlp.fc2"), dim, hidden)?;
         let out = self.tensor(format!("{name} out"), pixels * dim);
         let residual = Some((x2, ResidualOrder::AfterActivation));
@@ -668,7 +670,7 @@ impl Walk<'_> {
         wb: (W, W),
         residual: Option<(T, ResidualOrder)>,
     ) {
-        self.gemm_act(x, y, mnk, wb, residual, Activation::None);
+        self.gemm_act(x, y, mnk, (wb.0, Some(wb.1)), residual, Activation::None);
     }
 
     fn gemm_act(
@@ -676,7 +678,7 @@ impl Walk<'_> {
         x: T,
         y: T,
         (m, n, k): (usize, usize, usize),
-        (w, b): (W, W),
+        (w, bias): (W, Option<W>),
         residual: Option<(T, ResidualOrder)>,
         activation: Activation,
     ) {
@@ -686,7 +688,7 @@ impl Walk<'_> {
                 problem,
                 x,
                 w,
-                bias: Some(b),
+                bias,
                 activation,
                 residual,
                 y,
@@ -701,19 +703,7 @@ impl Walk<'_> {
         let w0 = self.read("neck.0.weight", &[c, cin, 1, 1])?;
         let w0 = self.upload("neck.0.weight", &[c, cin], &w0, true)?;
         let y0 = self.tensor("neck.0 out".into(), pixels * c);
-        let problem = GemmProblem::new(pixels, c, cin);
-        self.push(
-            OpKind::Gemm {
-                problem,
-                x,
-                w: w0,
-                bias: None,
-                activation: Activation::None,
-                residual: None,
-                y: y0,
-            },
-            problem.flops(),
-        );
+        self.gemm_act(x, y0, (pixels, c, cin), (w0, None), None, Activation::None);
         let n1 = self.layer_norm("neck.1", y0, pixels, c, LN2D_EPS)?;
         let w2 = self.read("neck.2.weight", &[c, c, 3, 3])?;
         let w2 = conv_weight_ohwi(&w2, c, c, 3, 3)?;
