@@ -11,6 +11,7 @@ pub mod coco;
 pub mod error;
 pub mod frame;
 pub mod gpu;
+pub mod models;
 pub mod ops;
 pub mod packet;
 pub mod pipeline;
