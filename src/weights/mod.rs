@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
 pub use recognise::{recognise, Model};
 
-/// Element type of a stored tensor (the ones finesam reads).
+/// Element type of a stored tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredDtype {
     /// 32-bit float.
@@ -24,6 +24,9 @@ pub enum StoredDtype {
     F16,
     /// bfloat16.
     Bf16,
+    /// Anything else (e.g. BatchNorm's int64 `num_batches_tracked`, which real checkpoints
+    /// carry): listed, never read as weights.
+    Other(Dtype),
 }
 
 impl StoredDtype {
@@ -31,7 +34,13 @@ impl StoredDtype {
         match self {
             StoredDtype::F32 => 4,
             StoredDtype::F16 | StoredDtype::Bf16 => 2,
+            StoredDtype::Other(dtype) => dtype.bitsize().div_ceil(8),
         }
+    }
+
+    /// Whether finesam can read the tensor as weights.
+    pub fn is_float(self) -> bool {
+        !matches!(self, StoredDtype::Other(_))
     }
 }
 
@@ -94,13 +103,7 @@ impl WeightsFile {
                 Dtype::F32 => StoredDtype::F32,
                 Dtype::F16 => StoredDtype::F16,
                 Dtype::BF16 => StoredDtype::Bf16,
-                other => {
-                    return Err(Error::TensorDtype {
-                        path: path.clone(),
-                        name: name.to_string(),
-                        dtype: format!("{other:?}"),
-                    })
-                }
+                other => StoredDtype::Other(other),
             };
             let start = view.data().as_ptr() as usize - base;
             tensors.insert(
@@ -169,6 +172,13 @@ impl WeightsFile {
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            StoredDtype::Other(dtype) => {
+                return Err(Error::TensorDtype {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{dtype:?}"),
+                })
+            }
         };
         if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Error::NonFinite {
@@ -181,11 +191,12 @@ impl WeightsFile {
         Ok(values)
     }
 
-    /// Checks every tensor for NaN and infinity (reads the whole file once).
+    /// Checks every float tensor for NaN and infinity (reads the whole file once).
     pub fn validate_finite(&self) -> Result<()> {
         self.tensors
-            .keys()
-            .try_for_each(|name| self.to_f32(name).map(|_| ()))
+            .iter()
+            .filter(|(_, info)| info.dtype.is_float())
+            .try_for_each(|(name, _)| self.to_f32(name).map(|_| ()))
     }
 
     /// The tensor as fp16, failing on values fp16 cannot represent.
@@ -340,7 +351,11 @@ impl DeviceWeights {
     /// names and shapes unchanged.
     pub fn upload(gpu: &Gpu, file: &WeightsFile, names: &[&str]) -> Result<DeviceWeights> {
         let names: Vec<&str> = if names.is_empty() {
-            file.tensors().keys().map(String::as_str).collect()
+            file.tensors()
+                .iter()
+                .filter(|(_, info)| info.dtype.is_float())
+                .map(|(name, _)| name.as_str())
+                .collect()
         } else {
             names.to_vec()
         };

@@ -78,8 +78,7 @@ def generate(out_dir: Path):
             predictor.set_torch_image(transformed, (height, width))
             if factor is None:
                 factor = scale_mask_head(sam, predictor)
-                # Float tensors only: WeightsFile rejects the int64 BatchNorm num_batches_tracked counters.
-                save_torch({k: v.contiguous() for k, v in sam.state_dict().items() if v.is_floating_point()}, str(out / "weights.safetensors"))
+                save_torch({k: v.contiguous() for k, v in sam.state_dict().items()}, str(out / "weights.safetensors"))
                 print(f"mobilesam: weights (seed {SEED}, mask head x{factor:.1f})")
             tensors = {
                 "frame": stored,
