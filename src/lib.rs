@@ -10,6 +10,7 @@ pub mod assign;
 pub mod error;
 pub mod frame;
 pub mod gpu;
+pub mod models;
 pub mod ops;
 pub mod packet;
 pub mod pipeline;
