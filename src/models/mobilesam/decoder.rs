@@ -912,6 +912,46 @@ impl DecodePlan {
             )
         };
         let queries = r(ids.queries);
+        // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
+        // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
+        // out_proj with the queries as residual and the LayerNorm.
+        let token_to_image = |q_proj: (DeviceRegion, DeviceRegion),
+                              q_col: usize,
+                              (g, stride, k_col, shared): (DeviceRegion, usize, usize, bool),
+                              out: (DeviceRegion, DeviceRegion),
+                              norm: (DeviceRegion, DeviceRegion)|
+         -> Result<()> {
+            gemm(
+                gpu,
+                rows,
+                CROSS,
+                D,
+                (queries, D),
+                (q_proj.0, 0),
+                (r(ids.tq), CROSS),
+                Some(q_proj.1),
+                Activation::None,
+                pe_res(q_col),
+            )?;
+            let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
+            let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
+            let k = pixels_of(g, k_col, stride, shared);
+            let v = pixels_of(g, k_col + CROSS, stride, shared);
+            attention(t, PIXELS, CROSS / HEADS_N, scale16, q, k, v, o)?;
+            gemm(
+                gpu,
+                rows,
+                D,
+                CROSS,
+                (r(ids.tok_o), CROSS),
+                (out.0, 0),
+                (queries, D),
+                Some(out.1),
+                Activation::None,
+                Some((queries, D, 0)),
+            )?;
+            ln(queries, rows, norm)
+        };
         for (l, lw) in w.layers.iter().enumerate() {
             // Self attention; block 0 skips the PE and the residual.
             let (x, res) = if l == 0 {
@@ -949,24 +989,7 @@ impl DecodePlan {
             )?;
             ln(queries, rows, lw.norms[0])?;
 
-            // Token -> image.
-            let q_col = if l == 0 {
-                pe_cols::T2I_Q0
-            } else {
-                pe_cols::T2I_Q1
-            };
-            gemm(
-                gpu,
-                rows,
-                CROSS,
-                D,
-                (queries, D),
-                (lw.t2i_q.0, 0),
-                (r(ids.tq), CROSS),
-                Some(lw.t2i_q.1),
-                Activation::None,
-                pe_res(q_col),
-            )?;
+            // Token -> image (block 1 first projects its own keys).
             let (g, shared) = if l == 0 {
                 (r(ids.g0), true)
             } else {
@@ -989,31 +1012,18 @@ impl DecodePlan {
                 )?;
                 (r(ids.g), false)
             };
-            let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
-            let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
-            attention(
-                t,
-                PIXELS,
-                CROSS / HEADS_N,
-                scale16,
-                q,
-                pixels_of(g, CROSS, KEYS_N, shared),
-                pixels_of(g, 2 * CROSS, KEYS_N, shared),
-                o,
+            let q_col = if l == 0 {
+                pe_cols::T2I_Q0
+            } else {
+                pe_cols::T2I_Q1
+            };
+            token_to_image(
+                lw.t2i_q,
+                q_col,
+                (g, KEYS_N, CROSS, shared),
+                lw.t2i_out,
+                lw.norms[1],
             )?;
-            gemm(
-                gpu,
-                rows,
-                D,
-                CROSS,
-                (r(ids.tok_o), CROSS),
-                (lw.t2i_out.0, 0),
-                (queries, D),
-                Some(lw.t2i_out.1),
-                Activation::None,
-                Some((queries, D, 0)),
-            )?;
-            ln(queries, rows, lw.norms[1])?;
 
             // MLP (ReLU: TwoWayTransformer's default activation).
             gemm(
@@ -1124,44 +1134,13 @@ impl DecodePlan {
             Activation::None,
             Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
         )?;
-        gemm(
-            gpu,
-            rows,
-            CROSS,
-            D,
-            (queries, D),
-            (f.q.0, 0),
-            (r(ids.tq), CROSS),
-            Some(f.q.1),
-            Activation::None,
-            pe_res(pe_cols::FINAL_Q),
+        token_to_image(
+            f.q,
+            pe_cols::FINAL_Q,
+            (r(ids.g), 2 * CROSS, 0, false),
+            f.out,
+            f.norm,
         )?;
-        let g = r(ids.g);
-        let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
-        let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
-        attention(
-            t,
-            PIXELS,
-            CROSS / HEADS_N,
-            scale16,
-            q,
-            pixels_of(g, 0, 2 * CROSS, false),
-            pixels_of(g, CROSS, 2 * CROSS, false),
-            o,
-        )?;
-        gemm(
-            gpu,
-            rows,
-            D,
-            CROSS,
-            (r(ids.tok_o), CROSS),
-            (f.out.0, 0),
-            (queries, D),
-            Some(f.out.1),
-            Activation::None,
-            Some((queries, D, 0)),
-        )?;
-        ln(queries, rows, f.norm)?;
 
         // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
         // per-MLP biases come in as residual tables (the GEMM bias is shared by the batch).
