@@ -56,6 +56,9 @@ pub enum Error {
     /// The arena or packet was asked for something outside its plan.
     #[error("plan error: {0}")]
     Plan(String),
+    /// Prompts for the mask decoder are unusable (none, too many, non-finite, bad labels).
+    #[error("bad prompts: {0}")]
+    Prompt(String),
     /// A result packet's bytes do not follow the documented layout.
     #[error("bad result packet: {0}")]
     Packet(String),

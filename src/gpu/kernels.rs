@@ -44,6 +44,9 @@ pub struct Kernels {
     pub(crate) matcher_mask_rows: CudaFunction,
     pub(crate) tracker_cost: CudaFunction,
     pub(crate) tracker_update: CudaFunction,
+    pub(crate) sam_prompt_encode: CudaFunction,
+    pub(crate) sam_ln_gelu_c64: CudaFunction,
+    pub(crate) sam_masks: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
 }
@@ -60,6 +63,7 @@ impl Kernels {
         let window = load_module(ctx, "window", images::WINDOW)?;
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
+        let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -103,6 +107,9 @@ impl Kernels {
             matcher_mask_rows: function(&assign, "assign", "matcher_mask_rows")?,
             tracker_cost: function(&assign, "assign", "tracker_cost")?,
             tracker_update: function(&assign, "assign", "tracker_update")?,
+            sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
+            sam_ln_gelu_c64: function(&sam, "sam_decoder", "sam_ln_gelu_c64")?,
+            sam_masks: function(&sam, "sam_decoder", "sam_masks")?,
             sm_count,
         })
     }

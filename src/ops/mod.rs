@@ -8,6 +8,7 @@ pub mod mask;
 pub mod norm;
 pub mod packet;
 pub mod preprocess;
+pub mod sam_decoder;
 pub mod window;
 
 use crate::error::{Error, Result};

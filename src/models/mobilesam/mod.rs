@@ -1,1 +1,5 @@
+//! MobileSAM (`vit_t`): TinyViT image encoder, prompt encoder and mask decoder.
+
+pub mod decoder;
 pub mod encoder;
+pub mod prompt;

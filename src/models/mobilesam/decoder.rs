@@ -1,0 +1,1333 @@
+//! MobileSAM prompt encoder + mask decoder (`PromptEncoder`, `MaskDecoder`, `TwoWayTransformer`
+//! of the official code), batched over K prompts, as a fixed list of launches over one arena:
+//! graph-capturable, no allocation per decode.
+//!
+//! Image side (per prompt `[4096, 256]` fp16, NHWC): the dense prompt embedding is
+//! `no_mask_embed` (no mask input), a constant, so it is folded into biases; the positional
+//! terms `pe @ W^T` of every projection that sees `keys + key_pe` are constant tables computed
+//! at load and added as the GEMM residual, so `keys + pe` is never materialised. In the first
+//! block the keys are the same for every prompt, so their projections run once (batch 1) and
+//! are shared (batch stride 0). Token side (`[K, T, 256]`, T = 5 + prompt points): `query_pe`
+//! is the initial tokens, so its projections for all layers are one GEMM per decode.
+//! Output upscaling: ConvTranspose2d(k2 s2) = GEMM with columns ordered (dy, dx, channel); the
+//! LayerNorm2d + GELU runs on rows of 64 channels; the second ConvTranspose2d fuses its GELU;
+//! the mask kernel reads pixels in that order (no scatter). See docs/MOBILESAM.md.
+
+use half::f16;
+
+use super::prompt::{dense_positional_encoding, PromptKind, Prompts, PROMPT_HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::gpu::{Arena, ArenaPlanner, DeviceBuffer, DevicePtr, Gpu, TensorId};
+use crate::ops::attention::{launch_attention, Attention, AttentionWorkspace, HeadsTensor};
+use crate::ops::gemm::{
+    launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix, Residual, ResidualOrder,
+};
+use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
+use crate::ops::sam_decoder::{
+    launch_ln_gelu_c64, launch_masks, launch_prompt_encode, masks_per_prompt, MaskProductArgs,
+    PromptEncodeArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS, SAM_DIM, UPSCALED_CHANNELS,
+};
+use crate::ops::DeviceRegion;
+use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
+
+const D: usize = SAM_DIM;
+/// Internal width of the cross attentions (`downsample_rate` 2).
+const CROSS: usize = D / 2;
+const HEADS_N: usize = 8;
+const MLP: usize = 2048;
+const PIXELS: usize = EMBED_PIXELS;
+/// Columns of the keys-side projection of a block: `[q_i2t | k_t2i | v_t2i]`.
+const KEYS_N: usize = 3 * CROSS;
+/// Upscaling: 64 channels after the first ConvTranspose2d, 32 after the second.
+const UP1: usize = 64;
+const UP2: usize = UPSCALED_CHANNELS;
+/// Hidden width of the hypernetwork and IoU MLPs.
+const HEAD_HIDDEN: usize = 256;
+/// nn.LayerNorm default and LayerNorm2d eps.
+const LN_EPS: f32 = 1e-5;
+const LN2D_EPS: f32 = 1e-6;
+
+/// Column offsets of the token positional projections (`query_pe @ W^T` for every projection
+/// that sees `queries + query_pe`), one GEMM per decode. Zero columns stand where the GEMM
+/// that uses a slice as its residual also produces values (v) that take no positional term.
+mod pe_cols {
+    /// Block 0 token->image q.
+    pub const T2I_Q0: usize = 0;
+    /// Block 0 image->token [k | 0].
+    pub const I2T_KV0: usize = 128;
+    /// Block 1 self attention [q | k | 0].
+    pub const SELF1: usize = 384;
+    /// Block 1 token->image q.
+    pub const T2I_Q1: usize = 1152;
+    /// Block 1 image->token [k | 0].
+    pub const I2T_KV1: usize = 1280;
+    /// Final token->image q.
+    pub const FINAL_Q: usize = 1536;
+    /// Total.
+    pub const WIDTH: usize = 1664;
+}
+
+/// What a decode plan serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeConfig {
+    /// Most prompts per decode (the batch a captured graph runs).
+    pub max_prompts: usize,
+    /// Boxes, or a fixed number of points per prompt.
+    pub kind: PromptKind,
+    /// Three masks per prompt (mask tokens 1..4) instead of one (token 0).
+    pub multimask: bool,
+}
+
+/// Host-side prepared weights: validated, transformed, ready to upload (public so weight
+/// validation can be tested without a GPU).
+pub struct PreparedWeights {
+    store: WeightStoreBuilder,
+    /// Per head layer: `[5][N]` biases (IoU head then the 4 hypernetwork MLPs).
+    head_bias: [Vec<f32>; 3],
+}
+
+impl PreparedWeights {
+    /// Reads and validates every `prompt_encoder.*` / `mask_decoder.*` tensor the decoder uses
+    /// (official names and shapes, finite values) and builds the device tensors.
+    pub fn prepare(file: &WeightsFile) -> Result<PreparedWeights> {
+        validate_shapes(file)?;
+        let t = |name: &str| file.to_f32(name);
+        let pe = "prompt_encoder.";
+        let md = "mask_decoder.";
+        let tr = "mask_decoder.transformer.";
+        let mut s = WeightStoreBuilder::new();
+
+        let gauss = t(&format!("{pe}pe_layer.positional_encoding_gaussian_matrix"))?;
+        s.add_f32("prompt.gauss", &[2, 128], &gauss)?;
+        let mut labels = Vec::with_capacity(5 * D);
+        for i in 0..4 {
+            labels.extend(t(&format!("{pe}point_embeddings.{i}.weight"))?);
+        }
+        labels.extend(t(&format!("{pe}not_a_point_embed.weight"))?);
+        s.add_f32("prompt.labels", &[5, D], &labels)?;
+        let mut output_tokens = t(&format!("{md}iou_token.weight"))?;
+        output_tokens.extend(t(&format!("{md}mask_tokens.weight"))?);
+        s.add_f32("prompt.output_tokens", &[5, D], &output_tokens)?;
+        let no_mask = t(&format!("{pe}no_mask_embed.weight"))?;
+        let dense_pe = dense_positional_encoding(&gauss);
+
+        let linear = |prefix: &str| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((
+                t(&format!("{prefix}.weight"))?,
+                t(&format!("{prefix}.bias"))?,
+            ))
+        };
+        let mut pe_w = vec![0f32; pe_cols::WIDTH * D];
+        let mut put_pe =
+            |col: usize, w: &[f32]| pe_w[col * D..col * D + w.len()].copy_from_slice(w);
+        for l in 0..2 {
+            let p = format!("{tr}layers.{l}");
+            let (wq, bq) = linear(&format!("{p}.self_attn.q_proj"))?;
+            let (wk, bk) = linear(&format!("{p}.self_attn.k_proj"))?;
+            let (wv, bv) = linear(&format!("{p}.self_attn.v_proj"))?;
+            s.add_f16(
+                &format!("l{l}.self.qkv.w"),
+                &[3 * D, D],
+                &cat(&[&wq, &wk, &wv]),
+            )?;
+            s.add_f32(
+                &format!("l{l}.self.qkv.b"),
+                &[3 * D],
+                &cat(&[&bq, &bk, &bv]),
+            )?;
+            if l == 1 {
+                put_pe(pe_cols::SELF1, &wq);
+                put_pe(pe_cols::SELF1 + D, &wk);
+            }
+            add_linear(
+                &mut s,
+                file,
+                &format!("{p}.self_attn.out_proj"),
+                &format!("l{l}.self.out"),
+            )?;
+            for n in 1..=4 {
+                add_norm(
+                    &mut s,
+                    file,
+                    &format!("{p}.norm{n}"),
+                    &format!("l{l}.norm{n}"),
+                )?;
+            }
+            // Token -> image: q from the tokens, k/v from the keys.
+            let c = format!("{p}.cross_attn_token_to_image");
+            let (wq, bq) = linear(&format!("{c}.q_proj"))?;
+            s.add_f16(&format!("l{l}.t2i.q.w"), &[CROSS, D], &wq)?;
+            s.add_f32(&format!("l{l}.t2i.q.b"), &[CROSS], &bq)?;
+            put_pe(
+                if l == 0 {
+                    pe_cols::T2I_Q0
+                } else {
+                    pe_cols::T2I_Q1
+                },
+                &wq,
+            );
+            let (wk, bk) = linear(&format!("{c}.k_proj"))?;
+            let (wv, bv) = linear(&format!("{c}.v_proj"))?;
+            add_linear(
+                &mut s,
+                file,
+                &format!("{c}.out_proj"),
+                &format!("l{l}.t2i.out"),
+            )?;
+            // Image -> token: q from the keys, k/v from the tokens.
+            let c2 = format!("{p}.cross_attn_image_to_token");
+            let (wq2, bq2) = linear(&format!("{c2}.q_proj"))?;
+            let (wk2, bk2) = linear(&format!("{c2}.k_proj"))?;
+            let (wv2, bv2) = linear(&format!("{c2}.v_proj"))?;
+            s.add_f16(
+                &format!("l{l}.i2t.kv.w"),
+                &[2 * CROSS, D],
+                &cat(&[&wk2, &wv2]),
+            )?;
+            s.add_f32(&format!("l{l}.i2t.kv.b"), &[2 * CROSS], &cat(&[&bk2, &bv2]))?;
+            put_pe(
+                if l == 0 {
+                    pe_cols::I2T_KV0
+                } else {
+                    pe_cols::I2T_KV1
+                },
+                &wk2,
+            );
+            let (wo2, mut bo2) = linear(&format!("{c2}.out_proj"))?;
+            // Keys-side projection [q_i2t | k_t2i | v_t2i] and its positional table.
+            let keys_w = cat(&[&wq2, &wk, &wv]);
+            let mut keys_b = cat(&[&bq2, &bk, &bv]);
+            if l == 0 {
+                // Block 0's keys are `embedding + no_mask_embed`: fold the constant into the
+                // biases of what reads them (the projections and the residual of norm4).
+                for (n, b) in keys_b.iter_mut().enumerate() {
+                    *b += dot(&keys_w[n * D..(n + 1) * D], &no_mask);
+                }
+                for (b, m) in bo2.iter_mut().zip(&no_mask) {
+                    *b += m;
+                }
+            }
+            s.add_f16(&format!("l{l}.keys.w"), &[KEYS_N, D], &keys_w)?;
+            s.add_f32(&format!("l{l}.keys.b"), &[KEYS_N], &keys_b)?;
+            let table = project(
+                &dense_pe,
+                PIXELS,
+                &keys_w[..2 * CROSS * D],
+                2 * CROSS,
+                KEYS_N,
+            );
+            s.add_f16(&format!("l{l}.keys.pe"), &[PIXELS, KEYS_N], &table)?;
+            s.add_f16(&format!("l{l}.i2t.out.w"), &[D, CROSS], &wo2)?;
+            s.add_f32(&format!("l{l}.i2t.out.b"), &[D], &bo2)?;
+            add_linear(
+                &mut s,
+                file,
+                &format!("{p}.mlp.lin1"),
+                &format!("l{l}.lin1"),
+            )?;
+            add_linear(
+                &mut s,
+                file,
+                &format!("{p}.mlp.lin2"),
+                &format!("l{l}.lin2"),
+            )?;
+        }
+        let c = format!("{tr}final_attn_token_to_image");
+        let (wq, bq) = linear(&format!("{c}.q_proj"))?;
+        s.add_f16("final.q.w", &[CROSS, D], &wq)?;
+        s.add_f32("final.q.b", &[CROSS], &bq)?;
+        put_pe(pe_cols::FINAL_Q, &wq);
+        let (wk, bk) = linear(&format!("{c}.k_proj"))?;
+        let (wv, bv) = linear(&format!("{c}.v_proj"))?;
+        let keys_w = cat(&[&wk, &wv]);
+        s.add_f16("final.keys.w", &[2 * CROSS, D], &keys_w)?;
+        s.add_f32("final.keys.b", &[2 * CROSS], &cat(&[&bk, &bv]))?;
+        let table = project(&dense_pe, PIXELS, &wk, CROSS, 2 * CROSS);
+        s.add_f16("final.keys.pe", &[PIXELS, 2 * CROSS], &table)?;
+        add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
+        add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
+        s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
+
+        // output_upscaling: ConvTranspose2d weight [in, out, 2, 2] -> GEMM rows (dy, dx, out).
+        let up = format!("{md}output_upscaling");
+        let convt = |w: &[f32], cin: usize, cout: usize| {
+            let mut g = vec![0f32; 4 * cout * cin];
+            for i in 0..cin {
+                for o in 0..cout {
+                    for k in 0..4 {
+                        g[(k * cout + o) * cin + i] = w[(i * cout + o) * 4 + k];
+                    }
+                }
+            }
+            g
+        };
+        let (w0, b0) = linear(&format!("{up}.0"))?;
+        s.add_f16("up1.w", &[4 * UP1, D], &convt(&w0, D, UP1))?;
+        s.add_f32("up1.b", &[4 * UP1], &b0.repeat(4))?;
+        add_norm(&mut s, file, &format!("{up}.1"), "up1.ln")?;
+        let (w3, b3) = linear(&format!("{up}.3"))?;
+        s.add_f16("up2.w", &[4 * UP2, UP1], &convt(&w3, UP1, UP2))?;
+        s.add_f32("up2.b", &[4 * UP2], &b3.repeat(4))?;
+
+        // Heads, batched: index 0 the IoU head (output padded 4 -> 32), 1..5 the hypernetworks.
+        let mut head_w: [Vec<f32>; 3] = Default::default();
+        let mut head_bias: [Vec<f32>; 3] = Default::default();
+        for h in 0..HEADS {
+            let prefix = if h == 0 {
+                format!("{md}iou_prediction_head")
+            } else {
+                format!("{md}output_hypernetworks_mlps.{}", h - 1)
+            };
+            for layer in 0..3 {
+                let (mut w, mut b) = linear(&format!("{prefix}.layers.{layer}"))?;
+                if layer == 2 {
+                    w.resize(UP2 * HEAD_HIDDEN, 0.0);
+                    b.resize(UP2, 0.0);
+                }
+                head_w[layer].extend(w);
+                head_bias[layer].extend(b);
+            }
+        }
+        s.add_f16("heads.w1", &[HEADS, HEAD_HIDDEN, D], &head_w[0])?;
+        s.add_f16("heads.w2", &[HEADS, HEAD_HIDDEN, HEAD_HIDDEN], &head_w[1])?;
+        s.add_f16("heads.w3", &[HEADS, UP2, HEAD_HIDDEN], &head_w[2])?;
+        Ok(PreparedWeights {
+            store: s,
+            head_bias,
+        })
+    }
+
+    /// Bytes the device weights region will take.
+    pub fn device_bytes(&self) -> usize {
+        self.store.bytes()
+    }
+}
+
+fn cat(parts: &[&[f32]]) -> Vec<f32> {
+    parts.concat()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum::<f64>() as f32
+}
+
+/// `x [rows, 256] @ w[..n]^T`, written into the first n of `width` columns (rest zero).
+fn project(x: &[f32], rows: usize, w: &[f32], n: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * width];
+    for (r, row) in x.chunks_exact(D).take(rows).enumerate() {
+        for (c, wr) in w.chunks_exact(D).take(n).enumerate() {
+            out[r * width + c] = row.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+    out
+}
+
+fn add_linear(s: &mut WeightStoreBuilder, f: &WeightsFile, name: &str, to: &str) -> Result<()> {
+    let w = f.info(&format!("{name}.weight"))?.shape.clone();
+    s.add_f16(
+        &format!("{to}.w"),
+        &w,
+        &f.to_f32(&format!("{name}.weight"))?,
+    )?;
+    s.add_f32(
+        &format!("{to}.b"),
+        &[w[0]],
+        &f.to_f32(&format!("{name}.bias"))?,
+    )
+}
+
+fn add_norm(s: &mut WeightStoreBuilder, f: &WeightsFile, name: &str, to: &str) -> Result<()> {
+    let g = f.to_f32(&format!("{name}.weight"))?;
+    s.add_f32(&format!("{to}.g"), &[g.len()], &g)?;
+    s.add_f32(
+        &format!("{to}.b"),
+        &[g.len()],
+        &f.to_f32(&format!("{name}.bias"))?,
+    )
+}
+
+/// Every tensor the decoder reads, by official name, with its shape.
+pub fn expected_tensors() -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut add = |name: String, shape: &[usize]| v.push((name, shape.to_vec()));
+    let pe = "prompt_encoder";
+    add(
+        format!("{pe}.pe_layer.positional_encoding_gaussian_matrix"),
+        &[2, 128],
+    );
+    for i in 0..4 {
+        add(format!("{pe}.point_embeddings.{i}.weight"), &[1, D]);
+    }
+    add(format!("{pe}.not_a_point_embed.weight"), &[1, D]);
+    add(format!("{pe}.no_mask_embed.weight"), &[1, D]);
+    let md = "mask_decoder";
+    add(format!("{md}.iou_token.weight"), &[1, D]);
+    add(format!("{md}.mask_tokens.weight"), &[4, D]);
+    let mut linear = |name: String, out: usize, inp: usize| {
+        add(format!("{name}.weight"), &[out, inp]);
+        add(format!("{name}.bias"), &[out]);
+    };
+    let attention =
+        |name: String, internal: usize, linear: &mut dyn FnMut(String, usize, usize)| {
+            for p in ["q", "k", "v"] {
+                linear(format!("{name}.{p}_proj"), internal, D);
+            }
+            linear(format!("{name}.out_proj"), D, internal);
+        };
+    let tr = format!("{md}.transformer");
+    for l in 0..2 {
+        let p = format!("{tr}.layers.{l}");
+        attention(format!("{p}.self_attn"), D, &mut linear);
+        attention(format!("{p}.cross_attn_token_to_image"), CROSS, &mut linear);
+        attention(format!("{p}.cross_attn_image_to_token"), CROSS, &mut linear);
+        linear(format!("{p}.mlp.lin1"), MLP, D);
+        linear(format!("{p}.mlp.lin2"), D, MLP);
+    }
+    attention(
+        format!("{tr}.final_attn_token_to_image"),
+        CROSS,
+        &mut linear,
+    );
+    for h in 0..4 {
+        let p = format!("{md}.output_hypernetworks_mlps.{h}.layers");
+        linear(format!("{p}.0"), D, D);
+        linear(format!("{p}.1"), D, D);
+        linear(format!("{p}.2"), UP2, D);
+    }
+    let p = format!("{md}.iou_prediction_head.layers");
+    linear(format!("{p}.0"), HEAD_HIDDEN, D);
+    linear(format!("{p}.1"), HEAD_HIDDEN, HEAD_HIDDEN);
+    linear(format!("{p}.2"), 4, HEAD_HIDDEN);
+    for l in 0..2 {
+        for n in 1..=4 {
+            let name = format!("{tr}.layers.{l}.norm{n}");
+            add(format!("{name}.weight"), &[D]);
+            add(format!("{name}.bias"), &[D]);
+        }
+    }
+    add(format!("{tr}.norm_final_attn.weight"), &[D]);
+    add(format!("{tr}.norm_final_attn.bias"), &[D]);
+    let up = format!("{md}.output_upscaling");
+    add(format!("{up}.0.weight"), &[D, UP1, 2, 2]);
+    add(format!("{up}.0.bias"), &[UP1]);
+    add(format!("{up}.1.weight"), &[UP1]);
+    add(format!("{up}.1.bias"), &[UP1]);
+    add(format!("{up}.3.weight"), &[UP1, UP2, 2, 2]);
+    add(format!("{up}.3.bias"), &[UP2]);
+    v
+}
+
+fn validate_shapes(file: &WeightsFile) -> Result<()> {
+    for (name, shape) in expected_tensors() {
+        file.expect_shape(&name, &shape)?;
+    }
+    Ok(())
+}
+
+/// Device addresses of the weights, resolved once at load.
+struct LayerWeights {
+    qkv: (DeviceRegion, DeviceRegion),
+    self_out: (DeviceRegion, DeviceRegion),
+    norms: [(DeviceRegion, DeviceRegion); 4],
+    t2i_q: (DeviceRegion, DeviceRegion),
+    keys: (DeviceRegion, DeviceRegion),
+    keys_pe: DeviceRegion,
+    t2i_out: (DeviceRegion, DeviceRegion),
+    lin1: (DeviceRegion, DeviceRegion),
+    lin2: (DeviceRegion, DeviceRegion),
+    i2t_kv: (DeviceRegion, DeviceRegion),
+    i2t_out: (DeviceRegion, DeviceRegion),
+}
+
+struct FinalWeights {
+    q: (DeviceRegion, DeviceRegion),
+    keys: (DeviceRegion, DeviceRegion),
+    keys_pe: DeviceRegion,
+    out: (DeviceRegion, DeviceRegion),
+    norm: (DeviceRegion, DeviceRegion),
+}
+
+/// The loaded prompt encoder and mask decoder.
+pub struct MaskDecoder {
+    weights: DeviceWeights,
+    head_bias: [Vec<f32>; 3],
+    gauss: DeviceRegion,
+    labels: DeviceRegion,
+    output_tokens: DeviceRegion,
+    pe_tokens: DeviceRegion,
+    layers: [LayerWeights; 2],
+    last: FinalWeights,
+    up1: (DeviceRegion, DeviceRegion),
+    up1_ln: (DeviceRegion, DeviceRegion),
+    up2: (DeviceRegion, DeviceRegion),
+    heads_w: [DeviceRegion; 3],
+}
+
+impl MaskDecoder {
+    /// Validates `prompt_encoder.*` and `mask_decoder.*` of an official MobileSAM state dict,
+    /// transforms them (fused projections, folded constants, positional tables of the 64x64
+    /// grid) and uploads them in one copy.
+    pub fn load(gpu: &Gpu, file: &WeightsFile) -> Result<MaskDecoder> {
+        let prepared = PreparedWeights::prepare(file).map_err(|e| match e {
+            Error::Plan(message) => Error::WeightsFile {
+                path: file.path().to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        let weights = prepared.store.upload(gpu)?;
+        let r = |name: &str| -> Result<DeviceRegion> {
+            let t = weights.require(name)?;
+            Ok(DeviceRegion::new(t.ptr, t.bytes()))
+        };
+        let lin = |name: &str| -> Result<(DeviceRegion, DeviceRegion)> {
+            Ok((r(&format!("{name}.w"))?, r(&format!("{name}.b"))?))
+        };
+        let norm = |name: &str| -> Result<(DeviceRegion, DeviceRegion)> {
+            Ok((r(&format!("{name}.g"))?, r(&format!("{name}.b"))?))
+        };
+        let layer = |l: usize| -> Result<LayerWeights> {
+            Ok(LayerWeights {
+                qkv: lin(&format!("l{l}.self.qkv"))?,
+                self_out: lin(&format!("l{l}.self.out"))?,
+                norms: [
+                    norm(&format!("l{l}.norm1"))?,
+                    norm(&format!("l{l}.norm2"))?,
+                    norm(&format!("l{l}.norm3"))?,
+                    norm(&format!("l{l}.norm4"))?,
+                ],
+                t2i_q: lin(&format!("l{l}.t2i.q"))?,
+                keys: lin(&format!("l{l}.keys"))?,
+                keys_pe: r(&format!("l{l}.keys.pe"))?,
+                t2i_out: lin(&format!("l{l}.t2i.out"))?,
+                lin1: lin(&format!("l{l}.lin1"))?,
+                lin2: lin(&format!("l{l}.lin2"))?,
+                i2t_kv: lin(&format!("l{l}.i2t.kv"))?,
+                i2t_out: lin(&format!("l{l}.i2t.out"))?,
+            })
+        };
+        Ok(MaskDecoder {
+            gauss: r("prompt.gauss")?,
+            labels: r("prompt.labels")?,
+            output_tokens: r("prompt.output_tokens")?,
+            pe_tokens: r("pe_tokens.w")?,
+            layers: [layer(0)?, layer(1)?],
+            last: FinalWeights {
+                q: lin("final.q")?,
+                keys: lin("final.keys")?,
+                keys_pe: r("final.keys.pe")?,
+                out: lin("final.out")?,
+                norm: norm("final.norm")?,
+            },
+            up1: lin("up1")?,
+            up1_ln: norm("up1.ln")?,
+            up2: lin("up2")?,
+            heads_w: [r("heads.w1")?, r("heads.w2")?, r("heads.w3")?],
+            head_bias: prepared.head_bias,
+            weights,
+        })
+    }
+
+    /// Bytes of the device weights region.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// Plans the arena for `config` and allocates it (the only allocation of the plan).
+    pub fn plan(&self, gpu: &Gpu, config: DecodeConfig) -> Result<DecodePlan> {
+        DecodePlan::new(gpu, self, config)
+    }
+
+    /// Issues the prompt encoder and mask decoder for the first `batch` prompts of the plan's
+    /// prompt block (staged by [`DecodePlan::stage_prompts`] or written by an earlier GPU
+    /// stage) on the image embedding (NHWC `[64, 64, 256]` fp16) of the frame whose
+    /// `FrameHeader` is at `header`. Launches only (graph-capturable); `batch` fixes the
+    /// launch sizes, the device count decides which prompts are real (past it: padding,
+    /// computed but ignored by mask decoding through [`DecodePlan::mask_count`]).
+    pub fn decode(
+        &self,
+        gpu: &Gpu,
+        plan: &DecodePlan,
+        embedding: DeviceRegion,
+        header: DeviceRegion,
+        batch: usize,
+    ) -> Result<()> {
+        plan.launch(gpu, self, embedding, header, batch)
+    }
+}
+
+/// Arena tensors of a plan.
+struct Ids {
+    prompts: TensorId,
+    tokens: TensorId,
+    pe: TensorId,
+    queries: TensorId,
+    qkv: TensorId,
+    tok_o: TensorId,
+    tq: TensorId,
+    hid: TensorId,
+    kv: TensorId,
+    head: [TensorId; 3],
+    head_bias: [TensorId; 3],
+    g0: TensorId,
+    keys: TensorId,
+    g: TensorId,
+    img_o: TensorId,
+    up1: TensorId,
+    up2: TensorId,
+    low_res: TensorId,
+    iou: TensorId,
+    mask_count: TensorId,
+    workspace: Option<TensorId>,
+}
+
+/// A planned decode: the arena with every intermediate, sized for `config.max_prompts`.
+pub struct DecodePlan {
+    config: DecodeConfig,
+    tokens: usize,
+    arena: Arena,
+    ids: Ids,
+}
+
+/// Workspace bytes the split-key attention of `batch` prompts needs (shape only).
+fn workspace_bytes(
+    sm_count: usize,
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    d: usize,
+) -> Result<usize> {
+    // Planning reads shapes only; a fake aligned address with unlimited bytes passes the checks.
+    let t = |tokens: usize, hd: usize| {
+        HeadsTensor::contiguous(256, usize::MAX / 4, tokens, HEADS_N, hd)
+    };
+    let a = Attention {
+        batch,
+        heads: HEADS_N,
+        q_len,
+        kv_len,
+        head_dim: d,
+        scale: 1.0,
+        q: t(q_len, d),
+        k: t(kv_len, d),
+        v: t(kv_len, d),
+        o: t(q_len, d),
+        bias: None,
+        workspace: None,
+    };
+    Ok(a.plan(sm_count)?.workspace_bytes)
+}
+
+impl DecodePlan {
+    fn new(gpu: &Gpu, decoder: &MaskDecoder, config: DecodeConfig) -> Result<DecodePlan> {
+        let b = config.max_prompts;
+        if b == 0 || b > 4096 {
+            return Err(Error::Plan(format!("max_prompts {b} must be 1..=4096")));
+        }
+        let points = config.kind.points();
+        if points > 64 {
+            return Err(Error::Plan(format!("{points} points per prompt exceed 64")));
+        }
+        let t = OUTPUT_TOKENS + points;
+        let c = masks_per_prompt(config.multimask);
+        let rows = b * t;
+        // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
+        // 4 final, 5 upscale 1, 6 upscale 2 + masks. Whole-decode tensors span 0..=6.
+        let mut p = ArenaPlanner::new();
+        let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
+        let sm = gpu.kernels().sm_count() as usize;
+        let ws = [
+            workspace_bytes(sm, b, t, PIXELS, CROSS / HEADS_N)?,
+            workspace_bytes(sm, b, PIXELS, t, CROSS / HEADS_N)?,
+            workspace_bytes(sm, b, t, t, D / HEADS_N)?,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        let ids = Ids {
+            prompts: all(&mut p, "prompts", PROMPT_HEADER_BYTES + b * points * 12)?,
+            tokens: all(&mut p, "tokens", rows * D * 2)?,
+            pe: all(&mut p, "pe_tokens", rows * pe_cols::WIDTH * 2)?,
+            queries: all(&mut p, "queries", rows * D * 2)?,
+            qkv: all(&mut p, "qkv", rows * 3 * D * 2)?,
+            tok_o: all(&mut p, "token_attention", rows * D * 2)?,
+            tq: all(&mut p, "token_q", rows * CROSS * 2)?,
+            hid: all(&mut p, "mlp_hidden", rows * MLP * 2)?,
+            kv: all(&mut p, "token_kv", rows * 2 * CROSS * 2)?,
+            head: [
+                all(&mut p, "head1", HEADS * b * HEAD_HIDDEN * 2)?,
+                all(&mut p, "head2", HEADS * b * HEAD_HIDDEN * 2)?,
+                all(&mut p, "head3", HEADS * b * UP2 * 2)?,
+            ],
+            head_bias: [
+                all(&mut p, "head1_bias", HEADS * b * HEAD_HIDDEN * 2)?,
+                all(&mut p, "head2_bias", HEADS * b * HEAD_HIDDEN * 2)?,
+                all(&mut p, "head3_bias", HEADS * b * UP2 * 2)?,
+            ],
+            g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
+            keys: p.request("keys", b * PIXELS * D * 2, 1, 5)?,
+            g: p.request("keys_proj", b * PIXELS * KEYS_N * 2, 2, 4)?,
+            img_o: p.request("image_attention", b * PIXELS * CROSS * 2, 1, 3)?,
+            up1: p.request("upscaled1", b * PIXELS * 4 * UP1 * 2, 5, 6)?,
+            up2: p.request("upscaled2", b * PIXELS * 16 * UP2 * 2, 6, 6)?,
+            low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
+            iou: all(&mut p, "iou", b * c * 4)?,
+            mask_count: all(&mut p, "mask_count", 4)?,
+            workspace: if ws > 0 {
+                Some(all(&mut p, "attention_workspace", ws)?)
+            } else {
+                None
+            },
+        };
+        let arena = Arena::allocate(gpu, p.plan())?;
+        let plan = DecodePlan {
+            config,
+            tokens: t,
+            arena,
+            ids,
+        };
+        // Once per plan: zero the attention workspace (the kernel keeps it zeroed) and the
+        // prompt count, and upload the per-prompt head bias tables (GEMM residuals).
+        if let Some(ws) = plan.ids.workspace {
+            gpu.memset(plan.arena.ptr(ws), 0, plan.arena.bytes(ws))?;
+        }
+        gpu.memset(
+            plan.arena.ptr(plan.ids.prompts),
+            0,
+            plan.arena.bytes(plan.ids.prompts),
+        )?;
+        for (layer, bias) in decoder.head_bias.iter().enumerate() {
+            let n = bias.len() / HEADS;
+            let table: Vec<f16> = bias
+                .chunks_exact(n)
+                .flat_map(|row| std::iter::repeat_n(row, b).flatten())
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            gpu.upload(
+                plan.arena.ptr(plan.ids.head_bias[layer]),
+                bytemuck::cast_slice(&table),
+            )?;
+        }
+        gpu.synchronize()?;
+        Ok(plan)
+    }
+
+    /// The plan's configuration.
+    pub fn config(&self) -> DecodeConfig {
+        self.config
+    }
+
+    /// Tokens per prompt (5 output tokens + prompt points).
+    pub fn tokens_per_prompt(&self) -> usize {
+        self.tokens
+    }
+
+    /// Masks per prompt (1, or 3 with multimask).
+    pub fn masks_per_prompt(&self) -> usize {
+        masks_per_prompt(self.config.multimask)
+    }
+
+    /// Bytes of the plan's arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.peak_bytes()
+    }
+
+    fn region(&self, id: TensorId) -> DeviceRegion {
+        DeviceRegion::new(self.arena.ptr(id), self.arena.bytes(id))
+    }
+
+    /// The prompt block (u32 count at offset 0, `[max, points, 3]` f32 at offset 16): an
+    /// earlier GPU stage (prompt selection) may write it directly.
+    pub fn prompt_block(&self) -> DeviceRegion {
+        self.region(self.ids.prompts)
+    }
+
+    /// Low-res mask logits `[max_prompts, C, 256, 256]` f32 (what mask decoding reads).
+    pub fn low_res(&self) -> DeviceRegion {
+        self.region(self.ids.low_res)
+    }
+
+    /// IoU predictions `[max_prompts, C]` f32.
+    pub fn iou(&self) -> DeviceRegion {
+        self.region(self.ids.iou)
+    }
+
+    /// One u32 written by every decode: masks in use (`min(count, batch) * C`), the
+    /// `mask_count` of [`crate::ops::mask::MaskDecodeIo`].
+    pub fn mask_count(&self) -> DeviceRegion {
+        self.region(self.ids.mask_count)
+    }
+
+    /// Validates `prompts` (typed [`Error::Prompt`] for none, too many, non-finite coordinates,
+    /// bad labels or the wrong kind) and uploads them into the prompt block (one copy).
+    pub fn stage_prompts(&self, gpu: &Gpu, prompts: &Prompts<'_>) -> Result<usize> {
+        let bytes = prompts.encode(self.config.kind, self.config.max_prompts)?;
+        gpu.upload(self.arena.ptr(self.ids.prompts), &bytes)?;
+        Ok(prompts.count())
+    }
+
+    /// Downloads the first `prompts` prompts' low-res logits and IoU predictions (tests and
+    /// tools; synchronises).
+    pub fn read_outputs(&self, gpu: &Gpu, prompts: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let c = self.masks_per_prompt();
+        let n = prompts.min(self.config.max_prompts);
+        let mut low = vec![0f32; n * c * PIXELS * 16];
+        let mut iou = vec![0f32; n * c];
+        gpu.download(
+            bytemuck::cast_slice_mut(&mut low),
+            self.arena.ptr(self.ids.low_res),
+        )?;
+        gpu.download(
+            bytemuck::cast_slice_mut(&mut iou),
+            self.arena.ptr(self.ids.iou),
+        )?;
+        gpu.synchronize()?;
+        Ok((low, iou))
+    }
+
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        w: &MaskDecoder,
+        embedding: DeviceRegion,
+        header: DeviceRegion,
+        batch: usize,
+    ) -> Result<()> {
+        let max = self.config.max_prompts;
+        if batch == 0 || batch > max {
+            return Err(Error::Plan(format!(
+                "decode batch {batch} must be 1..={max} (the plan's max_prompts)"
+            )));
+        }
+        embedding.check("mask_decoder", "image embedding", Some(PIXELS * D * 2), 16)?;
+        let (b, t) = (batch, self.tokens);
+        let rows = b * t;
+        let ids = &self.ids;
+        let r = |id: TensorId| self.region(id);
+        let at = |id: TensorId, col: usize| offset(self.region(id), col);
+        let workspace = ids.workspace.map(|id| AttentionWorkspace {
+            ptr: self.arena.ptr(id),
+            bytes: self.arena.bytes(id),
+        });
+        let prompts = r(ids.prompts);
+        launch_prompt_encode(
+            gpu,
+            &PromptEncodeArgs {
+                batch: b,
+                points: t - OUTPUT_TOKENS,
+                count: prompts,
+                prompts: offset_bytes(prompts, PROMPT_HEADER_BYTES),
+                header,
+                gauss: w.gauss,
+                label_embed: w.labels,
+                output_tokens: w.output_tokens,
+                tokens: r(ids.tokens),
+            },
+        )?;
+        // query_pe projections for every layer.
+        let pe_w = pe_cols::WIDTH;
+        gemm(
+            gpu,
+            rows,
+            pe_w,
+            D,
+            (r(ids.tokens), D),
+            (w.pe_tokens, 0),
+            (r(ids.pe), pe_w),
+            None,
+            Activation::None,
+            None,
+        )?;
+        let pe_res = |col: usize| Some((at(ids.pe, col), pe_w, 0usize));
+        // Block 0's keys are the embedding for every prompt: project once.
+        let l0 = &w.layers[0];
+        gemm(
+            gpu,
+            PIXELS,
+            KEYS_N,
+            D,
+            (embedding, D),
+            (l0.keys.0, 0),
+            (r(ids.g0), KEYS_N),
+            Some(l0.keys.1),
+            Activation::None,
+            Some((l0.keys_pe, KEYS_N, 0)),
+        )?;
+
+        let scale16 = 1.0 / (CROSS as f32 / HEADS_N as f32).sqrt();
+        let scale32 = 1.0 / (D as f32 / HEADS_N as f32).sqrt();
+        let tokens_of = |id: TensorId, col: usize, stride: usize, hd: usize| HeadsTensor {
+            ptr: at(id, col).ptr,
+            bytes: at(id, col).bytes,
+            batch_stride: t * stride,
+            token_stride: stride,
+            head_stride: hd,
+        };
+        let pixels_of = |region: DeviceRegion, col: usize, stride: usize, shared: bool| {
+            let o = offset(region, col);
+            HeadsTensor {
+                ptr: o.ptr,
+                bytes: o.bytes,
+                batch_stride: if shared { 0 } else { PIXELS * stride },
+                token_stride: stride,
+                head_stride: CROSS / HEADS_N,
+            }
+        };
+        let attention = |q_len, kv_len, hd, scale, q, k, v, o| {
+            launch_attention(
+                gpu,
+                &Attention {
+                    batch: b,
+                    heads: HEADS_N,
+                    q_len,
+                    kv_len,
+                    head_dim: hd,
+                    scale,
+                    q,
+                    k,
+                    v,
+                    o,
+                    bias: None,
+                    workspace,
+                },
+            )
+        };
+        let ln = |x: DeviceRegion, n_rows: usize, norm: (DeviceRegion, DeviceRegion)| {
+            launch_layer_norm(
+                gpu,
+                &LayerNormArgs {
+                    rows: n_rows,
+                    channels: D,
+                    eps: LN_EPS,
+                    x,
+                    residual: None,
+                    sum: None,
+                    gamma: norm.0,
+                    beta: norm.1,
+                    y: x,
+                },
+            )
+        };
+        let queries = r(ids.queries);
+        // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
+        // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
+        // out_proj with the queries as residual and the LayerNorm.
+        let token_to_image = |q_proj: (DeviceRegion, DeviceRegion),
+                              q_col: usize,
+                              (g, stride, k_col, shared): (DeviceRegion, usize, usize, bool),
+                              out: (DeviceRegion, DeviceRegion),
+                              norm: (DeviceRegion, DeviceRegion)|
+         -> Result<()> {
+            gemm(
+                gpu,
+                rows,
+                CROSS,
+                D,
+                (queries, D),
+                (q_proj.0, 0),
+                (r(ids.tq), CROSS),
+                Some(q_proj.1),
+                Activation::None,
+                pe_res(q_col),
+            )?;
+            let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
+            let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
+            let k = pixels_of(g, k_col, stride, shared);
+            let v = pixels_of(g, k_col + CROSS, stride, shared);
+            attention(t, PIXELS, CROSS / HEADS_N, scale16, q, k, v, o)?;
+            gemm(
+                gpu,
+                rows,
+                D,
+                CROSS,
+                (r(ids.tok_o), CROSS),
+                (out.0, 0),
+                (queries, D),
+                Some(out.1),
+                Activation::None,
+                Some((queries, D, 0)),
+            )?;
+            ln(queries, rows, norm)
+        };
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Self attention; block 0 skips the PE and the residual.
+            let (x, res) = if l == 0 {
+                (r(ids.tokens), None)
+            } else {
+                (queries, pe_res(pe_cols::SELF1))
+            };
+            gemm(
+                gpu,
+                rows,
+                3 * D,
+                D,
+                (x, D),
+                (lw.qkv.0, 0),
+                (r(ids.qkv), 3 * D),
+                Some(lw.qkv.1),
+                Activation::None,
+                res,
+            )?;
+            let qkv = |which: usize| tokens_of(ids.qkv, which * D, 3 * D, D / HEADS_N);
+            let o = tokens_of(ids.tok_o, 0, D, D / HEADS_N);
+            attention(t, t, D / HEADS_N, scale32, qkv(0), qkv(1), qkv(2), o)?;
+            let res = (l == 1).then_some((queries, D, 0));
+            gemm(
+                gpu,
+                rows,
+                D,
+                D,
+                (r(ids.tok_o), D),
+                (lw.self_out.0, 0),
+                (queries, D),
+                Some(lw.self_out.1),
+                Activation::None,
+                res,
+            )?;
+            ln(queries, rows, lw.norms[0])?;
+
+            // Token -> image (block 1 first projects its own keys).
+            let (g, shared) = if l == 0 {
+                (r(ids.g0), true)
+            } else {
+                let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
+                let gy = Matrix::packed(r(ids.g), KEYS_N).with_batch_stride(PIXELS * KEYS_N);
+                gemm_batched(
+                    gpu,
+                    GemmProblem {
+                        m: PIXELS,
+                        n: KEYS_N,
+                        k: D,
+                        batch: b,
+                    },
+                    gx,
+                    Matrix::packed(lw.keys.0, D),
+                    gy,
+                    Some(lw.keys.1),
+                    Activation::None,
+                    Some(Matrix::packed(lw.keys_pe, KEYS_N)),
+                )?;
+                (r(ids.g), false)
+            };
+            let q_col = if l == 0 {
+                pe_cols::T2I_Q0
+            } else {
+                pe_cols::T2I_Q1
+            };
+            token_to_image(
+                lw.t2i_q,
+                q_col,
+                (g, KEYS_N, CROSS, shared),
+                lw.t2i_out,
+                lw.norms[1],
+            )?;
+
+            // MLP (ReLU: TwoWayTransformer's default activation).
+            gemm(
+                gpu,
+                rows,
+                MLP,
+                D,
+                (queries, D),
+                (lw.lin1.0, 0),
+                (r(ids.hid), MLP),
+                Some(lw.lin1.1),
+                Activation::Relu,
+                None,
+            )?;
+            gemm(
+                gpu,
+                rows,
+                D,
+                MLP,
+                (r(ids.hid), MLP),
+                (lw.lin2.0, 0),
+                (queries, D),
+                Some(lw.lin2.1),
+                Activation::None,
+                Some((queries, D, 0)),
+            )?;
+            ln(queries, rows, lw.norms[2])?;
+
+            // Image -> token: queries are the image pixels.
+            let kv_col = if l == 0 {
+                pe_cols::I2T_KV0
+            } else {
+                pe_cols::I2T_KV1
+            };
+            gemm(
+                gpu,
+                rows,
+                2 * CROSS,
+                D,
+                (queries, D),
+                (lw.i2t_kv.0, 0),
+                (r(ids.kv), 2 * CROSS),
+                Some(lw.i2t_kv.1),
+                Activation::None,
+                pe_res(kv_col),
+            )?;
+            let k = tokens_of(ids.kv, 0, 2 * CROSS, CROSS / HEADS_N);
+            let v = tokens_of(ids.kv, CROSS, 2 * CROSS, CROSS / HEADS_N);
+            let o = HeadsTensor::contiguous(
+                self.arena.ptr(ids.img_o),
+                self.arena.bytes(ids.img_o),
+                PIXELS,
+                HEADS_N,
+                CROSS / HEADS_N,
+            );
+            attention(
+                PIXELS,
+                t,
+                CROSS / HEADS_N,
+                scale16,
+                pixels_of(g, 0, KEYS_N, shared),
+                k,
+                v,
+                o,
+            )?;
+            // keys = LN(keys + out_proj(o)); block 0's residual is the shared embedding.
+            let residual = if l == 0 {
+                Matrix::packed(embedding, D)
+            } else {
+                Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D)
+            };
+            let x = Matrix::packed(r(ids.img_o), CROSS).with_batch_stride(PIXELS * CROSS);
+            let y = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
+            gemm_batched(
+                gpu,
+                GemmProblem {
+                    m: PIXELS,
+                    n: D,
+                    k: CROSS,
+                    batch: b,
+                },
+                x,
+                Matrix::packed(lw.i2t_out.0, CROSS),
+                y,
+                Some(lw.i2t_out.1),
+                Activation::None,
+                Some(residual),
+            )?;
+            ln(r(ids.keys), b * PIXELS, lw.norms[3])?;
+        }
+
+        // Final token -> image attention.
+        let f = &w.last;
+        let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
+        let gy = Matrix::packed(r(ids.g), 2 * CROSS).with_batch_stride(PIXELS * 2 * CROSS);
+        gemm_batched(
+            gpu,
+            GemmProblem {
+                m: PIXELS,
+                n: 2 * CROSS,
+                k: D,
+                batch: b,
+            },
+            gx,
+            Matrix::packed(f.keys.0, D),
+            gy,
+            Some(f.keys.1),
+            Activation::None,
+            Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
+        )?;
+        token_to_image(
+            f.q,
+            pe_cols::FINAL_Q,
+            (r(ids.g), 2 * CROSS, 0, false),
+            f.out,
+            f.norm,
+        )?;
+
+        // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
+        // per-MLP biases come in as residual tables (the GEMM bias is shared by the batch).
+        let mut x = Matrix::packed(queries, D)
+            .with_row_stride(t * D)
+            .with_batch_stride(D);
+        for layer in 0..3 {
+            let n = if layer == 2 { UP2 } else { HEAD_HIDDEN };
+            let y = Matrix::packed(r(ids.head[layer]), n).with_batch_stride(max * n);
+            let res = Matrix::packed(r(ids.head_bias[layer]), n).with_batch_stride(max * n);
+            let wm = Matrix::packed(w.heads_w[layer], D).with_batch_stride(n * D);
+            let act = if layer == 2 {
+                Activation::None
+            } else {
+                Activation::Relu
+            };
+            launch_gemm(
+                gpu,
+                &GemmProblem {
+                    m: b,
+                    n,
+                    k: D,
+                    batch: HEADS,
+                },
+                &GemmArgs {
+                    x,
+                    w: wm,
+                    y,
+                    epilogue: Epilogue {
+                        activation: act,
+                        residual: Some(Residual {
+                            matrix: res,
+                            order: ResidualOrder::BeforeActivation,
+                        }),
+                        ..Epilogue::default()
+                    },
+                },
+            )?;
+            x = y;
+        }
+
+        // Output upscaling.
+        gemm(
+            gpu,
+            b * PIXELS,
+            4 * UP1,
+            D,
+            (r(ids.keys), D),
+            (w.up1.0, 0),
+            (r(ids.up1), 4 * UP1),
+            Some(w.up1.1),
+            Activation::None,
+            None,
+        )?;
+        launch_ln_gelu_c64(
+            gpu,
+            r(ids.up1),
+            b * PIXELS * 4,
+            w.up1_ln.0,
+            w.up1_ln.1,
+            LN2D_EPS,
+        )?;
+        gemm(
+            gpu,
+            b * PIXELS * 4,
+            4 * UP2,
+            UP1,
+            (r(ids.up1), UP1),
+            (w.up2.0, 0),
+            (r(ids.up2), 4 * UP2),
+            Some(w.up2.1),
+            Activation::Gelu,
+            None,
+        )?;
+        launch_masks(
+            gpu,
+            &MaskProductArgs {
+                batch: b,
+                stride: max,
+                multimask: self.config.multimask,
+                upscaled: r(ids.up2),
+                heads: r(ids.head[2]),
+                count: prompts,
+                low_res: r(ids.low_res),
+                iou: r(ids.iou),
+                mask_count: r(ids.mask_count),
+            },
+        )
+    }
+}
+
+/// `region` advanced by `col` fp16 elements.
+fn offset(region: DeviceRegion, col: usize) -> DeviceRegion {
+    offset_bytes(region, col * 2)
+}
+
+fn offset_bytes(region: DeviceRegion, bytes: usize) -> DeviceRegion {
+    DeviceRegion::new(
+        region.ptr + bytes as DevicePtr,
+        region.bytes.saturating_sub(bytes),
+    )
+}
+
+/// A non-batched GEMM: operands as (region, row stride); the weight row stride 0 means K.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    gpu: &Gpu,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: (DeviceRegion, usize),
+    w: (DeviceRegion, usize),
+    y: (DeviceRegion, usize),
+    bias: Option<DeviceRegion>,
+    activation: Activation,
+    residual: Option<(DeviceRegion, usize, usize)>,
+) -> Result<()> {
+    let w_stride = if w.1 == 0 { k } else { w.1 };
+    launch_gemm(
+        gpu,
+        &GemmProblem::new(m, n, k),
+        &GemmArgs {
+            x: Matrix::packed(x.0, x.1),
+            w: Matrix::packed(w.0, w_stride),
+            y: Matrix::packed(y.0, y.1),
+            epilogue: Epilogue {
+                bias,
+                activation,
+                residual: residual.map(|(region, stride, batch_stride)| Residual {
+                    matrix: Matrix::packed(region, stride).with_batch_stride(batch_stride),
+                    order: ResidualOrder::AfterActivation,
+                }),
+                ..Epilogue::default()
+            },
+        },
+    )
+}
+
+/// A batched GEMM with a residual added after the activation.
+#[allow(clippy::too_many_arguments)]
+fn gemm_batched(
+    gpu: &Gpu,
+    problem: GemmProblem,
+    x: Matrix,
+    w: Matrix,
+    y: Matrix,
+    bias: Option<DeviceRegion>,
+    activation: Activation,
+    residual: Option<Matrix>,
+) -> Result<()> {
+    launch_gemm(
+        gpu,
+        &problem,
+        &GemmArgs {
+            x,
+            w,
+            y,
+            epilogue: Epilogue {
+                bias,
+                activation,
+                residual: residual.map(|matrix| Residual {
+                    matrix,
+                    order: ResidualOrder::AfterActivation,
+                }),
+                ..Epilogue::default()
+            },
+        },
+    )
+}
+
+/// Uploads an image embedding given as NCHW `[256, 64, 64]` f32 (the official layout) as the
+/// NHWC fp16 `[64, 64, 256]` the decoder reads (tests and tools; the image encoder writes
+/// NHWC directly).
+pub fn upload_embedding_nchw(gpu: &Gpu, nchw: &[f32]) -> Result<DeviceBuffer> {
+    if nchw.len() != D * PIXELS {
+        return Err(Error::Plan(format!(
+            "image embedding has {} values, expected 256 x 64 x 64",
+            nchw.len()
+        )));
+    }
+    let mut nhwc = vec![f16::ZERO; D * PIXELS];
+    for c in 0..D {
+        for p in 0..PIXELS {
+            nhwc[p * D + c] = f16::from_f32(nchw[c * PIXELS + p]);
+        }
+    }
+    let buffer = gpu.alloc(nhwc.len() * 2)?;
+    gpu.upload(buffer.ptr(), bytemuck::cast_slice(&nhwc))?;
+    Ok(buffer)
+}

@@ -1,0 +1,276 @@
+//! Launchers for `kernels/sam_decoder.cu`: the MobileSAM prompt encoder (positional encoding of
+//! points and boxes, token assembly), the LayerNorm2d + GELU of the mask upscaling, and the
+//! hypernetwork mask product with the multimask slice. The transformer itself is GEMMs,
+//! LayerNorms and attentions from the other launchers (see `models::mobilesam::decoder`).
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{launch_error, DeviceRegion};
+use crate::error::Result;
+use crate::gpu::Gpu;
+
+/// Channels of the SAM transformer.
+pub const SAM_DIM: usize = 256;
+/// Output tokens in front of the prompt tokens: the IoU token and 4 mask tokens.
+pub const OUTPUT_TOKENS: usize = 5;
+/// Side of the image embedding.
+pub const EMBED_SIDE: usize = 64;
+/// Pixels of the image embedding.
+pub const EMBED_PIXELS: usize = EMBED_SIDE * EMBED_SIDE;
+/// Channels of the final upscaled map (`transformer_dim // 8`).
+pub const UPSCALED_CHANNELS: usize = 32;
+/// Rows of the head outputs: IoU head, then the 4 hypernetwork MLPs.
+pub const HEADS: usize = 5;
+
+/// Label codes in a prompt buffer (the index of `point_embeddings`, -1 for padding).
+pub mod label {
+    /// `not_a_point_embed` (PromptEncoder's padding point, label -1).
+    pub const PADDING: f32 = -1.0;
+    /// Background point (label 0).
+    pub const NEGATIVE: f32 = 0.0;
+    /// Foreground point (label 1).
+    pub const POSITIVE: f32 = 1.0;
+    /// First box corner (`point_embeddings[2]`).
+    pub const BOX_TOP_LEFT: f32 = 2.0;
+    /// Second box corner (`point_embeddings[3]`).
+    pub const BOX_BOTTOM_RIGHT: f32 = 3.0;
+}
+
+/// Mirrors `PromptParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct PromptParams {
+    count: u64,
+    prompts: u64,
+    header: u64,
+    gauss: u64,
+    label_embed: u64,
+    output_tokens: u64,
+    tokens: u64,
+    points: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for PromptParams {}
+
+/// Operands of [`launch_prompt_encode`].
+#[derive(Debug, Clone, Copy)]
+pub struct PromptEncodeArgs {
+    /// Prompts computed (grid.y); prompts past the device count become padding.
+    pub batch: usize,
+    /// Points per prompt (2 for a box).
+    pub points: usize,
+    /// One u32: prompts in use.
+    pub count: DeviceRegion,
+    /// `[batch, points, 3]` f32: x, y in frame pixels and a [`label`] code.
+    pub prompts: DeviceRegion,
+    /// The frame's `FrameHeader` (size and MobileSAM extent).
+    pub header: DeviceRegion,
+    /// `[2, 128]` f32 Gaussian frequencies.
+    pub gauss: DeviceRegion,
+    /// `[5, 256]` f32: `point_embeddings[0..4]`, then `not_a_point_embed`.
+    pub label_embed: DeviceRegion,
+    /// `[5, 256]` f32: `iou_token`, then `mask_tokens`.
+    pub output_tokens: DeviceRegion,
+    /// `[batch, 5 + points, 256]` fp16 output.
+    pub tokens: DeviceRegion,
+}
+
+/// Writes the decoder's input tokens for every prompt (see the kernel file).
+pub fn launch_prompt_encode(gpu: &Gpu, a: &PromptEncodeArgs) -> Result<()> {
+    const KERNEL: &str = "sam_prompt_encode";
+    if a.batch == 0 || a.batch > 65535 || a.points == 0 || a.points > 4096 {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "batch {} must be 1..=65535 and points {} 1..=4096",
+                a.batch, a.points
+            ),
+        ));
+    }
+    let tokens = OUTPUT_TOKENS + a.points;
+    a.count.check(KERNEL, "count", Some(4), 4)?;
+    a.prompts
+        .check(KERNEL, "prompts", Some(a.batch * a.points * 12), 4)?;
+    a.header.check(
+        KERNEL,
+        "frame header",
+        Some(std::mem::size_of::<crate::frame::FrameHeader>()),
+        4,
+    )?;
+    a.gauss.check(KERNEL, "gauss", Some(2 * 128 * 4), 4)?;
+    a.label_embed
+        .check(KERNEL, "label embeddings", Some(5 * SAM_DIM * 4), 4)?;
+    a.output_tokens.check(
+        KERNEL,
+        "output tokens",
+        Some(OUTPUT_TOKENS * SAM_DIM * 4),
+        4,
+    )?;
+    a.tokens
+        .check(KERNEL, "tokens", Some(a.batch * tokens * SAM_DIM * 2), 2)?;
+    let params = PromptParams {
+        count: a.count.ptr,
+        prompts: a.prompts.ptr,
+        header: a.header.ptr,
+        gauss: a.gauss.ptr,
+        label_embed: a.label_embed.ptr,
+        output_tokens: a.output_tokens.ptr,
+        tokens: a.tokens.ptr,
+        points: a.points as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (tokens as u32, a.batch as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().sam_prompt_encode);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}
+
+/// In place `x = GELU(LayerNorm(x) * gamma + beta)` over `rows` rows of 64 fp16 channels
+/// (`output_upscaling[1..3]`, eps 1e-6).
+pub fn launch_ln_gelu_c64(
+    gpu: &Gpu,
+    x: DeviceRegion,
+    rows: usize,
+    gamma: DeviceRegion,
+    beta: DeviceRegion,
+    eps: f32,
+) -> Result<()> {
+    const KERNEL: &str = "sam_ln_gelu_c64";
+    if rows == 0 || !(eps.is_finite() && eps >= 0.0) {
+        return Err(launch_error(
+            KERNEL,
+            format!("rows {rows} must be > 0, eps {eps} finite"),
+        ));
+    }
+    x.check(KERNEL, "x", rows.checked_mul(128), 16)?;
+    gamma.check(KERNEL, "gamma", Some(256), 4)?;
+    beta.check(KERNEL, "beta", Some(256), 4)?;
+    let blocks =
+        u32::try_from(rows.div_ceil(32)).map_err(|_| launch_error(KERNEL, "grid overflows"))?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let rows = rows as i64;
+    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_ln_gelu_c64);
+    launch
+        .arg(&x.ptr)
+        .arg(&gamma.ptr)
+        .arg(&beta.ptr)
+        .arg(&rows)
+        .arg(&eps);
+    // SAFETY: argument order and types match the kernel; sizes checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}
+
+/// Mirrors `MaskParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct MaskParams {
+    upscaled: u64,
+    heads: u64,
+    count: u64,
+    low_res: u64,
+    iou: u64,
+    mask_count: u64,
+    batch: i32,
+    stride: i32,
+    first: i32,
+    masks: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for MaskParams {}
+
+/// Operands of [`launch_masks`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaskProductArgs {
+    /// Prompts computed.
+    pub batch: usize,
+    /// Rows between the head outputs' blocks (the plan's maximum prompt count).
+    pub stride: usize,
+    /// Multimask output (mask tokens 1..4) or the single mask (token 0).
+    pub multimask: bool,
+    /// `[batch * 16384, 128]` fp16 upscaled embedding in ConvTranspose order.
+    pub upscaled: DeviceRegion,
+    /// `[5][stride][32]` fp16 head outputs.
+    pub heads: DeviceRegion,
+    /// One u32: prompts in use.
+    pub count: DeviceRegion,
+    /// `[batch, C, 256, 256]` f32 output.
+    pub low_res: DeviceRegion,
+    /// `[batch, C]` f32 output.
+    pub iou: DeviceRegion,
+    /// One u32 output: masks in use (`min(count, batch) * C`).
+    pub mask_count: DeviceRegion,
+}
+
+/// Masks per prompt for the multimask flag.
+pub fn masks_per_prompt(multimask: bool) -> usize {
+    if multimask {
+        3
+    } else {
+        1
+    }
+}
+
+/// `low_res = hyper_in @ upscaled` and the IoU slice (MaskDecoder.forward's `mask_slice`).
+pub fn launch_masks(gpu: &Gpu, a: &MaskProductArgs) -> Result<()> {
+    const KERNEL: &str = "sam_masks";
+    let c = masks_per_prompt(a.multimask);
+    if a.batch == 0 || a.batch > 65535 || a.stride < a.batch {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "batch {} must be 1..=65535 and <= stride {}",
+                a.batch, a.stride
+            ),
+        ));
+    }
+    let pixels = 4 * 4 * EMBED_PIXELS;
+    a.upscaled
+        .check(KERNEL, "upscaled", Some(a.batch * pixels / 4 * 128 * 2), 16)?;
+    a.heads.check(
+        KERNEL,
+        "heads",
+        Some(HEADS * a.stride * UPSCALED_CHANNELS * 2),
+        2,
+    )?;
+    a.count.check(KERNEL, "count", Some(4), 4)?;
+    a.low_res
+        .check(KERNEL, "low_res", Some(a.batch * c * pixels * 4), 4)?;
+    a.iou.check(KERNEL, "iou", Some(a.batch * c * 4), 4)?;
+    a.mask_count.check(KERNEL, "mask_count", Some(4), 4)?;
+    let params = MaskParams {
+        upscaled: a.upscaled.ptr,
+        heads: a.heads.ptr,
+        count: a.count.ptr,
+        low_res: a.low_res.ptr,
+        iou: a.iou.ptr,
+        mask_count: a.mask_count.ptr,
+        batch: a.batch as i32,
+        stride: a.stride as i32,
+        first: i32::from(a.multimask),
+        masks: c as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (256, a.batch as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_masks);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}

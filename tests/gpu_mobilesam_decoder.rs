@@ -1,0 +1,423 @@
+//! GPU tests of the MobileSAM prompt encoder + mask decoder against the official PyTorch code
+//! (fixtures from tests/parity/gen_mobilesam.py): low-res logits (rel L2 <= 2e-2), IoU
+//! predictions (abs <= 1e-2), and the final frame-resolution masks after mask decoding into a
+//! packet. Also graph replay == eager, no allocation per decode, typed prompt errors (these use
+//! synthetic weights, so they run without fixtures). Skipped without a GPU.
+
+mod common;
+
+use common::weights::{spec, temp_dir, write};
+use common::{fixtures, gpu_available};
+use finesam::frame::{sam_extent, FrameHeader, FRAME_PIXEL_OFFSET};
+use finesam::gpu::{DeviceBuffer, Graph};
+use finesam::models::mobilesam::decoder::{
+    expected_tensors, upload_embedding_nchw, DecodeConfig, DecodePlan, MaskDecoder,
+};
+use finesam::models::mobilesam::prompt::{PromptKind, Prompts};
+use finesam::ops::mask::{
+    launch_mask_decode, MaskDecodeIo, MaskDecodeParams, BOUNDS_BYTES_PER_MASK,
+};
+use finesam::ops::packet::launch_assemble_packet_header;
+use finesam::ops::DeviceRegion;
+use finesam::weights::WeightsFile;
+use finesam::{reference, Error, Frame, Gpu, PacketLayout, PixelFormat, ResultPacket};
+use safetensors::SafeTensors;
+
+const LOGIT_REL_L2: f64 = 2e-2;
+const IOU_ABS: f64 = 1e-2;
+const MASK_IOU: f64 = 0.98;
+const LOW: usize = 256 * 256;
+
+fn f32s(tensors: &SafeTensors<'_>, name: &str) -> Option<Vec<f32>> {
+    tensors
+        .tensor(name)
+        .ok()
+        .map(|t| bytemuck::pod_collect_to_vec(t.data()))
+}
+
+/// The frame header of a `width x height` frame, uploaded (mask decoding and the prompt
+/// encoder read it; pixels are not needed).
+fn header(gpu: &Gpu, width: u32, height: u32) -> DeviceBuffer {
+    let h =
+        FrameHeader::for_frame(&Frame::packed(&[], width, height, PixelFormat::Rgb8), 1).unwrap();
+    let buffer = gpu.alloc(FRAME_PIXEL_OFFSET).unwrap();
+    gpu.upload(buffer.ptr(), bytemuck::bytes_of(&h)).unwrap();
+    buffer
+}
+
+fn rel_l2(ours: &[f32], reference: &[f32]) -> (f64, f64) {
+    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
+    for (&a, &b) in ours.iter().zip(reference) {
+        let d = a as f64 - b as f64;
+        num += d * d;
+        den += (b as f64) * (b as f64);
+        max = max.max(d.abs());
+    }
+    ((num / den.max(1e-30)).sqrt(), max)
+}
+
+/// Decodes `low` (the plan's outputs) into a packet and returns it.
+fn decode_masks(
+    gpu: &Gpu,
+    plan: &DecodePlan,
+    frame_header: &DeviceBuffer,
+    prompts: usize,
+) -> Vec<u8> {
+    let c = plan.masks_per_prompt();
+    let masks = prompts * c;
+    let layout = PacketLayout {
+        detection_capacity: masks as u32,
+        mask_data_capacity: 64 << 20,
+    };
+    let bounds = gpu.alloc(masks * BOUNDS_BYTES_PER_MASK).unwrap();
+    let packet = gpu.alloc(layout.total_bytes()).unwrap();
+    let counts = gpu.alloc(16).unwrap();
+    gpu.upload(
+        counts.ptr(),
+        bytemuck::cast_slice(&[prompts as u32, 0, 0, 0]),
+    )
+    .unwrap();
+    gpu.memset(packet.ptr(), 0xAB, layout.total_bytes())
+        .unwrap();
+    launch_mask_decode(
+        gpu,
+        &MaskDecodeIo {
+            low_res: plan.low_res().ptr,
+            low_res_bytes: plan.low_res().bytes,
+            mask_count: plan.mask_count().ptr,
+            upload: frame_header.ptr(),
+            bounds: bounds.ptr(),
+            bounds_bytes: bounds.len(),
+            packet: packet.ptr(),
+            packet_bytes: packet.len(),
+            counts: counts.ptr(),
+        },
+        &layout,
+        &MaskDecodeParams {
+            masks_per_detection: c as u32,
+            max_masks: masks as u32,
+            threshold: 0.0,
+        },
+    )
+    .unwrap();
+    launch_assemble_packet_header(
+        gpu,
+        frame_header.ptr(),
+        Some(counts.ptr()),
+        packet.ptr(),
+        packet.len(),
+        &layout,
+    )
+    .unwrap();
+    let mut bytes = vec![0u8; layout.total_bytes()];
+    gpu.download(&mut bytes, packet.ptr()).unwrap();
+    gpu.synchronize().unwrap();
+    bytes
+}
+
+#[test]
+fn decoder_matches_pytorch() {
+    if !gpu_available("decoder_matches_pytorch") {
+        return;
+    }
+    let Some(dir) = fixtures("decoder_matches_pytorch", "mobilesam") else {
+        return;
+    };
+    let gpu = Gpu::new(0).unwrap();
+    let file = WeightsFile::open(dir.join("weights.safetensors")).unwrap();
+    let decoder = MaskDecoder::load(&gpu, &file).unwrap();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "weights.safetensors"))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no image fixtures in {}", dir.display());
+    println!(
+        "{:<22} {:<14} {:>3} {:>3} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>7}",
+        "image",
+        "prompts",
+        "K",
+        "C",
+        "rel L2",
+        "max abs",
+        "iou err",
+        "flips",
+        "worst|l|",
+        "bound",
+        "min IoU"
+    );
+    let mut failures = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(&path).unwrap();
+        let tensors = SafeTensors::deserialize(&bytes).unwrap();
+        let image = path.file_stem().unwrap().to_string_lossy().to_string();
+        let shape = tensors.tensor("frame").unwrap().shape().to_vec();
+        let (height, width) = (shape[0] as u32, shape[1] as u32);
+        let extent = sam_extent(width, height).unwrap();
+        let embedding = upload_embedding_nchw(&gpu, &f32s(&tensors, "embedding").unwrap()).unwrap();
+        let frame_header = header(&gpu, width, height);
+        for (set, multimask) in [
+            ("boxes1", false),
+            ("boxes8", false),
+            ("boxes32", false),
+            ("boxes8_multi", true),
+            ("points3_multi", true),
+        ] {
+            let Some(reference_low) = f32s(&tensors, &format!("{set}.low_res_logits")) else {
+                continue;
+            };
+            let reference_iou = f32s(&tensors, &format!("{set}.iou")).unwrap();
+            let boxes: Vec<[f32; 4]>;
+            let points: Vec<[f32; 2]>;
+            let labels: Vec<f32>;
+            let prompts = if let Some(b) = f32s(&tensors, &format!("{set}.boxes")) {
+                boxes = b
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect();
+                Prompts::Boxes(&boxes)
+            } else {
+                let p = f32s(&tensors, &format!("{set}.points")).unwrap();
+                points = p.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
+                labels = f32s(&tensors, &format!("{set}.point_labels")).unwrap();
+                // predict_torch got one prompt of all points.
+                Prompts::Points {
+                    coords: &points,
+                    labels: &labels,
+                    per_prompt: points.len(),
+                }
+            };
+            let k = prompts.count();
+            let plan = decoder
+                .plan(
+                    &gpu,
+                    DecodeConfig {
+                        max_prompts: k,
+                        kind: prompts.kind(),
+                        multimask,
+                    },
+                )
+                .unwrap();
+            let c = plan.masks_per_prompt();
+            assert_eq!(
+                reference_low.len(),
+                k * c * LOW,
+                "{image}/{set}: fixture shape"
+            );
+            gpu.memset(plan.low_res().ptr, 0xFF, plan.low_res().bytes)
+                .unwrap(); // poison
+            plan.stage_prompts(&gpu, &prompts).unwrap();
+            decoder
+                .decode(
+                    &gpu,
+                    &plan,
+                    DeviceRegion::of(&embedding),
+                    DeviceRegion::of(&frame_header),
+                    k,
+                )
+                .unwrap();
+            let (low, iou) = plan.read_outputs(&gpu, k).unwrap();
+            let (rel, max_abs) = rel_l2(&low, &reference_low);
+            let iou_err = iou
+                .iter()
+                .zip(&reference_iou)
+                .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                .fold(0f64, f64::max);
+
+            // Final masks: our logits through mask decoding vs the reference logits through
+            // the f64 postprocess.
+            let packet_bytes = decode_masks(&gpu, &plan, &frame_header, k);
+            let packet = ResultPacket::parse(&packet_bytes).unwrap();
+            assert_eq!(packet.header().mask_count as usize, k * c, "{image}/{set}");
+            let bound = 3.0 * max_abs + 1e-4;
+            let (mut flips, mut worst, mut min_iou) = (0u64, 0f64, 1f64);
+            let min_area = (width as u64 * height as u64) / 100;
+            for (m, mask) in packet.masks().enumerate() {
+                let logits = &reference_low[m * LOW..(m + 1) * LOW];
+                let (mut inter, mut union, mut area) = (0u64, 0u64, 0u64);
+                for y in 0..height {
+                    for x in 0..width {
+                        let l = reference::mask_logit(
+                            logits,
+                            (width as usize, height as usize),
+                            (extent.0 as usize, extent.1 as usize),
+                            (x as usize, y as usize),
+                        );
+                        let (want, got) = (l > 0.0, mask.contains(x, y));
+                        area += want as u64;
+                        inter += (want && got) as u64;
+                        union += (want || got) as u64;
+                        if want != got {
+                            flips += 1;
+                            worst = worst.max(l.abs());
+                        }
+                    }
+                }
+                if area >= min_area {
+                    min_iou = min_iou.min(inter as f64 / union.max(1) as f64);
+                }
+            }
+            println!(
+                "{image:<22} {set:<14} {k:>3} {c:>3} {rel:>9.2e} {max_abs:>8.3} {iou_err:>8.1e} {flips:>7} {worst:>9.2e} {bound:>8.3} {min_iou:>7.4}"
+            );
+            if rel > LOGIT_REL_L2 || iou_err > IOU_ABS || worst > bound || min_iou < MASK_IOU {
+                failures.push(format!("{image}/{set}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "out of tolerance (rel L2 <= {LOGIT_REL_L2}, IoU abs <= {IOU_ABS}, flips within 3x the \
+         low-res error, mask IoU >= {MASK_IOU}): {failures:?}"
+    );
+}
+
+/// A full decoder state dict with small deterministic values (shapes from the official names).
+fn synthetic_weights(test: &str) -> WeightsFile {
+    let specs: Vec<_> = expected_tensors()
+        .iter()
+        .map(|(name, shape)| spec(name, shape))
+        .collect();
+    let path = write(&temp_dir(test), "decoder.safetensors", &specs);
+    WeightsFile::open(path).unwrap()
+}
+
+#[test]
+fn graph_replay_equals_eager_without_allocation() {
+    if !gpu_available("graph_replay_equals_eager_without_allocation") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let file = synthetic_weights("decoder_graph");
+    let decoder = MaskDecoder::load(&gpu, &file).unwrap();
+    let mut rng = common::Rng::new(42);
+    let nchw: Vec<f32> = (0..256 * 4096).map(|_| rng.normal() as f32).collect();
+    let embedding = upload_embedding_nchw(&gpu, &nchw).unwrap();
+    let frame_header = header(&gpu, 1920, 1080);
+    for multimask in [false, true] {
+        let plan = decoder
+            .plan(
+                &gpu,
+                DecodeConfig {
+                    max_prompts: 8,
+                    kind: PromptKind::Boxes,
+                    multimask,
+                },
+            )
+            .unwrap();
+        let boxes: Vec<[f32; 4]> = (0..5)
+            .map(|i| {
+                let x = 100.0 + 150.0 * i as f32;
+                [x, 200.0, x + 300.0, 700.0]
+            })
+            .collect();
+        plan.stage_prompts(&gpu, &Prompts::Boxes(&boxes)).unwrap();
+        let (emb, hdr) = (
+            DeviceRegion::of(&embedding),
+            DeviceRegion::of(&frame_header),
+        );
+        decoder.decode(&gpu, &plan, emb, hdr, 8).unwrap();
+        let (eager, eager_iou) = plan.read_outputs(&gpu, 5).unwrap();
+        assert!(eager.iter().all(|v| v.is_finite()), "eager logits finite");
+        let mut count = [0u8; 4];
+        gpu.download(&mut count, plan.mask_count().ptr).unwrap();
+        gpu.synchronize().unwrap();
+        let c = plan.masks_per_prompt() as u32;
+        assert_eq!(
+            u32::from_le_bytes(count),
+            5 * c,
+            "mask count = prompts in use x C"
+        );
+
+        let graph = Graph::capture(&gpu, || decoder.decode(&gpu, &plan, emb, hdr, 8)).unwrap();
+        let before = gpu.counters();
+        for _ in 0..3 {
+            gpu.memset(plan.low_res().ptr, 0xFF, plan.low_res().bytes)
+                .unwrap();
+            graph.replay().unwrap();
+        }
+        decoder.decode(&gpu, &plan, emb, hdr, 8).unwrap();
+        graph.replay().unwrap();
+        gpu.synchronize().unwrap();
+        let after = gpu.counters();
+        assert_eq!(
+            after.since(&before).device_allocations,
+            0,
+            "no allocation per decode"
+        );
+        let (replayed, replayed_iou) = plan.read_outputs(&gpu, 5).unwrap();
+        let differing = eager
+            .iter()
+            .zip(&replayed)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        println!(
+            "multimask {multimask}: graph replay vs eager: {differing} of {} logits differ",
+            eager.len()
+        );
+        assert_eq!(differing, 0);
+        assert_eq!(eager_iou, replayed_iou);
+    }
+}
+
+#[test]
+fn bad_prompts_are_typed_errors() {
+    if !gpu_available("bad_prompts_are_typed_errors") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let file = synthetic_weights("decoder_errors");
+    let decoder = MaskDecoder::load(&gpu, &file).unwrap();
+    let plan = decoder
+        .plan(
+            &gpu,
+            DecodeConfig {
+                max_prompts: 2,
+                kind: PromptKind::Boxes,
+                multimask: false,
+            },
+        )
+        .unwrap();
+    let good = [[1.0, 2.0, 30.0, 40.0]];
+    let too_many = [[1.0, 2.0, 30.0, 40.0]; 3];
+    let nan = [[1.0, f32::NAN, 30.0, 40.0]];
+    for prompts in [
+        Prompts::Boxes(&[]),
+        Prompts::Boxes(&too_many),
+        Prompts::Boxes(&nan),
+        Prompts::Points {
+            coords: &[[1.0, 2.0]],
+            labels: &[1.0],
+            per_prompt: 1,
+        },
+    ] {
+        let err = plan.stage_prompts(&gpu, &prompts).unwrap_err();
+        assert!(matches!(err, Error::Prompt(_)), "{err:?}");
+    }
+    plan.stage_prompts(&gpu, &Prompts::Boxes(&good)).unwrap();
+    let embedding = gpu.alloc(256 * 4096 * 2).unwrap();
+    let hdr = header(&gpu, 640, 480);
+    let err = decoder
+        .decode(
+            &gpu,
+            &plan,
+            DeviceRegion::of(&embedding),
+            DeviceRegion::of(&hdr),
+            3,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Plan(_)), "{err:?}");
+    let small = gpu.alloc(1024).unwrap();
+    let err = decoder
+        .decode(
+            &gpu,
+            &plan,
+            DeviceRegion::of(&small),
+            DeviceRegion::of(&hdr),
+            1,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Launch { .. }), "{err:?}");
+}
