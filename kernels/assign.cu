@@ -61,6 +61,8 @@ struct AssignParams {
     uint32_t levels;      // quantisation levels K for float costs
     uint32_t max_rounds;  // round cap per matrix
     uint32_t capacity;    // objects the dynamic shared memory was sized for
+    uint32_t q_capacity;  // quantised costs the shared memory holds after the state (0: none)
+    uint32_t pad;
 };
 
 struct AssignInfo {
@@ -94,12 +96,6 @@ __device__ T block_reduce(T v, Op op, T* red) {
 
 struct MinLL {
     __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
-};
-struct MinF {
-    __device__ float operator()(float a, float b) const { return fminf(a, b); }
-};
-struct MaxF {
-    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 struct AddD {
     __device__ double operator()(double a, double b) const { return a + b; }
@@ -182,16 +178,30 @@ struct Auction {
     __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
 };
 
+// Loads issued together per lane before any is used by a scan: the scan's latency is then one
+// memory round trip per kScanBatch * 32 entries instead of one per few entries.
+constexpr int kScanBatch = 8;
+
 // Person i's best and second-best object value, scanning objects from i on (rotation spreads
-// ties). Warp-collective.
+// ties). Each lane inserts its entries in increasing scan position, as before batching.
+// Warp-collective.
 __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
     const int* row = A.q + static_cast<size_t>(i) * A.m;
     Top2 t{kNegInf, kNegInf, 0x7fffffff};
-#pragma unroll 4
-    for (int k = lane; k < A.m; k += 32) {
-        int j = i + k;
-        if (j >= A.m) j -= A.m;
-        top2_insert(t, A.benefit(row[j]) - A.price[j], k);
+    for (int k0 = lane; k0 < A.m; k0 += 32 * kScanBatch) {
+        long long v[kScanBatch];
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u) {
+            const int k = k0 + 32 * u;
+            if (k < A.m) {
+                int j = i + k;
+                if (j >= A.m) j -= A.m;
+                v[u] = A.benefit(row[j]) - A.price[j];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u)
+            if (k0 + 32 * u < A.m) top2_insert(t, v[u], k0 + 32 * u);
     }
     return warp_top2(t);
 }
@@ -201,10 +211,20 @@ __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
 __device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
     const int start = j % A.n;
     Top2 t{kNegInf, kNegInf, 0x7fffffff};
-    for (int k = lane; k < A.n; k += 32) {
-        int i = start + k;
-        if (i >= A.n) i -= A.n;
-        top2_insert(t, A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i], k);
+    for (int k0 = lane; k0 < A.n; k0 += 32 * kScanBatch) {
+        long long v[kScanBatch];
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u) {
+            const int k = k0 + 32 * u;
+            if (k < A.n) {
+                int i = start + k;
+                if (i >= A.n) i -= A.n;
+                v[u] = A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u)
+            if (k0 + 32 * u < A.n) top2_insert(t, v[u], k0 + 32 * u);
     }
     return warp_top2(t);
 }
@@ -422,6 +442,43 @@ __device__ __forceinline__ AssignProblem load_problem(const AssignProblem* probl
     return p;
 }
 
+// Bytes of the auction state in dynamic shared memory (52 per object, see Auction), rounded up
+// to 16; the quantised costs follow when they fit (solve_smem_bytes in src/assign/solver.rs).
+__device__ __forceinline__ size_t state_bytes(unsigned capacity) {
+    return (static_cast<size_t>(capacity) * 52 + 15) & ~static_cast<size_t>(15);
+}
+
+// Calls f(cost, e) for every entry of a rows x cols matrix, e being the entry's index in the
+// persons x objects layout (transposed when rows > cols). The walk is row-major (coalesced) with
+// kWalkBatch loads per thread in flight before any is used. Block-collective, no barrier.
+constexpr int kWalkBatch = 8;
+
+template <typename F>
+__device__ __forceinline__ void for_each_cost(const float* cost, int rows, int cols, size_t ld, bool transposed, F f) {
+    const int total = rows * cols;
+    const int nthreads = static_cast<int>(blockDim.x);
+    for (int e0 = static_cast<int>(threadIdx.x); e0 < total; e0 += kWalkBatch * nthreads) {
+        float v[kWalkBatch];
+        int dst[kWalkBatch];
+#pragma unroll
+        for (int u = 0; u < kWalkBatch; ++u) {
+            const int e = e0 + u * nthreads;
+            dst[u] = -1;
+            v[u] = 0.0f;
+            if (e < total) {
+                const int r = e / cols, c = e - r * cols;
+                v[u] = cost[r * ld + c];
+                dst[u] = transposed ? c * rows + r : e;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kWalkBatch; ++u)
+            if (dst[u] >= 0) f(v[u], dst[u]);
+    }
+}
+
+constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
+
 }  // namespace
 
 // One block per matrix. Dynamic shared memory: 52 bytes per object of `params.capacity`.
@@ -431,12 +488,13 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     AssignParams params) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ long long red_ll[32];
-    __shared__ float red_f[32];
+    __shared__ float red_lo[32];
+    __shared__ float red_hi[32];
+    __shared__ unsigned red_flags[32];
     __shared__ double red_d[32];
     __shared__ int counts[3];
     __shared__ int overflow;
     __shared__ int lost;
-    __shared__ Scaling sc;
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
 
@@ -476,54 +534,78 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
 
-    // Pass 1: finite range, forbidden entries, integrality, invalid values.
+    // The quantised matrix lives in shared memory after the state when it fits (bids then scan
+    // shared memory), else in the global scratch (written and read by this block only).
+    const bool q_shared = static_cast<unsigned long long>(n) * m <= params.q_capacity;
+    int* q = q_shared ? reinterpret_cast<int*>(smem + state_bytes(params.capacity)) : scratch + pr.scratch_offset;
+
+    // Pass 1: finite range, forbidden entries, integrality, invalid values. With q in shared
+    // memory the (flushed) costs are parked there too, so pass 2 reads no global memory.
     float lo = INFINITY, hi = -INFINITY;
-    int bad = 0, forbidden = 0, fractional = 0, finite = 0;
-    const int total_elems = rows * cols;
-    for (int e = tid; e < total_elems; e += nthreads) {
-        const int r = e / cols;
-        const float c = flush_subnormal(cost[r * ld + (e - r * cols)]);
+    unsigned flags = 0;
+    for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) {
+        c = flush_subnormal(c);
         if (isnan(c) || c == -INFINITY) {
-            bad = 1;
+            flags |= kFlagBad;
         } else if (c == INFINITY) {
-            forbidden = 1;
+            flags |= kFlagForbidden;
         } else {
-            finite = 1;
+            flags |= kFlagFinite;
             lo = fminf(lo, c);
             hi = fmaxf(hi, c);
-            fractional |= truncf(c) != c;
+            if (truncf(c) != c) flags |= kFlagFractional;
         }
+        if (q_shared) q[e] = __float_as_int(c);
+    });
+    // One barrier for all four results (min and max are exact in any order: no NaN reaches them
+    // and flushed zeros are +0).
+    for (int off = 16; off; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
     }
-    bad = __syncthreads_or(bad);
-    forbidden = __syncthreads_or(forbidden);
-    fractional = __syncthreads_or(fractional);
-    finite = __syncthreads_or(finite);
-    lo = block_reduce(lo, MinF{}, red_f);
-    hi = block_reduce(hi, MaxF{}, red_f);
-    if (bad) {
+    flags = __reduce_or_sync(kFull, flags);
+    if (lane == 0) {
+        red_lo[warp] = lo;
+        red_hi[warp] = hi;
+        red_flags[warp] = flags;
+    }
+    if (tid == 0) {
+        counts[0] = counts[1] = counts[2] = 0;
+        overflow = 0;
+        lost = 0;
+    }
+    __syncthreads();
+    for (int w = 0; w < nwarps; ++w) {
+        lo = fminf(lo, red_lo[w]);
+        hi = fmaxf(hi, red_hi[w]);
+        flags |= red_flags[w];
+    }
+    if (flags & kFlagBad) {
         finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
         return;
     }
-    if (!finite) {
+    if (!(flags & kFlagFinite)) {
         finish(kInfeasible, 0, 0, n, 0.0, 0.0);
         return;
     }
-    if (tid == 0) {
-        // Same arithmetic as Scaling::choose in src/assign/cpu.rs.
+    const bool forbidden = flags & kFlagForbidden;
+    // Every thread derives the same scaling (same arithmetic as Scaling::choose in
+    // src/assign/cpu.rs), so no broadcast barrier is needed.
+    Scaling s;
+    {
         const unsigned long long nn = n;
         const double range = __dsub_rn(static_cast<double>(hi), static_cast<double>(lo));
         const unsigned long long denom = (nn + 1) * (forbidden ? nn + 1 : 1);
         unsigned long long kcap = kScaledRangeLimit / denom;
         if (kcap > params.levels) kcap = params.levels;
         if (kcap < 1) kcap = 1;
-        Scaling s;
         s.cmin = lo;
         s.pad = 0;
         if (range == 0.0) {
             s.scale = 0.0;
             s.levels = 0;
             s.quantum = 0.0;
-        } else if (!fractional && range <= static_cast<double>(kcap)) {
+        } else if (!(flags & kFlagFractional) && range <= static_cast<double>(kcap)) {
             s.scale = 1.0;
             s.levels = static_cast<long long>(range);
             s.quantum = 0.0;
@@ -538,21 +620,16 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         const long long range_scaled = s.mult * (forbidden ? big_q : s.levels);
         const long long e0 = range_scaled / static_cast<long long>(params.theta);
         s.eps0 = e0 < 1 ? 1 : e0;
-        sc = s;
-        counts[0] = counts[1] = counts[2] = 0;
-        overflow = 0;
-        lost = 0;
     }
-    __syncthreads();
-    const Scaling s = sc;
 
-    // Pass 2: quantised costs, persons x objects (transposed when rows > cols).
-    int* q = scratch + pr.scratch_offset;
-    const int qn = n * m;
-    for (int e = tid; e < qn; e += nthreads) {
-        const int i = e / m, j = e - i * m;
-        const float c = transposed ? cost[j * ld + i] : cost[i * ld + j];
-        q[e] = quantize(c, s);
+    // Pass 2: quantised costs, persons x objects (transposed when rows > cols). In shared
+    // memory the entries parked in pass 1 are converted in place (the barrier above published
+    // them to every thread).
+    if (q_shared) {
+        const int qn = n * m;
+        for (int e = tid; e < qn; e += nthreads) q[e] = quantize(__int_as_float(q[e]), s);
+    } else {
+        for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) { q[e] = quantize(c, s); });
     }
 
     Auction A;
