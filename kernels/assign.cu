@@ -62,6 +62,8 @@ struct AssignParams {
     uint32_t max_rounds;  // round cap per matrix
     uint32_t capacity;    // objects the dynamic shared memory was sized for
     uint32_t q_capacity;  // quantised costs the shared memory holds after the state (0: none)
+    uint32_t cache_width;    // bid candidates per person after the state when q is global (0: none)
+    uint32_t cache_persons;  // persons the candidate cache was sized for
     uint32_t pad;
 };
 
@@ -117,22 +119,26 @@ __device__ __forceinline__ void top2_insert(Top2& t, long long v, int k) {
     }
 }
 
-// Warp-wide top-2; ties on the best value go to the smaller scan position, exactly like a
-// sequential scan that keeps the first maximum (the CPU model).
+// Merges the top-2 of lanes `off` apart; ties on the best value go to the smaller scan
+// position, exactly like a sequential scan that keeps the first maximum (the CPU model).
+__device__ __forceinline__ Top2 top2_merge(Top2 t, int off) {
+    const long long o1 = __shfl_xor_sync(kFull, t.v1, off);
+    const long long o2 = __shfl_xor_sync(kFull, t.v2, off);
+    const int ok = __shfl_xor_sync(kFull, t.k1, off);
+    if (o1 > t.v1 || (o1 == t.v1 && ok < t.k1)) {
+        t.v2 = max(t.v1, o2);
+        t.v1 = o1;
+        t.k1 = ok;
+    } else {
+        t.v2 = max(t.v2, o1);
+    }
+    return t;
+}
+
+// Warp-wide top-2 (every lane gets the result).
 __device__ __forceinline__ Top2 warp_top2(Top2 t) {
 #pragma unroll
-    for (int off = 16; off; off >>= 1) {
-        const long long o1 = __shfl_xor_sync(kFull, t.v1, off);
-        const long long o2 = __shfl_xor_sync(kFull, t.v2, off);
-        const int ok = __shfl_xor_sync(kFull, t.k1, off);
-        if (o1 > t.v1 || (o1 == t.v1 && ok < t.k1)) {
-            t.v2 = max(t.v1, o2);
-            t.v1 = o1;
-            t.k1 = ok;
-        } else {
-            t.v2 = max(t.v2, o1);
-        }
-    }
+    for (int off = 16; off; off >>= 1) t = top2_merge(t, off);
     return t;
 }
 
@@ -171,6 +177,13 @@ struct Auction {
     int* list1;                // [m] bidders of odd rounds
     int* counts;               // [3] list sizes, rotating
     int* overflow;             // set when a bid leaves the packed range
+    // Bid candidates (forward part only, when q is in global memory): person i's full scan
+    // keeps cw candidates (the best object of each group of 32 / cw lanes) and a bound every
+    // other object's value was <= at that scan. See bid_scan.
+    int cw;                    // candidates per person, 0 = no cache
+    long long* cand_benefit;   // [n][cw] a_ij of the candidate, j = cand_object
+    int* cand_object;          // [n][cw] -1 = none
+    long long* cand_bound;     // [n]
 
     __device__ __forceinline__ long long benefit(int qv) const {
         return qv < 0 ? -big : -static_cast<long long>(qv) * mult;
@@ -179,8 +192,9 @@ struct Auction {
 };
 
 // Loads issued together per lane before any is used by a scan: the scan's latency is then one
-// memory round trip per kScanBatch * 32 entries instead of one per few entries.
-constexpr int kScanBatch = 8;
+// memory round trip per kScanBatch * 32 entries (6: 300 objects in two trips, and no spills at
+// the 64 registers of 1024-thread blocks).
+constexpr int kScanBatch = 6;
 
 // Person i's best and second-best object value, scanning objects from i on (rotation spreads
 // ties). Each lane inserts its entries in increasing scan position, as before batching.
@@ -203,7 +217,48 @@ __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
         for (int u = 0; u < kScanBatch; ++u)
             if (k0 + 32 * u < A.m) top2_insert(t, v[u], k0 + 32 * u);
     }
+    if (A.cw != 0) {
+        // The first merge steps leave each group of 32 / cw lanes with its own top-2.
+        for (int off = 16; off >= A.cw; off >>= 1) t = top2_merge(t, off);
+        long long bound = t.v2;
+        for (int off = 16; off; off >>= 1) bound = max(bound, __shfl_xor_sync(kFull, bound, off));
+        if (lane < A.cw) {
+            const int c = i * A.cw + lane;
+            int j = -1;
+            if (t.v1 != kNegInf) {
+                j = i + t.k1;
+                if (j >= A.m) j -= A.m;
+                A.cand_benefit[c] = t.v1 + A.price[j];
+            }
+            A.cand_object[c] = j;
+        }
+        if (lane == 0) A.cand_bound[i] = bound;
+    }
     return warp_top2(t);
+}
+
+// Person i's bid scan with the same result as scan_person, from the candidates kept by i's
+// last full scan when they decide it. Within the forward part of a phase prices only rise, so
+// every value only falls: each object outside the candidates is still <= bound. If the best two
+// candidate values c1 >= c2 satisfy c2 >= bound and c1 > bound, no other object can be the
+// best, tie with it, or exceed the second: (v1, v2, k1) are exactly the full scan's. Otherwise
+// the full scan runs (and refreshes the candidates). Warp-collective.
+__device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
+    if (A.cw != 0) {
+        Top2 t{kNegInf, kNegInf, 0x7fffffff};
+        if (lane < A.cw) {
+            const int c = i * A.cw + lane;
+            const int j = A.cand_object[c];
+            if (j >= 0) {
+                t.v1 = A.cand_benefit[c] - A.price[j];
+                t.k1 = j >= i ? j - i : j - i + A.m;
+            }
+        }
+        t = warp_top2(t);
+        const long long bound = A.cand_bound[i];
+        if (t.v2 >= bound && t.v1 > bound) return t;
+    }
+    return scan_person(A, i, lane);
 }
 
 // Object j's best and second-best person for a reverse bid (value a_ij - profit_i), scanning
@@ -354,7 +409,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
             status = kIterationLimit;
             break;
         }
-        const Top2 t = scan_person(A, i, lane);
+        const Top2 t = bid_scan(A, i, lane);
         int old = -1;
         if (lane == 0) {
             int j = i + t.k1;
@@ -649,6 +704,13 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     A.list1 = A.list0 + params.capacity;
     A.counts = counts;
     A.overflow = &overflow;
+    A.cw = 0;
+    if (!q_shared && params.cache_width != 0 && n <= static_cast<int>(params.cache_persons)) {
+        A.cw = static_cast<int>(params.cache_width);
+        A.cand_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
+        A.cand_bound = A.cand_benefit + static_cast<size_t>(n) * A.cw;
+        A.cand_object = reinterpret_cast<int*>(A.cand_bound + n);
+    }
     for (int j = tid; j < m; j += nthreads) {
         A.price[j] = 0;
         A.owner[j] = -1;
@@ -726,7 +788,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             const int* cur = A.list(r);
             for (int e = warp; e < next; e += nwarps) {
                 const int i = cur[e];
-                const Top2 t = scan_person(A, i, lane);
+                const Top2 t = bid_scan(A, i, lane);
                 if (lane == 0) {
                     int j = i + t.k1;
                     if (j >= m) j -= m;

@@ -18,6 +18,16 @@ pub(crate) fn solve_smem_bytes(capacity: usize, q_elems: usize) -> usize {
     (capacity * SMEM_PER_OBJECT).next_multiple_of(16) + q_elems * 4
 }
 
+/// Candidate-cache widths tried when the quantised costs do not fit shared memory (each a
+/// power of two, see `bid_scan` in kernels/assign.cu).
+const CACHE_WIDTHS: [usize; 4] = [32, 16, 8, 4];
+
+/// Shared-memory bytes of the bid-candidate cache: per person `width` candidates (an i64
+/// benefit and an i32 object each) and an i64 bound.
+fn cache_bytes(persons: usize, width: usize) -> usize {
+    persons * (width * 12 + 8)
+}
+
 /// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
@@ -65,6 +75,10 @@ struct AssignParams {
     capacity: u32,
     /// Quantised costs the shared memory holds after the state (0: they live in `scratch`).
     q_capacity: u32,
+    /// Bid candidates per person kept after the state when the costs live in `scratch`.
+    cache_width: u32,
+    /// Persons the candidate cache was sized for.
+    cache_persons: u32,
     pad: u32,
 }
 
@@ -214,11 +228,20 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
     }
     // The quantised matrices (at most persons x capacity each) live in shared memory when they
     // fit: every bid then scans shared memory instead of L2.
-    let q_elems = capacity.saturating_mul(l.persons.max(1));
-    let (smem, q_capacity) = if solve_smem_bytes(capacity, q_elems) <= limit {
-        (solve_smem_bytes(capacity, q_elems), q_elems)
+    // Otherwise each person keeps its best candidates from its last full scan there, which
+    // decides most bids without reading the costs.
+    let persons = l.persons.max(1);
+    let q_elems = capacity.saturating_mul(persons);
+    let (smem, q_capacity, cache_width) = if solve_smem_bytes(capacity, q_elems) <= limit {
+        (solve_smem_bytes(capacity, q_elems), q_elems, 0)
     } else {
-        (state, 0)
+        match CACHE_WIDTHS
+            .iter()
+            .find(|&&w| state + cache_bytes(persons, w) <= limit)
+        {
+            Some(&w) => (state + cache_bytes(persons, w), 0, w),
+            None => (state, 0, 0),
+        }
     };
     let func = &gpu.kernels().assign_solve;
     let to_u32 = |v: usize, what: &str| {
@@ -237,6 +260,8 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         max_rounds: cfg.max_rounds,
         capacity: capacity as u32,
         q_capacity: q_capacity as u32,
+        cache_width: cache_width as u32,
+        cache_persons: persons as u32,
         pad: 0,
     };
     let launch_cfg = LaunchConfig {
