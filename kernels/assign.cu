@@ -196,27 +196,35 @@ struct Auction {
 // the 64 registers of 1024-thread blocks).
 constexpr int kScanBatch = 6;
 
-// Person i's best and second-best object value, scanning objects from i on (rotation spreads
-// ties). Each lane inserts its entries in increasing scan position, as before batching.
-// Warp-collective.
-__device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
-    const int* row = A.q + static_cast<size_t>(i) * A.m;
+// This lane's top-2 over the entries x = (start + k) mod count, k = lane, lane + 32, ...,
+// inserted in increasing scan position k (the order of the CPU model's sequential scan), with
+// value(x) loaded kScanBatch at a time.
+template <typename Value>
+__device__ __forceinline__ Top2 lane_top2(int count, int start, int lane, Value value) {
     Top2 t{kNegInf, kNegInf, 0x7fffffff};
-    for (int k0 = lane; k0 < A.m; k0 += 32 * kScanBatch) {
+    for (int k0 = lane; k0 < count; k0 += 32 * kScanBatch) {
         long long v[kScanBatch];
 #pragma unroll
         for (int u = 0; u < kScanBatch; ++u) {
             const int k = k0 + 32 * u;
-            if (k < A.m) {
-                int j = i + k;
-                if (j >= A.m) j -= A.m;
-                v[u] = A.benefit(row[j]) - A.price[j];
+            if (k < count) {
+                int x = start + k;
+                if (x >= count) x -= count;
+                v[u] = value(x);
             }
         }
 #pragma unroll
         for (int u = 0; u < kScanBatch; ++u)
-            if (k0 + 32 * u < A.m) top2_insert(t, v[u], k0 + 32 * u);
+            if (k0 + 32 * u < count) top2_insert(t, v[u], k0 + 32 * u);
     }
+    return t;
+}
+
+// Person i's best and second-best object value, scanning objects from i on (rotation spreads
+// ties); with a candidate cache it also refreshes i's candidates. Warp-collective.
+__device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
+    const int* row = A.q + static_cast<size_t>(i) * A.m;
+    Top2 t = lane_top2(A.m, i, lane, [&](int j) { return A.benefit(row[j]) - A.price[j]; });
     if (A.cw != 0) {
         // The first merge steps leave each group of 32 / cw lanes with its own top-2.
         for (int off = 16; off >= A.cw; off >>= 1) t = top2_merge(t, off);
@@ -264,23 +272,9 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
 // Object j's best and second-best person for a reverse bid (value a_ij - profit_i), scanning
 // persons from j mod n on. Warp-collective.
 __device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
-    const int start = j % A.n;
-    Top2 t{kNegInf, kNegInf, 0x7fffffff};
-    for (int k0 = lane; k0 < A.n; k0 += 32 * kScanBatch) {
-        long long v[kScanBatch];
-#pragma unroll
-        for (int u = 0; u < kScanBatch; ++u) {
-            const int k = k0 + 32 * u;
-            if (k < A.n) {
-                int i = start + k;
-                if (i >= A.n) i -= A.n;
-                v[u] = A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i];
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < kScanBatch; ++u)
-            if (k0 + 32 * u < A.n) top2_insert(t, v[u], k0 + 32 * u);
-    }
+    const Top2 t = lane_top2(A.n, j % A.n, lane, [&](int i) {
+        return A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i];
+    });
     return warp_top2(t);
 }
 
