@@ -61,6 +61,10 @@ struct AssignParams {
     uint32_t levels;      // quantisation levels K for float costs
     uint32_t max_rounds;  // round cap per matrix
     uint32_t capacity;    // objects the dynamic shared memory was sized for
+    uint32_t q_capacity;  // quantised costs the shared memory holds after the state (0: none)
+    uint32_t cache_width;    // bid candidates per person after the state when q is global (0: none)
+    uint32_t cache_persons;  // persons the candidate cache was sized for
+    uint32_t pad;
 };
 
 struct AssignInfo {
@@ -95,12 +99,6 @@ __device__ T block_reduce(T v, Op op, T* red) {
 struct MinLL {
     __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
 };
-struct MinF {
-    __device__ float operator()(float a, float b) const { return fminf(a, b); }
-};
-struct MaxF {
-    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
 struct AddD {
     __device__ double operator()(double a, double b) const { return a + b; }
 };
@@ -121,22 +119,26 @@ __device__ __forceinline__ void top2_insert(Top2& t, long long v, int k) {
     }
 }
 
-// Warp-wide top-2; ties on the best value go to the smaller scan position, exactly like a
-// sequential scan that keeps the first maximum (the CPU model).
+// Merges the top-2 of lanes `off` apart; ties on the best value go to the smaller scan
+// position, exactly like a sequential scan that keeps the first maximum (the CPU model).
+__device__ __forceinline__ Top2 top2_merge(Top2 t, int off) {
+    const long long o1 = __shfl_xor_sync(kFull, t.v1, off);
+    const long long o2 = __shfl_xor_sync(kFull, t.v2, off);
+    const int ok = __shfl_xor_sync(kFull, t.k1, off);
+    if (o1 > t.v1 || (o1 == t.v1 && ok < t.k1)) {
+        t.v2 = max(t.v1, o2);
+        t.v1 = o1;
+        t.k1 = ok;
+    } else {
+        t.v2 = max(t.v2, o1);
+    }
+    return t;
+}
+
+// Warp-wide top-2 (every lane gets the result).
 __device__ __forceinline__ Top2 warp_top2(Top2 t) {
 #pragma unroll
-    for (int off = 16; off; off >>= 1) {
-        const long long o1 = __shfl_xor_sync(kFull, t.v1, off);
-        const long long o2 = __shfl_xor_sync(kFull, t.v2, off);
-        const int ok = __shfl_xor_sync(kFull, t.k1, off);
-        if (o1 > t.v1 || (o1 == t.v1 && ok < t.k1)) {
-            t.v2 = max(t.v1, o2);
-            t.v1 = o1;
-            t.k1 = ok;
-        } else {
-            t.v2 = max(t.v2, o1);
-        }
-    }
+    for (int off = 16; off; off >>= 1) t = top2_merge(t, off);
     return t;
 }
 
@@ -175,6 +177,13 @@ struct Auction {
     int* list1;                // [m] bidders of odd rounds
     int* counts;               // [3] list sizes, rotating
     int* overflow;             // set when a bid leaves the packed range
+    // Bid candidates (forward part only, when q is in global memory): person i's full scan
+    // keeps cw candidates (the best object of each group of 32 / cw lanes) and a bound every
+    // other object's value was <= at that scan. See bid_scan.
+    int cw;                    // candidates per person, 0 = no cache
+    long long* cand_benefit;   // [n][cw] a_ij of the candidate, j = cand_object
+    int* cand_object;          // [n][cw] -1 = none
+    long long* cand_bound;     // [n]
 
     __device__ __forceinline__ long long benefit(int qv) const {
         return qv < 0 ? -big : -static_cast<long long>(qv) * mult;
@@ -182,30 +191,90 @@ struct Auction {
     __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
 };
 
+// Loads issued together per lane before any is used by a scan: the scan's latency is then one
+// memory round trip per kScanBatch * 32 entries (6: 300 objects in two trips, and no spills at
+// the 64 registers of 1024-thread blocks).
+constexpr int kScanBatch = 6;
+
+// This lane's top-2 over the entries x = (start + k) mod count, k = lane, lane + 32, ...,
+// inserted in increasing scan position k (the order of the CPU model's sequential scan), with
+// value(x) loaded kScanBatch at a time.
+template <typename Value>
+__device__ __forceinline__ Top2 lane_top2(int count, int start, int lane, Value value) {
+    Top2 t{kNegInf, kNegInf, 0x7fffffff};
+    for (int k0 = lane; k0 < count; k0 += 32 * kScanBatch) {
+        long long v[kScanBatch];
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u) {
+            const int k = k0 + 32 * u;
+            if (k < count) {
+                int x = start + k;
+                if (x >= count) x -= count;
+                v[u] = value(x);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kScanBatch; ++u)
+            if (k0 + 32 * u < count) top2_insert(t, v[u], k0 + 32 * u);
+    }
+    return t;
+}
+
 // Person i's best and second-best object value, scanning objects from i on (rotation spreads
-// ties). Warp-collective.
+// ties); with a candidate cache it also refreshes i's candidates. Warp-collective.
 __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
     const int* row = A.q + static_cast<size_t>(i) * A.m;
-    Top2 t{kNegInf, kNegInf, 0x7fffffff};
-#pragma unroll 4
-    for (int k = lane; k < A.m; k += 32) {
-        int j = i + k;
-        if (j >= A.m) j -= A.m;
-        top2_insert(t, A.benefit(row[j]) - A.price[j], k);
+    Top2 t = lane_top2(A.m, i, lane, [&](int j) { return A.benefit(row[j]) - A.price[j]; });
+    if (A.cw != 0) {
+        // The first merge steps leave each group of 32 / cw lanes with its own top-2.
+        for (int off = 16; off >= A.cw; off >>= 1) t = top2_merge(t, off);
+        long long bound = t.v2;
+        for (int off = 16; off; off >>= 1) bound = max(bound, __shfl_xor_sync(kFull, bound, off));
+        if (lane < A.cw) {
+            const int c = i * A.cw + lane;
+            int j = -1;
+            if (t.v1 != kNegInf) {
+                j = i + t.k1;
+                if (j >= A.m) j -= A.m;
+                A.cand_benefit[c] = t.v1 + A.price[j];
+            }
+            A.cand_object[c] = j;
+        }
+        if (lane == 0) A.cand_bound[i] = bound;
     }
     return warp_top2(t);
+}
+
+// Person i's bid scan with the same result as scan_person, from the candidates kept by i's
+// last full scan when they decide it. Within the forward part of a phase prices only rise, so
+// every value only falls: each object outside the candidates is still <= bound. If the best two
+// candidate values c1 >= c2 satisfy c2 >= bound and c1 > bound, no other object can be the
+// best, tie with it, or exceed the second: (v1, v2, k1) are exactly the full scan's. Otherwise
+// the full scan runs (and refreshes the candidates). Warp-collective.
+__device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
+    if (A.cw != 0) {
+        Top2 t{kNegInf, kNegInf, 0x7fffffff};
+        if (lane < A.cw) {
+            const int c = i * A.cw + lane;
+            const int j = A.cand_object[c];
+            if (j >= 0) {
+                t.v1 = A.cand_benefit[c] - A.price[j];
+                t.k1 = j >= i ? j - i : j - i + A.m;
+            }
+        }
+        t = warp_top2(t);
+        const long long bound = A.cand_bound[i];
+        if (t.v2 >= bound && t.v1 > bound) return t;
+    }
+    return scan_person(A, i, lane);
 }
 
 // Object j's best and second-best person for a reverse bid (value a_ij - profit_i), scanning
 // persons from j mod n on. Warp-collective.
 __device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
-    const int start = j % A.n;
-    Top2 t{kNegInf, kNegInf, 0x7fffffff};
-    for (int k = lane; k < A.n; k += 32) {
-        int i = start + k;
-        if (i >= A.n) i -= A.n;
-        top2_insert(t, A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i], k);
-    }
+    const Top2 t = lane_top2(A.n, j % A.n, lane, [&](int i) {
+        return A.benefit(A.q[static_cast<size_t>(i) * A.m + j]) - A.profit[i];
+    });
     return warp_top2(t);
 }
 
@@ -334,7 +403,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
             status = kIterationLimit;
             break;
         }
-        const Top2 t = scan_person(A, i, lane);
+        const Top2 t = bid_scan(A, i, lane);
         int old = -1;
         if (lane == 0) {
             int j = i + t.k1;
@@ -422,6 +491,43 @@ __device__ __forceinline__ AssignProblem load_problem(const AssignProblem* probl
     return p;
 }
 
+// Bytes of the auction state in dynamic shared memory (52 per object, see Auction), rounded up
+// to 16; the quantised costs follow when they fit (solve_smem_bytes in src/assign/solver.rs).
+__device__ __forceinline__ size_t state_bytes(unsigned capacity) {
+    return (static_cast<size_t>(capacity) * 52 + 15) & ~static_cast<size_t>(15);
+}
+
+// Calls f(cost, e) for every entry of a rows x cols matrix, e being the entry's index in the
+// persons x objects layout (transposed when rows > cols). The walk is row-major (coalesced) with
+// kWalkBatch loads per thread in flight before any is used. Block-collective, no barrier.
+constexpr int kWalkBatch = 8;
+
+template <typename F>
+__device__ __forceinline__ void for_each_cost(const float* cost, int rows, int cols, size_t ld, bool transposed, F f) {
+    const int total = rows * cols;
+    const int nthreads = static_cast<int>(blockDim.x);
+    for (int e0 = static_cast<int>(threadIdx.x); e0 < total; e0 += kWalkBatch * nthreads) {
+        float v[kWalkBatch];
+        int dst[kWalkBatch];
+#pragma unroll
+        for (int u = 0; u < kWalkBatch; ++u) {
+            const int e = e0 + u * nthreads;
+            dst[u] = -1;
+            v[u] = 0.0f;
+            if (e < total) {
+                const int r = e / cols, c = e - r * cols;
+                v[u] = cost[r * ld + c];
+                dst[u] = transposed ? c * rows + r : e;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kWalkBatch; ++u)
+            if (dst[u] >= 0) f(v[u], dst[u]);
+    }
+}
+
+constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
+
 }  // namespace
 
 // One block per matrix. Dynamic shared memory: 52 bytes per object of `params.capacity`.
@@ -431,12 +537,13 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     AssignParams params) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ long long red_ll[32];
-    __shared__ float red_f[32];
+    __shared__ float red_lo[32];
+    __shared__ float red_hi[32];
+    __shared__ unsigned red_flags[32];
     __shared__ double red_d[32];
     __shared__ int counts[3];
     __shared__ int overflow;
     __shared__ int lost;
-    __shared__ Scaling sc;
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
 
@@ -476,54 +583,78 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
 
-    // Pass 1: finite range, forbidden entries, integrality, invalid values.
+    // The quantised matrix lives in shared memory after the state when it fits (bids then scan
+    // shared memory), else in the global scratch (written and read by this block only).
+    const bool q_shared = static_cast<unsigned long long>(n) * m <= params.q_capacity;
+    int* q = q_shared ? reinterpret_cast<int*>(smem + state_bytes(params.capacity)) : scratch + pr.scratch_offset;
+
+    // Pass 1: finite range, forbidden entries, integrality, invalid values. With q in shared
+    // memory the (flushed) costs are parked there too, so pass 2 reads no global memory.
     float lo = INFINITY, hi = -INFINITY;
-    int bad = 0, forbidden = 0, fractional = 0, finite = 0;
-    const int total_elems = rows * cols;
-    for (int e = tid; e < total_elems; e += nthreads) {
-        const int r = e / cols;
-        const float c = flush_subnormal(cost[r * ld + (e - r * cols)]);
+    unsigned flags = 0;
+    for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) {
+        c = flush_subnormal(c);
         if (isnan(c) || c == -INFINITY) {
-            bad = 1;
+            flags |= kFlagBad;
         } else if (c == INFINITY) {
-            forbidden = 1;
+            flags |= kFlagForbidden;
         } else {
-            finite = 1;
+            flags |= kFlagFinite;
             lo = fminf(lo, c);
             hi = fmaxf(hi, c);
-            fractional |= truncf(c) != c;
+            if (truncf(c) != c) flags |= kFlagFractional;
         }
+        if (q_shared) q[e] = __float_as_int(c);
+    });
+    // One barrier for all four results (min and max are exact in any order: no NaN reaches them
+    // and flushed zeros are +0).
+    for (int off = 16; off; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
     }
-    bad = __syncthreads_or(bad);
-    forbidden = __syncthreads_or(forbidden);
-    fractional = __syncthreads_or(fractional);
-    finite = __syncthreads_or(finite);
-    lo = block_reduce(lo, MinF{}, red_f);
-    hi = block_reduce(hi, MaxF{}, red_f);
-    if (bad) {
+    flags = __reduce_or_sync(kFull, flags);
+    if (lane == 0) {
+        red_lo[warp] = lo;
+        red_hi[warp] = hi;
+        red_flags[warp] = flags;
+    }
+    if (tid == 0) {
+        counts[0] = counts[1] = counts[2] = 0;
+        overflow = 0;
+        lost = 0;
+    }
+    __syncthreads();
+    for (int w = 0; w < nwarps; ++w) {
+        lo = fminf(lo, red_lo[w]);
+        hi = fmaxf(hi, red_hi[w]);
+        flags |= red_flags[w];
+    }
+    if (flags & kFlagBad) {
         finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
         return;
     }
-    if (!finite) {
+    if (!(flags & kFlagFinite)) {
         finish(kInfeasible, 0, 0, n, 0.0, 0.0);
         return;
     }
-    if (tid == 0) {
-        // Same arithmetic as Scaling::choose in src/assign/cpu.rs.
+    const bool forbidden = flags & kFlagForbidden;
+    // Every thread derives the same scaling (same arithmetic as Scaling::choose in
+    // src/assign/cpu.rs), so no broadcast barrier is needed.
+    Scaling s;
+    {
         const unsigned long long nn = n;
         const double range = __dsub_rn(static_cast<double>(hi), static_cast<double>(lo));
         const unsigned long long denom = (nn + 1) * (forbidden ? nn + 1 : 1);
         unsigned long long kcap = kScaledRangeLimit / denom;
         if (kcap > params.levels) kcap = params.levels;
         if (kcap < 1) kcap = 1;
-        Scaling s;
         s.cmin = lo;
         s.pad = 0;
         if (range == 0.0) {
             s.scale = 0.0;
             s.levels = 0;
             s.quantum = 0.0;
-        } else if (!fractional && range <= static_cast<double>(kcap)) {
+        } else if (!(flags & kFlagFractional) && range <= static_cast<double>(kcap)) {
             s.scale = 1.0;
             s.levels = static_cast<long long>(range);
             s.quantum = 0.0;
@@ -538,21 +669,16 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         const long long range_scaled = s.mult * (forbidden ? big_q : s.levels);
         const long long e0 = range_scaled / static_cast<long long>(params.theta);
         s.eps0 = e0 < 1 ? 1 : e0;
-        sc = s;
-        counts[0] = counts[1] = counts[2] = 0;
-        overflow = 0;
-        lost = 0;
     }
-    __syncthreads();
-    const Scaling s = sc;
 
-    // Pass 2: quantised costs, persons x objects (transposed when rows > cols).
-    int* q = scratch + pr.scratch_offset;
-    const int qn = n * m;
-    for (int e = tid; e < qn; e += nthreads) {
-        const int i = e / m, j = e - i * m;
-        const float c = transposed ? cost[j * ld + i] : cost[i * ld + j];
-        q[e] = quantize(c, s);
+    // Pass 2: quantised costs, persons x objects (transposed when rows > cols). In shared
+    // memory the entries parked in pass 1 are converted in place (the barrier above published
+    // them to every thread).
+    if (q_shared) {
+        const int qn = n * m;
+        for (int e = tid; e < qn; e += nthreads) q[e] = quantize(__int_as_float(q[e]), s);
+    } else {
+        for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) { q[e] = quantize(c, s); });
     }
 
     Auction A;
@@ -572,6 +698,13 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     A.list1 = A.list0 + params.capacity;
     A.counts = counts;
     A.overflow = &overflow;
+    A.cw = 0;
+    if (!q_shared && params.cache_width != 0 && n <= static_cast<int>(params.cache_persons)) {
+        A.cw = static_cast<int>(params.cache_width);
+        A.cand_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
+        A.cand_bound = A.cand_benefit + static_cast<size_t>(n) * A.cw;
+        A.cand_object = reinterpret_cast<int*>(A.cand_bound + n);
+    }
     for (int j = tid; j < m; j += nthreads) {
         A.price[j] = 0;
         A.owner[j] = -1;
@@ -649,7 +782,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             const int* cur = A.list(r);
             for (int e = warp; e < next; e += nwarps) {
                 const int i = cur[e];
-                const Top2 t = scan_person(A, i, lane);
+                const Top2 t = bid_scan(A, i, lane);
                 if (lane == 0) {
                     int j = i + t.k1;
                     if (j >= m) j -= m;

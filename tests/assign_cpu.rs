@@ -542,3 +542,28 @@ fn cpu_model_matches_scipy_fixtures() {
         matrices.len()
     );
 }
+
+/// The kept bid candidates (the kernel's `bid_scan`) decide most bids of the large uniform
+/// cases without a scan of the costs; the results are those of full scans (debug builds
+/// assert it bid by bid).
+#[test]
+fn kept_candidates_decide_most_bids() {
+    let cfg = AssignConfig::default();
+    let mut rng = SplitMix64::new(2024);
+    for (rows, cols) in [(300usize, 300usize), (1000, 1000)] {
+        let cost: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        let scan = cpu::scan_costs(&cost, rows, cols, cols);
+        let p = Problem::new(&cost, rows, cols, cols, scan, &cfg).expect("finite");
+        let out = cpu::auction(&p, &cfg).expect("solved");
+        let bids = out.candidate_bids + out.scanned_bids;
+        eprintln!(
+            "{rows}x{cols}: {} rounds, {} phases, {} bids after first rounds, {} from candidates ({:.1}%)",
+            out.rounds,
+            out.phases,
+            bids,
+            out.candidate_bids,
+            100.0 * out.candidate_bids as f64 / bids.max(1) as f64
+        );
+        assert!(out.candidate_bids > out.scanned_bids, "{rows}x{cols}");
+    }
+}

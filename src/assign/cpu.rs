@@ -239,6 +239,59 @@ impl Problem {
         t
     }
 
+    /// [`Problem::scan_person`] that also refreshes person i's bid candidates: the best object
+    /// of each of `CANDIDATES` lane groups (scan position k is in group `(k % 32) % CANDIDATES`,
+    /// the kernel's lanes after its first merge steps) and the bound every other value is <=.
+    fn scan_person_keep(&self, price: &[i64], i: usize, cand: &mut Candidates) -> Top2 {
+        let m = self.objects;
+        let row = &self.q[i * m..(i + 1) * m];
+        let mut groups = [Top2::new(); CANDIDATES];
+        let mut t = Top2::new();
+        for k in 0..m {
+            let j = if i + k >= m { i + k - m } else { i + k };
+            let v = self.benefit_of(row[j]) - price[j];
+            groups[(k % 32) % CANDIDATES].insert(v, k);
+            t.insert(v, k);
+        }
+        let keep = &mut cand.objects[i * CANDIDATES..(i + 1) * CANDIDATES];
+        for (slot, g) in keep.iter_mut().zip(&groups) {
+            *slot = (g.v1 != i64::MIN).then(|| {
+                let j = (i + g.k1) % m;
+                (self.benefit_of(row[j]), j)
+            });
+        }
+        cand.bound[i] = groups.iter().map(|g| g.v2).max().unwrap_or(i64::MIN);
+        t
+    }
+
+    /// Person i's bid scan (the kernel's `bid_scan`): decided by the kept candidates when their
+    /// best two values c1 >= c2 satisfy c2 >= bound and c1 > bound (prices only rise within a
+    /// forward part, so no other object can reach them), else a full scan that refreshes them.
+    /// Same result as [`Problem::scan_person`] either way.
+    fn bid_scan(&self, price: &[i64], i: usize, cand: &mut Candidates) -> Top2 {
+        let m = self.objects;
+        let mut t = Top2::new();
+        let mut kept: Vec<(i64, usize)> = cand.objects[i * CANDIDATES..(i + 1) * CANDIDATES]
+            .iter()
+            .flatten()
+            .map(|&(a, j)| (a - price[j], if j >= i { j - i } else { j + m - i }))
+            .collect();
+        kept.sort_by_key(|&(_, k)| k);
+        kept.iter().for_each(|&(v, k)| t.insert(v, k));
+        let bound = cand.bound[i];
+        if t.v2 >= bound && t.v1 > bound {
+            debug_assert_eq!(
+                t,
+                self.scan_person(price, i),
+                "candidate scan of person {i}"
+            );
+            cand.hits += 1;
+            return t;
+        }
+        cand.misses += 1;
+        self.scan_person_keep(price, i, cand)
+    }
+
     /// Best and second-best `a_ij - profit_i` over persons, scanned from person `j mod n` on.
     fn scan_object(&self, profit: &[i64], j: usize) -> Top2 {
         let n = self.persons;
@@ -256,8 +309,19 @@ impl Problem {
     }
 }
 
+/// Bid candidates kept per person (the kernel's widest cache; any width gives the same bids).
+const CANDIDATES: usize = 32;
+
+/// Per person: the candidates of its last full scan (benefit, object) and their bound.
+struct Candidates {
+    objects: Vec<Option<(i64, usize)>>,
+    bound: Vec<i64>,
+    hits: u64,
+    misses: u64,
+}
+
 /// Best value, its scan position and the second-best value (i64::MIN when absent).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Top2 {
     v1: i64,
     v2: i64,
@@ -301,6 +365,10 @@ pub struct AuctionOutcome {
     pub rounds: u32,
     /// Phases used.
     pub phases: u32,
+    /// Bids decided by the kept candidates (no scan of the costs; see `bid_scan`).
+    pub candidate_bids: u64,
+    /// Bids after the first round of a phase that needed a full scan.
+    pub scanned_bids: u64,
 }
 
 /// Mutable auction state, as the kernel keeps it in shared memory.
@@ -312,6 +380,7 @@ struct State {
     slot: Vec<u64>,
     target: Vec<i32>,
     aux: Vec<i64>,
+    cand: Candidates,
     rounds: u32,
 }
 
@@ -337,6 +406,12 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         slot: vec![0; m.max(n)],
         target: vec![-1; m],
         aux: vec![0; m],
+        cand: Candidates {
+            objects: vec![None; n * CANDIDATES],
+            bound: vec![i64::MIN; n],
+            hits: 0,
+            misses: 0,
+        },
         rounds: 0,
     };
     let mut eps = p.scaling.eps0;
@@ -360,6 +435,8 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         object_of_person: s.object.iter().map(|&j| j as usize).collect(),
         rounds: s.rounds,
         phases,
+        candidate_bids: s.cand.hits,
+        scanned_bids: s.cand.misses,
     })
 }
 
@@ -384,7 +461,7 @@ fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), 
     // Full-scan round: every person checks its object against the best one.
     let mut list = Vec::new();
     for i in 0..p.persons {
-        let t = p.scan_person(&s.price, i);
+        let t = p.scan_person_keep(&s.price, i, &mut s.cand);
         let j = (i + t.k1) % m;
         if s.object[i] >= 0 {
             let o = s.object[i] as usize;
@@ -425,7 +502,7 @@ fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), 
         }
         s.count_round(max_rounds)?;
         for &i in &next {
-            let t = p.scan_person(&s.price, i);
+            let t = p.bid_scan(&s.price, i, &mut s.cand);
             place_bid(s, i, (i + t.k1) % m, t, eps)?;
         }
         list = next;

@@ -3,7 +3,6 @@
 //! in device buffers; [`Assigner::read`] downloads them only when the caller asks.
 
 use bytemuck::{Pod, Zeroable};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{status_error, AssignConfig, AssignError, Assignment, Status, MAX_SIDE};
@@ -12,8 +11,22 @@ use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
 
 /// Shared-memory bytes the kernel needs per object (4 x i64 + 5 x i32 arrays).
 pub(crate) const SMEM_PER_OBJECT: usize = 52;
-/// Dynamic shared memory every device grants without opting in.
-const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+
+/// Dynamic shared memory of one block: the auction state for `capacity` objects (rounded up
+/// to 16 bytes, `state_bytes` in kernels/assign.cu), then room for `q_elems` quantised costs.
+pub(crate) fn solve_smem_bytes(capacity: usize, q_elems: usize) -> usize {
+    (capacity * SMEM_PER_OBJECT).next_multiple_of(16) + q_elems * 4
+}
+
+/// Candidate-cache widths tried when the quantised costs do not fit shared memory (each a
+/// power of two, see `bid_scan` in kernels/assign.cu).
+const CACHE_WIDTHS: [usize; 4] = [32, 16, 8, 4];
+
+/// Shared-memory bytes of the bid-candidate cache: per person `width` candidates (an i64
+/// benefit and an i32 object each) and an i64 bound.
+fn cache_bytes(persons: usize, width: usize) -> usize {
+    persons * (width * 12 + 8)
+}
 
 /// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -60,6 +73,13 @@ struct AssignParams {
     levels: u32,
     max_rounds: u32,
     capacity: u32,
+    /// Quantised costs the shared memory holds after the state (0: they live in `scratch`).
+    q_capacity: u32,
+    /// Bid candidates per person kept after the state when the costs live in `scratch`.
+    cache_width: u32,
+    /// Persons the candidate cache was sized for.
+    cache_persons: u32,
+    pad: u32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -195,27 +215,35 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         .into());
     }
     let capacity = l.capacity.max(1);
-    let smem = capacity * SMEM_PER_OBJECT;
-    let func = &gpu.kernels().assign_solve;
-    if smem > DEFAULT_SMEM_LIMIT {
-        // cuFuncSetAttribute acts on the current context.
-        gpu.stream()
-            .context()
-            .bind_to_thread()
-            .map_err(|e| launch_error(format!("binding the context: {e}")))?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(|e| {
-            Error::from(AssignError::TooLarge {
-                matrix: 0,
-                message: format!(
-                    "{capacity} objects need {smem} bytes of shared memory, more than this GPU grants ({e})"
-                ),
-            })
-        })?;
+    let limit = gpu.kernels().assign_smem_limit;
+    let state = solve_smem_bytes(capacity, 0);
+    if state > limit {
+        return Err(AssignError::TooLarge {
+            matrix: 0,
+            message: format!(
+                "{capacity} objects need {state} bytes of shared memory, more than this GPU grants ({limit})"
+            ),
+        }
+        .into());
     }
+    // The quantised matrices (at most persons x capacity each) live in shared memory when they
+    // fit: every bid then scans shared memory instead of L2.
+    // Otherwise each person keeps its best candidates from its last full scan there, which
+    // decides most bids without reading the costs.
+    let persons = l.persons.max(1);
+    let q_elems = capacity.saturating_mul(persons);
+    let (smem, q_capacity, cache_width) = if solve_smem_bytes(capacity, q_elems) <= limit {
+        (solve_smem_bytes(capacity, q_elems), q_elems, 0)
+    } else {
+        match CACHE_WIDTHS
+            .iter()
+            .find(|&&w| state + cache_bytes(persons, w) <= limit)
+        {
+            Some(&w) => (state + cache_bytes(persons, w), 0, w),
+            None => (state, 0, 0),
+        }
+    };
+    let func = &gpu.kernels().assign_solve;
     let to_u32 = |v: usize, what: &str| {
         u32::try_from(v).map_err(|_| launch_error(format!("{what} {v} exceeds u32")))
     };
@@ -231,6 +259,10 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         levels: cfg.levels,
         max_rounds: cfg.max_rounds,
         capacity: capacity as u32,
+        q_capacity: q_capacity as u32,
+        cache_width: cache_width as u32,
+        cache_persons: persons as u32,
+        pad: 0,
     };
     let launch_cfg = LaunchConfig {
         grid_dim: (uniform.count, 1, 1),

@@ -49,6 +49,9 @@ pub struct Kernels {
     pub(crate) sam_masks: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
+    /// Dynamic shared memory `assign_solve` may use per block (the device's opt-in limit less
+    /// the kernel's static shared memory); the attribute is set to it at load.
+    pub(crate) assign_smem_limit: usize,
 }
 
 impl Kernels {
@@ -75,6 +78,17 @@ impl Kernels {
             set_dynamic_smem(&gemm_fns[i], tile.smem_bytes())?;
             set_dynamic_smem(&conv_fns[i], tile.smem_bytes())?;
         }
+        let assign_solve = function(&assign, "assign", "assign_solve")?;
+        let optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(Error::cuda("querying the shared-memory limit"))?;
+        let assign_static = assign_solve
+            .shared_size_bytes()
+            .map_err(Error::cuda("querying assign_solve's shared memory"))?;
+        let assign_smem_limit = (optin - assign_static).max(0) as u32;
+        set_dynamic_smem(&assign_solve, assign_smem_limit)?;
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
@@ -102,7 +116,7 @@ impl Kernels {
             attention_split_d64: attn("attention_split_d64")?,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
-            assign_solve: function(&assign, "assign", "assign_solve")?,
+            assign_solve,
             matcher_cost: function(&assign, "assign", "matcher_cost")?,
             matcher_mask_rows: function(&assign, "assign", "matcher_mask_rows")?,
             tracker_cost: function(&assign, "assign", "tracker_cost")?,
@@ -111,6 +125,7 @@ impl Kernels {
             sam_ln_gelu_c64: function(&sam, "sam_decoder", "sam_ln_gelu_c64")?,
             sam_masks: function(&sam, "sam_decoder", "sam_masks")?,
             sm_count,
+            assign_smem_limit: assign_smem_limit as usize,
         })
     }
 
