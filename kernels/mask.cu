@@ -23,7 +23,8 @@ constexpr int kLowRes = 256;   // MobileSAM low-res mask side
 constexpr int kSamSize = 1024; // MobileSAM input side
 
 struct MaskRecord {  // mirrors finesam::packet::MaskRecord
-    uint32_t detection, x, y, width, height, data_offset, data_bytes, reserved;
+    uint32_t detection, x, y, width, height, data_offset, data_bytes;
+    float quality;
 };
 
 // One bilinear tap pair along an axis, as ATen computes it for align_corners=False.
@@ -137,8 +138,10 @@ mask_bounds(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
 // One block: turns the boxes into packet mask records with 4-byte aligned data offsets, and
 // the counts the packet header reports (counts[1] masks, counts[2] mask bytes, counts[3] flags).
 // Masks that do not fit the data capacity get an empty crop and set flag bit 1.
+// `quality` (nullable): one predicted IoU per mask, copied into the records.
 extern "C" __global__ void mask_layout(const int4* __restrict__ bounds,
                                        const uint32_t* __restrict__ mask_count,
+                                       const float* __restrict__ quality,
                                        uint8_t* __restrict__ packet, MaskGeometry geometry,
                                        uint32_t* __restrict__ counts) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
@@ -149,6 +152,7 @@ extern "C" __global__ void mask_layout(const int4* __restrict__ bounds,
         const int4 b = bounds[k];
         MaskRecord r = {};
         r.detection = k / geometry.masks_per_detection;
+        r.quality = quality != nullptr ? quality[k] : __int_as_float(0x7fc00000);  // NaN
         if (b.x <= b.z && b.y <= b.w) {
             r.x = b.x;
             r.y = b.y;

@@ -84,7 +84,7 @@ pub struct Detection {
 }
 
 /// Where one mask's bits live and which pixels they cover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 #[repr(C)]
 pub struct MaskRecord {
     /// Index of the detection this mask belongs to.
@@ -101,8 +101,8 @@ pub struct MaskRecord {
     pub data_offset: u32,
     /// Bytes of bits (`ceil(width * height / 8)`).
     pub data_bytes: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// MobileSAM's predicted IoU of this mask (NaN when unknown).
+    pub quality: f32,
 }
 
 /// Sizes of the packet sections, fixed when a pipeline is built.
@@ -355,12 +355,14 @@ impl PacketBuilder {
         Ok(self.detections.len() as u32 - 1)
     }
 
-    /// Appends the mask of `detection`: a row-major `width x height` crop at (x, y).
+    /// Appends the mask of `detection`: a row-major `width x height` crop at (x, y) with its
+    /// predicted quality.
     pub fn push_mask(
         &mut self,
         detection: u32,
         (x, y, width, height): (u32, u32, u32, u32),
         pixels: &[bool],
+        quality: f32,
     ) -> Result<()> {
         if pixels.len() != width as usize * height as usize {
             return Err(Error::Packet(format!(
@@ -391,7 +393,7 @@ impl PacketBuilder {
             height,
             data_offset: self.mask_data.len() as u32,
             data_bytes: bits.len() as u32,
-            reserved: 0,
+            quality,
         });
         self.mask_data.extend_from_slice(&bits);
         Ok(())

@@ -66,3 +66,36 @@ fn gpu_commands_fail_cleanly_without_a_gpu() {
     assert!(stderr.starts_with("finesam: "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn sam_rejects_missing_or_mixed_prompts_before_touching_the_gpu() {
+    let dir = temp_dir("cli-sam");
+    let out = dir.join("out.json");
+    let base = [
+        "sam",
+        "--weights",
+        "w.safetensors",
+        "--image",
+        "i.png",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (ok, _, stderr) = finesam(&base);
+    assert!(!ok);
+    assert!(stderr.contains("give --box or --point prompts"), "{stderr}");
+    let mixed: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--box", "1,2,3,4", "--point", "5,6,1"])
+        .collect();
+    let (ok, _, stderr) = finesam(&mixed);
+    assert!(!ok);
+    assert!(stderr.contains("not both"), "{stderr}");
+    let bad: Vec<&str> = base.iter().copied().chain(["--box", "1,2,3"]).collect();
+    let (ok, _, stderr) = finesam(&bad);
+    assert!(!ok);
+    assert!(
+        stderr.contains("needs 4 comma-separated numbers"),
+        "{stderr}"
+    );
+}

@@ -26,7 +26,9 @@ fn sample_packet() -> (Vec<u8>, Vec<bool>) {
     }
     // A 5x3 crop with a diagonal pattern, 15 bits -> 2 bytes.
     let pixels: Vec<bool> = (0..15).map(|i| i % 4 == 0 || i == 14).collect();
-    builder.push_mask(1, (100, 200, 5, 3), &pixels).unwrap();
+    builder
+        .push_mask(1, (100, 200, 5, 3), &pixels, 0.75)
+        .unwrap();
     (builder.finish(), pixels)
 }
 
@@ -43,6 +45,7 @@ fn round_trip() {
     assert_eq!(masks.len(), 1);
     let mask = &masks[0];
     assert_eq!(mask.record.detection, 1);
+    assert_eq!(mask.record.quality, 0.75);
     assert_eq!(mask.area(), pixels.iter().filter(|&&p| p).count() as u64);
     for y in 0..3 {
         for x in 0..5 {
@@ -122,7 +125,9 @@ fn builder_enforces_capacities() {
     );
     builder.push_detection(detection(0)).unwrap();
     assert!(builder.push_detection(detection(1)).is_err());
-    assert!(builder.push_mask(0, (0, 0, 4, 4), &[true; 16]).is_err());
-    assert!(builder.push_mask(0, (0, 0, 2, 2), &[true; 3]).is_err());
-    assert!(builder.push_mask(5, (0, 0, 1, 1), &[true]).is_err());
+    assert!(builder
+        .push_mask(0, (0, 0, 4, 4), &[true; 16], 1.0)
+        .is_err());
+    assert!(builder.push_mask(0, (0, 0, 2, 2), &[true; 3], 1.0).is_err());
+    assert!(builder.push_mask(5, (0, 0, 1, 1), &[true], 1.0).is_err());
 }

@@ -19,6 +19,7 @@ mod images {
 pub struct Kernels {
     pub(crate) preprocess_frame: CudaFunction,
     pub(crate) assemble_packet_header: CudaFunction,
+    pub(crate) prompt_detections: CudaFunction,
     pub(crate) mask_bounds: CudaFunction,
     pub(crate) mask_layout: CudaFunction,
     pub(crate) mask_encode: CudaFunction,
@@ -92,6 +93,7 @@ impl Kernels {
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
+            prompt_detections: function(&packet, "packet", "prompt_detections")?,
             mask_bounds: function(&mask, "mask", "mask_bounds")?,
             mask_layout: function(&mask, "mask", "mask_layout")?,
             mask_encode: function(&mask, "mask", "mask_encode")?,

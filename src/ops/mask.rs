@@ -67,13 +67,27 @@ pub struct MaskDecodeParams {
     pub threshold: f32,
 }
 
-/// Launches the three mask kernels (bounds, layout, encode) on the stream.
+/// Launches the three mask kernels (bounds, layout, encode) on the stream; the mask records'
+/// `quality` is NaN.
 pub fn launch_mask_decode(
     gpu: &Gpu,
     io: &MaskDecodeIo,
     layout: &PacketLayout,
     params: &MaskDecodeParams,
 ) -> Result<()> {
+    launch_mask_decode_with_quality(gpu, io, layout, params, None)
+}
+
+/// As [`launch_mask_decode`], copying each mask's predicted IoU from `quality` (one f32 per
+/// mask, `max_masks` of them) into its record.
+pub fn launch_mask_decode_with_quality(
+    gpu: &Gpu,
+    io: &MaskDecodeIo,
+    layout: &PacketLayout,
+    params: &MaskDecodeParams,
+    quality: Option<DevicePtr>,
+) -> Result<()> {
+    let quality: DevicePtr = quality.unwrap_or(0);
     let max = params.max_masks as usize;
     let problem = if params.masks_per_detection == 0 {
         Some("masks_per_detection must be at least 1".to_string())
@@ -133,6 +147,7 @@ pub fn launch_mask_decode(
     records
         .arg(&io.bounds)
         .arg(&io.mask_count)
+        .arg(&quality)
         .arg(&io.packet)
         .arg(&geometry)
         .arg(&io.counts);

@@ -3,3 +3,7 @@
 pub mod decoder;
 pub mod encoder;
 pub mod prompt;
+pub mod sam;
+
+pub use prompt::Prompts;
+pub use sam::{MobileSam, SamConfig};

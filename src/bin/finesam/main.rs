@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod sam;
 use finesam::weights::{recognise, WeightsFile};
 use finesam::{Error, Frame, Pipeline, PipelineConfig, PixelFormat, Result};
 
@@ -44,11 +46,54 @@ enum Command {
         #[arg(long)]
         peer: Option<PathBuf>,
     },
+    /// Segment an image with MobileSAM from box or point prompts; masks as COCO RLE in JSON.
+    Sam {
+        /// MobileSAM (`vit_t`) weights as .safetensors (weights/convert.py).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image file (PNG or JPEG).
+        #[arg(long)]
+        image: PathBuf,
+        /// A box prompt `x0,y0,x1,y1` in image pixels; repeat for several objects.
+        #[arg(long = "box", value_parser = parse_box)]
+        boxes: Vec<[f32; 4]>,
+        /// A point `x,y,label` (label 1 foreground, 0 background); all points form one prompt.
+        #[arg(long = "point", value_parser = parse_point)]
+        points: Vec<[f32; 3]>,
+        /// Three masks per prompt instead of one.
+        #[arg(long)]
+        multimask: bool,
+        /// Where to write the JSON result.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the image with the masks blended in.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+    },
     /// Print what a .safetensors weights file holds; non-zero exit on a bad file.
     Inspect {
         /// The weights file.
         weights: PathBuf,
     },
+}
+
+fn parse_floats<const N: usize>(text: &str, what: &str) -> std::result::Result<[f32; N], String> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{what} '{text}': {e}"))?;
+    values
+        .try_into()
+        .map_err(|_| format!("{what} '{text}' needs {N} comma-separated numbers"))
+}
+
+fn parse_box(text: &str) -> std::result::Result<[f32; 4], String> {
+    parse_floats(text, "box")
+}
+
+fn parse_point(text: &str) -> std::result::Result<[f32; 3], String> {
+    parse_floats(text, "point")
 }
 
 fn main() -> ExitCode {
@@ -62,6 +107,23 @@ fn main() -> ExitCode {
             peer,
         } => bench(width, height, iterations, peer.as_deref()),
         Command::Inspect { weights } => inspect(&weights),
+        Command::Sam {
+            weights,
+            image,
+            boxes,
+            points,
+            multimask,
+            out,
+            overlay,
+        } => sam::run(&sam::Request {
+            weights: &weights,
+            image: &image,
+            boxes: &boxes,
+            points: &points,
+            multimask,
+            out: &out,
+            overlay: overlay.as_deref(),
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,7 +151,7 @@ fn test_pattern(width: u32, height: u32) -> Vec<u8> {
     data
 }
 
-fn load_image(path: &Path) -> Result<(Vec<u8>, u32, u32, PixelFormat)> {
+pub(crate) fn load_image(path: &Path) -> Result<(Vec<u8>, u32, u32, PixelFormat)> {
     let image = image::open(path).map_err(|e| Error::Image {
         path: path.to_path_buf(),
         message: e.to_string(),
