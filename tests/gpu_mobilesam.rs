@@ -11,7 +11,7 @@ mod common;
 use common::{fixtures, gpu_available};
 use finesam::frame::sam_extent;
 use finesam::models::mobilesam::{MobileSam, Prompts, SamConfig};
-use finesam::{reference, Error, Frame, PixelFormat, ResultPacket};
+use finesam::{reference, Error, Frame, PacketLayout, PixelFormat, ResultPacket};
 use safetensors::SafeTensors;
 
 const MIN_IOU: f64 = 0.95;
@@ -45,6 +45,11 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
         SamConfig {
             max_width: 1920,
             max_height: 1080,
+            // Random-weight masks often cover the whole frame: room for 24 full 1080p masks.
+            packet: PacketLayout {
+                detection_capacity: 96,
+                mask_data_capacity: 8 << 20,
+            },
             ..SamConfig::default()
         },
     )
@@ -103,6 +108,11 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
                 (cost.uploads, cost.downloads, cost.device_allocations),
                 (1, 1, 0),
                 "predict: {cost:?}"
+            );
+            assert_eq!(
+                packet.header().flags,
+                0,
+                "masks truncated: raise the capacity"
             );
             let per = if multimask { 3 } else { 1 };
             let detections: Vec<_> = packet.detections().collect();

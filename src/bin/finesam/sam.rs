@@ -82,6 +82,12 @@ pub(crate) fn run(request: &Request<'_>) -> Result<()> {
         source: std::io::Error::other(e),
     })?;
     write(request.out, text.as_bytes())?;
+    if packet.header().flags & 2 != 0 {
+        eprintln!(
+            "finesam: warning: masks did not fit the packet's {} bytes of mask data; later masks are empty",
+            packet.header().mask_data_capacity
+        );
+    }
     println!(
         "{} masks for {} prompts on {device} -> {}",
         packet.header().mask_count,

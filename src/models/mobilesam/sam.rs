@@ -52,7 +52,9 @@ impl Default for SamConfig {
             max_prompts: 32,
             packet: PacketLayout {
                 detection_capacity: 96,
-                mask_data_capacity: 2 << 20,
+                // Room for 32 masks of a 1920x1080 frame that each cover a third of it; a
+                // packet whose masks do not fit says so (header flag bit 1).
+                mask_data_capacity: 8 << 20,
             },
         }
     }
