@@ -17,7 +17,8 @@
 // double-precision _rn intrinsics and runs on integers, so its result is bit-identical to the
 // CPU model; subnormal costs are flushed to zero explicitly on both sides. The tracker's IoU
 // uses _rn intrinsics (never contracted, IEEE division) so the CPU model matches it bit for
-// bit. The matcher cost is compared to PyTorch with a tolerance and may use fast math.
+// bit. The matcher cost follows PyTorch's fp32 op order with IEEE-rounded operations and
+// exp/log in double (see focal_pow); it is compared to PyTorch with a tolerance.
 #include "common.cuh"
 
 namespace {
@@ -241,6 +242,10 @@ __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
             A.cand_object[c] = j;
         }
         if (lane == 0) A.cand_bound[i] = bound;
+        // Lanes of one group now hold the same top-2: merging two of them again would count
+        // its best twice (v2 = v1). Only the merges across groups remain.
+        for (int off = A.cw >> 1; off; off >>= 1) t = top2_merge(t, off);
+        return t;
     }
     return warp_top2(t);
 }
@@ -886,9 +891,16 @@ __device__ __forceinline__ float nan_to_num(float c) {
     return c;
 }
 
+// The focal terms follow the official fp32 op order with IEEE-rounded operations: near p = 1
+// the term log(1 - p + 1e-8) amplifies a one-ulp difference in p a thousandfold, so p must be
+// the correctly rounded 1 / (1 + exp(-x)) that torch computes, not the fast-math one. exp, log
+// and pow run in double (untouched by --use_fast_math) and are rounded to f32 once.
 __device__ __forceinline__ float focal_pow(float x, float gamma) {
-    return gamma == 2.0f ? x * x : __powf(x, gamma);
+    return gamma == 2.0f ? __fmul_rn(x, x) : static_cast<float>(pow(static_cast<double>(x), static_cast<double>(gamma)));
 }
+
+__device__ __forceinline__ float exp_f32(float x) { return static_cast<float>(exp(static_cast<double>(x))); }
+__device__ __forceinline__ float log_f32(float x) { return static_cast<float>(log(static_cast<double>(x))); }
 
 // box_cxcywh_to_xyxy with w, h clamped at 0 (box_ops.py).
 __device__ __forceinline__ float4 cxcywh_to_xyxy(float4 b) {
@@ -932,10 +944,12 @@ extern "C" __global__ void matcher_cost(const float* __restrict__ logits, const 
         const int label = labels[t0 + t];
         const float logit = (label >= 0 && label < static_cast<int>(p.classes)) ? logits[pq * p.classes + label] : NAN;
         // Focal class cost: alpha (1-p)^g (-log(p + 1e-8)) - (1-alpha) p^g (-log(1 - p + 1e-8)).
-        const float prob = 1.0f / (1.0f + __expf(-logit));
-        const float neg = (1.0f - p.alpha) * focal_pow(prob, p.gamma) * (-__logf(1.0f - prob + 1e-8f));
-        const float pos = p.alpha * focal_pow(1.0f - prob, p.gamma) * (-__logf(prob + 1e-8f));
-        const float cls = pos - neg;
+        const float prob = __fdiv_rn(1.0f, __fadd_rn(1.0f, exp_f32(-logit)));
+        const float one_minus = __fsub_rn(1.0f, prob);
+        const float neg = __fmul_rn(__fmul_rn(__fsub_rn(1.0f, p.alpha), focal_pow(prob, p.gamma)),
+                                    -log_f32(__fadd_rn(one_minus, 1e-8f)));
+        const float pos = __fmul_rn(__fmul_rn(p.alpha, focal_pow(one_minus, p.gamma)), -log_f32(__fadd_rn(prob, 1e-8f)));
+        const float cls = __fsub_rn(pos, neg);
         const float4 a = reinterpret_cast<const float4*>(pred_boxes)[pq];
         const float4 g = reinterpret_cast<const float4*>(tgt_boxes)[t0 + t];
         const float l1 = fabsf(a.x - g.x) + fabsf(a.y - g.y) + fabsf(a.z - g.z) + fabsf(a.w - g.w);
@@ -946,12 +960,12 @@ extern "C" __global__ void matcher_cost(const float* __restrict__ logits, const 
         const float ih = fmaxf(fminf(x.w, y.w) - fmaxf(x.y, y.y), 0.0f);
         const float inter = iw * ih;
         const float uni = area1 + area2 - inter;
-        const float iou = inter / uni;
+        const float iou = __fdiv_rn(inter, uni);
         const float ew = fmaxf(fmaxf(x.z, y.z) - fminf(x.x, y.x), 0.0f);
         const float eh = fmaxf(fmaxf(x.w, y.w) - fminf(x.y, y.y), 0.0f);
         const float area = ew * eh;
-        const float giou = iou - (area - uni) / area;
-        const float c = p.w_bbox * l1 + p.w_class * cls + p.w_giou * (-giou);
+        const float giou = __fsub_rn(iou, __fdiv_rn(__fsub_rn(area, uni), area));
+        const float c = __fadd_rn(__fadd_rn(__fmul_rn(p.w_bbox, l1), __fmul_rn(p.w_class, cls)), __fmul_rn(p.w_giou, -giou));
         costs[base + e] = nan_to_num(c);
     }
 }
