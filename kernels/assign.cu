@@ -75,6 +75,12 @@ struct AssignInfo {
     uint32_t rounds;
     uint32_t phases;
     uint32_t unassigned;  // smaller-side members left on forbidden pairs
+    // Diagnostics (thread 0's clock64 between stage marks, see prof_mark): prep (passes and
+    // state init), phase bookkeeping (price shift, lambda), forward first rounds (full scans),
+    // forward later rounds and chains, reverse part, final sum; then the kernel's globaltimer ns.
+    uint32_t cycles[6];
+    uint32_t ns;
+    uint32_t pad;
 };
 
 namespace {
@@ -83,17 +89,18 @@ __device__ __forceinline__ float flush_subnormal(float c) {
     return fabsf(c) < 1.17549435e-38f ? 0.0f : c;
 }
 
-// Deterministic block reduction (fixed shuffle pattern, fixed warp order). Every thread of
-// the block must call it; `red` holds >= 32 entries.
+// Deterministic block reduction (fixed shuffle pattern on both levels). Every thread of the
+// block must call it; `red` holds >= 32 entries; `identity` is op's neutral value. The second
+// level is a shuffle over the warp totals in every warp (5 steps, not nwarps dependent loads).
 template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T* red) {
+__device__ T block_reduce(T v, Op op, T* red, T identity) {
     for (int off = 16; off; off >>= 1) v = op(v, __shfl_xor_sync(kFull, v, off));
-    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[warp] = v;
+    if (lane == 0) red[warp] = v;
     __syncthreads();
-    T r = red[0];
-    for (int w = 1; w < nwarps; ++w) r = op(r, red[w]);
+    T r = lane < nwarps ? red[lane] : identity;
+    for (int off = 16; off; off >>= 1) r = op(r, __shfl_xor_sync(kFull, r, off));
     return r;
 }
 
@@ -531,6 +538,24 @@ __device__ __forceinline__ void for_each_cost(const float* cost, int rows, int c
     }
 }
 
+// Stage profile: thread 0 adds the clock64 cycles since its last mark to prof[k] (prof[6]:
+// the last mark, prof[7]: globaltimer at entry). Only thread 0 touches prof.
+enum ProfStage { kProfPrep = 0, kProfPhase = 1, kProfForwardFirst = 2, kProfForward = 3, kProfReverse = 4, kProfFinish = 5 };
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
+    if (threadIdx.x == 0) {
+        const unsigned long long t = clock64();
+        prof[k] += t - prof[6];
+        prof[6] = t;
+    }
+}
+
 constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
 
 }  // namespace
@@ -551,6 +576,12 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     __shared__ int lost;
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
+    __shared__ unsigned long long prof[8];
+    if (threadIdx.x == 0) {
+        for (int k = 0; k < 6; ++k) prof[k] = 0;
+        prof[7] = global_ns();
+        prof[6] = clock64();
+    }
 
     const unsigned b = blockIdx.x;
     const AssignProblem pr = load_problem(problems, uniform, b);
@@ -574,6 +605,9 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             out->rounds = rounds;
             out->phases = phases;
             out->unassigned = unassigned;
+            for (int k = 0; k < 6; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
+            out->ns = static_cast<uint32_t>(min(global_ns() - prof[7], 0xffffffffULL));
+            out->pad = 0;
         }
     };
     // Checked before any output is written: a malformed descriptor must not write out of bounds.
@@ -629,10 +663,12 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         lost = 0;
     }
     __syncthreads();
-    for (int w = 0; w < nwarps; ++w) {
-        lo = fminf(lo, red_lo[w]);
-        hi = fmaxf(hi, red_hi[w]);
-        flags |= red_flags[w];
+    lo = lane < nwarps ? red_lo[lane] : INFINITY;
+    hi = lane < nwarps ? red_hi[lane] : -INFINITY;
+    flags = __reduce_or_sync(kFull, lane < nwarps ? red_flags[lane] : 0u);
+    for (int off = 16; off; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
     }
     if (flags & kFlagBad) {
         finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
@@ -717,6 +753,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     }
     for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
     __syncthreads();  // also publishes the scratch writes to the whole block
+    prof_mark(prof, kProfPrep);
 
     long long eps = s.eps0;
     unsigned rounds = 0, phases = 0, r = 0;
@@ -725,9 +762,10 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         ++phases;
         long long pmin = kPosInf;
         for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
-        pmin = block_reduce(pmin, MinLL{}, red_ll);
+        pmin = block_reduce(pmin, MinLL{}, red_ll, kPosInf);
         for (int j = tid; j < m; j += nthreads) A.price[j] -= pmin;
         __syncthreads();
+        prof_mark(prof, kProfPhase);
 
         // Forward part. Full-scan round: persons keep their object while eps-CS holds, the
         // others release it and bid with the same scan.
@@ -762,6 +800,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 }
             }
         }
+        prof_mark(prof, kProfForwardFirst);
         while (true) {
             __syncthreads();
             if (*reinterpret_cast<volatile int*>(&overflow)) {
@@ -795,6 +834,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 }
             }
         }
+        prof_mark(prof, kProfForward);
         if (status != kOptimal) break;
         const unsigned forward_rounds = rounds - forward_start;
 
@@ -804,15 +844,22 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             long long lam = kPosInf;
             for (int j = tid; j < m; j += nthreads)
                 if (A.owner[j] >= 0) lam = min(lam, A.price[j]);
-            lam = block_reduce(lam, MinLL{}, red_ll);
+            lam = block_reduce(lam, MinLL{}, red_ll, kPosInf);
+            prof_mark(prof, kProfPhase);
             if (++rounds > params.max_rounds) {
                 status = kIterationLimit;
                 break;
             }
             {
+                // Each warp tests 32 objects at once and bids for the selected ones in turn
+                // (a bid of object j writes only j's own price, target and aux).
                 int* cur = A.list(r);
-                for (int j = warp; j < m; j += nwarps) {
-                    if (A.owner[j] < 0 && A.price[j] > lam) {
+                for (int j0 = warp * 32; j0 < m; j0 += nwarps * 32) {
+                    const int jl = j0 + lane;
+                    unsigned sel = __ballot_sync(kFull, jl < m && A.owner[jl] < 0 && A.price[jl] > lam);
+                    while (sel) {
+                        const int j = j0 + __ffs(sel) - 1;
+                        sel &= sel - 1;
                         const bool offered = reverse_bid(A, j, lam, eps, lane);
                         if (lane == 0 && offered) cur[atomicAdd(&A.counts[r % 3], 1)] = j;
                     }
@@ -842,6 +889,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 const int* cur = A.list(r);
                 for (int e = warp; e < next; e += nwarps) reverse_bid(A, cur[e], lam, eps, lane);
             }
+            prof_mark(prof, kProfReverse);
             if (status != kOptimal) break;
         }
         if (eps == 1) break;
@@ -864,7 +912,8 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         c2r[col] = row;
         sum += static_cast<double>(cost[row * ld + col]);
     }
-    sum = block_reduce(sum, AddD{}, red_d);
+    sum = block_reduce(sum, AddD{}, red_d, 0.0);
+    prof_mark(prof, kProfFinish);
     const int unassigned = *reinterpret_cast<volatile int*>(&lost);
     finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);
 }
