@@ -67,6 +67,10 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
             "{case}: {} rounds, {} phases, total {:.6}",
             a.rounds, a.phases, a.total_cost
         );
+        for _ in 0..3 {
+            assigner.solve_batch(gpu, &batch).expect("solve");
+        }
+        print_profile(gpu, &case, &assigner);
         group.bench_function(&case, |b| {
             b.iter_custom(|iters| {
                 let d = gpu_time(gpu, iters, || {
@@ -78,6 +82,27 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
         });
     }
     group.finish();
+}
+
+/// Prints where the last solve's time went inside the kernel (thread 0's clock64 per stage,
+/// read after a few warm solves), in cycles and in microseconds at the clock the kernel ran.
+fn print_profile(gpu: &Gpu, case: &str, assigner: &Assigner) {
+    let p = assigner.read_profile(gpu).expect("profile").remove(0);
+    let total = p.total_cycles().max(1);
+    let us_per_cycle = p.ns as f64 / 1e3 / total as f64;
+    let us = |c: u32| c as f64 * us_per_cycle;
+    eprintln!(
+        "{case}: in-kernel {:.1} us ({total} cycles, {:.2} GHz): prep {:.1} us, phase bookkeeping {:.1}, \
+         forward first rounds {:.1}, forward rounds+chains {:.1}, reverse {:.1}, finish {:.1}",
+        p.ns as f64 / 1e3,
+        total as f64 / p.ns.max(1) as f64,
+        us(p.prep_cycles),
+        us(p.phase_cycles),
+        us(p.forward_first_cycles),
+        us(p.forward_cycles),
+        us(p.reverse_cycles),
+        us(p.finish_cycles),
+    );
 }
 
 fn bench_matcher(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {

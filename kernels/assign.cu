@@ -17,7 +17,8 @@
 // double-precision _rn intrinsics and runs on integers, so its result is bit-identical to the
 // CPU model; subnormal costs are flushed to zero explicitly on both sides. The tracker's IoU
 // uses _rn intrinsics (never contracted, IEEE division) so the CPU model matches it bit for
-// bit. The matcher cost is compared to PyTorch with a tolerance and may use fast math.
+// bit. The matcher cost follows PyTorch's fp32 op order with IEEE-rounded operations and
+// exp/log in double (see focal_pow); it is compared to PyTorch with a tolerance.
 #include "common.cuh"
 
 namespace {
@@ -74,6 +75,12 @@ struct AssignInfo {
     uint32_t rounds;
     uint32_t phases;
     uint32_t unassigned;  // smaller-side members left on forbidden pairs
+    // Diagnostics (thread 0's clock64 between stage marks, see prof_mark): prep (passes and
+    // state init), phase bookkeeping (price shift, lambda), forward first rounds (full scans),
+    // forward later rounds and chains, reverse part, final sum; then the kernel's globaltimer ns.
+    uint32_t cycles[6];
+    uint32_t ns;
+    uint32_t pad;
 };
 
 namespace {
@@ -82,17 +89,18 @@ __device__ __forceinline__ float flush_subnormal(float c) {
     return fabsf(c) < 1.17549435e-38f ? 0.0f : c;
 }
 
-// Deterministic block reduction (fixed shuffle pattern, fixed warp order). Every thread of
-// the block must call it; `red` holds >= 32 entries.
+// Deterministic block reduction (fixed shuffle pattern on both levels). Every thread of the
+// block must call it; `red` holds >= 32 entries; `identity` is op's neutral value. The second
+// level is a shuffle over the warp totals in every warp (5 steps, not nwarps dependent loads).
 template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T* red) {
+__device__ T block_reduce(T v, Op op, T* red, T identity) {
     for (int off = 16; off; off >>= 1) v = op(v, __shfl_xor_sync(kFull, v, off));
-    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[warp] = v;
+    if (lane == 0) red[warp] = v;
     __syncthreads();
-    T r = red[0];
-    for (int w = 1; w < nwarps; ++w) r = op(r, red[w]);
+    T r = lane < nwarps ? red[lane] : identity;
+    for (int off = 16; off; off >>= 1) r = op(r, __shfl_xor_sync(kFull, r, off));
     return r;
 }
 
@@ -241,6 +249,10 @@ __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
             A.cand_object[c] = j;
         }
         if (lane == 0) A.cand_bound[i] = bound;
+        // Lanes of one group now hold the same top-2: merging two of them again would count
+        // its best twice (v2 = v1). Only the merges across groups remain.
+        for (int off = A.cw >> 1; off; off >>= 1) t = top2_merge(t, off);
+        return t;
     }
     return warp_top2(t);
 }
@@ -526,6 +538,24 @@ __device__ __forceinline__ void for_each_cost(const float* cost, int rows, int c
     }
 }
 
+// Stage profile: thread 0 adds the clock64 cycles since its last mark to prof[k] (prof[6]:
+// the last mark, prof[7]: globaltimer at entry). Only thread 0 touches prof.
+enum ProfStage { kProfPrep = 0, kProfPhase = 1, kProfForwardFirst = 2, kProfForward = 3, kProfReverse = 4, kProfFinish = 5 };
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
+    if (threadIdx.x == 0) {
+        const unsigned long long t = clock64();
+        prof[k] += t - prof[6];
+        prof[6] = t;
+    }
+}
+
 constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
 
 }  // namespace
@@ -546,6 +576,12 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     __shared__ int lost;
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
+    __shared__ unsigned long long prof[8];
+    if (threadIdx.x == 0) {
+        for (int k = 0; k < 6; ++k) prof[k] = 0;
+        prof[7] = global_ns();
+        prof[6] = clock64();
+    }
 
     const unsigned b = blockIdx.x;
     const AssignProblem pr = load_problem(problems, uniform, b);
@@ -569,6 +605,9 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             out->rounds = rounds;
             out->phases = phases;
             out->unassigned = unassigned;
+            for (int k = 0; k < 6; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
+            out->ns = static_cast<uint32_t>(min(global_ns() - prof[7], 0xffffffffULL));
+            out->pad = 0;
         }
     };
     // Checked before any output is written: a malformed descriptor must not write out of bounds.
@@ -624,10 +663,12 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         lost = 0;
     }
     __syncthreads();
-    for (int w = 0; w < nwarps; ++w) {
-        lo = fminf(lo, red_lo[w]);
-        hi = fmaxf(hi, red_hi[w]);
-        flags |= red_flags[w];
+    lo = lane < nwarps ? red_lo[lane] : INFINITY;
+    hi = lane < nwarps ? red_hi[lane] : -INFINITY;
+    flags = __reduce_or_sync(kFull, lane < nwarps ? red_flags[lane] : 0u);
+    for (int off = 16; off; off >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
     }
     if (flags & kFlagBad) {
         finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
@@ -712,6 +753,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     }
     for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
     __syncthreads();  // also publishes the scratch writes to the whole block
+    prof_mark(prof, kProfPrep);
 
     long long eps = s.eps0;
     unsigned rounds = 0, phases = 0, r = 0;
@@ -720,9 +762,10 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         ++phases;
         long long pmin = kPosInf;
         for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
-        pmin = block_reduce(pmin, MinLL{}, red_ll);
+        pmin = block_reduce(pmin, MinLL{}, red_ll, kPosInf);
         for (int j = tid; j < m; j += nthreads) A.price[j] -= pmin;
         __syncthreads();
+        prof_mark(prof, kProfPhase);
 
         // Forward part. Full-scan round: persons keep their object while eps-CS holds, the
         // others release it and bid with the same scan.
@@ -757,6 +800,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 }
             }
         }
+        prof_mark(prof, kProfForwardFirst);
         while (true) {
             __syncthreads();
             if (*reinterpret_cast<volatile int*>(&overflow)) {
@@ -790,6 +834,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 }
             }
         }
+        prof_mark(prof, kProfForward);
         if (status != kOptimal) break;
         const unsigned forward_rounds = rounds - forward_start;
 
@@ -799,15 +844,22 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             long long lam = kPosInf;
             for (int j = tid; j < m; j += nthreads)
                 if (A.owner[j] >= 0) lam = min(lam, A.price[j]);
-            lam = block_reduce(lam, MinLL{}, red_ll);
+            lam = block_reduce(lam, MinLL{}, red_ll, kPosInf);
+            prof_mark(prof, kProfPhase);
             if (++rounds > params.max_rounds) {
                 status = kIterationLimit;
                 break;
             }
             {
+                // Each warp tests 32 objects at once and bids for the selected ones in turn
+                // (a bid of object j writes only j's own price, target and aux).
                 int* cur = A.list(r);
-                for (int j = warp; j < m; j += nwarps) {
-                    if (A.owner[j] < 0 && A.price[j] > lam) {
+                for (int j0 = warp * 32; j0 < m; j0 += nwarps * 32) {
+                    const int jl = j0 + lane;
+                    unsigned sel = __ballot_sync(kFull, jl < m && A.owner[jl] < 0 && A.price[jl] > lam);
+                    while (sel) {
+                        const int j = j0 + __ffs(sel) - 1;
+                        sel &= sel - 1;
                         const bool offered = reverse_bid(A, j, lam, eps, lane);
                         if (lane == 0 && offered) cur[atomicAdd(&A.counts[r % 3], 1)] = j;
                     }
@@ -837,6 +889,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 const int* cur = A.list(r);
                 for (int e = warp; e < next; e += nwarps) reverse_bid(A, cur[e], lam, eps, lane);
             }
+            prof_mark(prof, kProfReverse);
             if (status != kOptimal) break;
         }
         if (eps == 1) break;
@@ -859,7 +912,8 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         c2r[col] = row;
         sum += static_cast<double>(cost[row * ld + col]);
     }
-    sum = block_reduce(sum, AddD{}, red_d);
+    sum = block_reduce(sum, AddD{}, red_d, 0.0);
+    prof_mark(prof, kProfFinish);
     const int unassigned = *reinterpret_cast<volatile int*>(&lost);
     finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);
 }
@@ -886,9 +940,16 @@ __device__ __forceinline__ float nan_to_num(float c) {
     return c;
 }
 
+// The focal terms follow the official fp32 op order with IEEE-rounded operations: near p = 1
+// the term log(1 - p + 1e-8) amplifies a one-ulp difference in p a thousandfold, so p must be
+// the correctly rounded 1 / (1 + exp(-x)) that torch computes, not the fast-math one. exp, log
+// and pow run in double (untouched by --use_fast_math) and are rounded to f32 once.
 __device__ __forceinline__ float focal_pow(float x, float gamma) {
-    return gamma == 2.0f ? x * x : __powf(x, gamma);
+    return gamma == 2.0f ? __fmul_rn(x, x) : static_cast<float>(pow(static_cast<double>(x), static_cast<double>(gamma)));
 }
+
+__device__ __forceinline__ float exp_f32(float x) { return static_cast<float>(exp(static_cast<double>(x))); }
+__device__ __forceinline__ float log_f32(float x) { return static_cast<float>(log(static_cast<double>(x))); }
 
 // box_cxcywh_to_xyxy with w, h clamped at 0 (box_ops.py).
 __device__ __forceinline__ float4 cxcywh_to_xyxy(float4 b) {
@@ -932,10 +993,12 @@ extern "C" __global__ void matcher_cost(const float* __restrict__ logits, const 
         const int label = labels[t0 + t];
         const float logit = (label >= 0 && label < static_cast<int>(p.classes)) ? logits[pq * p.classes + label] : NAN;
         // Focal class cost: alpha (1-p)^g (-log(p + 1e-8)) - (1-alpha) p^g (-log(1 - p + 1e-8)).
-        const float prob = 1.0f / (1.0f + __expf(-logit));
-        const float neg = (1.0f - p.alpha) * focal_pow(prob, p.gamma) * (-__logf(1.0f - prob + 1e-8f));
-        const float pos = p.alpha * focal_pow(1.0f - prob, p.gamma) * (-__logf(prob + 1e-8f));
-        const float cls = pos - neg;
+        const float prob = __fdiv_rn(1.0f, __fadd_rn(1.0f, exp_f32(-logit)));
+        const float one_minus = __fsub_rn(1.0f, prob);
+        const float neg = __fmul_rn(__fmul_rn(__fsub_rn(1.0f, p.alpha), focal_pow(prob, p.gamma)),
+                                    -log_f32(__fadd_rn(one_minus, 1e-8f)));
+        const float pos = __fmul_rn(__fmul_rn(p.alpha, focal_pow(one_minus, p.gamma)), -log_f32(__fadd_rn(prob, 1e-8f)));
+        const float cls = __fsub_rn(pos, neg);
         const float4 a = reinterpret_cast<const float4*>(pred_boxes)[pq];
         const float4 g = reinterpret_cast<const float4*>(tgt_boxes)[t0 + t];
         const float l1 = fabsf(a.x - g.x) + fabsf(a.y - g.y) + fabsf(a.z - g.z) + fabsf(a.w - g.w);
@@ -946,12 +1009,12 @@ extern "C" __global__ void matcher_cost(const float* __restrict__ logits, const 
         const float ih = fmaxf(fminf(x.w, y.w) - fmaxf(x.y, y.y), 0.0f);
         const float inter = iw * ih;
         const float uni = area1 + area2 - inter;
-        const float iou = inter / uni;
+        const float iou = __fdiv_rn(inter, uni);
         const float ew = fmaxf(fmaxf(x.z, y.z) - fminf(x.x, y.x), 0.0f);
         const float eh = fmaxf(fmaxf(x.w, y.w) - fminf(x.y, y.y), 0.0f);
         const float area = ew * eh;
-        const float giou = iou - (area - uni) / area;
-        const float c = p.w_bbox * l1 + p.w_class * cls + p.w_giou * (-giou);
+        const float giou = __fsub_rn(iou, __fdiv_rn(__fsub_rn(area, uni), area));
+        const float c = __fadd_rn(__fadd_rn(__fmul_rn(p.w_bbox, l1), __fmul_rn(p.w_class, cls)), __fmul_rn(p.w_giou, -giou));
         costs[base + e] = nan_to_num(c);
     }
 }

@@ -422,9 +422,13 @@ pub fn cost_cpu(
         if cfg.gamma == 2.0 {
             x * x
         } else {
-            x.powf(cfg.gamma)
+            (x as f64).powf(cfg.gamma as f64) as f32
         }
     };
+    // exp and ln in f64, rounded to f32 once (the kernel does the same: fast math must not
+    // move p by an ulp, which log(1 - p + 1e-8) would amplify near p = 1).
+    let exp32 = |x: f32| (x as f64).exp() as f32;
+    let ln32 = |x: f32| (x as f64).ln() as f32;
     let xyxy = |b: &[f32; 4]| {
         let (hw, hh) = (0.5 * b[2].max(0.0), 0.5 * b[3].max(0.0));
         [b[0] - hw, b[1] - hh, b[0] + hw, b[1] + hh]
@@ -438,9 +442,9 @@ pub fn cost_cpu(
             } else {
                 f32::NAN
             };
-            let prob = 1.0 / (1.0 + (-logit).exp());
-            let neg = (1.0 - cfg.alpha) * focal_pow(prob) * (-(1.0 - prob + 1e-8).ln());
-            let pos = cfg.alpha * focal_pow(1.0 - prob) * (-(prob + 1e-8).ln());
+            let prob = 1.0 / (1.0 + exp32(-logit));
+            let neg = (1.0 - cfg.alpha) * focal_pow(prob) * -ln32(1.0 - prob + 1e-8);
+            let pos = cfg.alpha * focal_pow(1.0 - prob) * -ln32(prob + 1e-8);
             let class_cost = pos - neg;
             let l1 = (a[0] - g[0]).abs()
                 + (a[1] - g[1]).abs()

@@ -17,7 +17,7 @@ pub mod solver;
 pub mod tracker;
 
 pub use matcher::{Matcher, MatcherConfig, MatcherInputs, MatcherShape, TopKMatches};
-pub use solver::{assign, assign_batched, Assigner, DeviceBatch, DeviceMatrix};
+pub use solver::{assign, assign_batched, Assigner, DeviceBatch, DeviceMatrix, SolveProfile};
 pub use tracker::{CpuTracker, GpuTracker, Track, TrackerConfig, TrackerDetections};
 
 /// Largest cost range, in scaled integer units, the solver admits. Bids are packed as

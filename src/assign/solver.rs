@@ -95,6 +95,61 @@ pub(crate) struct AssignInfo {
     pub rounds: u32,
     pub phases: u32,
     pub unassigned: u32,
+    /// Thread 0's clock64 cycles per stage (see [`SolveProfile`]).
+    pub cycles: [u32; 6],
+    /// Kernel globaltimer nanoseconds from entry to the result write.
+    pub ns: u32,
+    pub pad: u32,
+}
+
+/// Where one solve's time went inside the kernel (diagnostics; from `assign_solve`'s thread 0,
+/// SM clock cycles between stage marks, so stages sum to the kernel's in-block time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SolveProfile {
+    /// Pass 1 (scan), pass 2 (quantise) and the state initialisation.
+    pub prep_cycles: u32,
+    /// Per-phase bookkeeping: price shift (min reduction) and lambda (min reduction).
+    pub phase_cycles: u32,
+    /// The first round of each phase (a full scan per person, eps-CS check, bids).
+    pub forward_first_cycles: u32,
+    /// Later forward rounds (resolve + bids) and single-bidder chains.
+    pub forward_cycles: u32,
+    /// Reverse parts (rectangular only).
+    pub reverse_cycles: u32,
+    /// The final sum and writes.
+    pub finish_cycles: u32,
+    /// Kernel time from the block's entry to its result write, globaltimer nanoseconds.
+    pub ns: u32,
+}
+
+impl SolveProfile {
+    fn from_info(info: &AssignInfo) -> SolveProfile {
+        let c = info.cycles;
+        SolveProfile {
+            prep_cycles: c[0],
+            phase_cycles: c[1],
+            forward_first_cycles: c[2],
+            forward_cycles: c[3],
+            reverse_cycles: c[4],
+            finish_cycles: c[5],
+            ns: info.ns,
+        }
+    }
+
+    /// All stages' cycles.
+    pub fn total_cycles(&self) -> u64 {
+        [
+            self.prep_cycles,
+            self.phase_cycles,
+            self.forward_first_cycles,
+            self.forward_cycles,
+            self.reverse_cycles,
+            self.finish_cycles,
+        ]
+        .iter()
+        .map(|&c| c as u64)
+        .sum()
+    }
 }
 
 /// A row-major f32 cost matrix in device memory.
@@ -467,6 +522,17 @@ impl Assigner {
             })
             .collect();
         Ok(assemble(&shapes, &info, &r2c, &c2r))
+    }
+
+    /// Downloads the last solve's in-kernel stage profile (synchronises), one per matrix.
+    pub fn read_profile(&self, gpu: &Gpu) -> Result<Vec<SolveProfile>> {
+        let Some((count, _, _)) = self.last else {
+            return Ok(Vec::new());
+        };
+        let mut info = vec![AssignInfo::default(); count];
+        download_into(gpu, &mut info, self.info.ptr())?;
+        gpu.synchronize()?;
+        Ok(info.iter().map(SolveProfile::from_info).collect())
     }
 
     /// Downloads the last solve's results; the first failed matrix is the error.
