@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixtures, gpu_available, Rng};
+use common::{fixture_f32, fixtures, gpu_available, Rng};
 use finesam::frame::{sam_extent, FrameHeader, FRAME_PIXEL_OFFSET};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::mask::{
@@ -244,10 +244,6 @@ fn empty_masks_multimask_indices_and_capacity() {
     assert!(matches!(err, Error::Launch { .. }), "{err:?}");
 }
 
-fn f32s(tensors: &SafeTensors<'_>, name: &str) -> Vec<f32> {
-    bytemuck::pod_collect_to_vec(tensors.tensor(name).unwrap().data())
-}
-
 #[test]
 fn masks_match_pytorch_postprocess() {
     if !gpu_available("masks_match_pytorch_postprocess") {
@@ -271,11 +267,11 @@ fn masks_match_pytorch_postprocess() {
     for path in paths {
         let bytes = std::fs::read(&path).unwrap();
         let tensors = SafeTensors::deserialize(&bytes).unwrap();
-        let low = f32s(&tensors, "low_res_logits");
+        let low = fixture_f32(&tensors, "low_res_logits");
         let logits_view = tensors.tensor("logits").unwrap();
         let shape = logits_view.shape().to_vec();
         let (count, height, width) = (shape[0], shape[1] as u32, shape[2] as u32);
-        let logits = f32s(&tensors, "logits");
+        let logits = fixture_f32(&tensors, "logits");
         let masks: Vec<Vec<f32>> = low
             .chunks_exact(LOW_RES_SIDE * LOW_RES_SIDE)
             .map(<[f32]>::to_vec)

@@ -8,26 +8,13 @@
 
 mod common;
 
-use common::{fixtures, gpu_available};
+use common::{fixture_f32, fixture_format, fixtures, gpu_available};
 use finesam::frame::sam_extent;
 use finesam::models::mobilesam::{MobileSam, Prompts, SamConfig};
-use finesam::{reference, Error, Frame, PacketLayout, PixelFormat, ResultPacket};
+use finesam::{reference, Error, Frame, PacketLayout, ResultPacket};
 use safetensors::SafeTensors;
 
 const MIN_IOU: f64 = 0.95;
-
-fn f32s(t: &SafeTensors<'_>, name: &str) -> Vec<f32> {
-    bytemuck::pod_collect_to_vec(t.tensor(name).unwrap().data())
-}
-
-fn format_of(name: &str) -> PixelFormat {
-    match name {
-        "gray8" => PixelFormat::Gray8,
-        "bgr8" => PixelFormat::Bgr8,
-        "rgba8" => PixelFormat::Rgba8,
-        _ => PixelFormat::Rgb8,
-    }
-}
 
 #[test]
 fn mobilesam_end_to_end_matches_the_official_pipeline() {
@@ -75,7 +62,7 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
         let t = SafeTensors::deserialize(&bytes).unwrap();
         let frame_view = t.tensor("frame").unwrap();
         let (height, width) = (frame_view.shape()[0] as u32, frame_view.shape()[1] as u32);
-        let format = format_of(&meta["format"]);
+        let format = fixture_format(&meta["format"]);
         let frame = Frame::packed(frame_view.data(), width, height, format);
         let extent = sam_extent(width, height).unwrap();
 
@@ -89,11 +76,11 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
         );
 
         for (set, multimask) in [("boxes8", false), ("boxes8_multi", true)] {
-            let boxes: Vec<[f32; 4]> = f32s(&t, &format!("{set}.boxes"))
+            let boxes: Vec<[f32; 4]> = fixture_f32(&t, &format!("{set}.boxes"))
                 .chunks_exact(4)
                 .map(|b| [b[0], b[1], b[2], b[3]])
                 .collect();
-            let low = f32s(&t, &format!("{set}.low_res_logits"));
+            let low = fixture_f32(&t, &format!("{set}.low_res_logits"));
             // Warm the plan once, then check the steady-state copy and allocation counts.
             sam.predict(&Prompts::Boxes(&boxes), multimask).unwrap();
             let before = sam.gpu().counters();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures, gpu_available, Rng};
+use common::{fixture_f32, fixture_format, fixtures, gpu_available, Rng};
 use finesam::frame::{sam_extent, SAM_INPUT_SIZE};
 use finesam::{reference, Error, Frame, Pipeline, PipelineConfig, PixelFormat};
 use half::f16;
@@ -112,24 +112,6 @@ fn preprocess_matches_cpu_reference_on_random_frames() {
     }
 }
 
-fn format_from_name(name: &str) -> PixelFormat {
-    match name {
-        "gray8" => PixelFormat::Gray8,
-        "rgb8" => PixelFormat::Rgb8,
-        "bgr8" => PixelFormat::Bgr8,
-        "rgba8" => PixelFormat::Rgba8,
-        other => panic!("fixture has unknown pixel format {other}"),
-    }
-}
-
-fn f32_tensor(tensors: &SafeTensors<'_>, name: &str) -> Vec<f64> {
-    let view = tensors.tensor(name).expect("fixture tensor present");
-    view.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-        .collect()
-}
-
 #[test]
 fn preprocess_matches_pytorch_on_real_images() {
     if !gpu_available("preprocess_matches_pytorch_on_real_images") {
@@ -154,14 +136,20 @@ fn preprocess_matches_pytorch_on_real_images() {
         let bytes = std::fs::read(&path).unwrap();
         let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = metadata.metadata().clone().unwrap_or_default();
-        let format = format_from_name(&meta["format"]);
+        let format = fixture_format(&meta["format"]);
         let tensors = SafeTensors::deserialize(&bytes).unwrap();
         let frame_view = tensors.tensor("frame").unwrap();
         let shape = frame_view.shape();
         let (height, width) = (shape[0] as u32, shape[1] as u32);
         let frame = Frame::packed(frame_view.data(), width, height, format);
-        let dfine = f32_tensor(&tensors, "dfine_input");
-        let sam = f32_tensor(&tensors, "sam_input");
+        let dfine: Vec<f64> = fixture_f32(&tensors, "dfine_input")
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let sam: Vec<f64> = fixture_f32(&tensors, "sam_input")
+            .into_iter()
+            .map(f64::from)
+            .collect();
         assert_eq!(sam.len(), 3 * (SAM_INPUT_SIZE * SAM_INPUT_SIZE) as usize);
         let (dfine_err, sam_err) = run_against(&mut pipeline, &frame, &dfine, &sam);
         let name = path.file_name().unwrap().to_string_lossy();

@@ -76,3 +76,23 @@ impl Rng {
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
 }
+
+/// A float32 tensor of a reference fixture, by name (panics with the name if absent: a broken
+/// fixture is a test failure).
+pub fn fixture_f32(tensors: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f32> {
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("fixture tensor '{name}': {e}"));
+    bytemuck::pod_collect_to_vec(view.data())
+}
+
+/// The pixel format a fixture's metadata names (`gray8`, `rgb8`, `bgr8`, `rgba8`).
+pub fn fixture_format(name: &str) -> finesam::PixelFormat {
+    match name {
+        "gray8" => finesam::PixelFormat::Gray8,
+        "rgb8" => finesam::PixelFormat::Rgb8,
+        "bgr8" => finesam::PixelFormat::Bgr8,
+        "rgba8" => finesam::PixelFormat::Rgba8,
+        other => panic!("fixture has unknown pixel format {other}"),
+    }
+}
