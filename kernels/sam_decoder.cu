@@ -5,15 +5,15 @@
 //   encoding of prompt points scaled into the 1024 frame as ResizeLongestSide.apply_coords_torch
 //   does, plus the label embeddings) and the token assembly of MaskDecoder.predict_masks:
 //   tokens[b] = [iou_token, mask_tokens[0..4], sparse prompt embeddings].
-// - sam_ln_gelu_c64: LayerNorm2d(64, eps 1e-6) + GELU of output_upscaling, on the 128x128 map
-//   stored as rows of 64 channels (the ConvTranspose2d-as-GEMM output viewed [4 M, 64]).
-// - sam_masks: masks = hyper_in @ upscaled (MaskDecoder.predict_masks) with the multimask
-//   slice, written as fp32 [B, C, 256, 256] in image order, and iou_pred[:, slice].
+// - sam_upscale_masks: the end of output_upscaling (LayerNorm2d(64, eps 1e-6) + GELU, the second
+//   ConvTranspose2d + GELU) fused with masks = hyper_in @ upscaled (MaskDecoder.predict_masks),
+//   the multimask slice and iou_pred[:, slice]; logits written fp32 [B, C, 256, 256] in image
+//   order. Reads the first ConvTranspose2d's GEMM output; nothing else is stored.
 //
-// Upscaled layout: ConvTranspose2d(k2, s2) twice, each done as a GEMM whose output columns are
-// ordered (dy, dx, channel); row r1 = (b*4096 + y*64 + x)*4 + dy*2 + dx of the second GEMM's
-// input, its columns (dy2*2 + dx2)*32 + c, is pixel (4y + 2dy + dy2, 4x + 2dx + dx2) of the
-// 256x256 map. No scatter kernel runs: sam_masks reads pixels in that order.
+// Upscaled layout: ConvTranspose2d(k2, s2) twice, each a GEMM whose output columns are ordered
+// (dy, dx, channel); row r1 = (b*4096 + y*64 + x)*4 + dy*2 + dx of the second one's input (64
+// channels), its columns (dy2*2 + dx2)*32 + c, is pixel (4y + 2dy + dy2, 4x + 2dx + dx2) of the
+// 256x256 map. No scatter kernel runs: sam_upscale_masks writes each logit where it belongs.
 #include "common.cuh"
 #include "dense.cuh"
 
@@ -87,83 +87,167 @@ extern "C" __global__ void __launch_bounds__(kFreqs) sam_prompt_encode(PromptPar
     out[c + kFreqs] = __float2half_rn(co + p.label_embed[label * kDim + c + kFreqs]);
 }
 
-// In-place y = GELU(LayerNorm(x) * gamma + beta) over rows of 64 fp16 channels: 8 lanes per
-// row, one 16-byte vector each; variance from centred values as in norm.cu.
-extern "C" __global__ void __launch_bounds__(256)
-    sam_ln_gelu_c64(__half* x, const float* gamma, const float* beta, long long rows, float eps) {
-    const long long row = blockIdx.x * 32ll + threadIdx.x / 8;
-    const int lane = threadIdx.x % 8;
-    const bool ok = row < rows;
-    uint4* ptr = reinterpret_cast<uint4*>(x + (ok ? row : 0) * 64) + lane;
-    float v[8];
-    unpack8(ok ? *ptr : make_uint4(0, 0, 0, 0), v);
-    float sum = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sum += v[e];
-#pragma unroll
-    for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    const float mean = sum * (1.f / 64.f);
-    float var = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        v[e] -= mean;
-        var += v[e] * v[e];
-    }
-#pragma unroll
-    for (int o = 4; o > 0; o >>= 1) var += __shfl_xor_sync(0xffffffffu, var, o);
-    const float inv = rsqrtf(var * (1.f / 64.f) + eps);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const int ch = lane * 8 + e;
-        v[e] = activate(v[e] * inv * gamma[ch] + beta[ch], kActGelu);
-    }
-    if (ok) *ptr = pack8(v);
-}
-
 namespace {
-// Mirrors `MaskParams` in src/ops/sam_decoder.rs.
-struct MaskParams {
-    const __half* upscaled;  // [batch * 16384, 128] in ConvTranspose order (file comment)
+constexpr int kUp1 = 64;                        // channels after the first ConvTranspose2d
+constexpr int kUp2Cols = 4 * kUpChannels;       // second ConvTranspose2d as GEMM: (dy2, dx2, c)
+constexpr int kUpRows = 16 * 4096 / 4;          // rows of 64 channels per prompt (128 x 128)
+constexpr int kChunkRows = 128;                 // 8 warps x 16 rows
+constexpr int kChunks = 2;
+constexpr int kBlockRows = kChunkRows * kChunks;
+constexpr int kUpLd = kUp1 + 8;                 // 72 halves = 36 words: fragment loads conflict-free
+
+// Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
+struct UpscaleMaskParams {
+    const __half* up1;       // [batch * 16384, 64]: first ConvTranspose2d + bias, before LayerNorm2d
+    const float* ln_gamma;   // [64] LayerNorm2d
+    const float* ln_beta;    // [64]
+    const __half* w2;        // [128, 64] second ConvTranspose2d, rows (dy2, dx2, c)
+    const float* b2;         // [128]
     const __half* heads;     // [5][stride][32]: IoU head (first 4 columns), hyper_in of mask token 0..3
     const uint32_t* count;   // prompts in use
     float* low_res;          // [batch, masks, 256, 256]
     float* iou;              // [batch, masks]
     uint32_t* mask_count;    // receives min(count, batch) * masks (mask decoding reads it)
+    float eps;
     int batch, stride, first, masks;
 };
 
 }  // namespace
 
-// One block per (output row Y, prompt b), one thread per column X.
-extern "C" __global__ void __launch_bounds__(kLowRes) sam_masks(MaskParams p) {
+// The end of output_upscaling and the mask product in one pass, per block 256 rows of the
+// first ConvTranspose2d output of one prompt (two chunks of 128):
+//   a = GELU(LayerNorm2d(up1 row))               fp32, stored fp16 in shared memory (MMA operand)
+//   u = GELU(a @ w2^T + b2)                       mma.sync, fp32 accumulators, never stored
+//   low_res[m, pixel] = sum_c hyper[m, c] u[pixel, c]   fp32 (quad shuffles over the channels)
+// so neither the LayerNorm output nor the [K, 32, 256, 256] map touches global memory.
+// Warp w owns rows 16w..16w+15 of a chunk and all 128 columns (16 n-tiles of 8): n-tiles 4s..4s+3
+// are sub-pixel s = dy2 * 2 + dx2, their columns the 32 channels.
+extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskParams p) {
+    __shared__ __align__(16) __half a_s[kChunkRows][kUpLd];
+    __shared__ __align__(16) __half w_s[kUp2Cols][kUpLd];
+    __shared__ float bias_s[kUp2Cols];
+    __shared__ float gamma_s[kUp1], beta_s[kUp1];
     __shared__ float hyper[kMaxMasks][kUpChannels];
-    const int Y = blockIdx.x, b = blockIdx.y, X = threadIdx.x;
-    if (X < p.masks * kUpChannels) {
-        const int m = X / kUpChannels, j = X % kUpChannels;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const int b = blockIdx.y;
+    for (int i = tid; i < kUp2Cols * kUp1 / 8; i += blockDim.x)
+        *reinterpret_cast<uint4*>(&w_s[i / 8][(i % 8) * 8]) = reinterpret_cast<const uint4*>(p.w2)[i];
+    if (tid < kUp2Cols) bias_s[tid] = p.b2[tid];
+    if (tid < kUp1) {
+        gamma_s[tid] = p.ln_gamma[tid];
+        beta_s[tid] = p.ln_beta[tid];
+    }
+    if (tid < p.masks * kUpChannels) {
+        const int m = tid / kUpChannels, j = tid % kUpChannels;
         hyper[m][j] = __half2float(p.heads[((1 + p.first + m) * static_cast<size_t>(p.stride) + b) * kUpChannels + j]);
     }
-    if (Y == 0 && X < p.masks)
-        p.iou[b * p.masks + X] = __half2float(p.heads[static_cast<size_t>(b) * kUpChannels + p.first + X]);
-    if (Y == 0 && b == 0 && X == 0) p.mask_count[0] = min(*p.count, static_cast<uint32_t>(p.batch)) * p.masks;
-    __syncthreads();
-    const int y = Y >> 2, dy = (Y >> 1) & 1, dy2 = Y & 1;
-    const int x = X >> 2, dx = (X >> 1) & 1, dx2 = X & 1;
-    const size_t row = ((static_cast<size_t>(b) * 4096 + y * 64 + x) * 4 + dy * 2 + dx);
-    const uint4* src = reinterpret_cast<const uint4*>(p.upscaled + row * 128 + (dy2 * 2 + dx2) * kUpChannels);
-    float f[kUpChannels];
+    if (blockIdx.x == 0 && tid < p.masks)
+        p.iou[b * p.masks + tid] = __half2float(p.heads[static_cast<size_t>(b) * kUpChannels + p.first + tid]);
+    if (blockIdx.x == 0 && b == 0 && tid == 0)
+        p.mask_count[0] = min(*p.count, static_cast<uint32_t>(p.batch)) * p.masks;
+
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+        const int row0 = blockIdx.x * kBlockRows + chunk * kChunkRows;
+        __syncthreads();  // the previous chunk's fragments are read (chunk 0: parameters stored)
+        // LayerNorm2d + GELU: 8 lanes per row (one 16-byte vector each), 32 rows per pass;
+        // variance from centred values as in norm.cu.
+        const int l8 = tid % 8;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-        float part[8];
-        unpack8(src[q], part);
+        for (int pass = 0; pass < kChunkRows / 32; ++pass) {
+            const int r = pass * 32 + tid / 8;
+            const uint4 raw = reinterpret_cast<const uint4*>(
+                p.up1 + (static_cast<size_t>(b) * kUpRows + row0 + r) * kUp1)[l8];
+            float v[8];
+            unpack8(raw, v);
+            float sum = 0.f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) f[q * 8 + e] = part[e];
-    }
+            for (int e = 0; e < 8; ++e) sum += v[e];
 #pragma unroll
-    for (int m = 0; m < kMaxMasks; ++m) {
-        if (m >= p.masks) break;
-        float acc = 0.f;
+            for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            const float mean = sum * (1.f / kUp1);
+            float var = 0.f;
 #pragma unroll
-        for (int j = 0; j < kUpChannels; ++j) acc = fmaf(hyper[m][j], f[j], acc);
-        p.low_res[((static_cast<size_t>(b) * p.masks + m) * kLowRes + Y) * kLowRes + X] = acc;
+            for (int e = 0; e < 8; ++e) {
+                v[e] -= mean;
+                var += v[e] * v[e];
+            }
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) var += __shfl_xor_sync(0xffffffffu, var, o);
+            const float inv = rsqrtf(var * (1.f / kUp1) + p.eps);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int ch = l8 * 8 + e;
+                v[e] = activate(v[e] * inv * gamma_s[ch] + beta_s[ch], kActGelu);
+            }
+            *reinterpret_cast<uint4*>(&a_s[r][l8 * 8]) = pack8(v);
+        }
+        __syncthreads();
+
+        const int wr = warp * 16;
+        float acc[16][4];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kUp1; kk += 16) {
+            uint32_t a[4];
+            a[0] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 2 * q]);
+            a[1] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 2 * q]);
+            a[2] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 8 + 2 * q]);
+            a[3] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 8 + 2 * q]);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 2 * q]);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 8 + 2 * q]);
+                mma16816(acc[j], a, b0, b1);
+            }
+        }
+
+        // Rows wr+g (accumulators 0, 1) and wr+g+8 (2, 3); this lane holds channels
+        // jj*8 + 2q + {0, 1} of each sub-pixel. Row r = (y*64 + x)*4 + dy*2 + dx.
+        const int r_lo = row0 + wr + g, r_hi = r_lo + 8;
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float u[2][8];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float bias = bias_s[(4 * s + jj) * 8 + 2 * q + e];
+                    u[0][jj * 2 + e] = activate(acc[4 * s + jj][e] + bias, kActGelu);
+                    u[1][jj * 2 + e] = activate(acc[4 * s + jj][2 + e] + bias, kActGelu);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < kMaxMasks; ++m) {
+                if (m >= p.masks) break;
+                float lo = 0.f, hi = 0.f;
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const float h = hyper[m][jj * 8 + 2 * q + e];
+                        lo = fmaf(h, u[0][jj * 2 + e], lo);
+                        hi = fmaf(h, u[1][jj * 2 + e], hi);
+                    }
+                }
+#pragma unroll
+                for (int o = 1; o < 4; o <<= 1) {
+                    lo += __shfl_xor_sync(0xffffffffu, lo, o);
+                    hi += __shfl_xor_sync(0xffffffffu, hi, o);
+                }
+                if (q == s) {
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int r = half ? r_hi : r_lo;
+                        const int px = r >> 2, y = px >> 6, x = px & 63;
+                        const int Y = 4 * y + 2 * ((r >> 1) & 1) + (s >> 1);
+                        const int X = 4 * x + 2 * (r & 1) + (s & 1);
+                        p.low_res[((static_cast<size_t>(b) * p.masks + m) * kLowRes + Y) * kLowRes + X] =
+                            half ? hi : lo;
+                    }
+                }
+            }
+        }
     }
 }
