@@ -1,6 +1,6 @@
-// Helpers shared by the dense op families (gemm.cu, conv.cu, norm.cu, sam_decoder.cu):
-// activations, 16-byte fp16 vector packing and the fp16 tensor-core MMA. Activation codes match
-// `Activation` in src/ops/gemm.rs.
+// Helpers shared by the dense op families (gemm.cu, conv.cu, norm.cu, attention.cu,
+// sam_decoder.cu): activations, fp16 packing and the fp16 tensor-core MMA. Activation codes
+// match `Activation` in src/ops/gemm.rs.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -44,6 +44,12 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one packed fp16 pair (an MMA operand register).
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
 }
 
 }  // namespace finesam

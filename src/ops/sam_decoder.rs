@@ -283,3 +283,162 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
     Ok(())
 }
+
+/// Mirrors `ImageToTokenParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct ImageToTokenParams {
+    q: u64,
+    kv: u64,
+    w: u64,
+    bias: u64,
+    residual: u64,
+    gamma: u64,
+    beta: u64,
+    y: u64,
+    q_stride: i64,
+    q_batch: i64,
+    res_batch: i64,
+    tokens: i32,
+    scale: f32,
+    eps: f32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for ImageToTokenParams {}
+
+/// Width of the two-way blocks' cross attentions (`downsample_rate` 2), 8 heads of 16.
+pub const CROSS_DIM: usize = SAM_DIM / 2;
+/// Most tokens per prompt [`launch_image_to_token`] takes (5 output tokens + 64 points).
+pub const MAX_TOKENS: usize = OUTPUT_TOKENS + 64;
+
+/// Operands of [`launch_image_to_token`] (element strides; a batch stride 0 shares one tensor
+/// between all prompts).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageToTokenArgs {
+    /// Prompts.
+    pub batch: usize,
+    /// Tokens per prompt (1..=[`MAX_TOKENS`]).
+    pub tokens: usize,
+    /// Image->token q: per prompt 4096 rows of 128 fp16, `q_stride` apart.
+    pub q: DeviceRegion,
+    /// Elements between q rows (even).
+    pub q_stride: usize,
+    /// Elements between prompts' q (0: shared).
+    pub q_batch: usize,
+    /// `[batch, tokens, 256]` fp16: k (128 columns) then v (128).
+    pub kv: DeviceRegion,
+    /// out_proj `[256, 128]` fp16 and `[256]` f32 bias.
+    pub out: (DeviceRegion, DeviceRegion),
+    /// `[4096, 256]` fp16 residual per prompt, `residual_batch` elements apart (0: shared); may
+    /// be `y` itself.
+    pub residual: DeviceRegion,
+    /// Elements between prompts' residuals.
+    pub residual_batch: usize,
+    /// LayerNorm `[256]` f32 weight and bias.
+    pub norm: (DeviceRegion, DeviceRegion),
+    /// Attention scale (1 / sqrt(16)).
+    pub scale: f32,
+    /// LayerNorm eps.
+    pub eps: f32,
+    /// `[batch, 4096, 256]` fp16 output (the new keys).
+    pub y: DeviceRegion,
+}
+
+/// `y = LayerNorm(residual + out_proj(softmax(scale q k^T) v))` with q the image pixels and
+/// k/v the tokens: a two-way block's image->token attention, out_proj, residual and norm4 in
+/// one kernel (no `[K, 4096, 128]` attention output, no pre-norm keys in memory).
+pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
+    const KERNEL: &str = "sam_image_to_token";
+    if a.batch == 0 || a.batch > 65535 || a.tokens == 0 || a.tokens > MAX_TOKENS {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "batch {} must be 1..=65535 and tokens {} 1..={MAX_TOKENS}",
+                a.batch, a.tokens
+            ),
+        ));
+    }
+    if a.q_stride < CROSS_DIM || a.q_stride % 2 != 0 || a.q_batch % 2 != 0 {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "q row stride {} must be even and >= {CROSS_DIM}, batch stride {} even",
+                a.q_stride, a.q_batch
+            ),
+        ));
+    }
+    if a.residual_batch % 2 != 0 || !(a.eps.is_finite() && a.eps >= 0.0 && a.scale.is_finite()) {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "residual batch stride {} must be even, eps {} and scale {} finite",
+                a.residual_batch, a.eps, a.scale
+            ),
+        ));
+    }
+    let span = |batch_stride: usize, rows: usize, stride: usize, cols: usize| {
+        (a.batch - 1)
+            .checked_mul(batch_stride)
+            .and_then(|v| v.checked_add((rows - 1) * stride + cols))
+            .and_then(|v| v.checked_mul(2))
+    };
+    a.q.check(
+        KERNEL,
+        "q",
+        span(a.q_batch, EMBED_PIXELS, a.q_stride, CROSS_DIM),
+        4,
+    )?;
+    a.kv.check(
+        KERNEL,
+        "token k/v",
+        Some(a.batch * a.tokens * 2 * CROSS_DIM * 2),
+        16,
+    )?;
+    a.out
+        .0
+        .check(KERNEL, "out_proj weight", Some(SAM_DIM * CROSS_DIM * 2), 4)?;
+    a.out
+        .1
+        .check(KERNEL, "out_proj bias", Some(SAM_DIM * 4), 4)?;
+    a.residual.check(
+        KERNEL,
+        "residual",
+        span(a.residual_batch, EMBED_PIXELS, SAM_DIM, SAM_DIM),
+        4,
+    )?;
+    a.norm
+        .0
+        .check(KERNEL, "norm weight", Some(SAM_DIM * 4), 4)?;
+    a.norm.1.check(KERNEL, "norm bias", Some(SAM_DIM * 4), 4)?;
+    a.y.check(KERNEL, "y", Some(a.batch * EMBED_PIXELS * SAM_DIM * 2), 4)?;
+    let params = ImageToTokenParams {
+        q: a.q.ptr,
+        kv: a.kv.ptr,
+        w: a.out.0.ptr,
+        bias: a.out.1.ptr,
+        residual: a.residual.ptr,
+        gamma: a.norm.0.ptr,
+        beta: a.norm.1.ptr,
+        y: a.y.ptr,
+        q_stride: a.q_stride as i64,
+        q_batch: a.q_batch as i64,
+        res_batch: a.residual_batch as i64,
+        tokens: a.tokens as i32,
+        scale: a.scale,
+        eps: a.eps,
+    };
+    // 64 pixels per block (kI2tRows in the kernel).
+    let cfg = LaunchConfig {
+        grid_dim: ((EMBED_PIXELS / 64) as u32, a.batch as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().sam_image_to_token);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}

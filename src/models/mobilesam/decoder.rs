@@ -25,9 +25,9 @@ use crate::ops::gemm::{
 };
 use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
 use crate::ops::sam_decoder::{
-    launch_prompt_encode, launch_upscale_masks, masks_per_prompt, PromptEncodeArgs,
-    UpscaleMaskArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS,
-    UPSCALED_CHANNELS,
+    launch_image_to_token, launch_prompt_encode, launch_upscale_masks, masks_per_prompt,
+    ImageToTokenArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS,
+    SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
 use crate::ops::DeviceRegion;
 use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
@@ -638,7 +638,6 @@ struct Ids {
     g0: TensorId,
     keys: TensorId,
     g: TensorId,
-    img_o: TensorId,
     up1: TensorId,
     low_res: TensorId,
     iou: TensorId,
@@ -704,7 +703,6 @@ impl DecodePlan {
         let sm = gpu.kernels().sm_count() as usize;
         let ws = [
             workspace_bytes(sm, b, t, PIXELS, CROSS / HEADS_N)?,
-            workspace_bytes(sm, b, PIXELS, t, CROSS / HEADS_N)?,
             workspace_bytes(sm, b, t, t, D / HEADS_N)?,
         ]
         .into_iter()
@@ -733,7 +731,6 @@ impl DecodePlan {
             g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
             keys: p.request("keys", b * PIXELS * D * 2, 1, 5)?,
             g: p.request("keys_proj", b * PIXELS * KEYS_N * 2, 2, 4)?,
-            img_o: p.request("image_attention", b * PIXELS * CROSS * 2, 1, 3)?,
             up1: p.request("upscaled1", b * PIXELS * 4 * UP1 * 2, 5, 6)?,
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
@@ -1139,49 +1136,31 @@ impl DecodePlan {
                 Activation::None,
                 pe_res(kv_col),
             )?;
-            let k = tokens_of(ids.kv, 0, 2 * CROSS, CROSS / HEADS_N);
-            let v = tokens_of(ids.kv, CROSS, 2 * CROSS, CROSS / HEADS_N);
-            let o = HeadsTensor::contiguous(
-                self.arena.ptr(ids.img_o),
-                self.arena.bytes(ids.img_o),
-                PIXELS,
-                HEADS_N,
-                CROSS / HEADS_N,
-            );
-            attention(
-                PIXELS,
-                t,
-                CROSS / HEADS_N,
-                scale16,
-                pixels_of(g, 0, KEYS_N, shared),
-                k,
-                v,
-                o,
-            )?;
-            // keys = LN(keys + out_proj(o)); block 0's residual is the shared embedding.
-            let residual = if l == 0 {
-                Matrix::packed(embedding, D)
+            // keys = LN(keys + out_proj(attention)) in one kernel; block 0's residual is the
+            // shared embedding, block 1's the keys themselves (in place).
+            let (residual, residual_batch) = if l == 0 {
+                (embedding, 0)
             } else {
-                Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D)
+                (r(ids.keys), PIXELS * D)
             };
-            let x = Matrix::packed(r(ids.img_o), CROSS).with_batch_stride(PIXELS * CROSS);
-            let y = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
-            gemm_batched(
+            launch_image_to_token(
                 gpu,
-                GemmProblem {
-                    m: PIXELS,
-                    n: D,
-                    k: CROSS,
+                &ImageToTokenArgs {
                     batch: b,
+                    tokens: t,
+                    q: g,
+                    q_stride: KEYS_N,
+                    q_batch: if shared { 0 } else { PIXELS * KEYS_N },
+                    kv: r(ids.kv),
+                    out: lw.i2t_out,
+                    residual,
+                    residual_batch,
+                    norm: lw.norms[3],
+                    scale: scale16,
+                    eps: LN_EPS,
+                    y: r(ids.keys),
                 },
-                x,
-                Matrix::packed(lw.i2t_out.0, CROSS),
-                y,
-                Some(lw.i2t_out.1),
-                Activation::None,
-                Some(residual),
             )?;
-            ln(r(ids.keys), b * PIXELS, lw.norms[3])?;
         }
 
         // Final token -> image attention.
