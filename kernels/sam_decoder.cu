@@ -284,8 +284,9 @@ struct ImageToTokenParams {
 // over the quad). out_proj runs on mma.sync with fp32 accumulators; bias, residual and the
 // LayerNorm (two-pass mean / centred variance over the 256 columns, halves combined through
 // shared memory) stay in fp32 until the one fp16 store. Residual and output may alias: each
-// element is read and then written by the same thread.
-extern "C" __global__ void __launch_bounds__(256) sam_image_to_token(ImageToTokenParams p) {
+// element is read and then written by the same thread. Two blocks per SM (128 registers, no
+// spills) to hide the latency of the scattered q / residual reads.
+extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToTokenParams p) {
     __shared__ __align__(16) __half kv_s[kMaxTokens * 2 * kCross];
     __shared__ float sum_s[kI2tRows][2], var_s[kI2tRows][2];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
