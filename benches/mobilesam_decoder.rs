@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use finesam::frame::{FrameHeader, FRAME_PIXEL_OFFSET};
 use finesam::gpu::Graph;
 use finesam::models::mobilesam::decoder::{
-    expected_tensors, upload_embedding_nchw, DecodeConfig, MaskDecoder,
+    expected_tensors, upload_embedding_nchw, DecodeConfig, DecodePart, MaskDecoder,
 };
 use finesam::models::mobilesam::prompt::{PromptKind, Prompts};
 use finesam::ops::mask::{
@@ -170,6 +170,21 @@ fn decoder(c: &mut Criterion) {
             launch_mask_decode(&gpu, &io, &layout, &params)
         })
         .expect("capture");
+        // Per-part GPU time: each launch group alone as a graph (after a full decode, so its
+        // inputs are real); the sum is an upper bound of the whole (no overlap between parts).
+        graph_time(&gpu, &decode_only);
+        let mut line = format!("mobilesam decoder parts, {k} boxes, us:");
+        let mut sum = 0.0;
+        for part in DecodePart::ALL {
+            let graph =
+                Graph::capture(&gpu, || decoder.decode_part(&gpu, &plan, emb, hdr, k, part))
+                    .expect("capture");
+            let us = graph_time(&gpu, &graph) * 1e3;
+            sum += us;
+            line += &format!(" [{}] {us:.1}", part.name());
+        }
+        let whole = graph_time(&gpu, &decode_only) * 1e3;
+        println!("{line}; sum {sum:.1}, whole decode {whole:.1}");
         for (name, graph) in [
             ("decoder", &decode_only),
             ("decoder_and_masks_1920x1080", &with_masks),
@@ -193,6 +208,12 @@ fn decoder(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Mean GPU milliseconds of a graph replay (200 replays after 20 warm-up ones).
+fn graph_time(gpu: &Gpu, graph: &Graph) -> f64 {
+    gpu.time_ms(20, || graph.replay()).expect("replay");
+    gpu.time_ms(200, || graph.replay()).expect("replay")
 }
 
 criterion_group! {

@@ -30,7 +30,12 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "dense.cuh"
+
 namespace {
+
+using finesam::mma16816;
+using finesam::pack_half2;
 
 // Mirrors `AttentionParams` in src/ops/attention.rs (passed by value).
 struct AttentionParams {
@@ -102,21 +107,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
-}
-
-// c += a (16x16, row) * b (16x8, col); fp16 inputs, fp32 accumulators.
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
 }
 
 // Eight fp32 values -> one 16-byte fp16 store.
@@ -294,8 +284,8 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
                     const int r = wn * KW + j2 * 16 + (mi >> 1) * 8 + (lane & 7);
                     uint32_t kf[4];
                     ldmatrix_x4(kf, ks + swizzle<D>(r, 2 * kk + (mi & 1)));
-                    mma_16816(s[2 * j2], qf[kk], kf[0], kf[1]);
-                    mma_16816(s[2 * j2 + 1], qf[kk], kf[2], kf[3]);
+                    mma16816(s[2 * j2], qf[kk], kf[0], kf[1]);
+                    mma16816(s[2 * j2 + 1], qf[kk], kf[2], kf[3]);
                 }
             }
         }
@@ -353,8 +343,8 @@ __device__ __forceinline__ void attention_body(const AttentionParams& p) {
                     const int r = wn * KW + kk * 16 + (mi & 1) * 8 + (lane & 7);
                     uint32_t vf[4];
                     ldmatrix_x4_trans(vf, vs + swizzle<D>(r, jd + (mi >> 1)));
-                    mma_16816(o[jd], pf, vf[0], vf[1]);
-                    mma_16816(o[jd + 1], pf, vf[2], vf[3]);
+                    mma16816(o[jd], pf, vf[0], vf[1]);
+                    mma16816(o[jd + 1], pf, vf[2], vf[3]);
                 }
             }
         }

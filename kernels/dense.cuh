@@ -1,5 +1,6 @@
-// Helpers shared by the dense op families (gemm.cu, conv.cu, norm.cu): activations and
-// 16-byte fp16 vector packing. Activation codes match `Activation` in src/ops/gemm.rs.
+// Helpers shared by the dense op families (gemm.cu, conv.cu, norm.cu, attention.cu,
+// sam_decoder.cu): activations, fp16 packing and the fp16 tensor-core MMA. Activation codes
+// match `Activation` in src/ops/gemm.rs.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -32,6 +33,23 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) h[e] = __floats2half2_rn(f[2 * e], f[2 * e + 1]);
     return raw;
+}
+
+// d += a (16x16, row-major fragment) * b (16x8, column-major fragment): mma.sync.m16n8k16 with
+// fp16 inputs and fp32 accumulators.
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one packed fp16 pair (an MMA operand register).
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
 }
 
 }  // namespace finesam

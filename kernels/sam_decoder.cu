@@ -5,15 +5,15 @@
 //   encoding of prompt points scaled into the 1024 frame as ResizeLongestSide.apply_coords_torch
 //   does, plus the label embeddings) and the token assembly of MaskDecoder.predict_masks:
 //   tokens[b] = [iou_token, mask_tokens[0..4], sparse prompt embeddings].
-// - sam_ln_gelu_c64: LayerNorm2d(64, eps 1e-6) + GELU of output_upscaling, on the 128x128 map
-//   stored as rows of 64 channels (the ConvTranspose2d-as-GEMM output viewed [4 M, 64]).
-// - sam_masks: masks = hyper_in @ upscaled (MaskDecoder.predict_masks) with the multimask
-//   slice, written as fp32 [B, C, 256, 256] in image order, and iou_pred[:, slice].
+// - sam_upscale_masks: the end of output_upscaling (LayerNorm2d(64, eps 1e-6) + GELU, the second
+//   ConvTranspose2d + GELU) fused with masks = hyper_in @ upscaled (MaskDecoder.predict_masks),
+//   the multimask slice and iou_pred[:, slice]; logits written fp32 [B, C, 256, 256] in image
+//   order. Reads the first ConvTranspose2d's GEMM output; nothing else is stored.
 //
-// Upscaled layout: ConvTranspose2d(k2, s2) twice, each done as a GEMM whose output columns are
-// ordered (dy, dx, channel); row r1 = (b*4096 + y*64 + x)*4 + dy*2 + dx of the second GEMM's
-// input, its columns (dy2*2 + dx2)*32 + c, is pixel (4y + 2dy + dy2, 4x + 2dx + dx2) of the
-// 256x256 map. No scatter kernel runs: sam_masks reads pixels in that order.
+// Upscaled layout: ConvTranspose2d(k2, s2) twice, each a GEMM whose output columns are ordered
+// (dy, dx, channel); row r1 = (b*4096 + y*64 + x)*4 + dy*2 + dx of the second one's input (64
+// channels), its columns (dy2*2 + dx2)*32 + c, is pixel (4y + 2dy + dy2, 4x + 2dx + dx2) of the
+// 256x256 map. No scatter kernel runs: sam_upscale_masks writes each logit where it belongs.
 #include "common.cuh"
 #include "dense.cuh"
 
@@ -87,83 +87,341 @@ extern "C" __global__ void __launch_bounds__(kFreqs) sam_prompt_encode(PromptPar
     out[c + kFreqs] = __float2half_rn(co + p.label_embed[label * kDim + c + kFreqs]);
 }
 
-// In-place y = GELU(LayerNorm(x) * gamma + beta) over rows of 64 fp16 channels: 8 lanes per
-// row, one 16-byte vector each; variance from centred values as in norm.cu.
-extern "C" __global__ void __launch_bounds__(256)
-    sam_ln_gelu_c64(__half* x, const float* gamma, const float* beta, long long rows, float eps) {
-    const long long row = blockIdx.x * 32ll + threadIdx.x / 8;
-    const int lane = threadIdx.x % 8;
-    const bool ok = row < rows;
-    uint4* ptr = reinterpret_cast<uint4*>(x + (ok ? row : 0) * 64) + lane;
-    float v[8];
-    unpack8(ok ? *ptr : make_uint4(0, 0, 0, 0), v);
-    float sum = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sum += v[e];
-#pragma unroll
-    for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    const float mean = sum * (1.f / 64.f);
-    float var = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        v[e] -= mean;
-        var += v[e] * v[e];
-    }
-#pragma unroll
-    for (int o = 4; o > 0; o >>= 1) var += __shfl_xor_sync(0xffffffffu, var, o);
-    const float inv = rsqrtf(var * (1.f / 64.f) + eps);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const int ch = lane * 8 + e;
-        v[e] = activate(v[e] * inv * gamma[ch] + beta[ch], kActGelu);
-    }
-    if (ok) *ptr = pack8(v);
-}
-
 namespace {
-// Mirrors `MaskParams` in src/ops/sam_decoder.rs.
-struct MaskParams {
-    const __half* upscaled;  // [batch * 16384, 128] in ConvTranspose order (file comment)
+constexpr int kUp1 = 64;                        // channels after the first ConvTranspose2d
+constexpr int kUp2Cols = 4 * kUpChannels;       // second ConvTranspose2d as GEMM: (dy2, dx2, c)
+constexpr int kUpRows = 16 * 4096 / 4;          // rows of 64 channels per prompt (128 x 128)
+constexpr int kChunkRows = 128;                 // 8 warps x 16 rows
+constexpr int kChunks = 2;
+constexpr int kBlockRows = kChunkRows * kChunks;
+constexpr int kUpLd = kUp1 + 8;                 // 72 halves = 36 words: fragment loads conflict-free
+
+// Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
+struct UpscaleMaskParams {
+    const __half* up1;       // [batch * 16384, 64]: first ConvTranspose2d + bias, before LayerNorm2d
+    const float* ln_gamma;   // [64] LayerNorm2d
+    const float* ln_beta;    // [64]
+    const __half* w2;        // [128, 64] second ConvTranspose2d, rows (dy2, dx2, c)
+    const float* b2;         // [128]
     const __half* heads;     // [5][stride][32]: IoU head (first 4 columns), hyper_in of mask token 0..3
     const uint32_t* count;   // prompts in use
     float* low_res;          // [batch, masks, 256, 256]
     float* iou;              // [batch, masks]
     uint32_t* mask_count;    // receives min(count, batch) * masks (mask decoding reads it)
+    float eps;
     int batch, stride, first, masks;
 };
 
 }  // namespace
 
-// One block per (output row Y, prompt b), one thread per column X.
-extern "C" __global__ void __launch_bounds__(kLowRes) sam_masks(MaskParams p) {
+// The end of output_upscaling and the mask product in one pass, per block 256 rows of the
+// first ConvTranspose2d output of one prompt (two chunks of 128):
+//   a = GELU(LayerNorm2d(up1 row))               fp32, stored fp16 in shared memory (MMA operand)
+//   u = GELU(a @ w2^T + b2)                       mma.sync, fp32 accumulators, never stored
+//   low_res[m, pixel] = sum_c hyper[m, c] u[pixel, c]   fp32 (quad shuffles over the channels)
+// so neither the LayerNorm output nor the [K, 32, 256, 256] map touches global memory.
+// Warp w owns rows 16w..16w+15 of a chunk and all 128 columns (16 n-tiles of 8): n-tiles 4s..4s+3
+// are sub-pixel s = dy2 * 2 + dx2, their columns the 32 channels.
+extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskParams p) {
+    __shared__ __align__(16) __half a_s[kChunkRows][kUpLd];
+    __shared__ __align__(16) __half w_s[kUp2Cols][kUpLd];
+    __shared__ float bias_s[kUp2Cols];
+    __shared__ float gamma_s[kUp1], beta_s[kUp1];
     __shared__ float hyper[kMaxMasks][kUpChannels];
-    const int Y = blockIdx.x, b = blockIdx.y, X = threadIdx.x;
-    if (X < p.masks * kUpChannels) {
-        const int m = X / kUpChannels, j = X % kUpChannels;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const int b = blockIdx.y;
+    for (int i = tid; i < kUp2Cols * kUp1 / 8; i += blockDim.x)
+        *reinterpret_cast<uint4*>(&w_s[i / 8][(i % 8) * 8]) = reinterpret_cast<const uint4*>(p.w2)[i];
+    if (tid < kUp2Cols) bias_s[tid] = p.b2[tid];
+    if (tid < kUp1) {
+        gamma_s[tid] = p.ln_gamma[tid];
+        beta_s[tid] = p.ln_beta[tid];
+    }
+    if (tid < p.masks * kUpChannels) {
+        const int m = tid / kUpChannels, j = tid % kUpChannels;
         hyper[m][j] = __half2float(p.heads[((1 + p.first + m) * static_cast<size_t>(p.stride) + b) * kUpChannels + j]);
     }
-    if (Y == 0 && X < p.masks)
-        p.iou[b * p.masks + X] = __half2float(p.heads[static_cast<size_t>(b) * kUpChannels + p.first + X]);
-    if (Y == 0 && b == 0 && X == 0) p.mask_count[0] = min(*p.count, static_cast<uint32_t>(p.batch)) * p.masks;
+    if (blockIdx.x == 0 && tid < p.masks)
+        p.iou[b * p.masks + tid] = __half2float(p.heads[static_cast<size_t>(b) * kUpChannels + p.first + tid]);
+    if (blockIdx.x == 0 && b == 0 && tid == 0)
+        p.mask_count[0] = min(*p.count, static_cast<uint32_t>(p.batch)) * p.masks;
+
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+        const int row0 = blockIdx.x * kBlockRows + chunk * kChunkRows;
+        __syncthreads();  // the previous chunk's fragments are read (chunk 0: parameters stored)
+        // LayerNorm2d + GELU: 8 lanes per row (one 16-byte vector each), 32 rows per pass;
+        // variance from centred values as in norm.cu.
+        const int l8 = tid % 8;
+#pragma unroll
+        for (int pass = 0; pass < kChunkRows / 32; ++pass) {
+            const int r = pass * 32 + tid / 8;
+            const uint4 raw = reinterpret_cast<const uint4*>(
+                p.up1 + (static_cast<size_t>(b) * kUpRows + row0 + r) * kUp1)[l8];
+            float v[8];
+            unpack8(raw, v);
+            float sum = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sum += v[e];
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            const float mean = sum * (1.f / kUp1);
+            float var = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                v[e] -= mean;
+                var += v[e] * v[e];
+            }
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) var += __shfl_xor_sync(0xffffffffu, var, o);
+            const float inv = rsqrtf(var * (1.f / kUp1) + p.eps);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int ch = l8 * 8 + e;
+                v[e] = activate(v[e] * inv * gamma_s[ch] + beta_s[ch], kActGelu);
+            }
+            *reinterpret_cast<uint4*>(&a_s[r][l8 * 8]) = pack8(v);
+        }
+        __syncthreads();
+
+        const int wr = warp * 16;
+        float acc[16][4];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kUp1; kk += 16) {
+            uint32_t a[4];
+            a[0] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 2 * q]);
+            a[1] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 2 * q]);
+            a[2] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 8 + 2 * q]);
+            a[3] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 8 + 2 * q]);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 2 * q]);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 8 + 2 * q]);
+                mma16816(acc[j], a, b0, b1);
+            }
+        }
+
+        // Rows wr+g (accumulators 0, 1) and wr+g+8 (2, 3); this lane holds channels
+        // jj*8 + 2q + {0, 1} of each sub-pixel. Row r = (y*64 + x)*4 + dy*2 + dx.
+        const int r_lo = row0 + wr + g, r_hi = r_lo + 8;
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float u[2][8];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float bias = bias_s[(4 * s + jj) * 8 + 2 * q + e];
+                    u[0][jj * 2 + e] = activate(acc[4 * s + jj][e] + bias, kActGelu);
+                    u[1][jj * 2 + e] = activate(acc[4 * s + jj][2 + e] + bias, kActGelu);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < kMaxMasks; ++m) {
+                if (m >= p.masks) break;
+                float lo = 0.f, hi = 0.f;
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const float h = hyper[m][jj * 8 + 2 * q + e];
+                        lo = fmaf(h, u[0][jj * 2 + e], lo);
+                        hi = fmaf(h, u[1][jj * 2 + e], hi);
+                    }
+                }
+#pragma unroll
+                for (int o = 1; o < 4; o <<= 1) {
+                    lo += __shfl_xor_sync(0xffffffffu, lo, o);
+                    hi += __shfl_xor_sync(0xffffffffu, hi, o);
+                }
+                if (q == s) {
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int r = half ? r_hi : r_lo;
+                        const int px = r >> 2, y = px >> 6, x = px & 63;
+                        const int Y = 4 * y + 2 * ((r >> 1) & 1) + (s >> 1);
+                        const int X = 4 * x + 2 * (r & 1) + (s & 1);
+                        p.low_res[((static_cast<size_t>(b) * p.masks + m) * kLowRes + Y) * kLowRes + X] =
+                            half ? hi : lo;
+                    }
+                }
+            }
+        }
+    }
+}
+
+namespace {
+constexpr int kCross = 128;        // cross attention width (downsample_rate 2)
+constexpr int kCrossHeads = 8;     // head dim 16: one MMA k-step per head
+constexpr int kMaxTokens = 69;     // 5 output tokens + up to 64 prompt points
+constexpr int kI2tRows = 64;       // pixels per block: 4 row groups of 16 x 2 column halves
+
+// Mirrors `ImageToTokenParams` in src/ops/sam_decoder.rs.
+struct ImageToTokenParams {
+    const __half* q;         // image->token q: 4096 rows of 128 (row stride q_stride)
+    const __half* kv;        // [batch][tokens][256]: k (128) then v (128), head h at 16 h
+    const __half* w;         // out_proj [256, 128]
+    const float* bias;       // [256]
+    const __half* residual;  // [4096, 256] per prompt (batch stride res_batch; may be y)
+    const float* gamma;      // [256] LayerNorm (norm4)
+    const float* beta;       // [256]
+    __half* y;               // [batch][4096][256]
+    long long q_stride, q_batch, res_batch;
+    int tokens;
+    float scale, eps;
+};
+
+}  // namespace
+
+// Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
+// one pass (keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens)))): per block 64
+// pixels of one prompt, 8 warps; warp w owns rows 16 (w % 4).. and output columns 128 (w / 4)..
+// (the two warps of a row group compute the same attention). The attention output is formed
+// directly as MMA A fragments: lane (g, q) holds dims 2q, 2q+1, 8+2q, 9+2q of every head for
+// rows g and g+8, i.e. one m16n8k16 k-step per head (online softmax in fp32, scores summed
+// over the quad). out_proj runs on mma.sync with fp32 accumulators; bias, residual and the
+// LayerNorm (two-pass mean / centred variance over the 256 columns, halves combined through
+// shared memory) stay in fp32 until the one fp16 store. Residual and output may alias: each
+// element is read and then written by the same thread. Two blocks per SM (128 registers, no
+// spills) to hide the latency of the scattered q / residual reads.
+extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToTokenParams p) {
+    __shared__ __align__(16) __half kv_s[kMaxTokens * 2 * kCross];
+    __shared__ float sum_s[kI2tRows][2], var_s[kI2tRows][2];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const int rg = warp & 3, half = warp >> 2;
+    const int b = blockIdx.y;
+    const uint4* kv_src = reinterpret_cast<const uint4*>(p.kv + static_cast<size_t>(b) * p.tokens * 2 * kCross);
+    for (int i = tid; i < p.tokens * 2 * kCross / 8; i += blockDim.x)
+        reinterpret_cast<uint4*>(kv_s)[i] = kv_src[i];
     __syncthreads();
-    const int y = Y >> 2, dy = (Y >> 1) & 1, dy2 = Y & 1;
-    const int x = X >> 2, dx = (X >> 1) & 1, dx2 = X & 1;
-    const size_t row = ((static_cast<size_t>(b) * 4096 + y * 64 + x) * 4 + dy * 2 + dx);
-    const uint4* src = reinterpret_cast<const uint4*>(p.upscaled + row * 128 + (dy2 * 2 + dx2) * kUpChannels);
-    float f[kUpChannels];
+
+    const int lr = rg * 16 + g;  // local rows lr and lr + 8
+    const long long r_lo = blockIdx.x * kI2tRows + lr, r_hi = r_lo + 8;
+    const __half* qb = p.q + b * p.q_batch;
+    uint32_t a[kCrossHeads][4];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-        float part[8];
-        unpack8(src[q], part);
+    for (int h = 0; h < kCrossHeads; ++h) {
+        const int d0 = h * 16 + 2 * q, d1 = d0 + 8;
+        float qv[2][4];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) f[q * 8 + e] = part[e];
+        for (int r = 0; r < 2; ++r) {
+            const __half* row = qb + (r ? r_hi : r_lo) * p.q_stride;
+            const float2 x0 = __half22float2(*reinterpret_cast<const __half2*>(row + d0));
+            const float2 x1 = __half22float2(*reinterpret_cast<const __half2*>(row + d1));
+            qv[r][0] = x0.x * p.scale;
+            qv[r][1] = x0.y * p.scale;
+            qv[r][2] = x1.x * p.scale;
+            qv[r][3] = x1.y * p.scale;
+        }
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, o[2][4] = {};
+        for (int j = 0; j < p.tokens; ++j) {
+            const __half* kj = kv_s + j * 2 * kCross;
+            const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(kj + d0));
+            const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(kj + d1));
+            const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d0));
+            const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d1));
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float s = qv[r][0] * k0.x + qv[r][1] * k0.y + qv[r][2] * k1.x + qv[r][3] * k1.y;
+                s += __shfl_xor_sync(0xffffffffu, s, 1);
+                s += __shfl_xor_sync(0xffffffffu, s, 2);
+                const float m_new = fmaxf(m[r], s);
+                const float corr = __expf(m[r] - m_new);
+                const float e = __expf(s - m_new);
+                m[r] = m_new;
+                l[r] = l[r] * corr + e;
+                o[r][0] = o[r][0] * corr + e * v0.x;
+                o[r][1] = o[r][1] * corr + e * v0.y;
+                o[r][2] = o[r][2] * corr + e * v1.x;
+                o[r][3] = o[r][3] * corr + e * v1.y;
+            }
+        }
+        const float i0 = 1.f / l[0], i1 = 1.f / l[1];
+        a[h][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
+        a[h][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
+        a[h][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
+        a[h][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
+    }
+
+    // out_proj: this warp's 128 columns, 16 n-tiles; B fragments straight from global (64 KB
+    // shared by every block: L1/L2 resident).
+    const int n0 = half * 128;
+    float acc[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+    for (int h = 0; h < kCrossHeads; ++h) {
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const __half* wr = p.w + (n0 + j * 8 + g) * kCross + h * 16 + 2 * q;
+            const uint32_t b0 = __ldg(reinterpret_cast<const unsigned int*>(wr));
+            const uint32_t b1 = __ldg(reinterpret_cast<const unsigned int*>(wr + 8));
+            mma16816(acc[j], a[h], b0, b1);
+        }
+    }
+
+    // + bias + residual; row sums (quad, then the two column halves).
+    const __half* res = p.residual + b * p.res_batch;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int n = n0 + j * 8 + 2 * q;
+        const float2 rl = __half22float2(*reinterpret_cast<const __half2*>(res + r_lo * 256 + n));
+        const float2 rh = __half22float2(*reinterpret_cast<const __half2*>(res + r_hi * 256 + n));
+        const float b0 = p.bias[n], b1 = p.bias[n + 1];
+        acc[j][0] += b0 + rl.x;
+        acc[j][1] += b1 + rl.y;
+        acc[j][2] += b0 + rh.x;
+        acc[j][3] += b1 + rh.y;
+        sum_lo += acc[j][0] + acc[j][1];
+        sum_hi += acc[j][2] + acc[j][3];
     }
 #pragma unroll
-    for (int m = 0; m < kMaxMasks; ++m) {
-        if (m >= p.masks) break;
-        float acc = 0.f;
+    for (int o = 1; o < 4; o <<= 1) {
+        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, o);
+        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, o);
+    }
+    if (q == 0) {
+        sum_s[lr][half] = sum_lo;
+        sum_s[lr + 8][half] = sum_hi;
+    }
+    __syncthreads();
+    const float mean_lo = (sum_s[lr][0] + sum_s[lr][1]) * (1.f / 256.f);
+    const float mean_hi = (sum_s[lr + 8][0] + sum_s[lr + 8][1]) * (1.f / 256.f);
+    float var_lo = 0.f, var_hi = 0.f;
 #pragma unroll
-        for (int j = 0; j < kUpChannels; ++j) acc = fmaf(hyper[m][j], f[j], acc);
-        p.low_res[((static_cast<size_t>(b) * p.masks + m) * kLowRes + Y) * kLowRes + X] = acc;
+    for (int j = 0; j < 16; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            acc[j][e] -= mean_lo;
+            acc[j][2 + e] -= mean_hi;
+            var_lo += acc[j][e] * acc[j][e];
+            var_hi += acc[j][2 + e] * acc[j][2 + e];
+        }
+    }
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        var_lo += __shfl_xor_sync(0xffffffffu, var_lo, o);
+        var_hi += __shfl_xor_sync(0xffffffffu, var_hi, o);
+    }
+    if (q == 0) {
+        var_s[lr][half] = var_lo;
+        var_s[lr + 8][half] = var_hi;
+    }
+    __syncthreads();
+    const float inv_lo = rsqrtf((var_s[lr][0] + var_s[lr][1]) * (1.f / 256.f) + p.eps);
+    const float inv_hi = rsqrtf((var_s[lr + 8][0] + var_s[lr + 8][1]) * (1.f / 256.f) + p.eps);
+    __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int n = n0 + j * 8 + 2 * q;
+        const float g0 = p.gamma[n], g1 = p.gamma[n + 1], c0 = p.beta[n], c1 = p.beta[n + 1];
+        *reinterpret_cast<__half2*>(y + r_lo * 256 + n) =
+            __floats2half2_rn(acc[j][0] * inv_lo * g0 + c0, acc[j][1] * inv_lo * g1 + c1);
+        *reinterpret_cast<__half2*>(y + r_hi * 256 + n) =
+            __floats2half2_rn(acc[j][2] * inv_hi * g0 + c0, acc[j][3] * inv_hi * g1 + c1);
     }
 }

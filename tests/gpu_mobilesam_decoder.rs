@@ -135,7 +135,7 @@ fn decoder_matches_pytorch() {
     paths.sort();
     assert!(!paths.is_empty(), "no image fixtures in {}", dir.display());
     println!(
-        "{:<22} {:<14} {:>3} {:>3} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>7}",
+        "{:<22} {:<14} {:>3} {:>3} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>7} {:>5} {:>6} {:>6}",
         "image",
         "prompts",
         "K",
@@ -146,7 +146,10 @@ fn decoder_matches_pytorch() {
         "flips",
         "worst|l|",
         "bound",
-        "min IoU"
+        "min IoU",
+        "mask",
+        "area%",
+        "near%"
     );
     let mut failures = Vec::new();
     for path in paths {
@@ -233,10 +236,15 @@ fn decoder_matches_pytorch() {
             assert_eq!(packet.header().mask_count as usize, k * c, "{image}/{set}");
             let bound = 3.0 * max_abs + 1e-4;
             let (mut flips, mut worst, mut min_iou) = (0u64, 0f64, 1f64);
+            // The mask with the lowest IoU (of those counted): index, area (% of the frame) and
+            // near-threshold pixels (|reference logit| <= bound, anywhere in the frame) per 100
+            // pixels of its area. Every counted mask below MASK_IOU is also listed.
+            let (mut worst_mask, mut worst_area, mut worst_near) = (0usize, 0f64, 0f64);
             let min_area = (width as u64 * height as u64) / 100;
+            let mut below = Vec::new();
             for (m, mask) in packet.masks().enumerate() {
                 let logits = &reference_low[m * LOW..(m + 1) * LOW];
-                let (mut inter, mut union, mut area) = (0u64, 0u64, 0u64);
+                let (mut inter, mut union, mut area, mut near) = (0u64, 0u64, 0u64, 0u64);
                 for y in 0..height {
                     for x in 0..width {
                         let l = reference::mask_logit(
@@ -247,6 +255,7 @@ fn decoder_matches_pytorch() {
                         );
                         let (want, got) = (l > 0.0, mask.contains(x, y));
                         area += want as u64;
+                        near += (l.abs() <= bound) as u64;
                         inter += (want && got) as u64;
                         union += (want || got) as u64;
                         if want != got {
@@ -255,13 +264,29 @@ fn decoder_matches_pytorch() {
                         }
                     }
                 }
-                if area >= min_area {
-                    min_iou = min_iou.min(inter as f64 / union.max(1) as f64);
+                let iou = inter as f64 / union.max(1) as f64;
+                let area_pct = 100.0 * area as f64 / (width as f64 * height as f64);
+                let near_pct = 100.0 * near as f64 / area.max(1) as f64;
+                if area >= min_area && iou < MASK_IOU {
+                    below.push(format!(
+                        "mask {m}: IoU {iou:.4}, area {area_pct:.1} %, near-threshold {near_pct:.1} %"
+                    ));
+                }
+                if area >= min_area && iou < min_iou {
+                    min_iou = iou;
+                    worst_mask = m;
+                    worst_area = area_pct;
+                    worst_near = near_pct;
                 }
             }
             println!(
-                "{image:<22} {set:<14} {k:>3} {c:>3} {rel:>9.2e} {max_abs:>8.3} {iou_err:>8.1e} {flips:>7} {worst:>9.2e} {bound:>8.3} {min_iou:>7.4}"
+                "{image:<22} {set:<14} {k:>3} {c:>3} {rel:>9.2e} {max_abs:>8.3} {iou_err:>8.1e} {flips:>7} {worst:>9.2e} {bound:>8.3} {min_iou:>7.4} {worst_mask:>5} {:>6.1} {:>6.1}",
+                worst_area,
+                worst_near
             );
+            for line in &below {
+                println!("    {line}");
+            }
             if rel > LOGIT_REL_L2 || iou_err > IOU_ABS || worst > bound || min_iou < MASK_IOU {
                 failures.push(format!("{image}/{set}"));
             }

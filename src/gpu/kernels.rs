@@ -46,8 +46,8 @@ pub struct Kernels {
     pub(crate) tracker_cost: CudaFunction,
     pub(crate) tracker_update: CudaFunction,
     pub(crate) sam_prompt_encode: CudaFunction,
-    pub(crate) sam_ln_gelu_c64: CudaFunction,
-    pub(crate) sam_masks: CudaFunction,
+    pub(crate) sam_upscale_masks: CudaFunction,
+    pub(crate) sam_image_to_token: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
     /// Dynamic shared memory `assign_solve` may use per block (the device's opt-in limit less
@@ -124,8 +124,8 @@ impl Kernels {
             tracker_cost: function(&assign, "assign", "tracker_cost")?,
             tracker_update: function(&assign, "assign", "tracker_update")?,
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
-            sam_ln_gelu_c64: function(&sam, "sam_decoder", "sam_ln_gelu_c64")?,
-            sam_masks: function(&sam, "sam_decoder", "sam_masks")?,
+            sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
+            sam_image_to_token: function(&sam, "sam_decoder", "sam_image_to_token")?,
             sm_count,
             assign_smem_limit: assign_smem_limit as usize,
         })

@@ -1,6 +1,6 @@
 //! Launchers for `kernels/sam_decoder.cu`: the MobileSAM prompt encoder (positional encoding of
-//! points and boxes, token assembly), the LayerNorm2d + GELU of the mask upscaling, and the
-//! hypernetwork mask product with the multimask slice. The transformer itself is GEMMs,
+//! points and boxes, token assembly) and the end of the mask upscaling fused with the
+//! hypernetwork mask product and the multimask slice. The transformer itself is GEMMs,
 //! LayerNorms and attentions from the other launchers (see `models::mobilesam::decoder`).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -133,56 +133,21 @@ pub fn launch_prompt_encode(gpu: &Gpu, a: &PromptEncodeArgs) -> Result<()> {
     Ok(())
 }
 
-/// In place `x = GELU(LayerNorm(x) * gamma + beta)` over `rows` rows of 64 fp16 channels
-/// (`output_upscaling[1..3]`, eps 1e-6).
-pub fn launch_ln_gelu_c64(
-    gpu: &Gpu,
-    x: DeviceRegion,
-    rows: usize,
-    gamma: DeviceRegion,
-    beta: DeviceRegion,
-    eps: f32,
-) -> Result<()> {
-    const KERNEL: &str = "sam_ln_gelu_c64";
-    if rows == 0 || !(eps.is_finite() && eps >= 0.0) {
-        return Err(launch_error(
-            KERNEL,
-            format!("rows {rows} must be > 0, eps {eps} finite"),
-        ));
-    }
-    x.check(KERNEL, "x", rows.checked_mul(128), 16)?;
-    gamma.check(KERNEL, "gamma", Some(256), 4)?;
-    beta.check(KERNEL, "beta", Some(256), 4)?;
-    let blocks =
-        u32::try_from(rows.div_ceil(32)).map_err(|_| launch_error(KERNEL, "grid overflows"))?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let rows = rows as i64;
-    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_ln_gelu_c64);
-    launch
-        .arg(&x.ptr)
-        .arg(&gamma.ptr)
-        .arg(&beta.ptr)
-        .arg(&rows)
-        .arg(&eps);
-    // SAFETY: argument order and types match the kernel; sizes checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
-}
-
-/// Mirrors `MaskParams` in the kernel.
+/// Mirrors `UpscaleMaskParams` in the kernel.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
-struct MaskParams {
-    upscaled: u64,
+struct UpscaleMaskParams {
+    up1: u64,
+    ln_gamma: u64,
+    ln_beta: u64,
+    w2: u64,
+    b2: u64,
     heads: u64,
     count: u64,
     low_res: u64,
     iou: u64,
     mask_count: u64,
+    eps: f32,
     batch: i32,
     stride: i32,
     first: i32,
@@ -190,19 +155,31 @@ struct MaskParams {
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
-unsafe impl DeviceRepr for MaskParams {}
+unsafe impl DeviceRepr for UpscaleMaskParams {}
 
-/// Operands of [`launch_masks`].
+/// Channels after the first ConvTranspose2d of `output_upscaling`.
+pub const UPSCALE1_CHANNELS: usize = 64;
+
+/// Operands of [`launch_upscale_masks`].
 #[derive(Debug, Clone, Copy)]
-pub struct MaskProductArgs {
+pub struct UpscaleMaskArgs {
     /// Prompts computed.
     pub batch: usize,
     /// Rows between the head outputs' blocks (the plan's maximum prompt count).
     pub stride: usize,
     /// Multimask output (mask tokens 1..4) or the single mask (token 0).
     pub multimask: bool,
-    /// `[batch * 16384, 128]` fp16 upscaled embedding in ConvTranspose order.
-    pub upscaled: DeviceRegion,
+    /// `[batch * 16384, 64]` fp16: the first ConvTranspose2d (+ bias) as a GEMM, columns
+    /// `(dy, dx, channel)`, viewed as rows of 64 channels.
+    pub up1: DeviceRegion,
+    /// `[64]` f32 LayerNorm2d weight and bias.
+    pub ln: (DeviceRegion, DeviceRegion),
+    /// LayerNorm2d eps.
+    pub eps: f32,
+    /// `[128, 64]` fp16 second ConvTranspose2d as GEMM rows `(dy2, dx2, channel)`.
+    pub w2: DeviceRegion,
+    /// `[128]` f32 its bias (repeated per sub-pixel).
+    pub b2: DeviceRegion,
     /// `[5][stride][32]` fp16 head outputs.
     pub heads: DeviceRegion,
     /// One u32: prompts in use.
@@ -224,9 +201,11 @@ pub fn masks_per_prompt(multimask: bool) -> usize {
     }
 }
 
-/// `low_res = hyper_in @ upscaled` and the IoU slice (MaskDecoder.forward's `mask_slice`).
-pub fn launch_masks(gpu: &Gpu, a: &MaskProductArgs) -> Result<()> {
-    const KERNEL: &str = "sam_masks";
+/// LayerNorm2d + GELU, the second ConvTranspose2d + GELU and `low_res = hyper_in @ upscaled`
+/// in one kernel (the upscaled map is never stored), plus the IoU slice
+/// (MaskDecoder.forward's `mask_slice`).
+pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
+    const KERNEL: &str = "sam_upscale_masks";
     let c = masks_per_prompt(a.multimask);
     if a.batch == 0 || a.batch > 65535 || a.stride < a.batch {
         return Err(launch_error(
@@ -237,9 +216,31 @@ pub fn launch_masks(gpu: &Gpu, a: &MaskProductArgs) -> Result<()> {
             ),
         ));
     }
+    if !(a.eps.is_finite() && a.eps >= 0.0) {
+        return Err(launch_error(
+            KERNEL,
+            format!("eps {} must be finite", a.eps),
+        ));
+    }
     let pixels = 4 * 4 * EMBED_PIXELS;
-    a.upscaled
-        .check(KERNEL, "upscaled", Some(a.batch * pixels / 4 * 128 * 2), 16)?;
+    let rows = 4 * EMBED_PIXELS;
+    a.up1.check(
+        KERNEL,
+        "up1",
+        Some(a.batch * rows * UPSCALE1_CHANNELS * 2),
+        16,
+    )?;
+    a.ln.0
+        .check(KERNEL, "LayerNorm2d weight", Some(UPSCALE1_CHANNELS * 4), 4)?;
+    a.ln.1
+        .check(KERNEL, "LayerNorm2d bias", Some(UPSCALE1_CHANNELS * 4), 4)?;
+    a.w2.check(
+        KERNEL,
+        "w2",
+        Some(4 * UPSCALED_CHANNELS * UPSCALE1_CHANNELS * 2),
+        16,
+    )?;
+    a.b2.check(KERNEL, "b2", Some(4 * UPSCALED_CHANNELS * 4), 4)?;
     a.heads.check(
         KERNEL,
         "heads",
@@ -251,24 +252,191 @@ pub fn launch_masks(gpu: &Gpu, a: &MaskProductArgs) -> Result<()> {
         .check(KERNEL, "low_res", Some(a.batch * c * pixels * 4), 4)?;
     a.iou.check(KERNEL, "iou", Some(a.batch * c * 4), 4)?;
     a.mask_count.check(KERNEL, "mask_count", Some(4), 4)?;
-    let params = MaskParams {
-        upscaled: a.upscaled.ptr,
+    let params = UpscaleMaskParams {
+        up1: a.up1.ptr,
+        ln_gamma: a.ln.0.ptr,
+        ln_beta: a.ln.1.ptr,
+        w2: a.w2.ptr,
+        b2: a.b2.ptr,
         heads: a.heads.ptr,
         count: a.count.ptr,
         low_res: a.low_res.ptr,
         iou: a.iou.ptr,
         mask_count: a.mask_count.ptr,
+        eps: a.eps,
         batch: a.batch as i32,
         stride: a.stride as i32,
         first: i32::from(a.multimask),
         masks: c as i32,
     };
+    // 256 rows of 64 channels per block (kBlockRows in the kernel).
     let cfg = LaunchConfig {
-        grid_dim: (256, a.batch as u32, 1),
+        grid_dim: ((rows / 256) as u32, a.batch as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_masks);
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().sam_upscale_masks);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}
+
+/// Mirrors `ImageToTokenParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct ImageToTokenParams {
+    q: u64,
+    kv: u64,
+    w: u64,
+    bias: u64,
+    residual: u64,
+    gamma: u64,
+    beta: u64,
+    y: u64,
+    q_stride: i64,
+    q_batch: i64,
+    res_batch: i64,
+    tokens: i32,
+    scale: f32,
+    eps: f32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for ImageToTokenParams {}
+
+/// Width of the two-way blocks' cross attentions (`downsample_rate` 2), 8 heads of 16.
+pub const CROSS_DIM: usize = SAM_DIM / 2;
+/// Most tokens per prompt [`launch_image_to_token`] takes (5 output tokens + 64 points).
+pub const MAX_TOKENS: usize = OUTPUT_TOKENS + 64;
+
+/// Operands of [`launch_image_to_token`] (element strides; a batch stride 0 shares one tensor
+/// between all prompts).
+#[derive(Debug, Clone, Copy)]
+pub struct ImageToTokenArgs {
+    /// Prompts.
+    pub batch: usize,
+    /// Tokens per prompt (1..=[`MAX_TOKENS`]).
+    pub tokens: usize,
+    /// Image->token q: per prompt 4096 rows of 128 fp16, `q_stride` apart.
+    pub q: DeviceRegion,
+    /// Elements between q rows (even).
+    pub q_stride: usize,
+    /// Elements between prompts' q (0: shared).
+    pub q_batch: usize,
+    /// `[batch, tokens, 256]` fp16: k (128 columns) then v (128).
+    pub kv: DeviceRegion,
+    /// out_proj `[256, 128]` fp16 and `[256]` f32 bias.
+    pub out: (DeviceRegion, DeviceRegion),
+    /// `[4096, 256]` fp16 residual per prompt, `residual_batch` elements apart (0: shared); may
+    /// be `y` itself.
+    pub residual: DeviceRegion,
+    /// Elements between prompts' residuals.
+    pub residual_batch: usize,
+    /// LayerNorm `[256]` f32 weight and bias.
+    pub norm: (DeviceRegion, DeviceRegion),
+    /// Attention scale (1 / sqrt(16)).
+    pub scale: f32,
+    /// LayerNorm eps.
+    pub eps: f32,
+    /// `[batch, 4096, 256]` fp16 output (the new keys).
+    pub y: DeviceRegion,
+}
+
+/// `y = LayerNorm(residual + out_proj(softmax(scale q k^T) v))` with q the image pixels and
+/// k/v the tokens: a two-way block's image->token attention, out_proj, residual and norm4 in
+/// one kernel (no `[K, 4096, 128]` attention output, no pre-norm keys in memory).
+pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
+    const KERNEL: &str = "sam_image_to_token";
+    if a.batch == 0 || a.batch > 65535 || a.tokens == 0 || a.tokens > MAX_TOKENS {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "batch {} must be 1..=65535 and tokens {} 1..={MAX_TOKENS}",
+                a.batch, a.tokens
+            ),
+        ));
+    }
+    if a.q_stride < CROSS_DIM || a.q_stride % 2 != 0 || a.q_batch % 2 != 0 {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "q row stride {} must be even and >= {CROSS_DIM}, batch stride {} even",
+                a.q_stride, a.q_batch
+            ),
+        ));
+    }
+    if a.residual_batch % 2 != 0 || !(a.eps.is_finite() && a.eps >= 0.0 && a.scale.is_finite()) {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "residual batch stride {} must be even, eps {} and scale {} finite",
+                a.residual_batch, a.eps, a.scale
+            ),
+        ));
+    }
+    let span = |batch_stride: usize, rows: usize, stride: usize, cols: usize| {
+        (a.batch - 1)
+            .checked_mul(batch_stride)
+            .and_then(|v| v.checked_add((rows - 1) * stride + cols))
+            .and_then(|v| v.checked_mul(2))
+    };
+    a.q.check(
+        KERNEL,
+        "q",
+        span(a.q_batch, EMBED_PIXELS, a.q_stride, CROSS_DIM),
+        4,
+    )?;
+    a.kv.check(
+        KERNEL,
+        "token k/v",
+        Some(a.batch * a.tokens * 2 * CROSS_DIM * 2),
+        16,
+    )?;
+    a.out
+        .0
+        .check(KERNEL, "out_proj weight", Some(SAM_DIM * CROSS_DIM * 2), 4)?;
+    a.out
+        .1
+        .check(KERNEL, "out_proj bias", Some(SAM_DIM * 4), 4)?;
+    a.residual.check(
+        KERNEL,
+        "residual",
+        span(a.residual_batch, EMBED_PIXELS, SAM_DIM, SAM_DIM),
+        4,
+    )?;
+    a.norm
+        .0
+        .check(KERNEL, "norm weight", Some(SAM_DIM * 4), 4)?;
+    a.norm.1.check(KERNEL, "norm bias", Some(SAM_DIM * 4), 4)?;
+    a.y.check(KERNEL, "y", Some(a.batch * EMBED_PIXELS * SAM_DIM * 2), 4)?;
+    let params = ImageToTokenParams {
+        q: a.q.ptr,
+        kv: a.kv.ptr,
+        w: a.out.0.ptr,
+        bias: a.out.1.ptr,
+        residual: a.residual.ptr,
+        gamma: a.norm.0.ptr,
+        beta: a.norm.1.ptr,
+        y: a.y.ptr,
+        q_stride: a.q_stride as i64,
+        q_batch: a.q_batch as i64,
+        res_batch: a.residual_batch as i64,
+        tokens: a.tokens as i32,
+        scale: a.scale,
+        eps: a.eps,
+    };
+    // 64 pixels per block (kI2tRows in the kernel).
+    let cfg = LaunchConfig {
+        grid_dim: ((EMBED_PIXELS / 64) as u32, a.batch as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().sam_image_to_token);
     launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;

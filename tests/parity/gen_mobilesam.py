@@ -1,8 +1,9 @@
 """MobileSAM parity references (section `mobilesam` of generate.py).
 
-Builds the official `vit_t` model with seeded random weights (official.randomize), scales the
-mask head so low-res logits have std ~2 as trained weights give (random heads give std ~0.03,
-which would make every threshold decision fragile), and writes:
+Builds the official `vit_t` model with seeded random weights (official.randomize), redraws
+the output upscaling's LayerNorm2d scale and second ConvTranspose2d (see `sharpen_upscaling`),
+scales the mask head so low-res logits have std ~2 as trained weights give (random heads give
+std ~0.03, which would make every threshold decision fragile), and writes:
 - mobilesam/weights.safetensors: the state dict, official key names (what finesam loads);
 - mobilesam/<image>.safetensors: the official preprocessed input, per-stage encoder outputs
   (patch_embed, layers.0-3, embedding after the neck), and for each prompt set the low-res
@@ -31,7 +32,27 @@ def build(device):
     mobile_sam = official.mobile_sam()
     sam = mobile_sam.sam_model_registry["vit_t"]()
     official.randomize(sam, SEED)
+    sharpen_upscaling(sam, SEED)
     return sam.to(device).eval(), mobile_sam
+
+
+def sharpen_upscaling(sam, seed):
+    """Gives the random mask decoder decisive masks, as trained SAM has, without changing the
+    model: only the values of two random tensors of `mask_decoder.output_upscaling` are redrawn.
+    official.randomize treats the LayerNorm2d `output_upscaling.1` (no 'norm' in its name) as a
+    bias, N(0, 0.1): its scale shrinks the normalised features ~10x, both GELUs then run in
+    their near-linear range and the upscaled map is its biases plus a faint spatial signal, so
+    after the mask head is scaled a mask can be a wide near-zero plateau whose threshold
+    decisions flip on fp16 rounding (the likely cause of masks with IoU < 0.98 at logit errors
+    ~10x inside tolerance). Draw that scale U(0.5, 1.5) as randomize does for every
+    other norm, and the second ConvTranspose2d ([in 64, out 32, 2, 2]; randomize takes the fan-in
+    from out * 4 = 128) with std 1/sqrt(64) of its true fan-in. The image encoder and prompt
+    encoder are untouched (their fixtures do not change)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    up = sam.mask_decoder.output_upscaling
+    with torch.no_grad():
+        up[1].weight.copy_(torch.rand(up[1].weight.shape, generator=gen) + 0.5)
+        up[3].weight.copy_(torch.randn(up[3].weight.shape, generator=gen) * up[3].weight.shape[0] ** -0.5)
 
 
 def random_boxes(rng, count, width, height):

@@ -9,9 +9,10 @@
 //! block the keys are the same for every prompt, so their projections run once (batch 1) and
 //! are shared (batch stride 0). Token side (`[K, T, 256]`, T = 5 + prompt points): `query_pe`
 //! is the initial tokens, so its projections for all layers are one GEMM per decode.
-//! Output upscaling: ConvTranspose2d(k2 s2) = GEMM with columns ordered (dy, dx, channel); the
-//! LayerNorm2d + GELU runs on rows of 64 channels; the second ConvTranspose2d fuses its GELU;
-//! the mask kernel reads pixels in that order (no scatter). See docs/MOBILESAM.md.
+//! Output upscaling: the first ConvTranspose2d(k2 s2) is a GEMM with columns ordered (dy, dx,
+//! channel); one kernel then runs LayerNorm2d + GELU on its rows of 64 channels, the second
+//! ConvTranspose2d + GELU on tensor cores and the hypernetwork product in fp32, writing the
+//! logits in image order (the `[K, 32, 256, 256]` map is never stored). See docs/MOBILESAM.md.
 
 use half::f16;
 
@@ -24,8 +25,9 @@ use crate::ops::gemm::{
 };
 use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
 use crate::ops::sam_decoder::{
-    launch_ln_gelu_c64, launch_masks, launch_prompt_encode, masks_per_prompt, MaskProductArgs,
-    PromptEncodeArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS, SAM_DIM, UPSCALED_CHANNELS,
+    launch_image_to_token, launch_prompt_encode, launch_upscale_masks, masks_per_prompt,
+    ImageToTokenArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS,
+    SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
 use crate::ops::DeviceRegion;
 use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
@@ -39,7 +41,7 @@ const PIXELS: usize = EMBED_PIXELS;
 /// Columns of the keys-side projection of a block: `[q_i2t | k_t2i | v_t2i]`.
 const KEYS_N: usize = 3 * CROSS;
 /// Upscaling: 64 channels after the first ConvTranspose2d, 32 after the second.
-const UP1: usize = 64;
+const UP1: usize = UPSCALE1_CHANNELS;
 const UP2: usize = UPSCALED_CHANNELS;
 /// Hidden width of the hypernetwork and IoU MLPs.
 const HEAD_HIDDEN: usize = 256;
@@ -76,6 +78,52 @@ pub struct DecodeConfig {
     pub kind: PromptKind,
     /// Three masks per prompt (mask tokens 1..4) instead of one (token 0).
     pub multimask: bool,
+}
+
+/// The launch groups of a decode, in issue order ([`MaskDecoder::decode_part`] issues one alone,
+/// for per-part timing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePart {
+    /// Prompt encoding, the token positional projections and block 0's shared keys projection.
+    Prompt,
+    /// Two-way block 0 (image side batched over prompts from its image->token attention on).
+    Block0,
+    /// Two-way block 1 (its own keys projection, batched).
+    Block1,
+    /// Final token->image attention with its keys projection.
+    Final,
+    /// IoU head + 4 hypernetwork MLPs (3 batched GEMMs).
+    Heads,
+    /// First ConvTranspose2d (GEMM 4096 x 256 -> 256 per prompt).
+    Upscale1,
+    /// LayerNorm2d + GELU + second ConvTranspose2d + GELU + mask product (one kernel).
+    UpscaleMasks,
+}
+
+impl DecodePart {
+    /// Every part in issue order.
+    pub const ALL: [DecodePart; 7] = [
+        DecodePart::Prompt,
+        DecodePart::Block0,
+        DecodePart::Block1,
+        DecodePart::Final,
+        DecodePart::Heads,
+        DecodePart::Upscale1,
+        DecodePart::UpscaleMasks,
+    ];
+
+    /// A short name (bench output).
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodePart::Prompt => "prompt+pe+shared keys",
+            DecodePart::Block0 => "block 0",
+            DecodePart::Block1 => "block 1",
+            DecodePart::Final => "final attention",
+            DecodePart::Heads => "heads",
+            DecodePart::Upscale1 => "convT 1",
+            DecodePart::UpscaleMasks => "ln+convT 2+masks",
+        }
+    }
 }
 
 /// Host-side prepared weights: validated, transformed, ready to upload (public so weight
@@ -555,7 +603,22 @@ impl MaskDecoder {
         header: DeviceRegion,
         batch: usize,
     ) -> Result<()> {
-        plan.launch(gpu, self, embedding, header, batch)
+        plan.launch(gpu, self, embedding, header, batch, None)
+    }
+
+    /// Issues only the launches of `part` (per-part timing). Its inputs are whatever the arena
+    /// holds (a full decode first makes them meaningful); outputs of other parts may be
+    /// overwritten where the arena reuses memory, so a decode after timing must be complete.
+    pub fn decode_part(
+        &self,
+        gpu: &Gpu,
+        plan: &DecodePlan,
+        embedding: DeviceRegion,
+        header: DeviceRegion,
+        batch: usize,
+        part: DecodePart,
+    ) -> Result<()> {
+        plan.launch(gpu, self, embedding, header, batch, Some(part))
     }
 }
 
@@ -575,9 +638,7 @@ struct Ids {
     g0: TensorId,
     keys: TensorId,
     g: TensorId,
-    img_o: TensorId,
     up1: TensorId,
-    up2: TensorId,
     low_res: TensorId,
     iou: TensorId,
     mask_count: TensorId,
@@ -635,13 +696,13 @@ impl DecodePlan {
         let c = masks_per_prompt(config.multimask);
         let rows = b * t;
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
-        // 4 final, 5 upscale 1, 6 upscale 2 + masks. Whole-decode tensors span 0..=6.
+        // 4 final, 5 upscale 1, 6 upscale 2 + masks (reads upscale 1's output). Whole-decode
+        // tensors span 0..=6.
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
         let ws = [
             workspace_bytes(sm, b, t, PIXELS, CROSS / HEADS_N)?,
-            workspace_bytes(sm, b, PIXELS, t, CROSS / HEADS_N)?,
             workspace_bytes(sm, b, t, t, D / HEADS_N)?,
         ]
         .into_iter()
@@ -670,9 +731,7 @@ impl DecodePlan {
             g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
             keys: p.request("keys", b * PIXELS * D * 2, 1, 5)?,
             g: p.request("keys_proj", b * PIXELS * KEYS_N * 2, 2, 4)?,
-            img_o: p.request("image_attention", b * PIXELS * CROSS * 2, 1, 3)?,
             up1: p.request("upscaled1", b * PIXELS * 4 * UP1 * 2, 5, 6)?,
-            up2: p.request("upscaled2", b * PIXELS * 16 * UP2 * 2, 6, 6)?,
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
@@ -795,7 +854,9 @@ impl DecodePlan {
         embedding: DeviceRegion,
         header: DeviceRegion,
         batch: usize,
+        only: Option<DecodePart>,
     ) -> Result<()> {
+        let run = |part: DecodePart| only.is_none_or(|o| o == part);
         let max = self.config.max_prompts;
         if batch == 0 || batch > max {
             return Err(Error::Plan(format!(
@@ -813,49 +874,51 @@ impl DecodePlan {
             bytes: self.arena.bytes(id),
         });
         let prompts = r(ids.prompts);
-        launch_prompt_encode(
-            gpu,
-            &PromptEncodeArgs {
-                batch: b,
-                points: t - OUTPUT_TOKENS,
-                count: prompts,
-                prompts: offset_bytes(prompts, PROMPT_HEADER_BYTES),
-                header,
-                gauss: w.gauss,
-                label_embed: w.labels,
-                output_tokens: w.output_tokens,
-                tokens: r(ids.tokens),
-            },
-        )?;
-        // query_pe projections for every layer.
         let pe_w = pe_cols::WIDTH;
-        gemm(
-            gpu,
-            rows,
-            pe_w,
-            D,
-            (r(ids.tokens), D),
-            (w.pe_tokens, 0),
-            (r(ids.pe), pe_w),
-            None,
-            Activation::None,
-            None,
-        )?;
         let pe_res = |col: usize| Some((at(ids.pe, col), pe_w, 0usize));
-        // Block 0's keys are the embedding for every prompt: project once.
-        let l0 = &w.layers[0];
-        gemm(
-            gpu,
-            PIXELS,
-            KEYS_N,
-            D,
-            (embedding, D),
-            (l0.keys.0, 0),
-            (r(ids.g0), KEYS_N),
-            Some(l0.keys.1),
-            Activation::None,
-            Some((l0.keys_pe, KEYS_N, 0)),
-        )?;
+        if run(DecodePart::Prompt) {
+            launch_prompt_encode(
+                gpu,
+                &PromptEncodeArgs {
+                    batch: b,
+                    points: t - OUTPUT_TOKENS,
+                    count: prompts,
+                    prompts: offset_bytes(prompts, PROMPT_HEADER_BYTES),
+                    header,
+                    gauss: w.gauss,
+                    label_embed: w.labels,
+                    output_tokens: w.output_tokens,
+                    tokens: r(ids.tokens),
+                },
+            )?;
+            // query_pe projections for every layer.
+            gemm(
+                gpu,
+                rows,
+                pe_w,
+                D,
+                (r(ids.tokens), D),
+                (w.pe_tokens, 0),
+                (r(ids.pe), pe_w),
+                None,
+                Activation::None,
+                None,
+            )?;
+            // Block 0's keys are the embedding for every prompt: project once.
+            let l0 = &w.layers[0];
+            gemm(
+                gpu,
+                PIXELS,
+                KEYS_N,
+                D,
+                (embedding, D),
+                (l0.keys.0, 0),
+                (r(ids.g0), KEYS_N),
+                Some(l0.keys.1),
+                Activation::None,
+                Some((l0.keys_pe, KEYS_N, 0)),
+            )?;
+        }
 
         let scale16 = 1.0 / (CROSS as f32 / HEADS_N as f32).sqrt();
         let scale32 = 1.0 / (D as f32 / HEADS_N as f32).sqrt();
@@ -953,6 +1016,9 @@ impl DecodePlan {
             ln(queries, rows, norm)
         };
         for (l, lw) in w.layers.iter().enumerate() {
+            if !run([DecodePart::Block0, DecodePart::Block1][l]) {
+                continue;
+            }
             // Self attention; block 0 skips the PE and the residual.
             let (x, res) = if l == 0 {
                 (r(ids.tokens), None)
@@ -1070,165 +1136,140 @@ impl DecodePlan {
                 Activation::None,
                 pe_res(kv_col),
             )?;
-            let k = tokens_of(ids.kv, 0, 2 * CROSS, CROSS / HEADS_N);
-            let v = tokens_of(ids.kv, CROSS, 2 * CROSS, CROSS / HEADS_N);
-            let o = HeadsTensor::contiguous(
-                self.arena.ptr(ids.img_o),
-                self.arena.bytes(ids.img_o),
-                PIXELS,
-                HEADS_N,
-                CROSS / HEADS_N,
-            );
-            attention(
-                PIXELS,
-                t,
-                CROSS / HEADS_N,
-                scale16,
-                pixels_of(g, 0, KEYS_N, shared),
-                k,
-                v,
-                o,
-            )?;
-            // keys = LN(keys + out_proj(o)); block 0's residual is the shared embedding.
-            let residual = if l == 0 {
-                Matrix::packed(embedding, D)
+            // keys = LN(keys + out_proj(attention)) in one kernel; block 0's residual is the
+            // shared embedding, block 1's the keys themselves (in place).
+            let (residual, residual_batch) = if l == 0 {
+                (embedding, 0)
             } else {
-                Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D)
+                (r(ids.keys), PIXELS * D)
             };
-            let x = Matrix::packed(r(ids.img_o), CROSS).with_batch_stride(PIXELS * CROSS);
-            let y = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
+            launch_image_to_token(
+                gpu,
+                &ImageToTokenArgs {
+                    batch: b,
+                    tokens: t,
+                    q: g,
+                    q_stride: KEYS_N,
+                    q_batch: if shared { 0 } else { PIXELS * KEYS_N },
+                    kv: r(ids.kv),
+                    out: lw.i2t_out,
+                    residual,
+                    residual_batch,
+                    norm: lw.norms[3],
+                    scale: scale16,
+                    eps: LN_EPS,
+                    y: r(ids.keys),
+                },
+            )?;
+        }
+
+        // Final token -> image attention.
+        if run(DecodePart::Final) {
+            let f = &w.last;
+            let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
+            let gy = Matrix::packed(r(ids.g), 2 * CROSS).with_batch_stride(PIXELS * 2 * CROSS);
             gemm_batched(
                 gpu,
                 GemmProblem {
                     m: PIXELS,
-                    n: D,
-                    k: CROSS,
+                    n: 2 * CROSS,
+                    k: D,
                     batch: b,
                 },
-                x,
-                Matrix::packed(lw.i2t_out.0, CROSS),
-                y,
-                Some(lw.i2t_out.1),
+                gx,
+                Matrix::packed(f.keys.0, D),
+                gy,
+                Some(f.keys.1),
                 Activation::None,
-                Some(residual),
+                Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
             )?;
-            ln(r(ids.keys), b * PIXELS, lw.norms[3])?;
+            token_to_image(
+                f.q,
+                pe_cols::FINAL_Q,
+                (r(ids.g), 2 * CROSS, 0, false),
+                f.out,
+                f.norm,
+            )?;
         }
-
-        // Final token -> image attention.
-        let f = &w.last;
-        let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
-        let gy = Matrix::packed(r(ids.g), 2 * CROSS).with_batch_stride(PIXELS * 2 * CROSS);
-        gemm_batched(
-            gpu,
-            GemmProblem {
-                m: PIXELS,
-                n: 2 * CROSS,
-                k: D,
-                batch: b,
-            },
-            gx,
-            Matrix::packed(f.keys.0, D),
-            gy,
-            Some(f.keys.1),
-            Activation::None,
-            Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
-        )?;
-        token_to_image(
-            f.q,
-            pe_cols::FINAL_Q,
-            (r(ids.g), 2 * CROSS, 0, false),
-            f.out,
-            f.norm,
-        )?;
 
         // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
         // per-MLP biases come in as residual tables (the GEMM bias is shared by the batch).
-        let mut x = Matrix::packed(queries, D)
-            .with_row_stride(t * D)
-            .with_batch_stride(D);
-        for layer in 0..3 {
-            let n = if layer == 2 { UP2 } else { HEAD_HIDDEN };
-            let y = Matrix::packed(r(ids.head[layer]), n).with_batch_stride(max * n);
-            let res = Matrix::packed(r(ids.head_bias[layer]), n).with_batch_stride(max * n);
-            let wm = Matrix::packed(w.heads_w[layer], D).with_batch_stride(n * D);
-            let act = if layer == 2 {
-                Activation::None
-            } else {
-                Activation::Relu
-            };
-            launch_gemm(
-                gpu,
-                &GemmProblem {
-                    m: b,
-                    n,
-                    k: D,
-                    batch: HEADS,
-                },
-                &GemmArgs {
-                    x,
-                    w: wm,
-                    y,
-                    epilogue: Epilogue {
-                        activation: act,
-                        residual: Some(Residual {
-                            matrix: res,
-                            order: ResidualOrder::BeforeActivation,
-                        }),
-                        ..Epilogue::default()
+        if run(DecodePart::Heads) {
+            let mut x = Matrix::packed(queries, D)
+                .with_row_stride(t * D)
+                .with_batch_stride(D);
+            for layer in 0..3 {
+                let n = if layer == 2 { UP2 } else { HEAD_HIDDEN };
+                let y = Matrix::packed(r(ids.head[layer]), n).with_batch_stride(max * n);
+                let res = Matrix::packed(r(ids.head_bias[layer]), n).with_batch_stride(max * n);
+                let wm = Matrix::packed(w.heads_w[layer], D).with_batch_stride(n * D);
+                let act = if layer == 2 {
+                    Activation::None
+                } else {
+                    Activation::Relu
+                };
+                launch_gemm(
+                    gpu,
+                    &GemmProblem {
+                        m: b,
+                        n,
+                        k: D,
+                        batch: HEADS,
                     },
-                },
-            )?;
-            x = y;
+                    &GemmArgs {
+                        x,
+                        w: wm,
+                        y,
+                        epilogue: Epilogue {
+                            activation: act,
+                            residual: Some(Residual {
+                                matrix: res,
+                                order: ResidualOrder::BeforeActivation,
+                            }),
+                            ..Epilogue::default()
+                        },
+                    },
+                )?;
+                x = y;
+            }
         }
 
-        // Output upscaling.
-        gemm(
-            gpu,
-            b * PIXELS,
-            4 * UP1,
-            D,
-            (r(ids.keys), D),
-            (w.up1.0, 0),
-            (r(ids.up1), 4 * UP1),
-            Some(w.up1.1),
-            Activation::None,
-            None,
-        )?;
-        launch_ln_gelu_c64(
-            gpu,
-            r(ids.up1),
-            b * PIXELS * 4,
-            w.up1_ln.0,
-            w.up1_ln.1,
-            LN2D_EPS,
-        )?;
-        gemm(
-            gpu,
-            b * PIXELS * 4,
-            4 * UP2,
-            UP1,
-            (r(ids.up1), UP1),
-            (w.up2.0, 0),
-            (r(ids.up2), 4 * UP2),
-            Some(w.up2.1),
-            Activation::Gelu,
-            None,
-        )?;
-        launch_masks(
-            gpu,
-            &MaskProductArgs {
-                batch: b,
-                stride: max,
-                multimask: self.config.multimask,
-                upscaled: r(ids.up2),
-                heads: r(ids.head[2]),
-                count: prompts,
-                low_res: r(ids.low_res),
-                iou: r(ids.iou),
-                mask_count: r(ids.mask_count),
-            },
-        )
+        // Output upscaling: the first ConvTranspose2d, then one kernel for the rest and the masks.
+        if run(DecodePart::Upscale1) {
+            gemm(
+                gpu,
+                b * PIXELS,
+                4 * UP1,
+                D,
+                (r(ids.keys), D),
+                (w.up1.0, 0),
+                (r(ids.up1), 4 * UP1),
+                Some(w.up1.1),
+                Activation::None,
+                None,
+            )?;
+        }
+        if run(DecodePart::UpscaleMasks) {
+            launch_upscale_masks(
+                gpu,
+                &UpscaleMaskArgs {
+                    batch: b,
+                    stride: max,
+                    multimask: self.config.multimask,
+                    up1: r(ids.up1),
+                    ln: w.up1_ln,
+                    eps: LN2D_EPS,
+                    w2: w.up2.0,
+                    b2: w.up2.1,
+                    heads: r(ids.head[2]),
+                    count: prompts,
+                    low_res: r(ids.low_res),
+                    iou: r(ids.iou),
+                    mask_count: r(ids.mask_count),
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
