@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm};
+use crate::ops::{conv, norm, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -37,6 +37,7 @@ pub struct Kernels {
     pub(crate) attention_split_d16: CudaFunction,
     pub(crate) attention_split_d32: CudaFunction,
     pub(crate) attention_split_d64: CudaFunction,
+    pub(crate) mbconv_c64_e4: CudaFunction,
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
     pub(crate) assign_solve: CudaFunction,
@@ -64,6 +65,9 @@ impl Kernels {
         let norm_module = load_module(ctx, "norm", images::NORM)?;
         let attention = load_module(ctx, "attention", images::ATTENTION)?;
         let window = load_module(ctx, "window", images::WINDOW)?;
+        let tinyvit_module = load_module(ctx, "tinyvit", images::TINYVIT)?;
+        let mbconv_c64_e4 = function(&tinyvit_module, "tinyvit", "mbconv_c64_e4")?;
+        set_dynamic_smem(&mbconv_c64_e4, tinyvit::MBCONV_SMEM_BYTES)?;
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
@@ -114,6 +118,7 @@ impl Kernels {
             attention_split_d16: attn("attention_split_d16")?,
             attention_split_d32: attn("attention_split_d32")?,
             attention_split_d64: attn("attention_split_d64")?,
+            mbconv_c64_e4,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
             assign_solve,

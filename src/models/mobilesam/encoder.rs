@@ -34,6 +34,9 @@ use crate::ops::conv::{
 use crate::ops::gemm::{launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix};
 use crate::ops::gemm::{Residual, ResidualOrder};
 use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
+use crate::ops::tinyvit::{
+    launch_mbconv, mbconv_flops, MbConvArgs, MbConvShape, MBCONV_CHANNELS, MBCONV_HIDDEN,
+};
 use crate::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use crate::ops::DeviceRegion;
 use crate::weights::WeightsFile;
@@ -201,6 +204,14 @@ enum OpKind {
         bias: W,
         out: T,
     },
+    /// A whole MBConv block in one launch (64 channels, expand 4).
+    MbConv {
+        shape: MbConvShape,
+        input: T,
+        /// conv1, conv2 (depthwise taps), conv3: (weight, bias) each.
+        weights: [(W, W); 3],
+        out: T,
+    },
 }
 
 impl OpKind {
@@ -209,6 +220,7 @@ impl OpKind {
         match *self {
             OpKind::Stem { out, .. } => vec![out],
             OpKind::Conv { input, out, .. }
+            | OpKind::MbConv { input, out, .. }
             | OpKind::Depthwise { input, out, .. }
             | OpKind::Partition { input, out, .. } => vec![input, out],
             OpKind::Gemm { x, residual, y, .. } => {
@@ -530,24 +542,48 @@ impl Walk<'_> {
         Ok(y)
     }
 
+    /// An MBConv block (64 channels, expand 4) as one fused launch: conv1 1x1 + GELU, conv2
+    /// depthwise 3x3 + GELU, conv3 1x1 + shortcut, GELU.
     fn mbconv(&mut self, name: &str, x: T, side: usize, dim: usize) -> Result<T> {
-        let pixels = side * side;
         let hidden = dim * EXPAND;
-        let gelu = Activation::Gelu;
-        let h1 = self.conv1x1_bn(&format!("{name}.conv1"), x, pixels, dim, hidden, gelu, None)?;
+        if (dim, hidden) != (MBCONV_CHANNELS, MBCONV_HIDDEN) {
+            return Err(Error::Plan(format!(
+                "{name}: the fused MBConv is {MBCONV_CHANNELS} -> {MBCONV_HIDDEN} channels, \
+                 got {dim} -> {hidden}"
+            )));
+        }
+        let one_by_one = |s: &mut Self, conv: &str, cout: usize, cin: usize| -> Result<(W, W)> {
+            let (w, b) = s.conv_bn(conv, cout, cin, 1)?;
+            Ok((
+                s.upload(&format!("{conv}.weight"), &[cout, cin], &w, true)?,
+                s.upload(&format!("{conv}.bias"), &[cout], &b, false)?,
+            ))
+        };
+        let expand = one_by_one(self, &format!("{name}.conv1"), hidden, dim)?;
         let conv2 = format!("{name}.conv2");
-        let (h2, _, _) = self.depthwise_bn(&conv2, h1, (side, side, hidden), 1, gelu)?;
-        // act3(conv3(x) + shortcut): the residual joins before the activation.
-        let shortcut = Some((x, ResidualOrder::BeforeActivation));
-        self.conv1x1_bn(
-            &format!("{name}.conv3"),
-            h2,
-            pixels,
-            hidden,
-            dim,
-            gelu,
-            shortcut,
-        )
+        let (weight, bias) = self.conv_bn(&conv2, hidden, 1, 3)?;
+        let taps = depthwise_weight_taps(&weight, hidden, 3, 3)?;
+        let depthwise = (
+            self.upload(&format!("{conv2}.weight"), &[9, hidden], &taps, true)?,
+            self.upload(&format!("{conv2}.bias"), &[hidden], &bias, false)?,
+        );
+        let project = one_by_one(self, &format!("{name}.conv3"), dim, hidden)?;
+        let shape = MbConvShape {
+            batch: 1,
+            height: side,
+            width: side,
+        };
+        let out = self.tensor(format!("{name} out"), side * side * dim);
+        self.push(
+            OpKind::MbConv {
+                shape,
+                input: x,
+                weights: [expand, depthwise, project],
+                out,
+            },
+            mbconv_flops(&shape),
+        );
+        Ok(out)
     }
 
     /// PatchMerging: 1x1 + GELU, depthwise 3x3 (stride 2, or 1 for 320 outputs) + GELU, 1x1.
@@ -1077,6 +1113,24 @@ impl Bound<'_> {
                 launch_window_unpartition(gpu, &geometry, i.ptr, i.bytes, residual, o.ptr, o.bytes)
             }
             OpKind::Attention { .. } => launch_attention(gpu, &self.attention(kind)?),
+            OpKind::MbConv {
+                shape,
+                input,
+                weights: [(w1, b1), (w2, b2), (w3, b3)],
+                out,
+            } => {
+                let args = MbConvArgs {
+                    input: self.t(input),
+                    expand_weight: self.w(w1),
+                    expand_bias: self.w(b1),
+                    depthwise_weight: self.w(w2),
+                    depthwise_bias: self.w(b2),
+                    project_weight: self.w(w3),
+                    project_bias: self.w(b3),
+                    output: self.t(out),
+                };
+                launch_mbconv(gpu, &shape, &args)
+            }
         }
     }
 }

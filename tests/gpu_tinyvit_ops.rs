@@ -1,0 +1,192 @@
+//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu) against f64 CPU references on
+//! fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an unwritten element fails
+//! and a write past the output is caught. Skipped with a printed reason where there is no GPU.
+//!
+//! Tolerance: rel L2 <= 2e-3. The kernel rounds its two hidden activations and the output to
+//! fp16 (~3e-4 rms relative each) with fp32 accumulation; the reference rounds nothing.
+
+mod common;
+#[path = "common/dense.rs"]
+mod dense;
+
+use common::{gpu_available, Rng};
+use dense::{
+    activate, depthwise_reference, download_f16, errors, expect_launch_error, poisoned, random_f16,
+    random_f32, region, upload,
+};
+use finesam::ops::conv::DepthwiseShape;
+use finesam::ops::gemm::Activation;
+use finesam::ops::tinyvit::{
+    launch_mbconv, MbConvArgs, MbConvShape, MBCONV_CHANNELS as C, MBCONV_HIDDEN as HID,
+};
+use finesam::ops::DeviceRegion;
+use finesam::Gpu;
+
+const MBCONV_REL_L2: f64 = 2e-3;
+
+/// `y[p, o] = act(b[o] + sum_i x[p, i] * w[o, i])` over `pixels` rows.
+fn linear(x: &[f64], w: &[f64], b: &[f64], cin: usize, cout: usize) -> Vec<f64> {
+    x.chunks_exact(cin)
+        .flat_map(|row| {
+            (0..cout).map(move |o| {
+                b[o] + row
+                    .iter()
+                    .zip(&w[o * cin..(o + 1) * cin])
+                    .map(|(a, c)| a * c)
+                    .sum::<f64>()
+            })
+        })
+        .collect()
+}
+
+struct MbConvWeights {
+    w1: Vec<f64>,
+    b1: Vec<f64>,
+    w2: Vec<f64>,
+    b2: Vec<f64>,
+    w3: Vec<f64>,
+    b3: Vec<f64>,
+}
+
+/// tiny_vit_sam.py MBConv.forward (eval, folded BatchNorms) in f64.
+fn mbconv_reference(s: &MbConvShape, x: &[f64], w: &MbConvWeights) -> Vec<f64> {
+    let gelu = |v: f64| activate(v, Activation::Gelu);
+    let h1: Vec<f64> = linear(x, &w.w1, &w.b1, C, HID)
+        .into_iter()
+        .map(gelu)
+        .collect();
+    let dw = DepthwiseShape {
+        batch: s.batch,
+        height: s.height,
+        width: s.width,
+        channels: HID,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let h2 = depthwise_reference(&dw, &h1, &w.w2, Some(&w.b2), Activation::Gelu);
+    linear(&h2, &w.w3, &w.b3, HID, C)
+        .into_iter()
+        .zip(x)
+        .map(|(v, r)| gelu(v + r))
+        .collect()
+}
+
+#[test]
+fn mbconv_matches_reference() {
+    const TEST: &str = "mbconv_matches_reference";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x4d42);
+    // Whole tiles, ragged tiles on both axes (and a single partial tile), a batch.
+    let shapes = [(1, 16, 32), (2, 13, 37), (1, 5, 7), (1, 64, 48)];
+    for (batch, height, width) in shapes {
+        let shape = MbConvShape {
+            batch,
+            height,
+            width,
+        };
+        let pixels = batch * height * width;
+        let (x16, x) = random_f16(&mut rng, pixels * C, -2.0, 2.0);
+        let (w1h, w1) = random_f16(&mut rng, HID * C, -0.25, 0.25);
+        let (b1h, b1) = random_f32(&mut rng, HID, -0.5, 0.5);
+        let (w2h, w2) = random_f16(&mut rng, 9 * HID, -0.5, 0.5);
+        let (b2h, b2) = random_f32(&mut rng, HID, -0.5, 0.5);
+        let (w3h, w3) = random_f16(&mut rng, C * HID, -0.12, 0.12);
+        let (b3h, b3) = random_f32(&mut rng, C, -0.5, 0.5);
+        let weights = MbConvWeights {
+            w1,
+            b1,
+            w2,
+            b2,
+            w3,
+            b3,
+        };
+        let want = mbconv_reference(&shape, &x, &weights);
+
+        let bufs = [
+            upload(&gpu, &x16),
+            upload(&gpu, &w1h),
+            upload(&gpu, &b1h),
+            upload(&gpu, &w2h),
+            upload(&gpu, &b2h),
+            upload(&gpu, &w3h),
+            upload(&gpu, &b3h),
+        ];
+        // One poisoned tail vector past the output catches writes beyond it.
+        let out = poisoned(&gpu, pixels * C + 8);
+        let args = MbConvArgs {
+            input: region(&bufs[0]),
+            expand_weight: region(&bufs[1]),
+            expand_bias: region(&bufs[2]),
+            depthwise_weight: region(&bufs[3]),
+            depthwise_bias: region(&bufs[4]),
+            project_weight: region(&bufs[5]),
+            project_bias: region(&bufs[6]),
+            output: DeviceRegion::new(out.ptr(), pixels * C * 2),
+        };
+        launch_mbconv(&gpu, &shape, &args).unwrap();
+        let got = download_f16(&gpu, &out);
+        let tail_poisoned = got[pixels * C..].iter().all(|v| v.to_bits() == 0xffff);
+        let got: Vec<f64> = got[..pixels * C].iter().map(|v| v.to_f64()).collect();
+        let (rel, max_abs) = errors(&got, &want);
+        println!("mbconv {batch}x{height}x{width}x{C}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
+        assert!(rel <= MBCONV_REL_L2, "{shape:?}: rel L2 {rel:.3e}");
+        assert!(tail_poisoned, "{shape:?}: wrote past the output");
+    }
+}
+
+#[test]
+fn mbconv_rejects_bad_arguments() {
+    const TEST: &str = "mbconv_rejects_bad_arguments";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let shape = MbConvShape {
+        batch: 1,
+        height: 8,
+        width: 16,
+    };
+    let act = 8 * 16 * C * 2;
+    let buf = gpu.alloc(4 * act).unwrap();
+    let weights = gpu.alloc(1 << 16).unwrap();
+    let w = region(&weights);
+    let good = MbConvArgs {
+        input: DeviceRegion::new(buf.ptr(), act),
+        expand_weight: w,
+        expand_bias: w,
+        depthwise_weight: w,
+        depthwise_bias: w,
+        project_weight: w,
+        project_bias: w,
+        output: DeviceRegion::new(buf.ptr() + act as u64, act),
+    };
+    launch_mbconv(&gpu, &shape, &good).unwrap();
+    gpu.synchronize().unwrap();
+    let overlapping = MbConvArgs {
+        output: DeviceRegion::new(buf.ptr() + 64, act),
+        ..good
+    };
+    expect_launch_error(
+        "overlapping output",
+        launch_mbconv(&gpu, &shape, &overlapping),
+    );
+    let short = MbConvArgs {
+        input: DeviceRegion::new(buf.ptr(), act - 2),
+        ..good
+    };
+    expect_launch_error("short input", launch_mbconv(&gpu, &shape, &short));
+    let misaligned = MbConvArgs {
+        project_weight: DeviceRegion::new(weights.ptr() + 2, 1 << 15),
+        ..good
+    };
+    expect_launch_error(
+        "misaligned weight",
+        launch_mbconv(&gpu, &shape, &misaligned),
+    );
+    let empty = MbConvShape { height: 0, ..shape };
+    expect_launch_error("empty shape", launch_mbconv(&gpu, &empty, &good));
+}
