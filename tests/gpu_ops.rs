@@ -13,8 +13,8 @@ mod dense;
 
 use common::{gpu_available, Rng};
 use dense::{
-    activate, depthwise_reference, download_f16, errors, expect_launch_error, poisoned, random_f16,
-    random_f32, region, upload,
+    activate, depthwise_reference, download_f16, errors, expect_launch_error, layer_norm_row,
+    poisoned, random_f16, random_f32, region, upload,
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::conv::{
@@ -753,17 +753,10 @@ fn layer_norm_matches_reference() {
                     }
                 })
                 .collect();
-            let mut reference = vec![0.0; n];
-            for r in 0..rows {
-                let row = &sum[r * channels..(r + 1) * channels];
-                let mean = row.iter().sum::<f64>() / channels as f64;
-                let var =
-                    row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / channels as f64;
-                let rstd = 1.0 / (var + eps as f64).sqrt();
-                for c in 0..channels {
-                    reference[r * channels + c] = (row[c] - mean) * rstd * gf[c] + bf[c];
-                }
-            }
+            let reference: Vec<f64> = sum
+                .chunks_exact(channels)
+                .flat_map(|row| layer_norm_row(row, &gf, &bf, eps as f64))
+                .collect();
             let (x, res, g, b) = (
                 upload(&gpu, &xh),
                 upload(&gpu, &rh),

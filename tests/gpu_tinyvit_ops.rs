@@ -1,9 +1,12 @@
-//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu) against f64 CPU references on
-//! fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an unwritten element fails
-//! and a write past the output is caught. Skipped with a printed reason where there is no GPU.
+//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4`, and the window
+//! gather of kernels/norm.cu that fuses the partition into the attention's LayerNorm) against
+//! f64 CPU references on fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an
+//! unwritten element fails and a write past the output is caught. Skipped with a printed
+//! reason where there is no GPU.
 //!
-//! Tolerance: rel L2 <= 2e-3. The kernel rounds its two hidden activations and the output to
-//! fp16 (~3e-4 rms relative each) with fp32 accumulation; the reference rounds nothing.
+//! Tolerances: MBConv rel L2 <= 2e-3 (the kernel rounds its two hidden activations and the
+//! output to fp16, ~3e-4 rms relative each, with fp32 accumulation; the reference rounds
+//! nothing); windowed LayerNorm max abs <= 1e-2 (fp16 output of unit-scale values).
 
 mod common;
 #[path = "common/dense.rs"]
@@ -11,18 +14,22 @@ mod dense;
 
 use common::{gpu_available, Rng};
 use dense::{
-    activate, depthwise_reference, download_f16, errors, expect_launch_error, poisoned, random_f16,
-    random_f32, region, upload,
+    activate, depthwise_reference, download_f16, errors, expect_launch_error, layer_norm_row,
+    poisoned, random_f16, random_f32, region, upload,
 };
 use finesam::ops::conv::DepthwiseShape;
 use finesam::ops::gemm::Activation;
+use finesam::ops::norm::{launch_window_layer_norm, LayerNormArgs};
 use finesam::ops::tinyvit::{
     launch_mbconv, MbConvArgs, MbConvShape, MBCONV_CHANNELS as C, MBCONV_HIDDEN as HID,
 };
+use finesam::ops::window::WindowGeometry;
 use finesam::ops::DeviceRegion;
 use finesam::Gpu;
 
 const MBCONV_REL_L2: f64 = 2e-3;
+/// fp16 output of unit-scale normalised values (as tests/gpu_ops.rs's LayerNorm bound).
+const LAYER_NORM_MAX_ABS: f64 = 1e-2;
 
 /// `y[p, o] = act(b[o] + sum_i x[p, i] * w[o, i])` over `pixels` rows.
 fn linear(x: &[f64], w: &[f64], b: &[f64], cin: usize, cout: usize) -> Vec<f64> {
@@ -189,4 +196,94 @@ fn mbconv_rejects_bad_arguments() {
     );
     let empty = MbConvShape { height: 0, ..shape };
     expect_launch_error("empty shape", launch_mbconv(&gpu, &empty, &good));
+}
+
+/// TinyViT's window partition (zero padding) followed by the attention's LayerNorm, fused:
+/// every token, padding tokens included (they come out as beta).
+#[test]
+fn window_layer_norm_matches_partition_then_norm() {
+    const TEST: &str = "window_layer_norm_matches_partition_then_norm";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x574c);
+    // (batch, height, width, channels, window): padded on both axes, exact, the encoder's.
+    let cases = [
+        (2, 10, 13, 64, 7),
+        (1, 14, 28, 160, 14),
+        (1, 64, 64, 160, 14),
+        (1, 16, 16, 320, 7),
+    ];
+    for (batch, height, width, channels, window) in cases {
+        let g = WindowGeometry {
+            batch,
+            height,
+            width,
+            channels,
+            window,
+        };
+        let rows = g.windows() * g.tokens();
+        let (xh, x) = random_f16(&mut rng, g.map_elements(), -3.0, 3.0);
+        let (gh, gf) = random_f32(&mut rng, channels, 0.5, 1.5);
+        let (bh, bf) = random_f32(&mut rng, channels, -0.5, 0.5);
+        let (wy, wx) = g.grid();
+        let zeros = vec![0.0; channels];
+        let mut want = Vec::with_capacity(rows * channels);
+        for n in 0..batch {
+            for win_y in 0..wy {
+                for win_x in 0..wx {
+                    for t in 0..window * window {
+                        let (y, xx) = (win_y * window + t / window, win_x * window + t % window);
+                        let row = if y < height && xx < width {
+                            let p = ((n * height + y) * width + xx) * channels;
+                            &x[p..p + channels]
+                        } else {
+                            &zeros[..]
+                        };
+                        want.extend(layer_norm_row(row, &gf, &bf, 1e-5));
+                    }
+                }
+            }
+        }
+        let (xb, gb, bb) = (upload(&gpu, &xh), upload(&gpu, &gh), upload(&gpu, &bh));
+        let out = poisoned(&gpu, rows * channels + 8);
+        let args = LayerNormArgs {
+            rows,
+            channels,
+            eps: 1e-5,
+            x: region(&xb),
+            residual: None,
+            sum: None,
+            gamma: region(&gb),
+            beta: region(&bb),
+            y: DeviceRegion::new(out.ptr(), rows * channels * 2),
+        };
+        launch_window_layer_norm(&gpu, &g, &args).unwrap();
+        let got = download_f16(&gpu, &out);
+        let tail_poisoned = got[rows * channels..].iter().all(|v| v.to_bits() == 0xffff);
+        let got: Vec<f64> = got[..rows * channels].iter().map(|v| v.to_f64()).collect();
+        let (rel, max_abs) = errors(&got, &want);
+        println!("window LayerNorm {g:?}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
+        assert!(
+            max_abs <= LAYER_NORM_MAX_ABS,
+            "{g:?}: max abs {max_abs:.3e}"
+        );
+        assert!(tail_poisoned, "{g:?}: wrote past the output");
+
+        // Row count that is not the padded windows, and an output over the input, are typed.
+        let wrong_rows = LayerNormArgs {
+            rows: rows - 1,
+            ..args
+        };
+        expect_launch_error(
+            "wrong rows",
+            launch_window_layer_norm(&gpu, &g, &wrong_rows),
+        );
+        let over_input = LayerNormArgs {
+            y: region(&xb),
+            ..args
+        };
+        expect_launch_error("y over x", launch_window_layer_norm(&gpu, &g, &over_input));
+    }
 }

@@ -1,9 +1,11 @@
 //! Launcher for `kernels/norm.cu`: LayerNorm over the last dimension (fp16 in/out, fp32
 //! statistics), optionally of `x + residual` with the sum written back for the residual
-//! stream. On NHWC activations this is also SAM's LayerNorm2d (eps 1e-6).
+//! stream. On NHWC activations this is also SAM's LayerNorm2d (eps 1e-6). With a window
+//! geometry it gathers its rows as TinyViT's window partition (fusing the partition).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::window::WindowGeometry;
 use super::{launch_error, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -67,13 +69,21 @@ struct LayerNormParams {
     rows: i32,
     c: i32,
     eps: f32,
+    win: i32,
+    win_h: i32,
+    win_w: i32,
+    windows_y: i32,
+    windows_x: i32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
 unsafe impl DeviceRepr for LayerNormParams {}
 
-/// Validates a launch: (variant, parameters, blocks).
-fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u32)> {
+/// Validates a launch, rows gathered by `window` if given: (variant, parameters, blocks).
+fn layer_norm_params(
+    args: &LayerNormArgs,
+    window: Option<&WindowGeometry>,
+) -> Result<(usize, LayerNormParams, u32)> {
     const KERNEL: &str = "layer_norm";
     let c = args.channels;
     let variant = variant_index(c)
@@ -102,7 +112,40 @@ fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u3
         return Err(launch_error(KERNEL, "sum output given without a residual"));
     }
     let tensor = args.rows.checked_mul(c).and_then(|e| e.checked_mul(2));
-    args.x.check(KERNEL, "x", tensor, 16)?;
+    let mut gather = [0i32; 5];
+    match window {
+        None => args.x.check(KERNEL, "x", tensor, 16)?,
+        Some(g) => {
+            let (wy, wx) = g.grid();
+            let padded = g.windows().checked_mul(g.tokens());
+            if g.window == 0 || g.channels != c || padded != Some(args.rows) {
+                return Err(launch_error(
+                    KERNEL,
+                    format!(
+                        "window {g:?} does not give {} rows of {c} channels",
+                        args.rows
+                    ),
+                ));
+            }
+            if args.residual.is_some() {
+                return Err(launch_error(KERNEL, "a window gather takes no residual"));
+            }
+            let map = g.map_elements().checked_mul(2);
+            args.x.check(KERNEL, "x", map, 16)?;
+            let (x0, x1) = (
+                args.x.ptr,
+                args.x.ptr.saturating_add(map.unwrap_or(0) as u64),
+            );
+            let y1 = args.y.ptr.saturating_add(tensor.unwrap_or(0) as u64);
+            if args.y.ptr < x1 && x0 < y1 {
+                return Err(launch_error(KERNEL, "a window gather cannot write over x"));
+            }
+            for (slot, v) in gather.iter_mut().zip([g.window, g.height, g.width, wy, wx]) {
+                *slot = i32::try_from(v)
+                    .map_err(|_| launch_error(KERNEL, format!("window {g:?} exceeds i32")))?;
+            }
+        }
+    }
     args.y.check(KERNEL, "y", tensor, 16)?;
     if let Some(r) = &args.residual {
         r.check(KERNEL, "residual", tensor, 16)?;
@@ -125,19 +168,43 @@ fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u3
         rows: args.rows as i32,
         c: c as i32,
         eps: args.eps,
+        win: gather[0],
+        win_h: gather[1],
+        win_w: gather[2],
+        windows_y: gather[3],
+        windows_x: gather[4],
     };
     Ok((variant, params, blocks))
 }
 
 /// Checks a LayerNorm's arguments exactly as [`launch_layer_norm`] does, without a GPU.
 pub fn check_layer_norm(args: &LayerNormArgs) -> Result<()> {
-    layer_norm_params(args).map(|_| ())
+    layer_norm_params(args, None).map(|_| ())
 }
 
 /// `y = LayerNorm(x (+ residual)) * gamma + beta` over the last dimension; with a residual the
 /// fp16 sum is normalised and, if `sum` is given, stored.
 pub fn launch_layer_norm(gpu: &Gpu, args: &LayerNormArgs) -> Result<()> {
-    let (variant, params, blocks) = layer_norm_params(args)?;
+    launch(gpu, layer_norm_params(args, None)?)
+}
+
+/// TinyViT's window partition fused with the attention's LayerNorm: `y` (`args.rows` =
+/// windows x tokens rows) is `LayerNorm(window_partition(x))` for `x` the NHWC map of
+/// `window` (zero padding tokens come out as beta). No residual.
+pub fn launch_window_layer_norm(
+    gpu: &Gpu,
+    window: &WindowGeometry,
+    args: &LayerNormArgs,
+) -> Result<()> {
+    launch(gpu, layer_norm_params(args, Some(window))?)
+}
+
+/// Checks a windowed LayerNorm's arguments exactly as [`launch_window_layer_norm`] does.
+pub fn check_window_layer_norm(window: &WindowGeometry, args: &LayerNormArgs) -> Result<()> {
+    layer_norm_params(args, Some(window)).map(|_| ())
+}
+
+fn launch(gpu: &Gpu, (variant, params, blocks): (usize, LayerNormParams, u32)) -> Result<()> {
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),

@@ -145,3 +145,15 @@ pub fn expect_launch_error(what: &str, result: finesam::Result<()>) {
         other => panic!("{what}: expected Error::Launch, got {other:?}"),
     }
 }
+
+/// `(row - mean) / sqrt(var + eps) * gamma + beta` (biased variance), in f64.
+pub fn layer_norm_row(row: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+    let n = row.len() as f64;
+    let mean = row.iter().sum::<f64>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    row.iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(v, (g, b))| (v - mean) * rstd * g + b)
+        .collect()
+}

@@ -33,11 +33,11 @@ use crate::ops::conv::{
 };
 use crate::ops::gemm::{launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix};
 use crate::ops::gemm::{Residual, ResidualOrder};
-use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
+use crate::ops::norm::{launch_layer_norm, launch_window_layer_norm, LayerNormArgs};
 use crate::ops::tinyvit::{
     launch_mbconv, mbconv_flops, MbConvArgs, MbConvShape, MBCONV_CHANNELS, MBCONV_HIDDEN,
 };
-use crate::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
+use crate::ops::window::{launch_window_unpartition, WindowGeometry};
 use crate::ops::DeviceRegion;
 use crate::weights::WeightsFile;
 
@@ -176,19 +176,17 @@ enum OpKind {
         activation: Activation,
         out: T,
     },
+    /// With a window, the rows of `x` are gathered as the window partition lays them out
+    /// (the partition fused into the norm).
     LayerNorm {
         rows: usize,
         channels: usize,
         eps: f32,
+        window: Option<WindowGeometry>,
         x: T,
         gamma: W,
         beta: W,
         y: T,
-    },
-    Partition {
-        geometry: WindowGeometry,
-        input: T,
-        out: T,
     },
     Unpartition {
         geometry: WindowGeometry,
@@ -221,8 +219,7 @@ impl OpKind {
             OpKind::Stem { out, .. } => vec![out],
             OpKind::Conv { input, out, .. }
             | OpKind::MbConv { input, out, .. }
-            | OpKind::Depthwise { input, out, .. }
-            | OpKind::Partition { input, out, .. } => vec![input, out],
+            | OpKind::Depthwise { input, out, .. } => vec![input, out],
             OpKind::Gemm { x, residual, y, .. } => {
                 let mut t = vec![x, y];
                 t.extend(residual.map(|(r, _)| r));
@@ -464,6 +461,19 @@ impl Walk<'_> {
     }
 
     fn layer_norm(&mut self, name: &str, x: T, rows: usize, c: usize, eps: f32) -> Result<T> {
+        self.layer_norm_gather(name, x, rows, c, eps, None)
+    }
+
+    /// A LayerNorm whose rows are gathered as `window` partitions `x` (if given).
+    fn layer_norm_gather(
+        &mut self,
+        name: &str,
+        x: T,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        window: Option<WindowGeometry>,
+    ) -> Result<T> {
         let (gamma, beta) = self.norm(name, c)?;
         let y = self.tensor(format!("{name} out"), rows * c);
         self.push(
@@ -471,6 +481,7 @@ impl Walk<'_> {
                 rows,
                 channels: c,
                 eps,
+                window,
                 x,
                 gamma,
                 beta,
@@ -629,17 +640,10 @@ impl Walk<'_> {
         let rows = windows * tokens;
 
         // Attention on zero-padded windows: the padding goes through the attention's own
-        // LayerNorm (giving beta) and qkv, unmasked, exactly as the official code.
-        let parted = self.tensor(format!("{name} windows"), rows * dim);
-        self.push(
-            OpKind::Partition {
-                geometry,
-                input: x,
-                out: parted,
-            },
-            0.0,
-        );
-        let normed = self.layer_norm(&format!("{name}.attn.norm"), parted, rows, dim, LN_EPS)?;
+        // LayerNorm (giving beta) and qkv, unmasked, exactly as the official code. The window
+        // partition is fused into that LayerNorm (it gathers its rows).
+        let norm = format!("{name}.attn.norm");
+        let normed = self.layer_norm_gather(&norm, x, rows, dim, LN_EPS, Some(geometry))?;
         let (qkv_w, qkv_b) = self.linear(&format!("{name}.attn.qkv"), 3 * dim, dim)?;
         let qkv = self.tensor(format!("{name}.attn.qkv out"), rows * 3 * dim);
         self.gemm(normed, qkv, (rows, 3 * dim, dim), (qkv_w, qkv_b), None);
@@ -1076,13 +1080,13 @@ impl Bound<'_> {
                 rows,
                 channels,
                 eps,
+                window,
                 x,
                 gamma,
                 beta,
                 y,
-            } => launch_layer_norm(
-                gpu,
-                &LayerNormArgs {
+            } => {
+                let args = LayerNormArgs {
                     rows,
                     channels,
                     eps,
@@ -1092,15 +1096,11 @@ impl Bound<'_> {
                     gamma: self.w(gamma),
                     beta: self.w(beta),
                     y: self.t(y),
-                },
-            ),
-            OpKind::Partition {
-                geometry,
-                input,
-                out,
-            } => {
-                let (i, o) = (self.t(input), self.t(out));
-                launch_window_partition(gpu, &geometry, i.ptr, i.bytes, o.ptr, o.bytes)
+                };
+                match window {
+                    Some(window) => launch_window_layer_norm(gpu, &window, &args),
+                    None => launch_layer_norm(gpu, &args),
+                }
             }
             OpKind::Unpartition {
                 geometry,
