@@ -13,6 +13,12 @@
 // padding token normalises a zero row (giving beta), exactly as partition-then-LayerNorm.
 // `y` is then [windows * win * win, C]; no residual.
 //
+// With a depthwise prologue (dw_w non-null; TinyViT's local conv followed by the MLP's
+// LayerNorm) row r is pixel r of the NHWC map [N, win_h, win_w, C] and
+//   s = fp16(dw_b + sum over the 3x3 taps of x[neighbour] * dw_w[tap])   (zero padding 1)
+// = F.conv2d(x, w, b, padding=1, groups=C) as depthwise_k3s1 computes and stores it; s is
+// written to `sum` (the block's residual stream) and normalised. No residual, no window.
+//
 // A group of G lanes (G = 8, 16 or 32, inside one warp) owns a row; each lane holds VPL 16-byte
 // vectors (8 channels each) in registers, so the row is read once and the variance is computed
 // exactly from centred values (two passes over registers). C % 8 == 0, C <= G * VPL * 8.
@@ -35,6 +41,8 @@ struct LayerNormParams {
     int win;                   // window side, or 0: row r reads row r
     int win_h, win_w;          // the map's rows and columns
     int windows_y, windows_x;  // windows along each axis after padding
+    const __half* dw_w;        // [9, C] tap-major, or null
+    const float* dw_b;         // [C]
 };
 
 constexpr int kThreads = 256;

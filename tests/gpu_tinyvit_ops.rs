@@ -1,12 +1,14 @@
-//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4`, and the window
-//! gather of kernels/norm.cu that fuses the partition into the attention's LayerNorm) against
+//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4`; the window
+//! gather and the depthwise prologue of kernels/norm.cu, which fuse the window partition into
+//! the attention's LayerNorm and the local conv into the MLP's) against
 //! f64 CPU references on fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an
 //! unwritten element fails and a write past the output is caught. Skipped with a printed
 //! reason where there is no GPU.
 //!
 //! Tolerances: MBConv rel L2 <= 2e-3 (the kernel rounds its two hidden activations and the
 //! output to fp16, ~3e-4 rms relative each, with fp32 accumulation; the reference rounds
-//! nothing); windowed LayerNorm max abs <= 1e-2 (fp16 output of unit-scale values).
+//! nothing); LayerNorm outputs max abs <= 1e-2 (fp16 output of unit-scale values); the stored
+//! local conv rel L2 <= 2e-3.
 
 mod common;
 #[path = "common/dense.rs"]
@@ -19,15 +21,20 @@ use dense::{
 };
 use finesam::ops::conv::DepthwiseShape;
 use finesam::ops::gemm::Activation;
-use finesam::ops::norm::{launch_window_layer_norm, LayerNormArgs};
+use finesam::ops::norm::{
+    launch_depthwise_layer_norm, launch_window_layer_norm, DepthwisePrologue, LayerNormArgs,
+};
 use finesam::ops::tinyvit::{
     launch_mbconv, MbConvArgs, MbConvShape, MBCONV_CHANNELS as C, MBCONV_HIDDEN as HID,
 };
 use finesam::ops::window::WindowGeometry;
 use finesam::ops::DeviceRegion;
 use finesam::Gpu;
+use half::f16;
 
 const MBCONV_REL_L2: f64 = 2e-3;
+/// The depthwise prologue's stored convolution (fp16, fp32 accumulation), as tests/gpu_ops.rs.
+const CONV_REL_L2: f64 = 2e-3;
 /// fp16 output of unit-scale normalised values (as tests/gpu_ops.rs's LayerNorm bound).
 const LAYER_NORM_MAX_ABS: f64 = 1e-2;
 
@@ -285,5 +292,109 @@ fn window_layer_norm_matches_partition_then_norm() {
             ..args
         };
         expect_launch_error("y over x", launch_window_layer_norm(&gpu, &g, &over_input));
+    }
+}
+
+/// TinyViT's local conv (depthwise 3x3, pad 1, bias) fused with the MLP's LayerNorm: the
+/// stored convolution against the f64 depthwise reference, the norm against the f64 LayerNorm
+/// of the fp16-rounded convolution (what the kernel normalises).
+#[test]
+fn depthwise_layer_norm_matches_conv_then_norm() {
+    const TEST: &str = "depthwise_layer_norm_matches_conv_then_norm";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x444c);
+    // (batch, height, width, channels): the encoder's three widths, ragged maps, a batch.
+    let cases = [
+        (2, 5, 9, 128),
+        (1, 64, 64, 160),
+        (1, 13, 7, 320),
+        (1, 3, 3, 64),
+    ];
+    for (batch, height, width, channels) in cases {
+        let rows = batch * height * width;
+        let (xh, x) = random_f16(&mut rng, rows * channels, -2.0, 2.0);
+        let (wh, w) = random_f16(&mut rng, 9 * channels, -0.5, 0.5);
+        let (dbh, db) = random_f32(&mut rng, channels, -0.5, 0.5);
+        let (gh, gf) = random_f32(&mut rng, channels, 0.5, 1.5);
+        let (bh, bf) = random_f32(&mut rng, channels, -0.5, 0.5);
+        let shape = DepthwiseShape {
+            batch,
+            height,
+            width,
+            channels,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let conv = depthwise_reference(&shape, &x, &w, Some(&db), Activation::None);
+        let stored: Vec<f64> = conv.iter().map(|&v| f16::from_f64(v).to_f64()).collect();
+        let want: Vec<f64> = stored
+            .chunks_exact(channels)
+            .flat_map(|row| layer_norm_row(row, &gf, &bf, 1e-5))
+            .collect();
+        let bufs = [
+            upload(&gpu, &xh),
+            upload(&gpu, &wh),
+            upload(&gpu, &dbh),
+            upload(&gpu, &gh),
+            upload(&gpu, &bh),
+        ];
+        let n = rows * channels;
+        let (sum, out) = (poisoned(&gpu, n + 8), poisoned(&gpu, n + 8));
+        let prologue = DepthwisePrologue {
+            batch,
+            height,
+            width,
+            weight: region(&bufs[1]),
+            bias: region(&bufs[2]),
+        };
+        let args = LayerNormArgs {
+            rows,
+            channels,
+            eps: 1e-5,
+            x: region(&bufs[0]),
+            residual: None,
+            sum: Some(DeviceRegion::new(sum.ptr(), n * 2)),
+            gamma: region(&bufs[3]),
+            beta: region(&bufs[4]),
+            y: DeviceRegion::new(out.ptr(), n * 2),
+        };
+        launch_depthwise_layer_norm(&gpu, &prologue, &args).unwrap();
+        let (got_sum, got) = (download_f16(&gpu, &sum), download_f16(&gpu, &out));
+        let tails = got_sum[n..]
+            .iter()
+            .chain(&got[n..])
+            .all(|v| v.to_bits() == 0xffff);
+        let got_sum: Vec<f64> = got_sum[..n].iter().map(|v| v.to_f64()).collect();
+        let got: Vec<f64> = got[..n].iter().map(|v| v.to_f64()).collect();
+        let (conv_rel, _) = errors(&got_sum, &conv);
+        let (_, norm_abs) = errors(&got, &want);
+        println!(
+            "depthwise LayerNorm {batch}x{height}x{width}x{channels}: conv rel L2 {conv_rel:.2e}, \
+             norm max abs {norm_abs:.2e}"
+        );
+        assert!(conv_rel <= CONV_REL_L2, "conv rel L2 {conv_rel:.3e}");
+        assert!(
+            norm_abs <= LAYER_NORM_MAX_ABS,
+            "norm max abs {norm_abs:.3e}"
+        );
+        assert!(tails, "wrote past an output");
+
+        let no_sum = LayerNormArgs { sum: None, ..args };
+        expect_launch_error(
+            "no sum",
+            launch_depthwise_layer_norm(&gpu, &prologue, &no_sum),
+        );
+        let in_place = LayerNormArgs {
+            y: region(&bufs[0]),
+            ..args
+        };
+        expect_launch_error(
+            "y over x",
+            launch_depthwise_layer_norm(&gpu, &prologue, &in_place),
+        );
     }
 }

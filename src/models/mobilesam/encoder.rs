@@ -33,7 +33,10 @@ use crate::ops::conv::{
 };
 use crate::ops::gemm::{launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix};
 use crate::ops::gemm::{Residual, ResidualOrder};
-use crate::ops::norm::{launch_layer_norm, launch_window_layer_norm, LayerNormArgs};
+use crate::ops::norm::{
+    launch_depthwise_layer_norm, launch_layer_norm, launch_window_layer_norm, DepthwisePrologue,
+    LayerNormArgs,
+};
 use crate::ops::tinyvit::{
     launch_mbconv, mbconv_flops, MbConvArgs, MbConvShape, MBCONV_CHANNELS, MBCONV_HIDDEN,
 };
@@ -141,6 +144,23 @@ struct T(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct W(usize);
 
+/// Where a LayerNorm launch takes its rows from.
+#[derive(Debug, Clone, Copy)]
+enum NormRows {
+    /// Row r of its input.
+    Plain,
+    /// Token r of the window partition of its input map (the partition fused in).
+    Window(WindowGeometry),
+    /// Pixel r of the local conv (depthwise 3x3 + folded BN) of its input map, which is
+    /// also stored to `conv_out` (the block's residual stream).
+    LocalConv {
+        side: usize,
+        weight: W,
+        bias: W,
+        conv_out: T,
+    },
+}
+
 /// One kernel launch of the plan, with every shape decided at load.
 #[derive(Debug, Clone)]
 enum OpKind {
@@ -176,13 +196,11 @@ enum OpKind {
         activation: Activation,
         out: T,
     },
-    /// With a window, the rows of `x` are gathered as the window partition lays them out
-    /// (the partition fused into the norm).
     LayerNorm {
         rows: usize,
         channels: usize,
         eps: f32,
-        window: Option<WindowGeometry>,
+        source: NormRows,
         x: T,
         gamma: W,
         beta: W,
@@ -225,7 +243,10 @@ impl OpKind {
                 t.extend(residual.map(|(r, _)| r));
                 t
             }
-            OpKind::LayerNorm { x, y, .. } => vec![x, y],
+            OpKind::LayerNorm { x, y, source, .. } => match source {
+                NormRows::LocalConv { conv_out, .. } => vec![x, conv_out, y],
+                _ => vec![x, y],
+            },
             OpKind::Unpartition {
                 input,
                 residual,
@@ -420,6 +441,16 @@ impl Walk<'_> {
         Ok(y)
     }
 
+    /// A depthwise 3x3 Conv2d_BN's folded weights, uploaded: (taps `[9, c]` fp16, bias f32).
+    fn depthwise_weights(&mut self, name: &str, c: usize) -> Result<(W, W)> {
+        let (weight, bias) = self.conv_bn(name, c, 1, 3)?;
+        let taps = depthwise_weight_taps(&weight, c, 3, 3)?;
+        Ok((
+            self.upload(&format!("{name}.weight"), &[9, c], &taps, true)?,
+            self.upload(&format!("{name}.bias"), &[c], &bias, false)?,
+        ))
+    }
+
     /// A depthwise 3x3 Conv2d_BN (pad 1) on an `h x w x c` map.
     fn depthwise_bn(
         &mut self,
@@ -429,10 +460,7 @@ impl Walk<'_> {
         stride: usize,
         activation: Activation,
     ) -> Result<(T, usize, usize)> {
-        let (weight, bias) = self.conv_bn(name, c, 1, 3)?;
-        let taps = depthwise_weight_taps(&weight, c, 3, 3)?;
-        let weight = self.upload(&format!("{name}.weight"), &[9, c], &taps, true)?;
-        let bias = self.upload(&format!("{name}.bias"), &[c], &bias, false)?;
+        let (weight, bias) = self.depthwise_weights(name, c)?;
         let shape = DepthwiseShape {
             batch: 1,
             height: h,
@@ -461,10 +489,10 @@ impl Walk<'_> {
     }
 
     fn layer_norm(&mut self, name: &str, x: T, rows: usize, c: usize, eps: f32) -> Result<T> {
-        self.layer_norm_gather(name, x, rows, c, eps, None)
+        self.layer_norm_gather(name, x, rows, c, eps, NormRows::Plain)
     }
 
-    /// A LayerNorm whose rows are gathered as `window` partitions `x` (if given).
+    /// A LayerNorm whose rows come from `source` applied to `x`.
     fn layer_norm_gather(
         &mut self,
         name: &str,
@@ -472,7 +500,7 @@ impl Walk<'_> {
         rows: usize,
         c: usize,
         eps: f32,
-        window: Option<WindowGeometry>,
+        source: NormRows,
     ) -> Result<T> {
         let (gamma, beta) = self.norm(name, c)?;
         let y = self.tensor(format!("{name} out"), rows * c);
@@ -481,13 +509,16 @@ impl Walk<'_> {
                 rows,
                 channels: c,
                 eps,
-                window,
+                source,
                 x,
                 gamma,
                 beta,
                 y,
             },
-            0.0,
+            match source {
+                NormRows::LocalConv { .. } => 2.0 * (rows * c * 9) as f64,
+                _ => 0.0,
+            },
         );
         Ok(y)
     }
@@ -571,13 +602,7 @@ impl Walk<'_> {
             ))
         };
         let expand = one_by_one(self, &format!("{name}.conv1"), hidden, dim)?;
-        let conv2 = format!("{name}.conv2");
-        let (weight, bias) = self.conv_bn(&conv2, hidden, 1, 3)?;
-        let taps = depthwise_weight_taps(&weight, hidden, 3, 3)?;
-        let depthwise = (
-            self.upload(&format!("{conv2}.weight"), &[9, hidden], &taps, true)?,
-            self.upload(&format!("{conv2}.bias"), &[hidden], &bias, false)?,
-        );
+        let depthwise = self.depthwise_weights(&format!("{name}.conv2"), hidden)?;
         let project = one_by_one(self, &format!("{name}.conv3"), dim, hidden)?;
         let shape = MbConvShape {
             batch: 1,
@@ -643,7 +668,8 @@ impl Walk<'_> {
         // LayerNorm (giving beta) and qkv, unmasked, exactly as the official code. The window
         // partition is fused into that LayerNorm (it gathers its rows).
         let norm = format!("{name}.attn.norm");
-        let normed = self.layer_norm_gather(&norm, x, rows, dim, LN_EPS, Some(geometry))?;
+        let parted = NormRows::Window(geometry);
+        let normed = self.layer_norm_gather(&norm, x, rows, dim, LN_EPS, parted)?;
         let (qkv_w, qkv_b) = self.linear(&format!("{name}.attn.qkv"), 3 * dim, dim)?;
         let qkv = self.tensor(format!("{name}.attn.qkv out"), rows * 3 * dim);
         self.gemm(normed, qkv, (rows, 3 * dim, dim), (qkv_w, qkv_b), None);
@@ -680,10 +706,19 @@ impl Walk<'_> {
             0.0,
         );
 
+        // local_conv (depthwise 3x3 + folded BN) fused with the MLP's LayerNorm; the conv's
+        // output is stored too (the residual of fc2).
         let local = format!("{name}.local_conv");
-        let (x2, _, _) = self.depthwise_bn(&local, x1, (side, side, dim), 1, Activation::None)?;
-
-        let n2 = self.layer_norm(&format!("{name}.mlp.norm"), x2, pixels, dim, LN_EPS)?;
+        let (weight, bias) = self.depthwise_weights(&local, dim)?;
+        let x2 = self.tensor(format!("{local} out"), pixels * dim);
+        let source = NormRows::LocalConv {
+            side,
+            weight,
+            bias,
+            conv_out: x2,
+        };
+        let n2 =
+            self.layer_norm_gather(&format!("{name}.mlp.norm"), x1, pixels, dim, LN_EPS, source)?;
         let hidden = dim * 4;
         let fc1 = self.linear(&format!("{name}.mlp.fc1"), hidden, dim)?;
         let h = self.tensor(format!("{name}.mlp.fc1 out"), pixels * hidden);
@@ -1080,13 +1115,13 @@ impl Bound<'_> {
                 rows,
                 channels,
                 eps,
-                window,
+                source,
                 x,
                 gamma,
                 beta,
                 y,
             } => {
-                let args = LayerNormArgs {
+                let mut args = LayerNormArgs {
                     rows,
                     channels,
                     eps,
@@ -1097,9 +1132,25 @@ impl Bound<'_> {
                     beta: self.w(beta),
                     y: self.t(y),
                 };
-                match window {
-                    Some(window) => launch_window_layer_norm(gpu, &window, &args),
-                    None => launch_layer_norm(gpu, &args),
+                match source {
+                    NormRows::Plain => launch_layer_norm(gpu, &args),
+                    NormRows::Window(window) => launch_window_layer_norm(gpu, &window, &args),
+                    NormRows::LocalConv {
+                        side,
+                        weight,
+                        bias,
+                        conv_out,
+                    } => {
+                        args.sum = Some(self.t(conv_out));
+                        let conv = DepthwisePrologue {
+                            batch: 1,
+                            height: side,
+                            width: side,
+                            weight: self.w(weight),
+                            bias: self.w(bias),
+                        };
+                        launch_depthwise_layer_norm(gpu, &conv, &args)
+                    }
                 }
             }
             OpKind::Unpartition {
