@@ -1,6 +1,7 @@
 //! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4`; the window
 //! gather and the depthwise prologue of kernels/norm.cu, which fuse the window partition into
-//! the attention's LayerNorm and the local conv into the MLP's) against
+//! the attention's LayerNorm and the local conv into the MLP's; the window scatter of
+//! kernels/gemm.cu, which fuses the window reverse and residual into the proj GEMM) against
 //! f64 CPU references on fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an
 //! unwritten element fails and a write past the output is caught. Skipped with a printed
 //! reason where there is no GPU.
@@ -8,7 +9,7 @@
 //! Tolerances: MBConv rel L2 <= 2e-3 (the kernel rounds its two hidden activations and the
 //! output to fp16, ~3e-4 rms relative each, with fp32 accumulation; the reference rounds
 //! nothing); LayerNorm outputs max abs <= 1e-2 (fp16 output of unit-scale values); the stored
-//! local conv rel L2 <= 2e-3.
+//! local conv and the scattered GEMM rel L2 <= 2e-3.
 
 mod common;
 #[path = "common/dense.rs"]
@@ -20,7 +21,10 @@ use dense::{
     poisoned, random_f16, random_f32, region, upload,
 };
 use finesam::ops::conv::DepthwiseShape;
-use finesam::ops::gemm::Activation;
+use finesam::ops::gemm::{
+    launch_gemm_window_scatter, Activation, Epilogue, GemmArgs, GemmProblem, Matrix, Residual,
+    ResidualOrder,
+};
 use finesam::ops::norm::{
     launch_depthwise_layer_norm, launch_window_layer_norm, DepthwisePrologue, LayerNormArgs,
 };
@@ -33,6 +37,8 @@ use finesam::Gpu;
 use half::f16;
 
 const MBCONV_REL_L2: f64 = 2e-3;
+/// GEMM with fp16 output (as tests/gpu_ops.rs).
+const GEMM_REL_L2: f64 = 2e-3;
 /// The depthwise prologue's stored convolution (fp16, fp32 accumulation), as tests/gpu_ops.rs.
 const CONV_REL_L2: f64 = 2e-3;
 /// fp16 output of unit-scale normalised values (as tests/gpu_ops.rs's LayerNorm bound).
@@ -395,6 +401,94 @@ fn depthwise_layer_norm_matches_conv_then_norm() {
         expect_launch_error(
             "y over x",
             launch_depthwise_layer_norm(&gpu, &prologue, &in_place),
+        );
+    }
+}
+
+/// The attention's proj GEMM with the window reverse, crop and `res_x + x` in its epilogue:
+/// every map pixel written once from its token, padding tokens dropped.
+#[test]
+fn gemm_window_scatter_matches_unpartition() {
+    const TEST: &str = "gemm_window_scatter_matches_unpartition";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x5347);
+    // (batch, height, width, channels, window): padded, exact, the encoder's layers.2 shape.
+    let cases = [
+        (1, 10, 13, 64, 7),
+        (2, 14, 14, 160, 14),
+        (1, 64, 64, 160, 14),
+        (1, 9, 16, 320, 7),
+    ];
+    for (batch, height, width, n, window) in cases {
+        let g = WindowGeometry {
+            batch,
+            height,
+            width,
+            channels: n,
+            window,
+        };
+        let (m, k) = (g.windows() * g.tokens(), n);
+        let pixels = g.map_elements() / n;
+        let (xh, x) = random_f16(&mut rng, m * k, -1.0, 1.0);
+        let (wh, w) = random_f16(&mut rng, n * k, -0.1, 0.1);
+        let (bh, b) = random_f32(&mut rng, n, -0.5, 0.5);
+        let (rh, r) = random_f16(&mut rng, pixels * n, -2.0, 2.0);
+        let (wy, wx) = g.grid();
+        let mut want = vec![f64::NAN; pixels * n];
+        for row in 0..m {
+            let (t, win) = (row % g.tokens(), row / g.tokens());
+            let (img, wyi, wxi) = (win / (wy * wx), (win / wx) % wy, win % wx);
+            let (py, px) = (wyi * window + t / window, wxi * window + t % window);
+            if py >= height || px >= width {
+                continue;
+            }
+            let p = (img * height + py) * width + px;
+            for o in 0..n {
+                let dot: f64 = (0..k).map(|i| x[row * k + i] * w[o * k + i]).sum();
+                want[p * n + o] = dot + b[o] + r[p * n + o];
+            }
+        }
+        assert!(
+            want.iter().all(|v| v.is_finite()),
+            "every pixel has a token"
+        );
+        let bufs = [
+            upload(&gpu, &xh),
+            upload(&gpu, &wh),
+            upload(&gpu, &bh),
+            upload(&gpu, &rh),
+        ];
+        let out = poisoned(&gpu, pixels * n + 8);
+        let problem = GemmProblem::new(m, n, k);
+        let args = GemmArgs {
+            x: Matrix::packed(region(&bufs[0]), k),
+            w: Matrix::packed(region(&bufs[1]), k),
+            y: Matrix::packed(DeviceRegion::new(out.ptr(), pixels * n * 2), n),
+            epilogue: Epilogue {
+                bias: Some(region(&bufs[2])),
+                residual: Some(Residual {
+                    matrix: Matrix::packed(region(&bufs[3]), n),
+                    order: ResidualOrder::AfterActivation,
+                }),
+                ..Epilogue::default()
+            },
+        };
+        launch_gemm_window_scatter(&gpu, &g, &problem, &args).unwrap();
+        let got = download_f16(&gpu, &out);
+        let tail_poisoned = got[pixels * n..].iter().all(|v| v.to_bits() == 0xffff);
+        let got: Vec<f64> = got[..pixels * n].iter().map(|v| v.to_f64()).collect();
+        let (rel, max_abs) = errors(&got, &want);
+        println!("window-scatter GEMM {g:?}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
+        assert!(rel <= GEMM_REL_L2, "{g:?}: rel L2 {rel:.3e}");
+        assert!(tail_poisoned, "{g:?}: wrote past the output");
+
+        let unpadded = GemmProblem::new(pixels, n, k);
+        expect_launch_error(
+            "M is not the padded token count",
+            launch_gemm_window_scatter(&gpu, &g, &unpadded, &args),
         );
     }
 }

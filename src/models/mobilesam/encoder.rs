@@ -31,7 +31,9 @@ use crate::ops::conv::{
     conv_weight_ohwi, depthwise_weight_taps, fold_batchnorm, launch_conv2d, launch_conv3x3_stem,
     launch_depthwise_conv2d, BatchNorm, Conv2dShape, ConvArgs, DepthwiseShape, DirectConvArgs,
 };
-use crate::ops::gemm::{launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix};
+use crate::ops::gemm::{
+    launch_gemm, launch_gemm_window_scatter, Activation, Epilogue, GemmArgs, GemmProblem, Matrix,
+};
 use crate::ops::gemm::{Residual, ResidualOrder};
 use crate::ops::norm::{
     launch_depthwise_layer_norm, launch_layer_norm, launch_window_layer_norm, DepthwisePrologue,
@@ -40,7 +42,7 @@ use crate::ops::norm::{
 use crate::ops::tinyvit::{
     launch_mbconv, mbconv_flops, MbConvArgs, MbConvShape, MBCONV_CHANNELS, MBCONV_HIDDEN,
 };
-use crate::ops::window::{launch_window_unpartition, WindowGeometry};
+use crate::ops::window::WindowGeometry;
 use crate::ops::DeviceRegion;
 use crate::weights::WeightsFile;
 
@@ -178,7 +180,8 @@ enum OpKind {
         bias: Option<W>,
         out: T,
     },
-    /// 1x1 convolutions and Linear layers: `[m, k] x [n, k]^T`.
+    /// 1x1 convolutions and Linear layers: `[m, k] x [n, k]^T`. With `scatter`, the rows are
+    /// window tokens stored (and their residual read) at their map pixels, padding dropped.
     Gemm {
         problem: GemmProblem,
         x: T,
@@ -186,6 +189,7 @@ enum OpKind {
         bias: Option<W>,
         activation: Activation,
         residual: Option<(T, ResidualOrder)>,
+        scatter: Option<WindowGeometry>,
         y: T,
     },
     Depthwise {
@@ -205,12 +209,6 @@ enum OpKind {
         gamma: W,
         beta: W,
         y: T,
-    },
-    Unpartition {
-        geometry: WindowGeometry,
-        input: T,
-        residual: T,
-        out: T,
     },
     Attention {
         windows: usize,
@@ -247,12 +245,6 @@ impl OpKind {
                 NormRows::LocalConv { conv_out, .. } => vec![x, conv_out, y],
                 _ => vec![x, y],
             },
-            OpKind::Unpartition {
-                input,
-                residual,
-                out,
-                ..
-            } => vec![input, residual, out],
             OpKind::Attention { qkv, out, .. } => vec![qkv, out],
         }
     }
@@ -692,18 +684,22 @@ impl Walk<'_> {
             },
             attention_flops(windows, heads, tokens, tokens, HEAD_DIM),
         );
-        let proj = self.linear(&format!("{name}.attn.proj"), dim, dim)?;
-        let projected = self.tensor(format!("{name}.attn.proj out"), rows * dim);
-        self.gemm(attended, projected, (rows, dim, dim), proj, None);
+        // proj, window reverse (crop) and `res_x + x` in one GEMM epilogue.
+        let (proj_w, proj_b) = self.linear(&format!("{name}.attn.proj"), dim, dim)?;
         let x1 = self.tensor(format!("{name} attn + x"), pixels * dim);
+        let problem = GemmProblem::new(rows, dim, dim);
         self.push(
-            OpKind::Unpartition {
-                geometry,
-                input: projected,
-                residual: x,
-                out: x1,
+            OpKind::Gemm {
+                problem,
+                x: attended,
+                w: proj_w,
+                bias: Some(proj_b),
+                activation: Activation::None,
+                residual: Some((x, ResidualOrder::AfterActivation)),
+                scatter: Some(geometry),
+                y: x1,
             },
-            0.0,
+            problem.flops(),
         );
 
         // local_conv (depthwise 3x3 + folded BN) fused with the MLP's LayerNorm; the conv's
@@ -766,6 +762,7 @@ impl Walk<'_> {
                 bias,
                 activation,
                 residual,
+                scatter: None,
                 y,
             },
             problem.flops(),
@@ -1076,6 +1073,7 @@ impl Bound<'_> {
                 bias,
                 activation,
                 residual,
+                scatter,
                 y,
             } => {
                 let args = GemmArgs {
@@ -1092,7 +1090,10 @@ impl Bound<'_> {
                         }),
                     },
                 };
-                launch_gemm(gpu, &problem, &args)
+                match scatter {
+                    Some(window) => launch_gemm_window_scatter(gpu, &window, &problem, &args),
+                    None => launch_gemm(gpu, &problem, &args),
+                }
             }
             OpKind::Depthwise {
                 shape,
@@ -1152,16 +1153,6 @@ impl Bound<'_> {
                         launch_depthwise_layer_norm(gpu, &conv, &args)
                     }
                 }
-            }
-            OpKind::Unpartition {
-                geometry,
-                input,
-                residual,
-                out,
-            } => {
-                let (i, r, o) = (self.t(input), self.t(residual), self.t(out));
-                let residual = Some((r.ptr, r.bytes));
-                launch_window_unpartition(gpu, &geometry, i.ptr, i.bytes, residual, o.ptr, o.bytes)
             }
             OpKind::Attention { .. } => launch_attention(gpu, &self.attention(kind)?),
             OpKind::MbConv {
