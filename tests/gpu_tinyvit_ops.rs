@@ -1,4 +1,5 @@
-//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4`; the window
+//! GPU tests of the fused TinyViT kernels (kernels/tinyvit.cu `mbconv_c64_e4` and
+//! `patch_merging_c64_c128`; the window
 //! gather and the depthwise prologue of kernels/norm.cu, which fuse the window partition into
 //! the attention's LayerNorm and the local conv into the MLP's; the window scatter of
 //! kernels/gemm.cu, which fuses the window reverse and residual into the proj GEMM) against
@@ -6,7 +7,7 @@
 //! unwritten element fails and a write past the output is caught. Skipped with a printed
 //! reason where there is no GPU.
 //!
-//! Tolerances: MBConv rel L2 <= 2e-3 (the kernel rounds its two hidden activations and the
+//! Tolerances: fused conv blocks rel L2 <= 2e-3 (the kernels round its two hidden activations and the
 //! output to fp16, ~3e-4 rms relative each, with fp32 accumulation; the reference rounds
 //! nothing); LayerNorm outputs max abs <= 1e-2 (fp16 output of unit-scale values); the stored
 //! local conv and the scattered GEMM rel L2 <= 2e-3.
@@ -29,14 +30,15 @@ use finesam::ops::norm::{
     launch_depthwise_layer_norm, launch_window_layer_norm, DepthwisePrologue, LayerNormArgs,
 };
 use finesam::ops::tinyvit::{
-    launch_mbconv, MbConvArgs, MbConvShape, MBCONV_CHANNELS as C, MBCONV_HIDDEN as HID,
+    launch_mbconv, launch_patch_merging_c64, ConvBlockArgs, ConvBlockShape, MBCONV_CHANNELS as C,
+    MBCONV_HIDDEN as HID, PATCH_MERGING_IN, PATCH_MERGING_OUT,
 };
 use finesam::ops::window::WindowGeometry;
 use finesam::ops::DeviceRegion;
 use finesam::Gpu;
 use half::f16;
 
-const MBCONV_REL_L2: f64 = 2e-3;
+const CONV_BLOCK_REL_L2: f64 = 2e-3;
 /// GEMM with fp16 output (as tests/gpu_ops.rs).
 const GEMM_REL_L2: f64 = 2e-3;
 /// The depthwise prologue's stored convolution (fp16, fp32 accumulation), as tests/gpu_ops.rs.
@@ -59,19 +61,37 @@ fn linear(x: &[f64], w: &[f64], b: &[f64], cin: usize, cout: usize) -> Vec<f64> 
         .collect()
 }
 
-struct MbConvWeights {
-    w1: Vec<f64>,
-    b1: Vec<f64>,
-    w2: Vec<f64>,
-    b2: Vec<f64>,
-    w3: Vec<f64>,
-    b3: Vec<f64>,
+/// Which fused block a case runs: (Cin, hidden, Cout, depthwise stride, MBConv shortcut).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    cin: usize,
+    hidden: usize,
+    cout: usize,
+    stride: usize,
+    mbconv: bool,
 }
 
-/// tiny_vit_sam.py MBConv.forward (eval, folded BatchNorms) in f64.
-fn mbconv_reference(s: &MbConvShape, x: &[f64], w: &MbConvWeights) -> Vec<f64> {
+const MBCONV: Block = Block {
+    cin: C,
+    hidden: HID,
+    cout: C,
+    stride: 1,
+    mbconv: true,
+};
+const PATCH_MERGING: Block = Block {
+    cin: PATCH_MERGING_IN,
+    hidden: PATCH_MERGING_OUT,
+    cout: PATCH_MERGING_OUT,
+    stride: 2,
+    mbconv: false,
+};
+
+/// tiny_vit_sam.py `MBConv.forward` / `PatchMerging.forward` (eval, folded BatchNorms) in
+/// f64 on NHWC: `gelu(conv1)`, `gelu(dw3x3)` at the block's stride, conv3 (+ x, gelu).
+/// `p` holds w1, b1, w2, b2, w3, b3.
+fn conv_block_reference(block: Block, s: &ConvBlockShape, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
     let gelu = |v: f64| activate(v, Activation::Gelu);
-    let h1: Vec<f64> = linear(x, &w.w1, &w.b1, C, HID)
+    let h1: Vec<f64> = linear(x, &p[0], &p[1], block.cin, block.hidden)
         .into_iter()
         .map(gelu)
         .collect();
@@ -79,17 +99,93 @@ fn mbconv_reference(s: &MbConvShape, x: &[f64], w: &MbConvWeights) -> Vec<f64> {
         batch: s.batch,
         height: s.height,
         width: s.width,
-        channels: HID,
+        channels: block.hidden,
         kernel: 3,
-        stride: 1,
+        stride: block.stride,
         padding: 1,
     };
-    let h2 = depthwise_reference(&dw, &h1, &w.w2, Some(&w.b2), Activation::Gelu);
-    linear(&h2, &w.w3, &w.b3, HID, C)
-        .into_iter()
-        .zip(x)
-        .map(|(v, r)| gelu(v + r))
-        .collect()
+    let h2 = depthwise_reference(&dw, &h1, &p[2], Some(&p[3]), Activation::Gelu);
+    let y = linear(&h2, &p[4], &p[5], block.hidden, block.cout);
+    if block.mbconv {
+        y.into_iter().zip(x).map(|(v, r)| gelu(v + r)).collect()
+    } else {
+        y
+    }
+}
+
+/// Runs `block` on fresh random operands for each shape and checks it against the reference.
+fn check_conv_block(gpu: &Gpu, rng: &mut Rng, block: Block, shapes: &[(usize, usize, usize)]) {
+    let Block {
+        cin,
+        hidden,
+        cout,
+        stride,
+        ..
+    } = block;
+    for &(batch, height, width) in shapes {
+        let shape = ConvBlockShape {
+            batch,
+            height,
+            width,
+        };
+        let (ho, wo) = ((height - 1) / stride + 1, (width - 1) / stride + 1);
+        let n_out = batch * ho * wo * cout;
+        let (xh, x) = random_f16(rng, batch * height * width * cin, -2.0, 2.0);
+        // Weights scaled so every stage has unit-order values: w1 ~ 1/sqrt(Cin) etc.
+        let (w1h, w1) = random_f16(
+            rng,
+            hidden * cin,
+            -2.0 / (cin as f64).sqrt(),
+            2.0 / (cin as f64).sqrt(),
+        );
+        let (b1h, b1) = random_f32(rng, hidden, -0.5, 0.5);
+        let (w2h, w2) = random_f16(rng, 9 * hidden, -0.5, 0.5);
+        let (b2h, b2) = random_f32(rng, hidden, -0.5, 0.5);
+        let scale3 = 2.0 / (hidden as f64).sqrt();
+        let (w3h, w3) = random_f16(rng, cout * hidden, -scale3, scale3);
+        let (b3h, b3) = random_f32(rng, cout, -0.5, 0.5);
+        let want = conv_block_reference(block, &shape, &x, &[w1, b1, w2, b2, w3, b3]);
+
+        let input = upload(gpu, &xh);
+        let weights = [
+            upload(gpu, &w1h),
+            upload(gpu, &b1h),
+            upload(gpu, &w2h),
+            upload(gpu, &b2h),
+            upload(gpu, &w3h),
+            upload(gpu, &b3h),
+        ];
+        // One poisoned tail vector past the output catches writes beyond it.
+        let out = poisoned(gpu, n_out + 8);
+        let args = ConvBlockArgs {
+            input: region(&input),
+            expand_weight: region(&weights[0]),
+            expand_bias: region(&weights[1]),
+            depthwise_weight: region(&weights[2]),
+            depthwise_bias: region(&weights[3]),
+            project_weight: region(&weights[4]),
+            project_bias: region(&weights[5]),
+            output: DeviceRegion::new(out.ptr(), n_out * 2),
+        };
+        if block.mbconv {
+            launch_mbconv(gpu, &shape, &args).unwrap();
+        } else {
+            launch_patch_merging_c64(gpu, &shape, &args).unwrap();
+        }
+        let got = download_f16(gpu, &out);
+        let tail_poisoned = got[n_out..].iter().all(|v| v.to_bits() == 0xffff);
+        let got: Vec<f64> = got[..n_out].iter().map(|v| v.to_f64()).collect();
+        let (rel, max_abs) = errors(&got, &want);
+        println!(
+            "{block:?} {batch}x{height}x{width}x{cin} -> {ho}x{wo}x{cout}: rel L2 {rel:.2e}, \
+             max abs {max_abs:.2e}"
+        );
+        assert!(
+            rel <= CONV_BLOCK_REL_L2,
+            "{block:?} {shape:?}: rel L2 {rel:.3e}"
+        );
+        assert!(tail_poisoned, "{block:?} {shape:?}: wrote past the output");
+    }
 }
 
 #[test]
@@ -100,62 +196,22 @@ fn mbconv_matches_reference() {
     }
     let gpu = Gpu::new(0).unwrap();
     let mut rng = Rng::new(0x4d42);
-    // Whole tiles, ragged tiles on both axes (and a single partial tile), a batch.
+    // Whole 8x16 tiles, ragged tiles on both axes (and a single partial tile), a batch.
     let shapes = [(1, 16, 32), (2, 13, 37), (1, 5, 7), (1, 64, 48)];
-    for (batch, height, width) in shapes {
-        let shape = MbConvShape {
-            batch,
-            height,
-            width,
-        };
-        let pixels = batch * height * width;
-        let (x16, x) = random_f16(&mut rng, pixels * C, -2.0, 2.0);
-        let (w1h, w1) = random_f16(&mut rng, HID * C, -0.25, 0.25);
-        let (b1h, b1) = random_f32(&mut rng, HID, -0.5, 0.5);
-        let (w2h, w2) = random_f16(&mut rng, 9 * HID, -0.5, 0.5);
-        let (b2h, b2) = random_f32(&mut rng, HID, -0.5, 0.5);
-        let (w3h, w3) = random_f16(&mut rng, C * HID, -0.12, 0.12);
-        let (b3h, b3) = random_f32(&mut rng, C, -0.5, 0.5);
-        let weights = MbConvWeights {
-            w1,
-            b1,
-            w2,
-            b2,
-            w3,
-            b3,
-        };
-        let want = mbconv_reference(&shape, &x, &weights);
+    check_conv_block(&gpu, &mut rng, MBCONV, &shapes);
+}
 
-        let bufs = [
-            upload(&gpu, &x16),
-            upload(&gpu, &w1h),
-            upload(&gpu, &b1h),
-            upload(&gpu, &w2h),
-            upload(&gpu, &b2h),
-            upload(&gpu, &w3h),
-            upload(&gpu, &b3h),
-        ];
-        // One poisoned tail vector past the output catches writes beyond it.
-        let out = poisoned(&gpu, pixels * C + 8);
-        let args = MbConvArgs {
-            input: region(&bufs[0]),
-            expand_weight: region(&bufs[1]),
-            expand_bias: region(&bufs[2]),
-            depthwise_weight: region(&bufs[3]),
-            depthwise_bias: region(&bufs[4]),
-            project_weight: region(&bufs[5]),
-            project_bias: region(&bufs[6]),
-            output: DeviceRegion::new(out.ptr(), pixels * C * 2),
-        };
-        launch_mbconv(&gpu, &shape, &args).unwrap();
-        let got = download_f16(&gpu, &out);
-        let tail_poisoned = got[pixels * C..].iter().all(|v| v.to_bits() == 0xffff);
-        let got: Vec<f64> = got[..pixels * C].iter().map(|v| v.to_f64()).collect();
-        let (rel, max_abs) = errors(&got, &want);
-        println!("mbconv {batch}x{height}x{width}x{C}: rel L2 {rel:.2e}, max abs {max_abs:.2e}");
-        assert!(rel <= MBCONV_REL_L2, "{shape:?}: rel L2 {rel:.3e}");
-        assert!(tail_poisoned, "{shape:?}: wrote past the output");
+#[test]
+fn patch_merging_matches_reference() {
+    const TEST: &str = "patch_merging_matches_reference";
+    if !gpu_available(TEST) {
+        return;
     }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x504d);
+    // Whole 8x8 output tiles (16x16 and 64x48 inputs), odd sizes (ragged outputs), a batch.
+    let shapes = [(1, 16, 16), (2, 13, 37), (1, 5, 7), (1, 64, 48), (1, 1, 1)];
+    check_conv_block(&gpu, &mut rng, PATCH_MERGING, &shapes);
 }
 
 #[test]
@@ -165,7 +221,7 @@ fn mbconv_rejects_bad_arguments() {
         return;
     }
     let gpu = Gpu::new(0).unwrap();
-    let shape = MbConvShape {
+    let shape = ConvBlockShape {
         batch: 1,
         height: 8,
         width: 16,
@@ -174,7 +230,7 @@ fn mbconv_rejects_bad_arguments() {
     let buf = gpu.alloc(4 * act).unwrap();
     let weights = gpu.alloc(1 << 16).unwrap();
     let w = region(&weights);
-    let good = MbConvArgs {
+    let good = ConvBlockArgs {
         input: DeviceRegion::new(buf.ptr(), act),
         expand_weight: w,
         expand_bias: w,
@@ -186,7 +242,7 @@ fn mbconv_rejects_bad_arguments() {
     };
     launch_mbconv(&gpu, &shape, &good).unwrap();
     gpu.synchronize().unwrap();
-    let overlapping = MbConvArgs {
+    let overlapping = ConvBlockArgs {
         output: DeviceRegion::new(buf.ptr() + 64, act),
         ..good
     };
@@ -194,12 +250,12 @@ fn mbconv_rejects_bad_arguments() {
         "overlapping output",
         launch_mbconv(&gpu, &shape, &overlapping),
     );
-    let short = MbConvArgs {
+    let short = ConvBlockArgs {
         input: DeviceRegion::new(buf.ptr(), act - 2),
         ..good
     };
     expect_launch_error("short input", launch_mbconv(&gpu, &shape, &short));
-    let misaligned = MbConvArgs {
+    let misaligned = ConvBlockArgs {
         project_weight: DeviceRegion::new(weights.ptr() + 2, 1 << 15),
         ..good
     };
@@ -207,7 +263,7 @@ fn mbconv_rejects_bad_arguments() {
         "misaligned weight",
         launch_mbconv(&gpu, &shape, &misaligned),
     );
-    let empty = MbConvShape { height: 0, ..shape };
+    let empty = ConvBlockShape { height: 0, ..shape };
     expect_launch_error("empty shape", launch_mbconv(&gpu, &empty, &good));
 }
 

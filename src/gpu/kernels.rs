@@ -38,6 +38,7 @@ pub struct Kernels {
     pub(crate) attention_split_d32: CudaFunction,
     pub(crate) attention_split_d64: CudaFunction,
     pub(crate) mbconv_c64_e4: CudaFunction,
+    pub(crate) patch_merging_c64_c128: CudaFunction,
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
     pub(crate) assign_solve: CudaFunction,
@@ -66,8 +67,13 @@ impl Kernels {
         let attention = load_module(ctx, "attention", images::ATTENTION)?;
         let window = load_module(ctx, "window", images::WINDOW)?;
         let tinyvit_module = load_module(ctx, "tinyvit", images::TINYVIT)?;
-        let mbconv_c64_e4 = function(&tinyvit_module, "tinyvit", "mbconv_c64_e4")?;
-        set_dynamic_smem(&mbconv_c64_e4, tinyvit::MBCONV_SMEM_BYTES)?;
+        let block = |b: tinyvit::ConvBlock| -> Result<CudaFunction> {
+            let f = function(&tinyvit_module, "tinyvit", b.kernel)?;
+            set_dynamic_smem(&f, b.smem_bytes)?;
+            Ok(f)
+        };
+        let mbconv_c64_e4 = block(tinyvit::MBCONV)?;
+        let patch_merging_c64_c128 = block(tinyvit::PATCH_MERGING)?;
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
@@ -119,6 +125,7 @@ impl Kernels {
             attention_split_d32: attn("attention_split_d32")?,
             attention_split_d64: attn("attention_split_d64")?,
             mbconv_c64_e4,
+            patch_merging_c64_c128,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
             assign_solve,

@@ -40,7 +40,8 @@ use crate::ops::norm::{
     LayerNormArgs,
 };
 use crate::ops::tinyvit::{
-    launch_mbconv, mbconv_flops, MbConvArgs, MbConvShape, MBCONV_CHANNELS, MBCONV_HIDDEN,
+    launch_mbconv, launch_patch_merging_c64, mbconv_flops, patch_merging_c64_flops, ConvBlockArgs,
+    ConvBlockShape, MBCONV_CHANNELS, MBCONV_HIDDEN, PATCH_MERGING_IN, PATCH_MERGING_OUT,
 };
 use crate::ops::window::WindowGeometry;
 use crate::ops::DeviceRegion;
@@ -218,9 +219,11 @@ enum OpKind {
         bias: W,
         out: T,
     },
-    /// A whole MBConv block in one launch (64 channels, expand 4).
-    MbConv {
-        shape: MbConvShape,
+    /// A whole MBConv block (64 channels, expand 4), or layers.0's PatchMerging (64 -> 128,
+    /// stride 2), in one launch.
+    ConvBlock {
+        patch_merging: bool,
+        shape: ConvBlockShape,
         input: T,
         /// conv1, conv2 (depthwise taps), conv3: (weight, bias) each.
         weights: [(W, W); 3],
@@ -234,7 +237,7 @@ impl OpKind {
         match *self {
             OpKind::Stem { out, .. } => vec![out],
             OpKind::Conv { input, out, .. }
-            | OpKind::MbConv { input, out, .. }
+            | OpKind::ConvBlock { input, out, .. }
             | OpKind::Depthwise { input, out, .. } => vec![input, out],
             OpKind::Gemm { x, residual, y, .. } => {
                 let mut t = vec![x, y];
@@ -406,6 +409,15 @@ impl Walk<'_> {
         });
     }
 
+    /// A 1x1 Conv2d_BN's folded weights, uploaded: (`[cout, cin]` fp16, bias f32).
+    fn conv1x1_weights(&mut self, name: &str, cout: usize, cin: usize) -> Result<(W, W)> {
+        let (w, b) = self.conv_bn(name, cout, cin, 1)?;
+        Ok((
+            self.upload(&format!("{name}.weight"), &[cout, cin], &w, true)?,
+            self.upload(&format!("{name}.bias"), &[cout], &b, false)?,
+        ))
+    }
+
     /// A 1x1 Conv2d_BN as a GEMM over `pixels` rows.
     #[allow(clippy::too_many_arguments)]
     fn conv1x1_bn(
@@ -418,9 +430,7 @@ impl Walk<'_> {
         activation: Activation,
         residual: Option<(T, ResidualOrder)>,
     ) -> Result<T> {
-        let (w, b) = self.conv_bn(name, cout, cin, 1)?;
-        let w = self.upload(&format!("{name}.weight"), &[cout, cin], &w, true)?;
-        let b = self.upload(&format!("{name}.bias"), &[cout], &b, false)?;
+        let (w, b) = self.conv1x1_weights(name, cout, cin)?;
         let y = self.tensor(format!("{name} out"), pixels * cout);
         self.gemm_act(
             x,
@@ -586,24 +596,16 @@ impl Walk<'_> {
                  got {dim} -> {hidden}"
             )));
         }
-        let one_by_one = |s: &mut Self, conv: &str, cout: usize, cin: usize| -> Result<(W, W)> {
-            let (w, b) = s.conv_bn(conv, cout, cin, 1)?;
-            Ok((
-                s.upload(&format!("{conv}.weight"), &[cout, cin], &w, true)?,
-                s.upload(&format!("{conv}.bias"), &[cout], &b, false)?,
-            ))
-        };
-        let expand = one_by_one(self, &format!("{name}.conv1"), hidden, dim)?;
-        let depthwise = self.depthwise_weights(&format!("{name}.conv2"), hidden)?;
-        let project = one_by_one(self, &format!("{name}.conv3"), dim, hidden)?;
-        let shape = MbConvShape {
+        let [expand, depthwise, project] = self.conv_block_weights(name, dim, hidden, dim)?;
+        let shape = ConvBlockShape {
             batch: 1,
             height: side,
             width: side,
         };
         let out = self.tensor(format!("{name} out"), side * side * dim);
         self.push(
-            OpKind::MbConv {
+            OpKind::ConvBlock {
+                patch_merging: false,
                 shape,
                 input: x,
                 weights: [expand, depthwise, project],
@@ -612,6 +614,21 @@ impl Walk<'_> {
             mbconv_flops(&shape),
         );
         Ok(out)
+    }
+
+    /// The folded, uploaded weights of a fused conv block (`<name>.conv1` 1x1 cin -> hidden,
+    /// `<name>.conv2` depthwise 3x3, `<name>.conv3` 1x1 hidden -> cout): (weight, bias) each.
+    fn conv_block_weights(
+        &mut self,
+        name: &str,
+        cin: usize,
+        hidden: usize,
+        cout: usize,
+    ) -> Result<[(W, W); 3]> {
+        let expand = self.conv1x1_weights(&format!("{name}.conv1"), hidden, cin)?;
+        let depthwise = self.depthwise_weights(&format!("{name}.conv2"), hidden)?;
+        let project = self.conv1x1_weights(&format!("{name}.conv3"), cout, hidden)?;
+        Ok([expand, depthwise, project])
     }
 
     /// PatchMerging: 1x1 + GELU, depthwise 3x3 (stride 2, or 1 for 320 outputs) + GELU, 1x1.
@@ -628,6 +645,28 @@ impl Walk<'_> {
         } else {
             2
         };
+        if (dim, out, stride) == (PATCH_MERGING_IN, PATCH_MERGING_OUT, 2) {
+            // layers.0's PatchMerging: one fused launch.
+            let weights = self.conv_block_weights(name, dim, out, out)?;
+            let shape = ConvBlockShape {
+                batch: 1,
+                height: side,
+                width: side,
+            };
+            let half = (side - 1) / 2 + 1;
+            let y = self.tensor(format!("{name} out"), half * half * out);
+            self.push(
+                OpKind::ConvBlock {
+                    patch_merging: true,
+                    shape,
+                    input: x,
+                    weights,
+                    out: y,
+                },
+                patch_merging_c64_flops(&shape),
+            );
+            return Ok(y);
+        }
         let gelu = Activation::Gelu;
         let pixels = side * side;
         let h1 = self.conv1x1_bn(&format!("{name}.conv1"), x, pixels, dim, out, gelu, None)?;
@@ -1155,13 +1194,14 @@ impl Bound<'_> {
                 }
             }
             OpKind::Attention { .. } => launch_attention(gpu, &self.attention(kind)?),
-            OpKind::MbConv {
+            OpKind::ConvBlock {
+                patch_merging,
                 shape,
                 input,
                 weights: [(w1, b1), (w2, b2), (w3, b3)],
                 out,
             } => {
-                let args = MbConvArgs {
+                let args = ConvBlockArgs {
                     input: self.t(input),
                     expand_weight: self.w(w1),
                     expand_bias: self.w(b1),
@@ -1171,7 +1211,11 @@ impl Bound<'_> {
                     project_bias: self.w(b3),
                     output: self.t(out),
                 };
-                launch_mbconv(gpu, &shape, &args)
+                if patch_merging {
+                    launch_patch_merging_c64(gpu, &shape, &args)
+                } else {
+                    launch_mbconv(gpu, &shape, &args)
+                }
             }
         }
     }
