@@ -23,7 +23,13 @@
 // epilogue stages alpha * acc in shared memory as fp32 and then writes Y in 16-byte rows
 // (coalesced, with 16-byte residual reads), or element-wise at ragged edges and odd strides.
 // Blocks are ordered in groups of 8 M-tiles so neighbours share X and W rows in L2.
+//
+// Window scatter (gemm_* with win > 0): the rows of X are TinyViT's window-partitioned tokens;
+// each output row goes to its pixel of the unpartitioned map (crop: padding tokens are
+// dropped), residual read at that pixel: the attention's proj + window reverse + `res_x + x`
+// of TinyViTBlock.forward in one epilogue.
 #include "dense.cuh"
+#include "mma.cuh"
 
 using namespace finesam;
 
@@ -49,28 +55,11 @@ struct GemmParams {
     float alpha;
     // Implicit-GEMM convolution geometry (conv_* kernels only).
     int conv_h, conv_w, conv_cin, conv_kh, conv_kw, conv_stride, conv_pad, conv_ho, conv_wo;
+    // Window scatter (gemm_* only; win 0 = off): row m is token m % (win * win) of window
+    // m / (win * win) over the [map_h, map_w] map padded to whole windows; it is stored (and
+    // its residual read) at that map pixel, and padding tokens are not stored.
+    int win, map_h, map_w, windows_y, windows_x;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global->shared copy; src_bytes = 0 writes zeros without reading.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                 "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
 
 // alpha * acc (already applied) + bias, residual before or after the activation.
 __device__ __forceinline__ float epilogue(float v, float bias, float r, const GemmParams& p) {
@@ -309,6 +298,19 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p) {
         const int gm = m0 + r;
         const int gn = n0 + c;
         if (gm >= p.m || gn >= p.n) continue;
+        long long out_row = gm;
+        if (p.win > 0) {
+            const int tokens = p.win * p.win;
+            const int token = gm % tokens;
+            const int window = gm / tokens;
+            const int wx = window % p.windows_x;
+            const int wy = (window / p.windows_x) % p.windows_y;
+            const int img = window / (p.windows_x * p.windows_y);
+            const int py = wy * p.win + token / p.win;
+            const int px = wx * p.win + token % p.win;
+            if (py >= p.map_h || px >= p.map_w) continue;  // a padding token: not stored
+            out_row = (static_cast<long long>(img) * p.map_h + py) * p.map_w + px;
+        }
         // Lanes 4-7 of each quarter-warp read their two float4 halves in the opposite order,
         // so the 8 lanes of one load instruction cover all 32 banks (no 2-way conflict).
         const int swap = (idx >> 2) & 1;
@@ -318,8 +320,8 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p) {
         const float4 lo = swap ? second : first;
         const float4 hi = swap ? first : second;
         float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-        __half* yrow = y + gm * p.ldy + gn;
-        const __half* rrow = res ? res + gm * p.ldr + gn : nullptr;
+        __half* yrow = y + out_row * p.ldy + gn;
+        const __half* rrow = res ? res + out_row * p.ldr + gn : nullptr;
         if (p.vec_out && gn + 8 <= p.n) {
             float rv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
             if (rrow) unpack8(*reinterpret_cast<const uint4*>(rrow), rv);

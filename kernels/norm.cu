@@ -7,6 +7,18 @@
 // = torch.nn.functional.layer_norm(s, [C], gamma, beta, eps) (nn.LayerNorm, eps 1e-5) and, on
 // NHWC activations, SAM's LayerNorm2d over channels (eps 1e-6). gamma/beta fp32 [C].
 //
+// With a window geometry (win > 0) the rows are gathered as TinyViT's window partition lays
+// them out (kernels/window.cu `window_partition`): output row r is token r % (win * win) of
+// window r / (win * win) of the [N, win_h, win_w, C] map zero-padded to whole windows, and a
+// padding token normalises a zero row (giving beta), exactly as partition-then-LayerNorm.
+// `y` is then [windows * win * win, C]; no residual.
+//
+// With a depthwise prologue (dw_w non-null; TinyViT's local conv followed by the MLP's
+// LayerNorm) row r is pixel r of the NHWC map [N, win_h, win_w, C] and
+//   s = fp16(dw_b + sum over the 3x3 taps of x[neighbour] * dw_w[tap])   (zero padding 1)
+// = F.conv2d(x, w, b, padding=1, groups=C) as depthwise_k3s1 computes and stores it; s is
+// written to `sum` (the block's residual stream) and normalised. No residual, no window.
+//
 // A group of G lanes (G = 8, 16 or 32, inside one warp) owns a row; each lane holds VPL 16-byte
 // vectors (8 channels each) in registers, so the row is read once and the variance is computed
 // exactly from centred values (two passes over registers). C % 8 == 0, C <= G * VPL * 8.
@@ -26,6 +38,11 @@ struct LayerNormParams {
     __half* y;
     int rows, c;
     float eps;
+    int win;                   // window side, or 0: row r reads row r
+    int win_h, win_w;          // the map's rows and columns
+    int windows_y, windows_x;  // windows along each axis after padding
+    const __half* dw_w;        // [9, C] tap-major, or null
+    const float* dw_b;         // [C]
 };
 
 constexpr int kThreads = 256;
@@ -45,6 +62,20 @@ __device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
     // Rows past the end still take part in the shuffles; they only skip memory.
     const bool row_ok = row < p.rows;
     const long long base = static_cast<long long>(row_ok ? row : 0) * p.c;
+    long long src = base;
+    if (p.win > 0 && row_ok) {
+        const int tokens = p.win * p.win;
+        const int token = row % tokens;
+        const int window = row / tokens;
+        const int wx = window % p.windows_x;
+        const int wy = (window / p.windows_x) % p.windows_y;
+        const int n = window / (p.windows_x * p.windows_y);
+        const int y = wy * p.win + token / p.win;
+        const int x = wx * p.win + token % p.win;
+        src = (static_cast<long long>(n * p.win_h + y) * p.win_w + x) * p.c;
+        // A padding token: zeros in (v stays 0), beta out.
+        if (y >= p.win_h || x >= p.win_w) src = -1;
+    }
 
     float v[VPL][8];
     bool has[VPL];
@@ -55,8 +86,8 @@ __device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
         has[j] = row_ok && c0 < p.c;
 #pragma unroll
         for (int e = 0; e < 8; ++e) v[j][e] = 0.f;
-        if (has[j]) {
-            unpack8(*reinterpret_cast<const uint4*>(p.x + base + c0), v[j]);
+        if (has[j] && src >= 0) {
+            unpack8(*reinterpret_cast<const uint4*>(p.x + src + c0), v[j]);
             if (p.residual) {
                 float r[8];
                 unpack8(*reinterpret_cast<const uint4*>(p.residual + base + c0), r);

@@ -18,14 +18,19 @@ use finesam::{Error, Gpu};
 use half::f16;
 use safetensors::SafeTensors;
 
-/// Stated bounds on rel L2 (fp16 storage, fp32 accumulation vs the fp32 reference). The error
-/// grows with depth: each fp16 rounding of a stage output adds ~3e-4 relative, 12 blocks of
-/// residual updates and GELU/softmax amplify it; the neck's LayerNorms renormalise.
+/// Stated bounds on rel L2 (fp16 storage, fp32 accumulation vs the fp32 reference), about 3x
+/// the error expected. One fp16 rounding of a tensor adds ~3e-4 relative (unit roundoff 4.9e-4,
+/// RMS over uniformly placed values ~0.6 of it); patch_embed stores two (measured 5.7e-4 on the
+/// H200). Each later stage stores a few more per block, and GELU, softmax and the residual
+/// stream carry them forward roughly in quadrature: ~1e-3 after layers.0, growing to ~1.5e-3
+/// by layers.3. The neck's LayerNorms renormalise (the embedding measured 9e-4); its bound is
+/// the issue's.
 fn bound(stage: EncoderStage) -> f64 {
     match stage {
-        EncoderStage::PatchEmbed => 3e-3,
-        EncoderStage::Layer0 => 5e-3,
-        EncoderStage::Layer1 | EncoderStage::Layer2 | EncoderStage::Layer3 => 1e-2,
+        EncoderStage::PatchEmbed => 2e-3,
+        EncoderStage::Layer0 => 3e-3,
+        EncoderStage::Layer1 => 4e-3,
+        EncoderStage::Layer2 | EncoderStage::Layer3 => 5e-3,
         // The bound for the image embedding.
         EncoderStage::Neck => 1e-2,
     }

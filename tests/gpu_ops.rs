@@ -8,8 +8,14 @@
 //! rounding of the output alone is ~3e-4 rms); LayerNorm max abs <= 1e-2 on unit-scale inputs.
 
 mod common;
+#[path = "common/dense.rs"]
+mod dense;
 
 use common::{gpu_available, Rng};
+use dense::{
+    activate, depthwise_reference, download_f16, errors, expect_launch_error, layer_norm_row,
+    poisoned, random_f16, random_f32, region, upload,
+};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::conv::{
     launch_conv2d, launch_conv2d_tile, launch_conv3x3_stem, launch_depthwise_conv2d, Conv2dShape,
@@ -21,7 +27,7 @@ use finesam::ops::gemm::{
 };
 use finesam::ops::norm::{launch_layer_norm, LayerNormArgs};
 use finesam::ops::DeviceRegion;
-use finesam::{Error, Gpu};
+use finesam::Gpu;
 use half::f16;
 
 const GEMM_REL_L2: f64 = 2e-3;
@@ -32,75 +38,12 @@ const POISON: u16 = 0xffff;
 // ---------------------------------------------------------------------------------------------
 // Host helpers
 
-fn uniform(rng: &mut Rng, lo: f64, hi: f64) -> f64 {
-    lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// `n` fp16 values uniform in [lo, hi) and the same values as f64.
-fn random_f16(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> (Vec<f16>, Vec<f64>) {
-    let h: Vec<f16> = (0..n)
-        .map(|_| f16::from_f64(uniform(rng, lo, hi)))
-        .collect();
-    let f = h.iter().map(|v| v.to_f64()).collect();
-    (h, f)
-}
-
-/// `n` fp32 values uniform in [lo, hi) and the same values as f64.
-fn random_f32(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> (Vec<f32>, Vec<f64>) {
-    let v: Vec<f32> = (0..n).map(|_| uniform(rng, lo, hi) as f32).collect();
-    let f = v.iter().map(|&x| x as f64).collect();
-    (v, f)
-}
-
-fn upload<T: bytemuck::Pod>(gpu: &Gpu, values: &[T]) -> DeviceBuffer {
-    let bytes: &[u8] = bytemuck::cast_slice(values);
-    let buffer = gpu.alloc(bytes.len()).unwrap();
-    gpu.upload(buffer.ptr(), bytes).unwrap();
-    buffer
-}
-
-/// A device buffer of `n` fp16 elements filled with NaN (0xFFFF).
-fn poisoned(gpu: &Gpu, n: usize) -> DeviceBuffer {
-    let buffer = gpu.alloc(n * 2).unwrap();
-    gpu.memset(buffer.ptr(), 0xff, n * 2).unwrap();
-    buffer
-}
-
-fn download_f16(gpu: &Gpu, buffer: &DeviceBuffer) -> Vec<f16> {
-    let mut bytes = vec![0u8; buffer.len()];
-    gpu.download(&mut bytes, buffer.ptr()).unwrap();
-    gpu.synchronize().unwrap();
-    bytes
-        .chunks_exact(2)
-        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-        .collect()
-}
-
-fn region(buffer: &DeviceBuffer) -> DeviceRegion {
-    DeviceRegion::of(buffer)
-}
-
 /// Region starting `elements` fp16 values into `buffer`.
 fn region_at(buffer: &DeviceBuffer, elements: usize) -> DeviceRegion {
     DeviceRegion::new(
         buffer.ptr() + (elements * 2) as u64,
         buffer.len() - elements * 2,
     )
-}
-
-/// (relative L2 error, max abs error); a non-finite GPU value makes both infinite.
-fn errors(gpu: &[f64], reference: &[f64]) -> (f64, f64) {
-    assert_eq!(gpu.len(), reference.len());
-    let (mut diff2, mut ref2, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
-    for (&g, &r) in gpu.iter().zip(reference) {
-        if !g.is_finite() {
-            return (f64::INFINITY, f64::INFINITY);
-        }
-        diff2 += (g - r) * (g - r);
-        ref2 += r * r;
-        max_abs = max_abs.max((g - r).abs());
-    }
-    ((diff2 / ref2.max(1e-30)).sqrt(), max_abs)
 }
 
 /// Gathers `rows x cols` (times `batch`) from a strided fp16 buffer; returns the values and
@@ -131,32 +74,6 @@ fn gather(
         .filter(|(v, &inside)| !inside && v.to_bits() != POISON)
         .count();
     (values, stray)
-}
-
-/// erf to ~1e-9 absolute: Maclaurin series for |x| <= 4 (f64 cancellation stays below 1e-9),
-/// +-1 beyond (erfc(4) = 1.5e-8).
-fn erf(x: f64) -> f64 {
-    if x.abs() > 4.0 {
-        return x.signum();
-    }
-    let (x2, mut term, mut sum) = (x * x, x, x);
-    for n in 1..200 {
-        term *= -x2 / n as f64;
-        let add = term / (2 * n + 1) as f64;
-        sum += add;
-        if add.abs() < 1e-17 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
-fn activate(v: f64, act: Activation) -> f64 {
-    match act {
-        Activation::None => v,
-        Activation::Gelu => 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)),
-        Activation::Relu => v.max(0.0),
-    }
 }
 
 /// The epilogue on one accumulator value.
@@ -671,43 +588,6 @@ fn conv2d_implicit_gemm_matches_reference() {
     }
 }
 
-/// NHWC depthwise reference with tap-major weights [k*k, C].
-fn depthwise_reference(
-    s: &DepthwiseShape,
-    x: &[f64],
-    w: &[f64],
-    bias: Option<&[f64]>,
-    act: Activation,
-) -> Vec<f64> {
-    let (ho, wo) = s.output_size().unwrap();
-    let c = s.channels;
-    let mut y = vec![0.0; s.batch * ho * wo * c];
-    for b in 0..s.batch {
-        for oy in 0..ho {
-            for ox in 0..wo {
-                for ch in 0..c {
-                    let mut acc = bias.map_or(0.0, |v| v[ch]);
-                    for ky in 0..s.kernel {
-                        let iy = (oy * s.stride + ky) as isize - s.padding as isize;
-                        for kx in 0..s.kernel {
-                            let ix = (ox * s.stride + kx) as isize - s.padding as isize;
-                            if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize
-                            {
-                                continue;
-                            }
-                            let xi =
-                                ((b * s.height + iy as usize) * s.width + ix as usize) * c + ch;
-                            acc += x[xi] * w[(ky * s.kernel + kx) * c + ch];
-                        }
-                    }
-                    y[((b * ho + oy) * wo + ox) * c + ch] = activate(acc, act);
-                }
-            }
-        }
-    }
-    y
-}
-
 #[test]
 fn depthwise_conv_matches_reference() {
     if !gpu_available("depthwise_conv_matches_reference") {
@@ -873,17 +753,10 @@ fn layer_norm_matches_reference() {
                     }
                 })
                 .collect();
-            let mut reference = vec![0.0; n];
-            for r in 0..rows {
-                let row = &sum[r * channels..(r + 1) * channels];
-                let mean = row.iter().sum::<f64>() / channels as f64;
-                let var =
-                    row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / channels as f64;
-                let rstd = 1.0 / (var + eps as f64).sqrt();
-                for c in 0..channels {
-                    reference[r * channels + c] = (row[c] - mean) * rstd * gf[c] + bf[c];
-                }
-            }
+            let reference: Vec<f64> = sum
+                .chunks_exact(channels)
+                .flat_map(|row| layer_norm_row(row, &gf, &bf, eps as f64))
+                .collect();
             let (x, res, g, b) = (
                 upload(&gpu, &xh),
                 upload(&gpu, &rh),
@@ -979,15 +852,6 @@ fn layer_norm_in_place() {
 
 // ---------------------------------------------------------------------------------------------
 // Launcher errors
-
-fn expect_launch_error(what: &str, result: finesam::Result<()>) {
-    match result {
-        Err(Error::Launch { kernel, message }) => {
-            println!("{what}: rejected by {kernel}: {message}")
-        }
-        other => panic!("{what}: expected Error::Launch, got {other:?}"),
-    }
-}
 
 #[test]
 fn launchers_reject_bad_arguments() {

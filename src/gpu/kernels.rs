@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm};
+use crate::ops::{conv, norm, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -38,6 +38,8 @@ pub struct Kernels {
     pub(crate) attention_split_d16: CudaFunction,
     pub(crate) attention_split_d32: CudaFunction,
     pub(crate) attention_split_d64: CudaFunction,
+    pub(crate) mbconv_c64_e4: CudaFunction,
+    pub(crate) patch_merging_c64_c128: CudaFunction,
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
     pub(crate) assign_solve: CudaFunction,
@@ -65,6 +67,14 @@ impl Kernels {
         let norm_module = load_module(ctx, "norm", images::NORM)?;
         let attention = load_module(ctx, "attention", images::ATTENTION)?;
         let window = load_module(ctx, "window", images::WINDOW)?;
+        let tinyvit_module = load_module(ctx, "tinyvit", images::TINYVIT)?;
+        let block = |b: tinyvit::ConvBlock| -> Result<CudaFunction> {
+            let f = function(&tinyvit_module, "tinyvit", b.kernel)?;
+            set_dynamic_smem(&f, b.smem_bytes)?;
+            Ok(f)
+        };
+        let mbconv_c64_e4 = block(tinyvit::MBCONV)?;
+        let patch_merging_c64_c128 = block(tinyvit::PATCH_MERGING)?;
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
@@ -116,6 +126,8 @@ impl Kernels {
             attention_split_d16: attn("attention_split_d16")?,
             attention_split_d32: attn("attention_split_d32")?,
             attention_split_d64: attn("attention_split_d64")?,
+            mbconv_c64_e4,
+            patch_merging_c64_c128,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
             assign_solve,

@@ -12,6 +12,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::window::WindowGeometry;
 use super::{launch_error, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -340,6 +341,18 @@ pub(crate) struct GemmParams {
     vec_out: i32,
     alpha: f32,
     pub(crate) conv: ConvGeometry,
+    scatter: WindowScatter,
+}
+
+/// The window-scatter fields of `GemmParams` (zero: rows are stored in order).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct WindowScatter {
+    win: i32,
+    map_h: i32,
+    map_w: i32,
+    windows_y: i32,
+    windows_x: i32,
 }
 
 /// The implicit-GEMM convolution fields of `GemmParams` (zero for a plain GEMM).
@@ -372,7 +385,19 @@ pub(crate) fn epilogue_params(
     y: &Matrix,
     epilogue: &Epilogue,
 ) -> Result<GemmParams> {
-    let GemmProblem { m, n, k, batch } = *problem;
+    epilogue_params_rows(kernel, problem, problem.m, y, epilogue)
+}
+
+/// [`epilogue_params`] for an output (and residual) of `out_rows` rows per batch item.
+fn epilogue_params_rows(
+    kernel: &'static str,
+    problem: &GemmProblem,
+    out_rows: usize,
+    y: &Matrix,
+    epilogue: &Epilogue,
+) -> Result<GemmParams> {
+    let GemmProblem { n, k, batch, .. } = *problem;
+    let m = problem.m;
     if m == 0 || n == 0 || k == 0 || batch == 0 {
         return Err(launch_error(
             kernel,
@@ -385,8 +410,8 @@ pub(crate) fn epilogue_params(
     if !epilogue.alpha.is_finite() {
         return Err(launch_error(kernel, "alpha is not finite"));
     }
-    y.check_operand(kernel, "output Y", (m, n, batch), false)?;
-    if batch > 1 && y.batch_stride < y.span_bytes(m, n, 1).unwrap_or(usize::MAX) / HALF {
+    y.check_operand(kernel, "output Y", (out_rows, n, batch), false)?;
+    if batch > 1 && y.batch_stride < y.span_bytes(out_rows, n, 1).unwrap_or(usize::MAX) / HALF {
         return Err(launch_error(
             kernel,
             format!(
@@ -413,7 +438,7 @@ pub(crate) fn epilogue_params(
     };
     if let Some(residual) = &epilogue.residual {
         let r = &residual.matrix;
-        r.check_operand(kernel, "residual", (m, n, batch), false)?;
+        r.check_operand(kernel, "residual", (out_rows, n, batch), false)?;
         vec_out &= r.rows_16b_aligned();
         params.residual = r.region.ptr;
         params.ldr = r.row_stride as i64;
@@ -437,11 +462,46 @@ pub struct GemmArgs {
     pub epilogue: Epilogue,
 }
 
-/// Validates a GEMM launch and returns its kernel parameters.
-fn gemm_params(problem: &GemmProblem, args: &GemmArgs) -> Result<GemmParams> {
+/// Validates a GEMM launch (rows scattered by `window` if given) and returns its kernel
+/// parameters.
+fn gemm_params(
+    problem: &GemmProblem,
+    args: &GemmArgs,
+    window: Option<&WindowGeometry>,
+) -> Result<GemmParams> {
     const KERNEL: &str = "gemm";
     let GemmArgs { x, w, y, epilogue } = args;
-    let mut params = epilogue_params(KERNEL, problem, y, epilogue)?;
+    let mut params = match window {
+        None => epilogue_params(KERNEL, problem, y, epilogue)?,
+        Some(g) => {
+            let padded = g.windows().checked_mul(g.tokens());
+            if g.window == 0
+                || problem.batch != 1
+                || padded != Some(problem.m)
+                || g.channels != problem.n
+            {
+                return Err(launch_error(
+                    KERNEL,
+                    format!("window scatter {g:?} does not match the problem {problem:?}"),
+                ));
+            }
+            let pixels = g
+                .batch
+                .checked_mul(g.height)
+                .and_then(|p| p.checked_mul(g.width));
+            let pixels = pixels.ok_or_else(|| launch_error(KERNEL, "window map overflows"))?;
+            let mut params = epilogue_params_rows(KERNEL, problem, pixels, y, epilogue)?;
+            let (windows_y, windows_x) = g.grid();
+            params.scatter = WindowScatter {
+                win: to_i32(KERNEL, "window", g.window)?,
+                map_h: to_i32(KERNEL, "map height", g.height)?,
+                map_w: to_i32(KERNEL, "map width", g.width)?,
+                windows_y: to_i32(KERNEL, "windows", windows_y)?,
+                windows_x: to_i32(KERNEL, "windows", windows_x)?,
+            };
+            params
+        }
+    };
     let GemmProblem { m, n, k, batch } = *problem;
     if k % 8 != 0 {
         return Err(launch_error(
@@ -462,7 +522,33 @@ fn gemm_params(problem: &GemmProblem, args: &GemmArgs) -> Result<GemmParams> {
 
 /// Checks a GEMM's arguments exactly as [`launch_gemm`] does, without a GPU.
 pub fn check_gemm(problem: &GemmProblem, args: &GemmArgs) -> Result<()> {
-    gemm_params(problem, args).map(|_| ())
+    gemm_params(problem, args, None).map(|_| ())
+}
+
+/// A GEMM whose M rows are TinyViT's window-partitioned tokens of `window` (M = windows x
+/// tokens, N = `window.channels`, batch 1): row m is stored at its pixel of the unpartitioned
+/// `[batch, height, width, N]` map Y, padding tokens are dropped, and the residual is read at
+/// the same pixel. With a residual after the (no) activation this is the attention's proj,
+/// window reverse, crop and `res_x + x` of `TinyViTBlock.forward` in one launch.
+pub fn launch_gemm_window_scatter(
+    gpu: &Gpu,
+    window: &WindowGeometry,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> Result<()> {
+    let params = gemm_params(problem, args, Some(window))?;
+    let tile = select_gemm_tile(problem.m, problem.n, problem.batch, gpu.kernels().sm_count);
+    let f = &gpu.kernels().gemm[tile.index()];
+    launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
+}
+
+/// Checks a window-scatter GEMM's arguments as [`launch_gemm_window_scatter`] does.
+pub fn check_gemm_window_scatter(
+    window: &WindowGeometry,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> Result<()> {
+    gemm_params(problem, args, Some(window)).map(|_| ())
 }
 
 /// `Y = act(alpha * X · W^T + bias) (+ R)` with the tile [`select_gemm_tile`] picks.
@@ -478,7 +564,7 @@ pub fn launch_gemm_tile(
     problem: &GemmProblem,
     args: &GemmArgs,
 ) -> Result<()> {
-    let params = gemm_params(problem, args)?;
+    let params = gemm_params(problem, args, None)?;
     let f = &gpu.kernels().gemm[tile.index()];
     launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
 }

@@ -9,6 +9,7 @@ pub mod norm;
 pub mod packet;
 pub mod preprocess;
 pub mod sam_decoder;
+pub mod tinyvit;
 pub mod window;
 
 use crate::error::{Error, Result};

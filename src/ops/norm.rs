@@ -1,9 +1,11 @@
 //! Launcher for `kernels/norm.cu`: LayerNorm over the last dimension (fp16 in/out, fp32
 //! statistics), optionally of `x + residual` with the sum written back for the residual
-//! stream. On NHWC activations this is also SAM's LayerNorm2d (eps 1e-6).
+//! stream. On NHWC activations this is also SAM's LayerNorm2d (eps 1e-6). With a window
+//! geometry it gathers its rows as TinyViT's window partition (fusing the partition).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::window::WindowGeometry;
 use super::{launch_error, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -67,13 +69,55 @@ struct LayerNormParams {
     rows: i32,
     c: i32,
     eps: f32,
+    win: i32,
+    win_h: i32,
+    win_w: i32,
+    windows_y: i32,
+    windows_x: i32,
+    dw_w: u64,
+    dw_b: u64,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
 unsafe impl DeviceRepr for LayerNormParams {}
 
+/// TinyViT's local conv in front of a LayerNorm ([`launch_depthwise_layer_norm`]): a depthwise
+/// 3x3 convolution (stride 1, zero padding 1, bias, no activation) of the NHWC
+/// `[batch, height, width, C]` map.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DepthwisePrologue {
+    /// Images.
+    pub batch: usize,
+    /// Map rows.
+    pub height: usize,
+    /// Map columns.
+    pub width: usize,
+    /// fp16 `[9, C]` tap-major ([`crate::ops::conv::depthwise_weight_taps`]), 16-byte aligned.
+    pub weight: DeviceRegion,
+    /// f32 `[C]`, 16-byte aligned.
+    pub bias: DeviceRegion,
+}
+
+/// Where a LayerNorm's rows come from.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    /// Row r of `x` (plus the residual).
+    Plain,
+    /// Token r of the window partition of `x`.
+    Window(&'a WindowGeometry),
+    /// The depthwise convolution of `x` at pixel r.
+    Depthwise(&'a DepthwisePrologue),
+}
+
+fn overlaps(a: &DeviceRegion, a_bytes: usize, b: &DeviceRegion, b_bytes: usize) -> bool {
+    a.ptr < b.ptr.saturating_add(b_bytes as u64) && b.ptr < a.ptr.saturating_add(a_bytes as u64)
+}
+
 /// Validates a launch: (variant, parameters, blocks).
-fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u32)> {
+fn layer_norm_params(
+    args: &LayerNormArgs,
+    source: Rows<'_>,
+) -> Result<(usize, LayerNormParams, u32)> {
     const KERNEL: &str = "layer_norm";
     let c = args.channels;
     let variant = variant_index(c)
@@ -98,11 +142,81 @@ fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u3
             format!("eps {} must be finite and >= 0", args.eps),
         ));
     }
-    if args.sum.is_some() && args.residual.is_none() {
+    if args.sum.is_some() && args.residual.is_none() && !matches!(source, Rows::Depthwise(_)) {
         return Err(launch_error(KERNEL, "sum output given without a residual"));
     }
     let tensor = args.rows.checked_mul(c).and_then(|e| e.checked_mul(2));
-    args.x.check(KERNEL, "x", tensor, 16)?;
+    let mut gather = [0i32; 5];
+    let (mut dw_w, mut dw_b) = (0, 0);
+    let i32_of = |v: usize| {
+        i32::try_from(v).map_err(|_| launch_error(KERNEL, format!("dimension {v} exceeds i32")))
+    };
+    match source {
+        Rows::Plain => args.x.check(KERNEL, "x", tensor, 16)?,
+        Rows::Window(g) => {
+            let (wy, wx) = g.grid();
+            let padded = g.windows().checked_mul(g.tokens());
+            if g.window == 0 || g.channels != c || padded != Some(args.rows) {
+                return Err(launch_error(
+                    KERNEL,
+                    format!(
+                        "window {g:?} does not give {} rows of {c} channels",
+                        args.rows
+                    ),
+                ));
+            }
+            if args.residual.is_some() {
+                return Err(launch_error(KERNEL, "a window gather takes no residual"));
+            }
+            let map = g.map_elements().checked_mul(2);
+            args.x.check(KERNEL, "x", map, 16)?;
+            if overlaps(&args.y, tensor.unwrap_or(0), &args.x, map.unwrap_or(0)) {
+                return Err(launch_error(KERNEL, "a window gather cannot write over x"));
+            }
+            for (slot, v) in gather.iter_mut().zip([g.window, g.height, g.width, wy, wx]) {
+                *slot = i32_of(v)?;
+            }
+        }
+        Rows::Depthwise(d) => {
+            let pixels = d
+                .batch
+                .checked_mul(d.height)
+                .and_then(|p| p.checked_mul(d.width));
+            if pixels != Some(args.rows) {
+                return Err(launch_error(
+                    KERNEL,
+                    format!("depthwise map {d:?} does not have {} pixels", args.rows),
+                ));
+            }
+            if args.residual.is_some() {
+                return Err(launch_error(
+                    KERNEL,
+                    "a depthwise prologue takes no residual",
+                ));
+            }
+            let Some(sum) = &args.sum else {
+                return Err(launch_error(
+                    KERNEL,
+                    "a depthwise prologue stores its convolution in `sum`",
+                ));
+            };
+            args.x.check(KERNEL, "x", tensor, 16)?;
+            d.weight
+                .check(KERNEL, "depthwise weight", Some(9 * c * 2), 16)?;
+            d.bias.check(KERNEL, "depthwise bias", Some(c * 4), 16)?;
+            let bytes = tensor.unwrap_or(0);
+            if overlaps(sum, bytes, &args.x, bytes) || overlaps(&args.y, bytes, &args.x, bytes) {
+                return Err(launch_error(
+                    KERNEL,
+                    "a depthwise prologue cannot write over x (it reads the neighbours)",
+                ));
+            }
+            gather[1] = i32_of(d.height)?;
+            gather[2] = i32_of(d.width)?;
+            dw_w = d.weight.ptr;
+            dw_b = d.bias.ptr;
+        }
+    }
     args.y.check(KERNEL, "y", tensor, 16)?;
     if let Some(r) = &args.residual {
         r.check(KERNEL, "residual", tensor, 16)?;
@@ -125,19 +239,61 @@ fn layer_norm_params(args: &LayerNormArgs) -> Result<(usize, LayerNormParams, u3
         rows: args.rows as i32,
         c: c as i32,
         eps: args.eps,
+        win: gather[0],
+        win_h: gather[1],
+        win_w: gather[2],
+        windows_y: gather[3],
+        windows_x: gather[4],
+        dw_w,
+        dw_b,
     };
     Ok((variant, params, blocks))
 }
 
 /// Checks a LayerNorm's arguments exactly as [`launch_layer_norm`] does, without a GPU.
 pub fn check_layer_norm(args: &LayerNormArgs) -> Result<()> {
-    layer_norm_params(args).map(|_| ())
+    layer_norm_params(args, Rows::Plain).map(|_| ())
 }
 
 /// `y = LayerNorm(x (+ residual)) * gamma + beta` over the last dimension; with a residual the
 /// fp16 sum is normalised and, if `sum` is given, stored.
 pub fn launch_layer_norm(gpu: &Gpu, args: &LayerNormArgs) -> Result<()> {
-    let (variant, params, blocks) = layer_norm_params(args)?;
+    launch(gpu, layer_norm_params(args, Rows::Plain)?)
+}
+
+/// TinyViT's window partition fused with the attention's LayerNorm: `y` (`args.rows` =
+/// windows x tokens rows) is `LayerNorm(window_partition(x))` for `x` the NHWC map of
+/// `window` (zero padding tokens come out as beta). No residual.
+pub fn launch_window_layer_norm(
+    gpu: &Gpu,
+    window: &WindowGeometry,
+    args: &LayerNormArgs,
+) -> Result<()> {
+    launch(gpu, layer_norm_params(args, Rows::Window(window))?)
+}
+
+/// Checks a windowed LayerNorm's arguments exactly as [`launch_window_layer_norm`] does.
+pub fn check_window_layer_norm(window: &WindowGeometry, args: &LayerNormArgs) -> Result<()> {
+    layer_norm_params(args, Rows::Window(window)).map(|_| ())
+}
+
+/// TinyViT's local conv fused with the MLP's LayerNorm: `sum` (required) receives the fp16
+/// depthwise 3x3 convolution of the map `x` ([`DepthwisePrologue`]; the block's residual
+/// stream) and `y` its LayerNorm. Rows = pixels; no residual; neither output may overlap `x`.
+pub fn launch_depthwise_layer_norm(
+    gpu: &Gpu,
+    conv: &DepthwisePrologue,
+    args: &LayerNormArgs,
+) -> Result<()> {
+    launch(gpu, layer_norm_params(args, Rows::Depthwise(conv))?)
+}
+
+/// Checks a depthwise-prologue LayerNorm's arguments as [`launch_depthwise_layer_norm`] does.
+pub fn check_depthwise_layer_norm(conv: &DepthwisePrologue, args: &LayerNormArgs) -> Result<()> {
+    layer_norm_params(args, Rows::Depthwise(conv)).map(|_| ())
+}
+
+fn launch(gpu: &Gpu, (variant, params, blocks): (usize, LayerNormParams, u32)) -> Result<()> {
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),

@@ -107,7 +107,12 @@ def generate(out_dir: Path):
                 "embedding": predictor.features[0].float().cpu().numpy(),
             }
             for stage, value in stages.items():
-                tensors[f"stage.{stage}"] = value[0].float().cpu().numpy()
+                # The layers return transposed views (PatchMerging's `flatten(2).transpose(1, 2)`,
+                # and TinyViTBlock's `x + mlp(x)` inherits the channel-first strides of its
+                # `view(B, C, L).transpose(1, 2)` input): [L, C] in shape, [C, L] in memory.
+                # safetensors.numpy writes the raw buffer of whatever it is given, so copy to
+                # C order first or the fixture holds the NCHW bytes under an [L, C] label.
+                tensors[f"stage.{stage}"] = value[0].float().contiguous().cpu().numpy()
             prompt_sets = [(f"boxes{k}", k, False) for k in (1, 8, 32)] + [("boxes8_multi", 8, True), ("points3_multi", 0, True)]
             for label, count, multimask in prompt_sets:
                 if count:
@@ -126,6 +131,7 @@ def generate(out_dir: Path):
                 _, iou, low = predictor.predict_torch(pts, lbl, box_t, multimask_output=multimask, return_logits=True)
                 tensors[f"{label}.low_res_logits"] = low.float().cpu().numpy()
                 tensors[f"{label}.iou"] = iou.float().cpu().numpy()
+            tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
             save_file(tensors, str(out / f"{name}.safetensors"), metadata={"format": fmt, "image": name})
             print(f"mobilesam/{name}: embedding std {tensors['embedding'].std():.3f}, "
                   f"boxes8 low-res logit std {tensors['boxes8.low_res_logits'].std():.2f}")

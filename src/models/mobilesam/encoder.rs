@@ -31,10 +31,19 @@ use crate::ops::conv::{
     conv_weight_ohwi, depthwise_weight_taps, fold_batchnorm, launch_conv2d, launch_conv3x3_stem,
     launch_depthwise_conv2d, BatchNorm, Conv2dShape, ConvArgs, DepthwiseShape, DirectConvArgs,
 };
-use crate::ops::gemm::{launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix};
+use crate::ops::gemm::{
+    launch_gemm, launch_gemm_window_scatter, Activation, Epilogue, GemmArgs, GemmProblem, Matrix,
+};
 use crate::ops::gemm::{Residual, ResidualOrder};
-use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
-use crate::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
+use crate::ops::norm::{
+    launch_depthwise_layer_norm, launch_layer_norm, launch_window_layer_norm, DepthwisePrologue,
+    LayerNormArgs,
+};
+use crate::ops::tinyvit::{
+    launch_mbconv, launch_patch_merging_c64, mbconv_flops, patch_merging_c64_flops, ConvBlockArgs,
+    ConvBlockShape, MBCONV_CHANNELS, MBCONV_HIDDEN, PATCH_MERGING_IN, PATCH_MERGING_OUT,
+};
+use crate::ops::window::WindowGeometry;
 use crate::ops::DeviceRegion;
 use crate::weights::WeightsFile;
 
@@ -138,6 +147,23 @@ struct T(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct W(usize);
 
+/// Where a LayerNorm launch takes its rows from.
+#[derive(Debug, Clone, Copy)]
+enum NormRows {
+    /// Row r of its input.
+    Plain,
+    /// Token r of the window partition of its input map (the partition fused in).
+    Window(WindowGeometry),
+    /// Pixel r of the local conv (depthwise 3x3 + folded BN) of its input map, which is
+    /// also stored to `conv_out` (the block's residual stream).
+    LocalConv {
+        side: usize,
+        weight: W,
+        bias: W,
+        conv_out: T,
+    },
+}
+
 /// One kernel launch of the plan, with every shape decided at load.
 #[derive(Debug, Clone)]
 enum OpKind {
@@ -155,7 +181,8 @@ enum OpKind {
         bias: Option<W>,
         out: T,
     },
-    /// 1x1 convolutions and Linear layers: `[m, k] x [n, k]^T`.
+    /// 1x1 convolutions and Linear layers: `[m, k] x [n, k]^T`. With `scatter`, the rows are
+    /// window tokens stored (and their residual read) at their map pixels, padding dropped.
     Gemm {
         problem: GemmProblem,
         x: T,
@@ -163,6 +190,7 @@ enum OpKind {
         bias: Option<W>,
         activation: Activation,
         residual: Option<(T, ResidualOrder)>,
+        scatter: Option<WindowGeometry>,
         y: T,
     },
     Depthwise {
@@ -177,21 +205,11 @@ enum OpKind {
         rows: usize,
         channels: usize,
         eps: f32,
+        source: NormRows,
         x: T,
         gamma: W,
         beta: W,
         y: T,
-    },
-    Partition {
-        geometry: WindowGeometry,
-        input: T,
-        out: T,
-    },
-    Unpartition {
-        geometry: WindowGeometry,
-        input: T,
-        residual: T,
-        out: T,
     },
     Attention {
         windows: usize,
@@ -199,6 +217,16 @@ enum OpKind {
         tokens: usize,
         qkv: T,
         bias: W,
+        out: T,
+    },
+    /// A whole MBConv block (64 channels, expand 4), or layers.0's PatchMerging (64 -> 128,
+    /// stride 2), in one launch.
+    ConvBlock {
+        patch_merging: bool,
+        shape: ConvBlockShape,
+        input: T,
+        /// conv1, conv2 (depthwise taps), conv3: (weight, bias) each.
+        weights: [(W, W); 3],
         out: T,
     },
 }
@@ -209,20 +237,17 @@ impl OpKind {
         match *self {
             OpKind::Stem { out, .. } => vec![out],
             OpKind::Conv { input, out, .. }
-            | OpKind::Depthwise { input, out, .. }
-            | OpKind::Partition { input, out, .. } => vec![input, out],
+            | OpKind::ConvBlock { input, out, .. }
+            | OpKind::Depthwise { input, out, .. } => vec![input, out],
             OpKind::Gemm { x, residual, y, .. } => {
                 let mut t = vec![x, y];
                 t.extend(residual.map(|(r, _)| r));
                 t
             }
-            OpKind::LayerNorm { x, y, .. } => vec![x, y],
-            OpKind::Unpartition {
-                input,
-                residual,
-                out,
-                ..
-            } => vec![input, residual, out],
+            OpKind::LayerNorm { x, y, source, .. } => match source {
+                NormRows::LocalConv { conv_out, .. } => vec![x, conv_out, y],
+                _ => vec![x, y],
+            },
             OpKind::Attention { qkv, out, .. } => vec![qkv, out],
         }
     }
@@ -384,6 +409,15 @@ impl Walk<'_> {
         });
     }
 
+    /// A 1x1 Conv2d_BN's folded weights, uploaded: (`[cout, cin]` fp16, bias f32).
+    fn conv1x1_weights(&mut self, name: &str, cout: usize, cin: usize) -> Result<(W, W)> {
+        let (w, b) = self.conv_bn(name, cout, cin, 1)?;
+        Ok((
+            self.upload(&format!("{name}.weight"), &[cout, cin], &w, true)?,
+            self.upload(&format!("{name}.bias"), &[cout], &b, false)?,
+        ))
+    }
+
     /// A 1x1 Conv2d_BN as a GEMM over `pixels` rows.
     #[allow(clippy::too_many_arguments)]
     fn conv1x1_bn(
@@ -396,9 +430,7 @@ impl Walk<'_> {
         activation: Activation,
         residual: Option<(T, ResidualOrder)>,
     ) -> Result<T> {
-        let (w, b) = self.conv_bn(name, cout, cin, 1)?;
-        let w = self.upload(&format!("{name}.weight"), &[cout, cin], &w, true)?;
-        let b = self.upload(&format!("{name}.bias"), &[cout], &b, false)?;
+        let (w, b) = self.conv1x1_weights(name, cout, cin)?;
         let y = self.tensor(format!("{name} out"), pixels * cout);
         self.gemm_act(
             x,
@@ -411,6 +443,16 @@ impl Walk<'_> {
         Ok(y)
     }
 
+    /// A depthwise 3x3 Conv2d_BN's folded weights, uploaded: (taps `[9, c]` fp16, bias f32).
+    fn depthwise_weights(&mut self, name: &str, c: usize) -> Result<(W, W)> {
+        let (weight, bias) = self.conv_bn(name, c, 1, 3)?;
+        let taps = depthwise_weight_taps(&weight, c, 3, 3)?;
+        Ok((
+            self.upload(&format!("{name}.weight"), &[9, c], &taps, true)?,
+            self.upload(&format!("{name}.bias"), &[c], &bias, false)?,
+        ))
+    }
+
     /// A depthwise 3x3 Conv2d_BN (pad 1) on an `h x w x c` map.
     fn depthwise_bn(
         &mut self,
@@ -420,10 +462,7 @@ impl Walk<'_> {
         stride: usize,
         activation: Activation,
     ) -> Result<(T, usize, usize)> {
-        let (weight, bias) = self.conv_bn(name, c, 1, 3)?;
-        let taps = depthwise_weight_taps(&weight, c, 3, 3)?;
-        let weight = self.upload(&format!("{name}.weight"), &[9, c], &taps, true)?;
-        let bias = self.upload(&format!("{name}.bias"), &[c], &bias, false)?;
+        let (weight, bias) = self.depthwise_weights(name, c)?;
         let shape = DepthwiseShape {
             batch: 1,
             height: h,
@@ -452,6 +491,19 @@ impl Walk<'_> {
     }
 
     fn layer_norm(&mut self, name: &str, x: T, rows: usize, c: usize, eps: f32) -> Result<T> {
+        self.layer_norm_gather(name, x, rows, c, eps, NormRows::Plain)
+    }
+
+    /// A LayerNorm whose rows come from `source` applied to `x`.
+    fn layer_norm_gather(
+        &mut self,
+        name: &str,
+        x: T,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        source: NormRows,
+    ) -> Result<T> {
         let (gamma, beta) = self.norm(name, c)?;
         let y = self.tensor(format!("{name} out"), rows * c);
         self.push(
@@ -459,12 +511,16 @@ impl Walk<'_> {
                 rows,
                 channels: c,
                 eps,
+                source,
                 x,
                 gamma,
                 beta,
                 y,
             },
-            0.0,
+            match source {
+                NormRows::LocalConv { .. } => 2.0 * (rows * c * 9) as f64,
+                _ => 0.0,
+            },
         );
         Ok(y)
     }
@@ -530,24 +586,49 @@ impl Walk<'_> {
         Ok(y)
     }
 
+    /// An MBConv block (64 channels, expand 4) as one fused launch: conv1 1x1 + GELU, conv2
+    /// depthwise 3x3 + GELU, conv3 1x1 + shortcut, GELU.
     fn mbconv(&mut self, name: &str, x: T, side: usize, dim: usize) -> Result<T> {
-        let pixels = side * side;
         let hidden = dim * EXPAND;
-        let gelu = Activation::Gelu;
-        let h1 = self.conv1x1_bn(&format!("{name}.conv1"), x, pixels, dim, hidden, gelu, None)?;
-        let conv2 = format!("{name}.conv2");
-        let (h2, _, _) = self.depthwise_bn(&conv2, h1, (side, side, hidden), 1, gelu)?;
-        // act3(conv3(x) + shortcut): the residual joins before the activation.
-        let shortcut = Some((x, ResidualOrder::BeforeActivation));
-        self.conv1x1_bn(
-            &format!("{name}.conv3"),
-            h2,
-            pixels,
-            hidden,
-            dim,
-            gelu,
-            shortcut,
-        )
+        if (dim, hidden) != (MBCONV_CHANNELS, MBCONV_HIDDEN) {
+            return Err(Error::Plan(format!(
+                "{name}: the fused MBConv is {MBCONV_CHANNELS} -> {MBCONV_HIDDEN} channels, \
+                 got {dim} -> {hidden}"
+            )));
+        }
+        let [expand, depthwise, project] = self.conv_block_weights(name, dim, hidden, dim)?;
+        let shape = ConvBlockShape {
+            batch: 1,
+            height: side,
+            width: side,
+        };
+        let out = self.tensor(format!("{name} out"), side * side * dim);
+        self.push(
+            OpKind::ConvBlock {
+                patch_merging: false,
+                shape,
+                input: x,
+                weights: [expand, depthwise, project],
+                out,
+            },
+            mbconv_flops(&shape),
+        );
+        Ok(out)
+    }
+
+    /// The folded, uploaded weights of a fused conv block (`<name>.conv1` 1x1 cin -> hidden,
+    /// `<name>.conv2` depthwise 3x3, `<name>.conv3` 1x1 hidden -> cout): (weight, bias) each.
+    fn conv_block_weights(
+        &mut self,
+        name: &str,
+        cin: usize,
+        hidden: usize,
+        cout: usize,
+    ) -> Result<[(W, W); 3]> {
+        let expand = self.conv1x1_weights(&format!("{name}.conv1"), hidden, cin)?;
+        let depthwise = self.depthwise_weights(&format!("{name}.conv2"), hidden)?;
+        let project = self.conv1x1_weights(&format!("{name}.conv3"), cout, hidden)?;
+        Ok([expand, depthwise, project])
     }
 
     /// PatchMerging: 1x1 + GELU, depthwise 3x3 (stride 2, or 1 for 320 outputs) + GELU, 1x1.
@@ -564,6 +645,28 @@ impl Walk<'_> {
         } else {
             2
         };
+        if (dim, out, stride) == (PATCH_MERGING_IN, PATCH_MERGING_OUT, 2) {
+            // layers.0's PatchMerging: one fused launch.
+            let weights = self.conv_block_weights(name, dim, out, out)?;
+            let shape = ConvBlockShape {
+                batch: 1,
+                height: side,
+                width: side,
+            };
+            let half = (side - 1) / 2 + 1;
+            let y = self.tensor(format!("{name} out"), half * half * out);
+            self.push(
+                OpKind::ConvBlock {
+                    patch_merging: true,
+                    shape,
+                    input: x,
+                    weights,
+                    out: y,
+                },
+                patch_merging_c64_flops(&shape),
+            );
+            return Ok(y);
+        }
         let gelu = Activation::Gelu;
         let pixels = side * side;
         let h1 = self.conv1x1_bn(&format!("{name}.conv1"), x, pixels, dim, out, gelu, None)?;
@@ -593,17 +696,11 @@ impl Walk<'_> {
         let rows = windows * tokens;
 
         // Attention on zero-padded windows: the padding goes through the attention's own
-        // LayerNorm (giving beta) and qkv, unmasked, exactly as the official code.
-        let parted = self.tensor(format!("{name} windows"), rows * dim);
-        self.push(
-            OpKind::Partition {
-                geometry,
-                input: x,
-                out: parted,
-            },
-            0.0,
-        );
-        let normed = self.layer_norm(&format!("{name}.attn.norm"), parted, rows, dim, LN_EPS)?;
+        // LayerNorm (giving beta) and qkv, unmasked, exactly as the official code. The window
+        // partition is fused into that LayerNorm (it gathers its rows).
+        let norm = format!("{name}.attn.norm");
+        let parted = NormRows::Window(geometry);
+        let normed = self.layer_norm_gather(&norm, x, rows, dim, LN_EPS, parted)?;
         let (qkv_w, qkv_b) = self.linear(&format!("{name}.attn.qkv"), 3 * dim, dim)?;
         let qkv = self.tensor(format!("{name}.attn.qkv out"), rows * 3 * dim);
         self.gemm(normed, qkv, (rows, 3 * dim, dim), (qkv_w, qkv_b), None);
@@ -626,24 +723,37 @@ impl Walk<'_> {
             },
             attention_flops(windows, heads, tokens, tokens, HEAD_DIM),
         );
-        let proj = self.linear(&format!("{name}.attn.proj"), dim, dim)?;
-        let projected = self.tensor(format!("{name}.attn.proj out"), rows * dim);
-        self.gemm(attended, projected, (rows, dim, dim), proj, None);
+        // proj, window reverse (crop) and `res_x + x` in one GEMM epilogue.
+        let (proj_w, proj_b) = self.linear(&format!("{name}.attn.proj"), dim, dim)?;
         let x1 = self.tensor(format!("{name} attn + x"), pixels * dim);
+        let problem = GemmProblem::new(rows, dim, dim);
         self.push(
-            OpKind::Unpartition {
-                geometry,
-                input: projected,
-                residual: x,
-                out: x1,
+            OpKind::Gemm {
+                problem,
+                x: attended,
+                w: proj_w,
+                bias: Some(proj_b),
+                activation: Activation::None,
+                residual: Some((x, ResidualOrder::AfterActivation)),
+                scatter: Some(geometry),
+                y: x1,
             },
-            0.0,
+            problem.flops(),
         );
 
+        // local_conv (depthwise 3x3 + folded BN) fused with the MLP's LayerNorm; the conv's
+        // output is stored too (the residual of fc2).
         let local = format!("{name}.local_conv");
-        let (x2, _, _) = self.depthwise_bn(&local, x1, (side, side, dim), 1, Activation::None)?;
-
-        let n2 = self.layer_norm(&format!("{name}.mlp.norm"), x2, pixels, dim, LN_EPS)?;
+        let (weight, bias) = self.depthwise_weights(&local, dim)?;
+        let x2 = self.tensor(format!("{local} out"), pixels * dim);
+        let source = NormRows::LocalConv {
+            side,
+            weight,
+            bias,
+            conv_out: x2,
+        };
+        let n2 =
+            self.layer_norm_gather(&format!("{name}.mlp.norm"), x1, pixels, dim, LN_EPS, source)?;
         let hidden = dim * 4;
         let fc1 = self.linear(&format!("{name}.mlp.fc1"), hidden, dim)?;
         let h = self.tensor(format!("{name}.mlp.fc1 out"), pixels * hidden);
@@ -691,6 +801,7 @@ impl Walk<'_> {
                 bias,
                 activation,
                 residual,
+                scatter: None,
                 y,
             },
             problem.flops(),
@@ -1001,6 +1112,7 @@ impl Bound<'_> {
                 bias,
                 activation,
                 residual,
+                scatter,
                 y,
             } => {
                 let args = GemmArgs {
@@ -1017,7 +1129,10 @@ impl Bound<'_> {
                         }),
                     },
                 };
-                launch_gemm(gpu, &problem, &args)
+                match scatter {
+                    Some(window) => launch_gemm_window_scatter(gpu, &window, &problem, &args),
+                    None => launch_gemm(gpu, &problem, &args),
+                }
             }
             OpKind::Depthwise {
                 shape,
@@ -1040,13 +1155,13 @@ impl Bound<'_> {
                 rows,
                 channels,
                 eps,
+                source,
                 x,
                 gamma,
                 beta,
                 y,
-            } => launch_layer_norm(
-                gpu,
-                &LayerNormArgs {
+            } => {
+                let mut args = LayerNormArgs {
                     rows,
                     channels,
                     eps,
@@ -1056,27 +1171,52 @@ impl Bound<'_> {
                     gamma: self.w(gamma),
                     beta: self.w(beta),
                     y: self.t(y),
-                },
-            ),
-            OpKind::Partition {
-                geometry,
-                input,
-                out,
-            } => {
-                let (i, o) = (self.t(input), self.t(out));
-                launch_window_partition(gpu, &geometry, i.ptr, i.bytes, o.ptr, o.bytes)
-            }
-            OpKind::Unpartition {
-                geometry,
-                input,
-                residual,
-                out,
-            } => {
-                let (i, r, o) = (self.t(input), self.t(residual), self.t(out));
-                let residual = Some((r.ptr, r.bytes));
-                launch_window_unpartition(gpu, &geometry, i.ptr, i.bytes, residual, o.ptr, o.bytes)
+                };
+                match source {
+                    NormRows::Plain => launch_layer_norm(gpu, &args),
+                    NormRows::Window(window) => launch_window_layer_norm(gpu, &window, &args),
+                    NormRows::LocalConv {
+                        side,
+                        weight,
+                        bias,
+                        conv_out,
+                    } => {
+                        args.sum = Some(self.t(conv_out));
+                        let conv = DepthwisePrologue {
+                            batch: 1,
+                            height: side,
+                            width: side,
+                            weight: self.w(weight),
+                            bias: self.w(bias),
+                        };
+                        launch_depthwise_layer_norm(gpu, &conv, &args)
+                    }
+                }
             }
             OpKind::Attention { .. } => launch_attention(gpu, &self.attention(kind)?),
+            OpKind::ConvBlock {
+                patch_merging,
+                shape,
+                input,
+                weights: [(w1, b1), (w2, b2), (w3, b3)],
+                out,
+            } => {
+                let args = ConvBlockArgs {
+                    input: self.t(input),
+                    expand_weight: self.w(w1),
+                    expand_bias: self.w(b1),
+                    depthwise_weight: self.w(w2),
+                    depthwise_bias: self.w(b2),
+                    project_weight: self.w(w3),
+                    project_bias: self.w(b3),
+                    output: self.t(out),
+                };
+                if patch_merging {
+                    launch_patch_merging_c64(gpu, &shape, &args)
+                } else {
+                    launch_mbconv(gpu, &shape, &args)
+                }
+            }
         }
     }
 }

@@ -1,0 +1,159 @@
+//! Helpers of the GPU kernel tests (tests/gpu_ops.rs, tests/gpu_tinyvit_ops.rs): seeded random
+//! fp16/f32 operands, poisoned outputs, downloads, error measures and f64 references of the
+//! activations and the depthwise convolution. Included with `#[path]` where needed.
+#![allow(dead_code)]
+
+use crate::common::Rng;
+use finesam::gpu::DeviceBuffer;
+use finesam::ops::conv::DepthwiseShape;
+use finesam::ops::gemm::Activation;
+use finesam::ops::DeviceRegion;
+use finesam::{Error, Gpu};
+use half::f16;
+
+pub fn uniform(rng: &mut Rng, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `n` fp16 values uniform in [lo, hi) and the same values as f64.
+pub fn random_f16(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> (Vec<f16>, Vec<f64>) {
+    let h: Vec<f16> = (0..n)
+        .map(|_| f16::from_f64(uniform(rng, lo, hi)))
+        .collect();
+    let f = h.iter().map(|v| v.to_f64()).collect();
+    (h, f)
+}
+
+/// `n` fp32 values uniform in [lo, hi) and the same values as f64.
+pub fn random_f32(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> (Vec<f32>, Vec<f64>) {
+    let v: Vec<f32> = (0..n).map(|_| uniform(rng, lo, hi) as f32).collect();
+    let f = v.iter().map(|&x| x as f64).collect();
+    (v, f)
+}
+
+pub fn upload<T: bytemuck::Pod>(gpu: &Gpu, values: &[T]) -> DeviceBuffer {
+    let bytes: &[u8] = bytemuck::cast_slice(values);
+    let buffer = gpu.alloc(bytes.len()).unwrap();
+    gpu.upload(buffer.ptr(), bytes).unwrap();
+    buffer
+}
+
+/// A device buffer of `n` fp16 elements filled with NaN (0xFFFF).
+pub fn poisoned(gpu: &Gpu, n: usize) -> DeviceBuffer {
+    let buffer = gpu.alloc(n * 2).unwrap();
+    gpu.memset(buffer.ptr(), 0xff, n * 2).unwrap();
+    buffer
+}
+
+pub fn download_f16(gpu: &Gpu, buffer: &DeviceBuffer) -> Vec<f16> {
+    let mut bytes = vec![0u8; buffer.len()];
+    gpu.download(&mut bytes, buffer.ptr()).unwrap();
+    gpu.synchronize().unwrap();
+    bytes
+        .chunks_exact(2)
+        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+        .collect()
+}
+
+pub fn region(buffer: &DeviceBuffer) -> DeviceRegion {
+    DeviceRegion::of(buffer)
+}
+
+/// (relative L2 error, max abs error); a non-finite GPU value makes both infinite.
+pub fn errors(gpu: &[f64], reference: &[f64]) -> (f64, f64) {
+    assert_eq!(gpu.len(), reference.len());
+    let (mut diff2, mut ref2, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
+    for (&g, &r) in gpu.iter().zip(reference) {
+        if !g.is_finite() {
+            return (f64::INFINITY, f64::INFINITY);
+        }
+        diff2 += (g - r) * (g - r);
+        ref2 += r * r;
+        max_abs = max_abs.max((g - r).abs());
+    }
+    ((diff2 / ref2.max(1e-30)).sqrt(), max_abs)
+}
+
+/// erf to ~1e-9 absolute: Maclaurin series for |x| <= 4 (f64 cancellation stays below 1e-9),
+/// +-1 beyond (erfc(4) = 1.5e-8).
+pub fn erf(x: f64) -> f64 {
+    if x.abs() > 4.0 {
+        return x.signum();
+    }
+    let (x2, mut term, mut sum) = (x * x, x, x);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let add = term / (2 * n + 1) as f64;
+        sum += add;
+        if add.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+pub fn activate(v: f64, act: Activation) -> f64 {
+    match act {
+        Activation::None => v,
+        Activation::Gelu => 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)),
+        Activation::Relu => v.max(0.0),
+    }
+}
+
+/// NHWC depthwise reference with tap-major weights [k*k, C].
+pub fn depthwise_reference(
+    s: &DepthwiseShape,
+    x: &[f64],
+    w: &[f64],
+    bias: Option<&[f64]>,
+    act: Activation,
+) -> Vec<f64> {
+    let (ho, wo) = s.output_size().unwrap();
+    let c = s.channels;
+    let mut y = vec![0.0; s.batch * ho * wo * c];
+    for b in 0..s.batch {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for ch in 0..c {
+                    let mut acc = bias.map_or(0.0, |v| v[ch]);
+                    for ky in 0..s.kernel {
+                        let iy = (oy * s.stride + ky) as isize - s.padding as isize;
+                        for kx in 0..s.kernel {
+                            let ix = (ox * s.stride + kx) as isize - s.padding as isize;
+                            if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize
+                            {
+                                continue;
+                            }
+                            let xi =
+                                ((b * s.height + iy as usize) * s.width + ix as usize) * c + ch;
+                            acc += x[xi] * w[(ky * s.kernel + kx) * c + ch];
+                        }
+                    }
+                    y[((b * ho + oy) * wo + ox) * c + ch] = activate(acc, act);
+                }
+            }
+        }
+    }
+    y
+}
+
+pub fn expect_launch_error(what: &str, result: finesam::Result<()>) {
+    match result {
+        Err(Error::Launch { kernel, message }) => {
+            println!("{what}: rejected by {kernel}: {message}")
+        }
+        other => panic!("{what}: expected Error::Launch, got {other:?}"),
+    }
+}
+
+/// `(row - mean) / sqrt(var + eps) * gamma + beta` (biased variance), in f64.
+pub fn layer_norm_row(row: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+    let n = row.len() as f64;
+    let mean = row.iter().sum::<f64>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    row.iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(v, (g, b))| (v - mean) * rstd * g + b)
+        .collect()
+}
