@@ -248,12 +248,15 @@ fn launch_error(message: String) -> Error {
     }
 }
 
-/// Threads per block: one warp per bidding person, within 128..=1024.
-pub(crate) fn block_threads(cfg: &AssignConfig, persons: usize) -> u32 {
+/// Threads per block: one warp per bidder, within 128..=1024. Persons bid forward; in a
+/// rectangular problem up to `objects - persons` unassigned objects bid in the first reverse
+/// round of a phase, so those get a warp each too (300x10: 32 warps, not 10).
+pub(crate) fn block_threads(cfg: &AssignConfig, persons: usize, objects: usize) -> u32 {
     if cfg.block_threads != 0 {
         return cfg.block_threads;
     }
-    (persons.saturating_mul(32)).clamp(128, 1024) as u32
+    let bidders = persons.max(objects.saturating_sub(persons));
+    (bidders.saturating_mul(32)).clamp(128, 1024) as u32
 }
 
 /// Enqueues one `assign_solve` launch (no allocation, no synchronisation).
@@ -321,7 +324,7 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
     };
     let launch_cfg = LaunchConfig {
         grid_dim: (uniform.count, 1, 1),
-        block_dim: (block_threads(cfg, l.persons), 1, 1),
+        block_dim: (block_threads(cfg, l.persons, capacity), 1, 1),
         shared_mem_bytes: smem as u32,
     };
     let stream = gpu.stream();
