@@ -86,7 +86,29 @@ __device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
         has[j] = row_ok && c0 < p.c;
 #pragma unroll
         for (int e = 0; e < 8; ++e) v[j][e] = 0.f;
-        if (has[j] && src >= 0) {
+        if (has[j] && p.dw_w != nullptr) {
+            // Depthwise 3x3 prologue: the local conv of pixel `row`, rounded to fp16 as the
+            // stored residual stream holds it, then normalised.
+            const int x0 = row % p.win_w, y0 = (row / p.win_w) % p.win_h;
+            const int n = row / (p.win_w * p.win_h);
+            const float4 b0 = *reinterpret_cast<const float4*>(p.dw_b + c0);
+            const float4 b1 = *reinterpret_cast<const float4*>(p.dw_b + c0 + 4);
+            float acc[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int tap = 0; tap < 9; ++tap) {
+                const int yy = y0 + tap / 3 - 1, xx = x0 + tap % 3 - 1;
+                if (yy < 0 || yy >= p.win_h || xx < 0 || xx >= p.win_w) continue;
+                const long long at = (static_cast<long long>(n * p.win_h + yy) * p.win_w + xx) * p.c;
+                float xv[8], wv[8];
+                unpack8(*reinterpret_cast<const uint4*>(p.x + at + c0), xv);
+                unpack8(*reinterpret_cast<const uint4*>(p.dw_w + tap * p.c + c0), wv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[e] = fmaf(xv[e], wv[e], acc[e]);
+            }
+            const uint4 s = pack8(acc);
+            unpack8(s, v[j]);
+            if (p.sum) *reinterpret_cast<uint4*>(p.sum + base + c0) = s;
+        } else if (has[j] && src >= 0) {
             unpack8(*reinterpret_cast<const uint4*>(p.x + src + c0), v[j]);
             if (p.residual) {
                 float r[8];
