@@ -33,6 +33,20 @@ pub struct PipelineConfig {
 /// weight tables (kMaxTaps in kernels/preprocess.cu).
 pub const MAX_FRAME_SIDE: u32 = 16384;
 
+/// Checks a configured maximum frame size (sizes the staging buffers and the upload tensor).
+pub fn check_max_frame(max_width: u32, max_height: u32) -> Result<()> {
+    if max_width == 0
+        || max_height == 0
+        || max_width > MAX_FRAME_SIDE
+        || max_height > MAX_FRAME_SIDE
+    {
+        return Err(Error::Plan(format!(
+            "maximum frame size {max_width}x{max_height} must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}"
+        )));
+    }
+    Ok(())
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
@@ -151,16 +165,7 @@ impl Pipeline {
     /// Opens the GPU, plans and allocates the arena, captures the frame graph. After this no
     /// device memory is allocated again.
     pub fn new(config: PipelineConfig) -> Result<Pipeline> {
-        if config.max_width == 0
-            || config.max_height == 0
-            || config.max_width > MAX_FRAME_SIDE
-            || config.max_height > MAX_FRAME_SIDE
-        {
-            return Err(Error::Plan(format!(
-                "maximum frame size {}x{} must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}",
-                config.max_width, config.max_height
-            )));
-        }
+        check_max_frame(config.max_width, config.max_height)?;
         let packet_bytes = config.packet.total_bytes();
         if packet_bytes > u32::MAX as usize {
             return Err(Error::Plan(format!(

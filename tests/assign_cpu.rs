@@ -3,6 +3,9 @@
 //! the quantised integers), rectangular both ways, ties, +inf, NaN, empty inputs, the round
 //! cap, the matcher's cost rules and the tracker model.
 
+mod common;
+
+use common::assign::check_against_scipy;
 use finesam::assign::cpu::{self, CostScan, Problem};
 use finesam::assign::matcher::{cost_cpu, match_cpu};
 use finesam::assign::oracle;
@@ -489,31 +492,6 @@ fn tracker_random_sequences_stay_consistent() {
             assert!(seen.insert(*id), "id {id} given twice in one frame");
         }
         assert!(t.tracks().len() <= 32);
-    }
-}
-
-/// Checks a solved fixture matrix against scipy's optimum: integer costs exactly, float costs
-/// within the reported bound (plus f64 summation noise).
-fn check_against_scipy(a: &Assignment, m: &finesam::assign::fixtures::FixtureMatrix) {
-    assert_eq!(a.unassigned, m.unassigned, "{}: cardinality", m.name);
-    if m.integer && a.quantum == 0.0 {
-        assert_eq!(a.total_cost, m.total, "{}: integer total", m.name);
-    } else {
-        let noise = 1e-12
-            * m.cost
-                .iter()
-                .filter(|c| c.is_finite())
-                .map(|c| c.abs() as f64)
-                .sum::<f64>();
-        let diff = a.total_cost - m.total;
-        assert!(
-            diff <= a.gap_bound() * (1.0 + 1e-9) + noise && -diff <= noise,
-            "{}: total {} vs scipy {} (bound {})",
-            m.name,
-            a.total_cost,
-            m.total,
-            a.gap_bound()
-        );
     }
 }
 

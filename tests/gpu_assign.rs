@@ -13,8 +13,11 @@
 //! Fixtures: `$FINESAM_FIXTURES/assign` (skipped when unset unless FINESAM_REQUIRE_FIXTURES=1).
 //! Run with `--release`: the CPU-model comparison of the 1000x1000 matrices is slow in debug.
 
+mod common;
+
+use common::assign::check_against_scipy;
 use finesam::assign::cpu;
-use finesam::assign::fixtures::{self, FixtureMatrix, MatcherFixture};
+use finesam::assign::fixtures::{self, MatcherFixture};
 use finesam::assign::matcher::{cost_cpu, match_cpu};
 use finesam::assign::oracle;
 use finesam::assign::random::SplitMix64;
@@ -69,29 +72,6 @@ fn check_structure(a: &Assignment, cost: &[f32], ld: usize) {
     );
     assert_eq!(a.assigned() + a.unassigned, a.rows.min(a.cols));
     assert!((total - a.total_cost).abs() <= 1e-9 * (1.0 + total.abs()));
-}
-
-fn check_against_scipy(a: &Assignment, m: &FixtureMatrix) {
-    assert_eq!(a.unassigned, m.unassigned, "{}: cardinality", m.name);
-    if m.integer && a.quantum == 0.0 {
-        assert_eq!(a.total_cost, m.total, "{}: integer total", m.name);
-    } else {
-        let noise = 1e-12
-            * m.cost
-                .iter()
-                .filter(|c| c.is_finite())
-                .map(|c| c.abs() as f64)
-                .sum::<f64>();
-        let diff = a.total_cost - m.total;
-        assert!(
-            diff <= a.gap_bound() * (1.0 + 1e-9) + noise && -diff <= noise,
-            "{}: total {} vs scipy {} (bound {})",
-            m.name,
-            a.total_cost,
-            m.total,
-            a.gap_bound()
-        );
-    }
 }
 
 /// GPU and CPU model must agree exactly: same pairs, same rounds and phases.

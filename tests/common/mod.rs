@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: GPU presence, fixtures, a seeded generator.
 #![allow(dead_code)]
 
+pub mod assign;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -21,7 +21,7 @@ use crate::ops::packet::{
 use crate::ops::preprocess::{input_bytes, launch_preprocess, PreprocessIo};
 use crate::ops::DeviceRegion;
 use crate::packet::{PacketLayout, ResultPacket};
-use crate::pipeline::MAX_FRAME_SIDE;
+use crate::pipeline::check_max_frame;
 use crate::weights::WeightsFile;
 
 use super::decoder::{DecodeConfig, DecodePlan, MaskDecoder};
@@ -93,16 +93,7 @@ impl MobileSam {
     /// Loads an official `vit_t` checkpoint converted to safetensors (weights/convert.py) and
     /// builds everything a frame needs.
     pub fn load(path: impl AsRef<Path>, config: SamConfig) -> Result<MobileSam> {
-        if config.max_width == 0
-            || config.max_height == 0
-            || config.max_width > MAX_FRAME_SIDE
-            || config.max_height > MAX_FRAME_SIDE
-        {
-            return Err(Error::Plan(format!(
-                "maximum frame size {}x{} must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}",
-                config.max_width, config.max_height
-            )));
-        }
+        check_max_frame(config.max_width, config.max_height)?;
         let masks = config.max_prompts * 3;
         if config.max_prompts == 0 || masks > config.packet.detection_capacity as usize {
             return Err(Error::Plan(format!(
