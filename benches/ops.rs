@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the dense kernels at MobileSAM (TinyViT-5M, 1024x1024) shapes: GPU
 //! time from CUDA events (`Gpu::time_ms` inside `iter_custom`). Each case also prints one line
 //! with its achieved TFLOP/s and GB/s against its floor, and every GEMM-shaped case prints the
-//! time of each tile configuration (for tuning `select_gemm_tile`). Skips without a GPU.
+//! time of each tile configuration (for tuning `select_gemm_tile`; every GEMM shape of the
+//! MobileSAM image encoder is swept too, without a criterion case). Skips without a GPU.
 //!
 //! Ceilings (H100 SXM): ~990 TFLOP/s dense fp16 datasheet (~800 measured), ~3.0 TB/s measured
 //! copy bandwidth (H200: ~4.3 TB/s). Bytes below are the compulsory traffic: every operand read
@@ -201,6 +202,64 @@ fn gemms(c: &mut Criterion, gpu: &Gpu) {
     }
 }
 
+/// Every GEMM shape of the MobileSAM image encoder (1024x1024) with its epilogue: the
+/// launcher's pick and each tile's time, for fitting `select_gemm_tile` (no criterion case).
+fn encoder_gemm_tiles(gpu: &Gpu) {
+    use Activation::{Gelu, None as Plain};
+    const AFTER: Option<ResidualOrder> = Some(ResidualOrder::AfterActivation);
+    // (name, M, N, K, activation, residual); M of qkv/proj is the zero-padded window rows.
+    let shapes = [
+        ("layers.1 qkv", 17689, 384, 128, Plain, None),
+        ("layers.1 proj", 17689, 128, 128, Plain, AFTER),
+        ("layers.1 fc1", 16384, 512, 128, Gelu, None),
+        ("layers.1 fc2", 16384, 128, 512, Plain, AFTER),
+        ("layers.1 merge conv1", 16384, 160, 128, Gelu, None),
+        ("layers.1 merge conv3", 4096, 160, 160, Plain, None),
+        ("layers.2 qkv", 4900, 480, 160, Plain, None),
+        ("layers.2 proj", 4900, 160, 160, Plain, AFTER),
+        ("layers.2 fc1", 4096, 640, 160, Gelu, None),
+        ("layers.2 fc2", 4096, 160, 640, Plain, AFTER),
+        ("layers.2 merge conv1", 4096, 320, 160, Gelu, None),
+        ("layers.2 merge conv3", 4096, 320, 320, Plain, None),
+        ("layers.3 qkv", 4900, 960, 320, Plain, None),
+        ("layers.3 proj", 4900, 320, 320, Plain, AFTER),
+        ("layers.3 fc1", 4096, 1280, 320, Gelu, None),
+        ("layers.3 fc2", 4096, 320, 1280, Plain, AFTER),
+        ("neck.0", 4096, 256, 320, Plain, None),
+    ];
+    let sms = gpu.kernels().sm_count();
+    for (name, m, n, k, activation, residual) in shapes {
+        let x = f16_buffer(gpu, m * k, 1);
+        let w = f16_buffer(gpu, n * k, 2);
+        let y = f16_buffer(gpu, m * n, 3);
+        let r = f16_buffer(gpu, m * n, 4);
+        let b = f32_buffer(gpu, n, 0.1);
+        let problem = GemmProblem::new(m, n, k);
+        let args = GemmArgs {
+            x: Matrix::packed(region(&x), k),
+            w: Matrix::packed(region(&w), k),
+            y: Matrix::packed(region(&y), n),
+            epilogue: Epilogue {
+                bias: Some(region(&b)),
+                activation,
+                residual: residual.map(|order| Residual {
+                    matrix: Matrix::packed(region(&r), n),
+                    order,
+                }),
+                ..Epilogue::default()
+            },
+        };
+        let label = format!("encoder {name} M{m} N{n} K{k}");
+        println!(
+            "{label}: launcher picks {:?}",
+            select_gemm_tile(m, n, 1, sms)
+        );
+        tile_sweep(gpu, &label, problem.flops(), |tile| {
+            launch_gemm_tile(gpu, tile, &problem, &args)
+        });
+    }
+}
+
 fn convs(c: &mut Criterion, gpu: &Gpu) {
     // Neck: 64x64x256 -> 256, 3x3, no bias (LayerNorm2d follows).
     let implicit = [
@@ -381,6 +440,7 @@ fn dense_ops(c: &mut Criterion) {
     let gpu = Gpu::new(0).expect("GPU opens");
     println!("device: {}", gpu.name());
     gemms(c, &gpu);
+    encoder_gemm_tiles(&gpu);
     convs(c, &gpu);
     layer_norms(c, &gpu);
 }

@@ -128,6 +128,13 @@ fn tile_selection_fills_the_gpu() {
     );
     // The neck conv (M 4096, N 256): 64 big tiles would leave half the SMs idle.
     assert_ne!(select_gemm_tile(4096, 256, 1, H100_SMS), GemmTile::T128x128);
+    // The measured H200 tile sweeps (132 SMs, as H100 SXM) the cost factors are fitted to.
+    assert_eq!(
+        select_gemm_tile(16384, 512, 1, H100_SMS),
+        GemmTile::T128x128
+    );
+    assert_eq!(select_gemm_tile(4096, 320, 1, H100_SMS), GemmTile::T64x64);
+    assert_eq!(select_gemm_tile(4096, 256, 1, H100_SMS), GemmTile::T64x64);
     // Tiny problems: the small tile.
     assert_eq!(select_gemm_tile(64, 64, 1, H100_SMS), GemmTile::T64x64);
     assert_eq!(select_gemm_tile(100, 30, 1, H100_SMS), GemmTile::T64x64);

@@ -265,12 +265,17 @@ impl GemmTile {
     }
 
     /// Relative cost of one tile's work: smaller tiles re-read more operands per FLOP and
-    /// issue more ldmatrix per mma.
+    /// issue more ldmatrix per mma, but the 64x64 tile runs 4 blocks per SM (the others 2
+    /// and 3), which hides more latency at these memory-bound shapes. Fitted to the H200
+    /// tile sweeps of `bench_ops` (2026-11-27): M16384 K128 N512 128x128 32.3 us, 128x64
+    /// 38.5, 64x64 34.7 (factors 1.19 and 1.07 at equal per-SM area); M4096 K1280 N320
+    /// 128x128 32.1 us, 64x64 29.8 (1.24); the neck conv (M4096 N256) 128x64 50.3 us, 64x64
+    /// 42.0 (64x64 below 128x64). 1.2 / 1.15 picks the faster tile at all three.
     fn cost_factor(self) -> f64 {
         match self {
             GemmTile::T128x128 => 1.0,
-            GemmTile::T128x64 => 1.15,
-            GemmTile::T64x64 => 1.4,
+            GemmTile::T128x64 => 1.2,
+            GemmTile::T64x64 => 1.15,
         }
     }
 
