@@ -98,7 +98,8 @@ constexpr int kUpLd = kUp1 + 8;                 // 72 halves = 36 words: fragmen
 
 // Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
 struct UpscaleMaskParams {
-    const __half* up1;       // [batch * 16384, 64]: first ConvTranspose2d + bias, before LayerNorm2d
+    const __half* up1;       // [batch * 4096, 256] (row stride up1_ld): first ConvTranspose2d + bias,
+                             // before LayerNorm2d, columns (dy, dx, channel)
     const float* ln_gamma;   // [64] LayerNorm2d
     const float* ln_beta;    // [64]
     const __half* w2;        // [128, 64] second ConvTranspose2d, rows (dy2, dx2, c)
@@ -110,6 +111,7 @@ struct UpscaleMaskParams {
     uint32_t* mask_count;    // receives min(count, batch) * masks (mask decoding reads it)
     float eps;
     int batch, stride, first, masks;
+    int up1_ld;              // halves between the up1 rows of consecutive embedding pixels (>= 256)
 };
 
 }  // namespace
@@ -156,8 +158,10 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
 #pragma unroll
         for (int pass = 0; pass < kChunkRows / 32; ++pass) {
             const int r = pass * 32 + tid / 8;
+            // Row R of this prompt is sub-pixel R % 4 of embedding pixel R / 4.
+            const int row = row0 + r;
             const uint4 raw = reinterpret_cast<const uint4*>(
-                p.up1 + (static_cast<size_t>(b) * kUpRows + row0 + r) * kUp1)[l8];
+                p.up1 + (static_cast<size_t>(b) * (kUpRows / 4) + (row >> 2)) * p.up1_ld + (row & 3) * kUp1)[l8];
             float v[8];
             unpack8(raw, v);
             float sum = 0.f;

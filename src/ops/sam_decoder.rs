@@ -152,6 +152,7 @@ struct UpscaleMaskParams {
     stride: i32,
     first: i32,
     masks: i32,
+    up1_ld: i32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -169,9 +170,11 @@ pub struct UpscaleMaskArgs {
     pub stride: usize,
     /// Multimask output (mask tokens 1..4) or the single mask (token 0).
     pub multimask: bool,
-    /// `[batch * 16384, 64]` fp16: the first ConvTranspose2d (+ bias) as a GEMM, columns
-    /// `(dy, dx, channel)`, viewed as rows of 64 channels.
+    /// `[batch * 4096, 256]` fp16 with row stride `up1_ld`: the first ConvTranspose2d (+ bias)
+    /// as a GEMM, columns `(dy, dx, channel)` (each row four sub-pixels of 64 channels).
     pub up1: DeviceRegion,
+    /// Elements between the rows of `up1` (256 when packed; a multiple of 8).
+    pub up1_ld: usize,
     /// `[64]` f32 LayerNorm2d weight and bias.
     pub ln: (DeviceRegion, DeviceRegion),
     /// LayerNorm2d eps.
@@ -224,10 +227,20 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
     }
     let pixels = 4 * 4 * EMBED_PIXELS;
     let rows = 4 * EMBED_PIXELS;
+    let up1_row = 4 * UPSCALE1_CHANNELS;
+    if a.up1_ld < up1_row || a.up1_ld % 8 != 0 || a.up1_ld > i32::MAX as usize {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "up1 row stride {} must be a multiple of 8 and >= {up1_row}",
+                a.up1_ld
+            ),
+        ));
+    }
     a.up1.check(
         KERNEL,
         "up1",
-        Some(a.batch * rows * UPSCALE1_CHANNELS * 2),
+        Some(((a.batch * EMBED_PIXELS - 1) * a.up1_ld + up1_row) * 2),
         16,
     )?;
     a.ln.0
@@ -268,6 +281,7 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
         stride: a.stride as i32,
         first: i32::from(a.multimask),
         masks: c as i32,
+        up1_ld: a.up1_ld as i32,
     };
     // 256 rows of 64 channels per block (kBlockRows in the kernel).
     let cfg = LaunchConfig {

@@ -40,6 +40,11 @@ const MLP: usize = 2048;
 const PIXELS: usize = EMBED_PIXELS;
 /// Columns of the keys-side projection of a block: `[q_i2t | k_t2i | v_t2i]`.
 const KEYS_N: usize = 3 * CROSS;
+/// Columns of the final keys projection: `[k | v | first ConvTranspose2d]` (both read the
+/// final keys, so they are one GEMM).
+const FINAL_N: usize = 2 * CROSS + 4 * UP1;
+/// Column of the first ConvTranspose2d's output in the final keys projection.
+const FINAL_UP1: usize = 2 * CROSS;
 /// Upscaling: 64 channels after the first ConvTranspose2d, 32 after the second.
 const UP1: usize = UPSCALE1_CHANNELS;
 const UP2: usize = UPSCALED_CHANNELS;
@@ -90,25 +95,23 @@ pub enum DecodePart {
     Block0,
     /// Two-way block 1 (its own keys projection, batched).
     Block1,
-    /// Final token->image attention with its keys projection.
+    /// Final token->image attention with its keys projection, which also computes the first
+    /// ConvTranspose2d (one GEMM 4096 x 256 -> [k | v | convT 1] = 512 per prompt).
     Final,
     /// IoU head + 4 hypernetwork MLPs (3 batched GEMMs).
     Heads,
-    /// First ConvTranspose2d (GEMM 4096 x 256 -> 256 per prompt).
-    Upscale1,
     /// LayerNorm2d + GELU + second ConvTranspose2d + GELU + mask product (one kernel).
     UpscaleMasks,
 }
 
 impl DecodePart {
     /// Every part in issue order.
-    pub const ALL: [DecodePart; 7] = [
+    pub const ALL: [DecodePart; 6] = [
         DecodePart::Prompt,
         DecodePart::Block0,
         DecodePart::Block1,
         DecodePart::Final,
         DecodePart::Heads,
-        DecodePart::Upscale1,
         DecodePart::UpscaleMasks,
     ];
 
@@ -118,9 +121,8 @@ impl DecodePart {
             DecodePart::Prompt => "prompt+pe+shared keys",
             DecodePart::Block0 => "block 0",
             DecodePart::Block1 => "block 1",
-            DecodePart::Final => "final attention",
+            DecodePart::Final => "final attention+convT 1",
             DecodePart::Heads => "heads",
-            DecodePart::Upscale1 => "convT 1",
             DecodePart::UpscaleMasks => "ln+convT 2+masks",
         }
     }
@@ -287,15 +289,6 @@ impl PreparedWeights {
         put_pe(pe_cols::FINAL_Q, &wq);
         let (wk, bk) = linear(&format!("{c}.k_proj"))?;
         let (wv, bv) = linear(&format!("{c}.v_proj"))?;
-        let keys_w = cat(&[&wk, &wv]);
-        s.add_f16("final.keys.w", &[2 * CROSS, D], &keys_w)?;
-        s.add_f32("final.keys.b", &[2 * CROSS], &cat(&[&bk, &bv]))?;
-        let table = project(&dense_pe, PIXELS, &wk, CROSS, 2 * CROSS);
-        s.add_f16("final.keys.pe", &[PIXELS, 2 * CROSS], &table)?;
-        add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
-        add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
-        s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
-
         // output_upscaling: ConvTranspose2d weight [in, out, 2, 2] -> GEMM rows (dy, dx, out).
         let up = format!("{md}output_upscaling");
         let convt = |w: &[f32], cin: usize, cout: usize| {
@@ -310,8 +303,17 @@ impl PreparedWeights {
             g
         };
         let (w0, b0) = linear(&format!("{up}.0"))?;
-        s.add_f16("up1.w", &[4 * UP1, D], &convt(&w0, D, UP1))?;
-        s.add_f32("up1.b", &[4 * UP1], &b0.repeat(4))?;
+        // The first ConvTranspose2d reads the same keys as the final k/v projection: one GEMM
+        // [k | v | convT 1]; only k takes the positional table (zero columns elsewhere).
+        let keys_w = cat(&[&wk, &wv, &convt(&w0, D, UP1)]);
+        s.add_f16("final.keys.w", &[FINAL_N, D], &keys_w)?;
+        s.add_f32("final.keys.b", &[FINAL_N], &cat(&[&bk, &bv, &b0.repeat(4)]))?;
+        let table = project(&dense_pe, PIXELS, &wk, CROSS, FINAL_N);
+        s.add_f16("final.keys.pe", &[PIXELS, FINAL_N], &table)?;
+        add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
+        add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
+        s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
+
         add_norm(&mut s, file, &format!("{up}.1"), "up1.ln")?;
         let (w3, b3) = linear(&format!("{up}.3"))?;
         s.add_f16("up2.w", &[4 * UP2, UP1], &convt(&w3, UP1, UP2))?;
@@ -508,7 +510,6 @@ pub struct MaskDecoder {
     pe_tokens: DeviceRegion,
     layers: [LayerWeights; 2],
     last: FinalWeights,
-    up1: (DeviceRegion, DeviceRegion),
     up1_ln: (DeviceRegion, DeviceRegion),
     up2: (DeviceRegion, DeviceRegion),
     heads_w: [DeviceRegion; 3],
@@ -570,7 +571,6 @@ impl MaskDecoder {
                 out: lin("final.out")?,
                 norm: norm("final.norm")?,
             },
-            up1: lin("up1")?,
             up1_ln: norm("up1.ln")?,
             up2: lin("up2")?,
             heads_w: [r("heads.w1")?, r("heads.w2")?, r("heads.w3")?],
@@ -638,7 +638,6 @@ struct Ids {
     g0: TensorId,
     keys: TensorId,
     g: TensorId,
-    up1: TensorId,
     low_res: TensorId,
     iou: TensorId,
     mask_count: TensorId,
@@ -696,8 +695,9 @@ impl DecodePlan {
         let c = masks_per_prompt(config.multimask);
         let rows = b * t;
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
-        // 4 final, 5 upscale 1, 6 upscale 2 + masks (reads upscale 1's output). Whole-decode
-        // tensors span 0..=6.
+        // 4 final keys projection (+ the first ConvTranspose2d) and attention, 6 upscale 2 +
+        // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
+        // span 0..=6.
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
@@ -729,9 +729,9 @@ impl DecodePlan {
                 all(&mut p, "head3_bias", HEADS * b * UP2 * 2)?,
             ],
             g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
-            keys: p.request("keys", b * PIXELS * D * 2, 1, 5)?,
-            g: p.request("keys_proj", b * PIXELS * KEYS_N * 2, 2, 4)?,
-            up1: p.request("upscaled1", b * PIXELS * 4 * UP1 * 2, 5, 6)?,
+            keys: p.request("keys", b * PIXELS * D * 2, 1, 4)?,
+            // Block 1's [q_i2t | k | v], then the final [k | v | convT 1] (read to the end).
+            g: p.request("keys_proj", b * PIXELS * KEYS_N.max(FINAL_N) * 2, 2, 6)?,
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
@@ -1167,12 +1167,12 @@ impl DecodePlan {
         if run(DecodePart::Final) {
             let f = &w.last;
             let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
-            let gy = Matrix::packed(r(ids.g), 2 * CROSS).with_batch_stride(PIXELS * 2 * CROSS);
+            let gy = Matrix::packed(r(ids.g), FINAL_N).with_batch_stride(PIXELS * FINAL_N);
             gemm_batched(
                 gpu,
                 GemmProblem {
                     m: PIXELS,
-                    n: 2 * CROSS,
+                    n: FINAL_N,
                     k: D,
                     batch: b,
                 },
@@ -1181,12 +1181,12 @@ impl DecodePlan {
                 gy,
                 Some(f.keys.1),
                 Activation::None,
-                Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
+                Some(Matrix::packed(f.keys_pe, FINAL_N)),
             )?;
             token_to_image(
                 f.q,
                 pe_cols::FINAL_Q,
-                (r(ids.g), 2 * CROSS, 0, false),
+                (r(ids.g), FINAL_N, 0, false),
                 f.out,
                 f.norm,
             )?;
@@ -1234,21 +1234,8 @@ impl DecodePlan {
             }
         }
 
-        // Output upscaling: the first ConvTranspose2d, then one kernel for the rest and the masks.
-        if run(DecodePart::Upscale1) {
-            gemm(
-                gpu,
-                b * PIXELS,
-                4 * UP1,
-                D,
-                (r(ids.keys), D),
-                (w.up1.0, 0),
-                (r(ids.up1), 4 * UP1),
-                Some(w.up1.1),
-                Activation::None,
-                None,
-            )?;
-        }
+        // Output upscaling: the first ConvTranspose2d came with the final keys projection
+        // (columns FINAL_UP1..); one kernel does the rest and the masks.
         if run(DecodePart::UpscaleMasks) {
             launch_upscale_masks(
                 gpu,
@@ -1256,7 +1243,8 @@ impl DecodePlan {
                     batch: b,
                     stride: max,
                     multimask: self.config.multimask,
-                    up1: r(ids.up1),
+                    up1: at(ids.g, FINAL_UP1),
+                    up1_ld: FINAL_N,
                     ln: w.up1_ln,
                     eps: LN2D_EPS,
                     w2: w.up2.0,
