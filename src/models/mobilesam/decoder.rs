@@ -70,8 +70,11 @@ mod pe_cols {
     pub const I2T_KV1: usize = 1280;
     /// Final token->image q.
     pub const FINAL_Q: usize = 1536;
+    /// Block 0 self attention [q | k | v] of the tokens themselves (no positional term: these
+    /// columns are block 0's qkv projection, computed by the same GEMM, with their bias).
+    pub const L0_QKV: usize = 1664;
     /// Total.
-    pub const WIDTH: usize = 1664;
+    pub const WIDTH: usize = 2432;
 }
 
 /// What a decode plan serves.
@@ -168,6 +171,7 @@ impl PreparedWeights {
             ))
         };
         let mut pe_w = vec![0f32; pe_cols::WIDTH * D];
+        let mut pe_b = vec![0f32; pe_cols::WIDTH];
         let mut put_pe =
             |col: usize, w: &[f32]| pe_w[col * D..col * D + w.len()].copy_from_slice(w);
         for l in 0..2 {
@@ -175,17 +179,23 @@ impl PreparedWeights {
             let (wq, bq) = linear(&format!("{p}.self_attn.q_proj"))?;
             let (wk, bk) = linear(&format!("{p}.self_attn.k_proj"))?;
             let (wv, bv) = linear(&format!("{p}.self_attn.v_proj"))?;
-            s.add_f16(
-                &format!("l{l}.self.qkv.w"),
-                &[3 * D, D],
-                &cat(&[&wq, &wk, &wv]),
-            )?;
-            s.add_f32(
-                &format!("l{l}.self.qkv.b"),
-                &[3 * D],
-                &cat(&[&bq, &bk, &bv]),
-            )?;
-            if l == 1 {
+            if l == 0 {
+                // Block 0 attends over the tokens themselves: its qkv projection is part of the
+                // per-decode token GEMM (same input).
+                put_pe(pe_cols::L0_QKV, &cat(&[&wq, &wk, &wv]));
+                pe_b[pe_cols::L0_QKV..pe_cols::L0_QKV + 3 * D]
+                    .copy_from_slice(&cat(&[&bq, &bk, &bv]));
+            } else {
+                s.add_f16(
+                    &format!("l{l}.self.qkv.w"),
+                    &[3 * D, D],
+                    &cat(&[&wq, &wk, &wv]),
+                )?;
+                s.add_f32(
+                    &format!("l{l}.self.qkv.b"),
+                    &[3 * D],
+                    &cat(&[&bq, &bk, &bv]),
+                )?;
                 put_pe(pe_cols::SELF1, &wq);
                 put_pe(pe_cols::SELF1 + D, &wk);
             }
@@ -313,6 +323,7 @@ impl PreparedWeights {
         add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
         add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
         s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
+        s.add_f32("pe_tokens.b", &[pe_cols::WIDTH], &pe_b)?;
 
         add_norm(&mut s, file, &format!("{up}.1"), "up1.ln")?;
         let (w3, b3) = linear(&format!("{up}.3"))?;
@@ -479,7 +490,8 @@ fn validate_shapes(file: &WeightsFile) -> Result<()> {
 
 /// Device addresses of the weights, resolved once at load.
 struct LayerWeights {
-    qkv: (DeviceRegion, DeviceRegion),
+    /// Block 1's self-attention qkv projection (block 0's is part of the token GEMM).
+    qkv: Option<(DeviceRegion, DeviceRegion)>,
     self_out: (DeviceRegion, DeviceRegion),
     norms: [(DeviceRegion, DeviceRegion); 4],
     t2i_q: (DeviceRegion, DeviceRegion),
@@ -507,7 +519,7 @@ pub struct MaskDecoder {
     gauss: DeviceRegion,
     labels: DeviceRegion,
     output_tokens: DeviceRegion,
-    pe_tokens: DeviceRegion,
+    pe_tokens: (DeviceRegion, DeviceRegion),
     layers: [LayerWeights; 2],
     last: FinalWeights,
     up1_ln: (DeviceRegion, DeviceRegion),
@@ -540,7 +552,11 @@ impl MaskDecoder {
         };
         let layer = |l: usize| -> Result<LayerWeights> {
             Ok(LayerWeights {
-                qkv: lin(&format!("l{l}.self.qkv"))?,
+                qkv: if l == 0 {
+                    None
+                } else {
+                    Some(lin(&format!("l{l}.self.qkv"))?)
+                },
                 self_out: lin(&format!("l{l}.self.out"))?,
                 norms: [
                     norm(&format!("l{l}.norm1"))?,
@@ -562,7 +578,7 @@ impl MaskDecoder {
             gauss: r("prompt.gauss")?,
             labels: r("prompt.labels")?,
             output_tokens: r("prompt.output_tokens")?,
-            pe_tokens: r("pe_tokens.w")?,
+            pe_tokens: lin("pe_tokens")?,
             layers: [layer(0)?, layer(1)?],
             last: FinalWeights {
                 q: lin("final.q")?,
@@ -891,16 +907,16 @@ impl DecodePlan {
                     tokens: r(ids.tokens),
                 },
             )?;
-            // query_pe projections for every layer.
+            // query_pe projections for every layer, and block 0's qkv projection.
             gemm(
                 gpu,
                 rows,
                 pe_w,
                 D,
                 (r(ids.tokens), D),
-                (w.pe_tokens, 0),
+                (w.pe_tokens.0, 0),
                 (r(ids.pe), pe_w),
-                None,
+                Some(w.pe_tokens.1),
                 Activation::None,
                 None,
             )?;
@@ -1019,25 +1035,28 @@ impl DecodePlan {
             if !run([DecodePart::Block0, DecodePart::Block1][l]) {
                 continue;
             }
-            // Self attention; block 0 skips the PE and the residual.
-            let (x, res) = if l == 0 {
-                (r(ids.tokens), None)
-            } else {
-                (queries, pe_res(pe_cols::SELF1))
+            // Self attention. Block 0 skips the PE and the residual; its qkv projection of the
+            // tokens came with the token GEMM (columns L0_QKV.. of the pe buffer).
+            let (qkv_id, qkv_col, qkv_stride) = match lw.qkv {
+                None => (ids.pe, pe_cols::L0_QKV, pe_w),
+                Some(qkv) => {
+                    gemm(
+                        gpu,
+                        rows,
+                        3 * D,
+                        D,
+                        (queries, D),
+                        (qkv.0, 0),
+                        (r(ids.qkv), 3 * D),
+                        Some(qkv.1),
+                        Activation::None,
+                        pe_res(pe_cols::SELF1),
+                    )?;
+                    (ids.qkv, 0, 3 * D)
+                }
             };
-            gemm(
-                gpu,
-                rows,
-                3 * D,
-                D,
-                (x, D),
-                (lw.qkv.0, 0),
-                (r(ids.qkv), 3 * D),
-                Some(lw.qkv.1),
-                Activation::None,
-                res,
-            )?;
-            let qkv = |which: usize| tokens_of(ids.qkv, which * D, 3 * D, D / HEADS_N);
+            let qkv =
+                |which: usize| tokens_of(qkv_id, qkv_col + which * D, qkv_stride, D / HEADS_N);
             let o = tokens_of(ids.tok_o, 0, D, D / HEADS_N);
             attention(t, t, D / HEADS_N, scale32, qkv(0), qkv(1), qkv(2), o)?;
             let res = (l == 1).then_some((queries, D, 0));
