@@ -265,14 +265,14 @@ constexpr int kI2tRows = 64;       // pixels per block: 4 row groups of 16 x 2 c
 // Mirrors `ImageToTokenParams` in src/ops/sam_decoder.rs.
 struct ImageToTokenParams {
     const __half* q;         // image->token q: 4096 rows of 128 (row stride q_stride)
-    const __half* kv;        // [batch][tokens][256]: k (128) then v (128), head h at 16 h
+    const __half* kv;        // [batch][tokens] rows of 256 (kv_stride apart): k (128) then v (128), head h at 16 h
     const __half* w;         // out_proj [256, 128]
     const float* bias;       // [256]
     const __half* residual;  // [4096, 256] per prompt (batch stride res_batch; may be y)
     const float* gamma;      // [256] LayerNorm (norm4)
     const float* beta;       // [256]
     __half* y;               // [batch][4096][256]
-    long long q_stride, q_batch, res_batch;
+    long long q_stride, q_batch, res_batch, kv_stride;
     int tokens;
     float scale, eps;
 };
@@ -297,9 +297,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
     const int g = lane >> 2, q = lane & 3;
     const int rg = warp & 3, half = warp >> 2;
     const int b = blockIdx.y;
-    const uint4* kv_src = reinterpret_cast<const uint4*>(p.kv + static_cast<size_t>(b) * p.tokens * 2 * kCross);
-    for (int i = tid; i < p.tokens * 2 * kCross / 8; i += blockDim.x)
-        reinterpret_cast<uint4*>(kv_s)[i] = kv_src[i];
+    constexpr int kKvChunks = 2 * kCross / 8;  // 16-byte chunks per token row
+    const __half* kv_src = p.kv + static_cast<long long>(b) * p.tokens * p.kv_stride;
+    for (int i = tid; i < p.tokens * kKvChunks; i += blockDim.x) {
+        const int j = i / kKvChunks, c = i % kKvChunks;
+        reinterpret_cast<uint4*>(kv_s)[i] = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+    }
     __syncthreads();
 
     const int lr = rg * 16 + g;  // local rows lr and lr + 8

@@ -313,6 +313,7 @@ struct ImageToTokenParams {
     q_stride: i64,
     q_batch: i64,
     res_batch: i64,
+    kv_stride: i64,
     tokens: i32,
     scale: f32,
     eps: f32,
@@ -340,8 +341,11 @@ pub struct ImageToTokenArgs {
     pub q_stride: usize,
     /// Elements between prompts' q (0: shared).
     pub q_batch: usize,
-    /// `[batch, tokens, 256]` fp16: k (128 columns) then v (128).
+    /// `[batch, tokens]` rows of 256 fp16, `kv_stride` elements apart: k (128 columns) then
+    /// v (128).
     pub kv: DeviceRegion,
+    /// Elements between k/v rows (256 when packed; a multiple of 8).
+    pub kv_stride: usize,
     /// out_proj `[256, 128]` fp16 and `[256]` f32 bias.
     pub out: (DeviceRegion, DeviceRegion),
     /// `[4096, 256]` fp16 residual per prompt, `residual_batch` elements apart (0: shared); may
@@ -403,10 +407,23 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         span(a.q_batch, EMBED_PIXELS, a.q_stride, CROSS_DIM),
         4,
     )?;
+    if a.kv_stride < 2 * CROSS_DIM || a.kv_stride % 8 != 0 {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "k/v row stride {} must be a multiple of 8 and >= {}",
+                a.kv_stride,
+                2 * CROSS_DIM
+            ),
+        ));
+    }
     a.kv.check(
         KERNEL,
         "token k/v",
-        Some(a.batch * a.tokens * 2 * CROSS_DIM * 2),
+        (a.batch * a.tokens - 1)
+            .checked_mul(a.kv_stride)
+            .and_then(|v| v.checked_add(2 * CROSS_DIM))
+            .and_then(|v| v.checked_mul(2)),
         16,
     )?;
     a.out
@@ -438,6 +455,7 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         q_stride: a.q_stride as i64,
         q_batch: a.q_batch as i64,
         res_batch: a.residual_batch as i64,
+        kv_stride: a.kv_stride as i64,
         tokens: a.tokens as i32,
         scale: a.scale,
         eps: a.eps,

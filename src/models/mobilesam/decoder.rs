@@ -45,6 +45,10 @@ const KEYS_N: usize = 3 * CROSS;
 const FINAL_N: usize = 2 * CROSS + 4 * UP1;
 /// Column of the first ConvTranspose2d's output in the final keys projection.
 const FINAL_UP1: usize = 2 * CROSS;
+/// Columns of each block's post-MLP token GEMM: `[i2t k | i2t v | block 1 q | k | v]` after
+/// block 0, `[i2t k | i2t v | final q]` after block 1 (the positional slices I2T_KV0.. and
+/// I2T_KV1.. cover exactly these columns).
+const POST_N: [usize; 2] = [2 * CROSS + 3 * D, 3 * CROSS];
 /// Upscaling: 64 channels after the first ConvTranspose2d, 32 after the second.
 const UP1: usize = UPSCALE1_CHANNELS;
 const UP2: usize = UPSCALED_CHANNELS;
@@ -174,6 +178,9 @@ impl PreparedWeights {
         let mut pe_b = vec![0f32; pe_cols::WIDTH];
         let mut put_pe =
             |col: usize, w: &[f32]| pe_w[col * D..col * D + w.len()].copy_from_slice(w);
+        // Token GEMMs after each block's MLP (their input is the same queries):
+        // block 0 [i2t k | i2t v | block 1 q | k | v], block 1 [i2t k | i2t v | final q].
+        let mut post: [(Vec<f32>, Vec<f32>); 2] = Default::default();
         for l in 0..2 {
             let p = format!("{tr}layers.{l}");
             let (wq, bq) = linear(&format!("{p}.self_attn.q_proj"))?;
@@ -186,16 +193,9 @@ impl PreparedWeights {
                 pe_b[pe_cols::L0_QKV..pe_cols::L0_QKV + 3 * D]
                     .copy_from_slice(&cat(&[&bq, &bk, &bv]));
             } else {
-                s.add_f16(
-                    &format!("l{l}.self.qkv.w"),
-                    &[3 * D, D],
-                    &cat(&[&wq, &wk, &wv]),
-                )?;
-                s.add_f32(
-                    &format!("l{l}.self.qkv.b"),
-                    &[3 * D],
-                    &cat(&[&bq, &bk, &bv]),
-                )?;
+                // Block 1's qkv projection is part of block 0's post-MLP token GEMM.
+                post[0].0.extend(cat(&[&wq, &wk, &wv]));
+                post[0].1.extend(cat(&[&bq, &bk, &bv]));
                 put_pe(pe_cols::SELF1, &wq);
                 put_pe(pe_cols::SELF1 + D, &wk);
             }
@@ -239,12 +239,10 @@ impl PreparedWeights {
             let (wq2, bq2) = linear(&format!("{c2}.q_proj"))?;
             let (wk2, bk2) = linear(&format!("{c2}.k_proj"))?;
             let (wv2, bv2) = linear(&format!("{c2}.v_proj"))?;
-            s.add_f16(
-                &format!("l{l}.i2t.kv.w"),
-                &[2 * CROSS, D],
-                &cat(&[&wk2, &wv2]),
-            )?;
-            s.add_f32(&format!("l{l}.i2t.kv.b"), &[2 * CROSS], &cat(&[&bk2, &bv2]))?;
+            // [k | v] lead the post-MLP GEMM's columns (block 1's qkv, added to post[0] in
+            // iteration 1, and the final q follow them).
+            post[l].0.extend(cat(&[&wk2, &wv2]));
+            post[l].1.extend(cat(&[&bk2, &bv2]));
             put_pe(
                 if l == 0 {
                     pe_cols::I2T_KV0
@@ -294,9 +292,13 @@ impl PreparedWeights {
         }
         let c = format!("{tr}final_attn_token_to_image");
         let (wq, bq) = linear(&format!("{c}.q_proj"))?;
-        s.add_f16("final.q.w", &[CROSS, D], &wq)?;
-        s.add_f32("final.q.b", &[CROSS], &bq)?;
+        post[1].0.extend(&wq);
+        post[1].1.extend(&bq);
         put_pe(pe_cols::FINAL_Q, &wq);
+        for (l, (w, b)) in post.iter().enumerate() {
+            s.add_f16(&format!("l{l}.post.w"), &[POST_N[l], D], w)?;
+            s.add_f32(&format!("l{l}.post.b"), &[POST_N[l]], b)?;
+        }
         let (wk, bk) = linear(&format!("{c}.k_proj"))?;
         let (wv, bv) = linear(&format!("{c}.v_proj"))?;
         // output_upscaling: ConvTranspose2d weight [in, out, 2, 2] -> GEMM rows (dy, dx, out).
@@ -490,8 +492,6 @@ fn validate_shapes(file: &WeightsFile) -> Result<()> {
 
 /// Device addresses of the weights, resolved once at load.
 struct LayerWeights {
-    /// Block 1's self-attention qkv projection (block 0's is part of the token GEMM).
-    qkv: Option<(DeviceRegion, DeviceRegion)>,
     self_out: (DeviceRegion, DeviceRegion),
     norms: [(DeviceRegion, DeviceRegion); 4],
     t2i_q: (DeviceRegion, DeviceRegion),
@@ -500,12 +500,12 @@ struct LayerWeights {
     t2i_out: (DeviceRegion, DeviceRegion),
     lin1: (DeviceRegion, DeviceRegion),
     lin2: (DeviceRegion, DeviceRegion),
-    i2t_kv: (DeviceRegion, DeviceRegion),
+    /// The post-MLP token GEMM (`POST_N[l]` columns).
+    post: (DeviceRegion, DeviceRegion),
     i2t_out: (DeviceRegion, DeviceRegion),
 }
 
 struct FinalWeights {
-    q: (DeviceRegion, DeviceRegion),
     keys: (DeviceRegion, DeviceRegion),
     keys_pe: DeviceRegion,
     out: (DeviceRegion, DeviceRegion),
@@ -552,11 +552,6 @@ impl MaskDecoder {
         };
         let layer = |l: usize| -> Result<LayerWeights> {
             Ok(LayerWeights {
-                qkv: if l == 0 {
-                    None
-                } else {
-                    Some(lin(&format!("l{l}.self.qkv"))?)
-                },
                 self_out: lin(&format!("l{l}.self.out"))?,
                 norms: [
                     norm(&format!("l{l}.norm1"))?,
@@ -570,7 +565,7 @@ impl MaskDecoder {
                 t2i_out: lin(&format!("l{l}.t2i.out"))?,
                 lin1: lin(&format!("l{l}.lin1"))?,
                 lin2: lin(&format!("l{l}.lin2"))?,
-                i2t_kv: lin(&format!("l{l}.i2t.kv"))?,
+                post: lin(&format!("l{l}.post"))?,
                 i2t_out: lin(&format!("l{l}.i2t.out"))?,
             })
         };
@@ -581,7 +576,6 @@ impl MaskDecoder {
             pe_tokens: lin("pe_tokens")?,
             layers: [layer(0)?, layer(1)?],
             last: FinalWeights {
-                q: lin("final.q")?,
                 keys: lin("final.keys")?,
                 keys_pe: r("final.keys.pe")?,
                 out: lin("final.out")?,
@@ -644,11 +638,10 @@ struct Ids {
     tokens: TensorId,
     pe: TensorId,
     queries: TensorId,
-    qkv: TensorId,
     tok_o: TensorId,
     tq: TensorId,
     hid: TensorId,
-    kv: TensorId,
+    post: [TensorId; 2],
     head: [TensorId; 3],
     head_bias: [TensorId; 3],
     g0: TensorId,
@@ -729,11 +722,13 @@ impl DecodePlan {
             tokens: all(&mut p, "tokens", rows * D * 2)?,
             pe: all(&mut p, "pe_tokens", rows * pe_cols::WIDTH * 2)?,
             queries: all(&mut p, "queries", rows * D * 2)?,
-            qkv: all(&mut p, "qkv", rows * 3 * D * 2)?,
             tok_o: all(&mut p, "token_attention", rows * D * 2)?,
             tq: all(&mut p, "token_q", rows * CROSS * 2)?,
             hid: all(&mut p, "mlp_hidden", rows * MLP * 2)?,
-            kv: all(&mut p, "token_kv", rows * 2 * CROSS * 2)?,
+            post: [
+                all(&mut p, "post_mlp0", rows * POST_N[0] * 2)?,
+                all(&mut p, "post_mlp1", rows * POST_N[1] * 2)?,
+            ],
             head: [
                 all(&mut p, "head1", HEADS * b * HEAD_HIDDEN * 2)?,
                 all(&mut p, "head2", HEADS * b * HEAD_HIDDEN * 2)?,
@@ -994,25 +989,30 @@ impl DecodePlan {
         // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
         // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
         // out_proj with the queries as residual and the LayerNorm.
-        let token_to_image = |q_proj: (DeviceRegion, DeviceRegion),
-                              q_col: usize,
+        // q_proj None: q was computed by block 1's post-MLP GEMM (the final attention).
+        let token_to_image = |q_proj: Option<((DeviceRegion, DeviceRegion), usize)>,
                               (g, stride, k_col, shared): (DeviceRegion, usize, usize, bool),
                               out: (DeviceRegion, DeviceRegion),
                               norm: (DeviceRegion, DeviceRegion)|
          -> Result<()> {
-            gemm(
-                gpu,
-                rows,
-                CROSS,
-                D,
-                (queries, D),
-                (q_proj.0, 0),
-                (r(ids.tq), CROSS),
-                Some(q_proj.1),
-                Activation::None,
-                pe_res(q_col),
-            )?;
-            let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
+            let q = match q_proj {
+                Some((q_proj, q_col)) => {
+                    gemm(
+                        gpu,
+                        rows,
+                        CROSS,
+                        D,
+                        (queries, D),
+                        (q_proj.0, 0),
+                        (r(ids.tq), CROSS),
+                        Some(q_proj.1),
+                        Activation::None,
+                        pe_res(q_col),
+                    )?;
+                    tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N)
+                }
+                None => tokens_of(ids.post[1], 2 * CROSS, POST_N[1], CROSS / HEADS_N),
+            };
             let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
             let k = pixels_of(g, k_col, stride, shared);
             let v = pixels_of(g, k_col + CROSS, stride, shared);
@@ -1035,25 +1035,13 @@ impl DecodePlan {
             if !run([DecodePart::Block0, DecodePart::Block1][l]) {
                 continue;
             }
-            // Self attention. Block 0 skips the PE and the residual; its qkv projection of the
-            // tokens came with the token GEMM (columns L0_QKV.. of the pe buffer).
-            let (qkv_id, qkv_col, qkv_stride) = match lw.qkv {
-                None => (ids.pe, pe_cols::L0_QKV, pe_w),
-                Some(qkv) => {
-                    gemm(
-                        gpu,
-                        rows,
-                        3 * D,
-                        D,
-                        (queries, D),
-                        (qkv.0, 0),
-                        (r(ids.qkv), 3 * D),
-                        Some(qkv.1),
-                        Activation::None,
-                        pe_res(pe_cols::SELF1),
-                    )?;
-                    (ids.qkv, 0, 3 * D)
-                }
+            // Self attention. Its qkv projection was computed ahead: block 0's (of the tokens, no
+            // PE, no residual) by the token GEMM (columns L0_QKV.. of the pe buffer), block 1's by
+            // block 0's post-MLP GEMM (columns 256.. of post[0]).
+            let (qkv_id, qkv_col, qkv_stride) = if l == 0 {
+                (ids.pe, pe_cols::L0_QKV, pe_w)
+            } else {
+                (ids.post[0], 2 * CROSS, POST_N[0])
             };
             let qkv =
                 |which: usize| tokens_of(qkv_id, qkv_col + which * D, qkv_stride, D / HEADS_N);
@@ -1103,8 +1091,7 @@ impl DecodePlan {
                 pe_cols::T2I_Q1
             };
             token_to_image(
-                lw.t2i_q,
-                q_col,
+                Some((lw.t2i_q, q_col)),
                 (g, KEYS_N, CROSS, shared),
                 lw.t2i_out,
                 lw.norms[1],
@@ -1137,7 +1124,8 @@ impl DecodePlan {
             )?;
             ln(queries, rows, lw.norms[2])?;
 
-            // Image -> token: queries are the image pixels.
+            // Image -> token: queries are the image pixels. One GEMM gives its token k/v and
+            // what else reads these queries next (block 1's qkv, or the final attention's q).
             let kv_col = if l == 0 {
                 pe_cols::I2T_KV0
             } else {
@@ -1146,12 +1134,12 @@ impl DecodePlan {
             gemm(
                 gpu,
                 rows,
-                2 * CROSS,
+                POST_N[l],
                 D,
                 (queries, D),
-                (lw.i2t_kv.0, 0),
-                (r(ids.kv), 2 * CROSS),
-                Some(lw.i2t_kv.1),
+                (lw.post.0, 0),
+                (r(ids.post[l]), POST_N[l]),
+                Some(lw.post.1),
                 Activation::None,
                 pe_res(kv_col),
             )?;
@@ -1170,7 +1158,8 @@ impl DecodePlan {
                     q: g,
                     q_stride: KEYS_N,
                     q_batch: if shared { 0 } else { PIXELS * KEYS_N },
-                    kv: r(ids.kv),
+                    kv: r(ids.post[l]),
+                    kv_stride: POST_N[l],
                     out: lw.i2t_out,
                     residual,
                     residual_batch,
@@ -1202,13 +1191,7 @@ impl DecodePlan {
                 Activation::None,
                 Some(Matrix::packed(f.keys_pe, FINAL_N)),
             )?;
-            token_to_image(
-                f.q,
-                pe_cols::FINAL_Q,
-                (r(ids.g), FINAL_N, 0, false),
-                f.out,
-                f.norm,
-            )?;
+            token_to_image(None, (r(ids.g), FINAL_N, 0, false), f.out, f.norm)?;
         }
 
         // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
