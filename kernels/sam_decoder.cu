@@ -98,7 +98,8 @@ constexpr int kUpLd = kUp1 + 8;                 // 72 halves = 36 words: fragmen
 
 // Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
 struct UpscaleMaskParams {
-    const __half* up1;       // [batch * 16384, 64]: first ConvTranspose2d + bias, before LayerNorm2d
+    const __half* up1;       // [batch * 4096, 256] (row stride up1_ld): first ConvTranspose2d + bias,
+                             // before LayerNorm2d, columns (dy, dx, channel)
     const float* ln_gamma;   // [64] LayerNorm2d
     const float* ln_beta;    // [64]
     const __half* w2;        // [128, 64] second ConvTranspose2d, rows (dy2, dx2, c)
@@ -110,6 +111,7 @@ struct UpscaleMaskParams {
     uint32_t* mask_count;    // receives min(count, batch) * masks (mask decoding reads it)
     float eps;
     int batch, stride, first, masks;
+    int up1_ld;              // halves between the up1 rows of consecutive embedding pixels (>= 256)
 };
 
 }  // namespace
@@ -156,8 +158,10 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
 #pragma unroll
         for (int pass = 0; pass < kChunkRows / 32; ++pass) {
             const int r = pass * 32 + tid / 8;
+            // Row R of this prompt is sub-pixel R % 4 of embedding pixel R / 4.
+            const int row = row0 + r;
             const uint4 raw = reinterpret_cast<const uint4*>(
-                p.up1 + (static_cast<size_t>(b) * kUpRows + row0 + r) * kUp1)[l8];
+                p.up1 + (static_cast<size_t>(b) * (kUpRows / 4) + (row >> 2)) * p.up1_ld + (row & 3) * kUp1)[l8];
             float v[8];
             unpack8(raw, v);
             float sum = 0.f;
@@ -261,14 +265,14 @@ constexpr int kI2tRows = 64;       // pixels per block: 4 row groups of 16 x 2 c
 // Mirrors `ImageToTokenParams` in src/ops/sam_decoder.rs.
 struct ImageToTokenParams {
     const __half* q;         // image->token q: 4096 rows of 128 (row stride q_stride)
-    const __half* kv;        // [batch][tokens][256]: k (128) then v (128), head h at 16 h
+    const __half* kv;        // [batch][tokens] rows of 256 (kv_stride apart): k (128) then v (128), head h at 16 h
     const __half* w;         // out_proj [256, 128]
     const float* bias;       // [256]
     const __half* residual;  // [4096, 256] per prompt (batch stride res_batch; may be y)
     const float* gamma;      // [256] LayerNorm (norm4)
     const float* beta;       // [256]
     __half* y;               // [batch][4096][256]
-    long long q_stride, q_batch, res_batch;
+    long long q_stride, q_batch, res_batch, kv_stride;
     int tokens;
     float scale, eps;
 };
@@ -278,7 +282,8 @@ struct ImageToTokenParams {
 // Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
 // one pass (keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens)))): per block 64
 // pixels of one prompt, 8 warps; warp w owns rows 16 (w % 4).. and output columns 128 (w / 4)..
-// (the two warps of a row group compute the same attention). The attention output is formed
+// (the two warps of a row group each compute 4 of the 8 heads and swap the results through
+// shared memory, reusing the token buffer). The attention output is formed
 // directly as MMA A fragments: lane (g, q) holds dims 2q, 2q+1, 8+2q, 9+2q of every head for
 // rows g and g+8, i.e. one m16n8k16 k-step per head (online softmax in fp32, scores summed
 // over the quad). out_proj runs on mma.sync with fp32 accumulators; bias, residual and the
@@ -293,17 +298,24 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
     const int g = lane >> 2, q = lane & 3;
     const int rg = warp & 3, half = warp >> 2;
     const int b = blockIdx.y;
-    const uint4* kv_src = reinterpret_cast<const uint4*>(p.kv + static_cast<size_t>(b) * p.tokens * 2 * kCross);
-    for (int i = tid; i < p.tokens * 2 * kCross / 8; i += blockDim.x)
-        reinterpret_cast<uint4*>(kv_s)[i] = kv_src[i];
+    constexpr int kKvChunks = 2 * kCross / 8;  // 16-byte chunks per token row
+    const __half* kv_src = p.kv + static_cast<long long>(b) * p.tokens * p.kv_stride;
+    for (int i = tid; i < p.tokens * kKvChunks; i += blockDim.x) {
+        const int j = i / kKvChunks, c = i % kKvChunks;
+        reinterpret_cast<uint4*>(kv_s)[i] = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+    }
     __syncthreads();
 
     const int lr = rg * 16 + g;  // local rows lr and lr + 8
-    const long long r_lo = blockIdx.x * kI2tRows + lr, r_hi = r_lo + 8;
+    long long r_lo = blockIdx.x * kI2tRows + lr, r_hi = r_lo + 8;
     const __half* qb = p.q + b * p.q_batch;
-    uint32_t a[kCrossHeads][4];
+    // The two warps of a row group split the heads (half 0: heads 0..3, half 1: 4..7) and swap
+    // their A fragments through shared memory, so no attention is computed twice.
+    constexpr int kHalfHeads = kCrossHeads / 2;
+    uint32_t mine[kHalfHeads][4];
 #pragma unroll
-    for (int h = 0; h < kCrossHeads; ++h) {
+    for (int hh = 0; hh < kHalfHeads; ++hh) {
+        const int h = half * kHalfHeads + hh;
         const int d0 = h * 16 + 2 * q, d1 = d0 + 8;
         float qv[2][4];
 #pragma unroll
@@ -340,11 +352,21 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
             }
         }
         const float i0 = 1.f / l[0], i1 = 1.f / l[1];
-        a[h][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
-        a[h][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
-        a[h][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
-        a[h][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
+        mine[hh][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
+        mine[hh][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
+        mine[hh][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
+        mine[hh][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
     }
+    // Exchange through kv_s (16 KB of its 35 KB), once every warp is done reading the tokens:
+    // xch[rg][h][lane], the same lane of either warp holding the same rows and dims.
+    uint4* xch = reinterpret_cast<uint4*>(kv_s);
+    static_assert(4 * kCrossHeads * 32 * 16 <= sizeof(kv_s), "fragment exchange fits kv_s");
+    __syncthreads();
+#pragma unroll
+    for (int hh = 0; hh < kHalfHeads; ++hh)
+        xch[(rg * kCrossHeads + half * kHalfHeads + hh) * 32 + lane] =
+            make_uint4(mine[hh][0], mine[hh][1], mine[hh][2], mine[hh][3]);
+    __syncthreads();
 
     // out_proj: this warp's 128 columns, 16 n-tiles; B fragments straight from global (64 KB
     // shared by every block: L1/L2 resident).
@@ -354,16 +376,27 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
     for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
     for (int h = 0; h < kCrossHeads; ++h) {
+        // Head h's A fragment (attention output of rows lr, lr + 8), from the exchange.
+        const uint4 f = xch[(rg * kCrossHeads + h) * 32 + lane];
+        const uint32_t a[4] = {f.x, f.y, f.z, f.w};
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
             const __half* wr = p.w + (n0 + j * 8 + g) * kCross + h * 16 + 2 * q;
             const uint32_t b0 = __ldg(reinterpret_cast<const unsigned int*>(wr));
             const uint32_t b1 = __ldg(reinterpret_cast<const unsigned int*>(wr + 8));
-            mma16816(acc[j], a[h], b0, b1);
+            mma16816(acc[j], a, b0, b1);
         }
     }
 
-    // + bias + residual; row sums (quad, then the two column halves).
+    // + bias + residual; row sums (quad, then the two column halves). The rows are derived
+    // again here (a fresh %ctaid.x read the compiler cannot merge with the first) so that no
+    // index stays live across the attention and out_proj (it would be the one spilled value).
+    {
+        int cta;
+        asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
+        r_lo = static_cast<long long>(cta) * kI2tRows + lr;
+        r_hi = r_lo + 8;
+    }
     const __half* res = p.residual + b * p.res_batch;
     float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll

@@ -152,6 +152,7 @@ struct UpscaleMaskParams {
     stride: i32,
     first: i32,
     masks: i32,
+    up1_ld: i32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -169,9 +170,11 @@ pub struct UpscaleMaskArgs {
     pub stride: usize,
     /// Multimask output (mask tokens 1..4) or the single mask (token 0).
     pub multimask: bool,
-    /// `[batch * 16384, 64]` fp16: the first ConvTranspose2d (+ bias) as a GEMM, columns
-    /// `(dy, dx, channel)`, viewed as rows of 64 channels.
+    /// `[batch * 4096, 256]` fp16 with row stride `up1_ld`: the first ConvTranspose2d (+ bias)
+    /// as a GEMM, columns `(dy, dx, channel)` (each row four sub-pixels of 64 channels).
     pub up1: DeviceRegion,
+    /// Elements between the rows of `up1` (256 when packed; a multiple of 8).
+    pub up1_ld: usize,
     /// `[64]` f32 LayerNorm2d weight and bias.
     pub ln: (DeviceRegion, DeviceRegion),
     /// LayerNorm2d eps.
@@ -224,10 +227,20 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
     }
     let pixels = 4 * 4 * EMBED_PIXELS;
     let rows = 4 * EMBED_PIXELS;
+    let up1_row = 4 * UPSCALE1_CHANNELS;
+    if a.up1_ld < up1_row || a.up1_ld % 8 != 0 || a.up1_ld > i32::MAX as usize {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "up1 row stride {} must be a multiple of 8 and >= {up1_row}",
+                a.up1_ld
+            ),
+        ));
+    }
     a.up1.check(
         KERNEL,
         "up1",
-        Some(a.batch * rows * UPSCALE1_CHANNELS * 2),
+        Some(((a.batch * EMBED_PIXELS - 1) * a.up1_ld + up1_row) * 2),
         16,
     )?;
     a.ln.0
@@ -268,6 +281,7 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
         stride: a.stride as i32,
         first: i32::from(a.multimask),
         masks: c as i32,
+        up1_ld: a.up1_ld as i32,
     };
     // 256 rows of 64 channels per block (kBlockRows in the kernel).
     let cfg = LaunchConfig {
@@ -299,6 +313,7 @@ struct ImageToTokenParams {
     q_stride: i64,
     q_batch: i64,
     res_batch: i64,
+    kv_stride: i64,
     tokens: i32,
     scale: f32,
     eps: f32,
@@ -326,8 +341,11 @@ pub struct ImageToTokenArgs {
     pub q_stride: usize,
     /// Elements between prompts' q (0: shared).
     pub q_batch: usize,
-    /// `[batch, tokens, 256]` fp16: k (128 columns) then v (128).
+    /// `[batch, tokens]` rows of 256 fp16, `kv_stride` elements apart: k (128 columns) then
+    /// v (128).
     pub kv: DeviceRegion,
+    /// Elements between k/v rows (256 when packed; a multiple of 8).
+    pub kv_stride: usize,
     /// out_proj `[256, 128]` fp16 and `[256]` f32 bias.
     pub out: (DeviceRegion, DeviceRegion),
     /// `[4096, 256]` fp16 residual per prompt, `residual_batch` elements apart (0: shared); may
@@ -389,10 +407,23 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         span(a.q_batch, EMBED_PIXELS, a.q_stride, CROSS_DIM),
         4,
     )?;
+    if a.kv_stride < 2 * CROSS_DIM || a.kv_stride % 8 != 0 {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "k/v row stride {} must be a multiple of 8 and >= {}",
+                a.kv_stride,
+                2 * CROSS_DIM
+            ),
+        ));
+    }
     a.kv.check(
         KERNEL,
         "token k/v",
-        Some(a.batch * a.tokens * 2 * CROSS_DIM * 2),
+        (a.batch * a.tokens - 1)
+            .checked_mul(a.kv_stride)
+            .and_then(|v| v.checked_add(2 * CROSS_DIM))
+            .and_then(|v| v.checked_mul(2)),
         16,
     )?;
     a.out
@@ -424,6 +455,7 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         q_stride: a.q_stride as i64,
         q_batch: a.q_batch as i64,
         res_batch: a.residual_batch as i64,
+        kv_stride: a.kv_stride as i64,
         tokens: a.tokens as i32,
         scale: a.scale,
         eps: a.eps,

@@ -40,6 +40,15 @@ const MLP: usize = 2048;
 const PIXELS: usize = EMBED_PIXELS;
 /// Columns of the keys-side projection of a block: `[q_i2t | k_t2i | v_t2i]`.
 const KEYS_N: usize = 3 * CROSS;
+/// Columns of the final keys projection: `[k | v | first ConvTranspose2d]` (both read the
+/// final keys, so they are one GEMM).
+const FINAL_N: usize = 2 * CROSS + 4 * UP1;
+/// Column of the first ConvTranspose2d's output in the final keys projection.
+const FINAL_UP1: usize = 2 * CROSS;
+/// Columns of each block's post-MLP token GEMM: `[i2t k | i2t v | block 1 q | k | v]` after
+/// block 0, `[i2t k | i2t v | final q]` after block 1 (the positional slices I2T_KV0.. and
+/// I2T_KV1.. cover exactly these columns).
+const POST_N: [usize; 2] = [2 * CROSS + 3 * D, 3 * CROSS];
 /// Upscaling: 64 channels after the first ConvTranspose2d, 32 after the second.
 const UP1: usize = UPSCALE1_CHANNELS;
 const UP2: usize = UPSCALED_CHANNELS;
@@ -65,8 +74,11 @@ mod pe_cols {
     pub const I2T_KV1: usize = 1280;
     /// Final token->image q.
     pub const FINAL_Q: usize = 1536;
+    /// Block 0 self attention [q | k | v] of the tokens themselves (no positional term: these
+    /// columns are block 0's qkv projection, computed by the same GEMM, with their bias).
+    pub const L0_QKV: usize = 1664;
     /// Total.
-    pub const WIDTH: usize = 1664;
+    pub const WIDTH: usize = 2432;
 }
 
 /// What a decode plan serves.
@@ -90,25 +102,23 @@ pub enum DecodePart {
     Block0,
     /// Two-way block 1 (its own keys projection, batched).
     Block1,
-    /// Final token->image attention with its keys projection.
+    /// Final token->image attention with its keys projection, which also computes the first
+    /// ConvTranspose2d (one GEMM 4096 x 256 -> [k | v | convT 1] = 512 per prompt).
     Final,
     /// IoU head + 4 hypernetwork MLPs (3 batched GEMMs).
     Heads,
-    /// First ConvTranspose2d (GEMM 4096 x 256 -> 256 per prompt).
-    Upscale1,
     /// LayerNorm2d + GELU + second ConvTranspose2d + GELU + mask product (one kernel).
     UpscaleMasks,
 }
 
 impl DecodePart {
     /// Every part in issue order.
-    pub const ALL: [DecodePart; 7] = [
+    pub const ALL: [DecodePart; 6] = [
         DecodePart::Prompt,
         DecodePart::Block0,
         DecodePart::Block1,
         DecodePart::Final,
         DecodePart::Heads,
-        DecodePart::Upscale1,
         DecodePart::UpscaleMasks,
     ];
 
@@ -118,9 +128,8 @@ impl DecodePart {
             DecodePart::Prompt => "prompt+pe+shared keys",
             DecodePart::Block0 => "block 0",
             DecodePart::Block1 => "block 1",
-            DecodePart::Final => "final attention",
+            DecodePart::Final => "final attention+convT 1",
             DecodePart::Heads => "heads",
-            DecodePart::Upscale1 => "convT 1",
             DecodePart::UpscaleMasks => "ln+convT 2+masks",
         }
     }
@@ -166,24 +175,27 @@ impl PreparedWeights {
             ))
         };
         let mut pe_w = vec![0f32; pe_cols::WIDTH * D];
+        let mut pe_b = vec![0f32; pe_cols::WIDTH];
         let mut put_pe =
             |col: usize, w: &[f32]| pe_w[col * D..col * D + w.len()].copy_from_slice(w);
+        // Token GEMMs after each block's MLP (their input is the same queries):
+        // block 0 [i2t k | i2t v | block 1 q | k | v], block 1 [i2t k | i2t v | final q].
+        let mut post: [(Vec<f32>, Vec<f32>); 2] = Default::default();
         for l in 0..2 {
             let p = format!("{tr}layers.{l}");
             let (wq, bq) = linear(&format!("{p}.self_attn.q_proj"))?;
             let (wk, bk) = linear(&format!("{p}.self_attn.k_proj"))?;
             let (wv, bv) = linear(&format!("{p}.self_attn.v_proj"))?;
-            s.add_f16(
-                &format!("l{l}.self.qkv.w"),
-                &[3 * D, D],
-                &cat(&[&wq, &wk, &wv]),
-            )?;
-            s.add_f32(
-                &format!("l{l}.self.qkv.b"),
-                &[3 * D],
-                &cat(&[&bq, &bk, &bv]),
-            )?;
-            if l == 1 {
+            if l == 0 {
+                // Block 0 attends over the tokens themselves: its qkv projection is part of the
+                // per-decode token GEMM (same input).
+                put_pe(pe_cols::L0_QKV, &cat(&[&wq, &wk, &wv]));
+                pe_b[pe_cols::L0_QKV..pe_cols::L0_QKV + 3 * D]
+                    .copy_from_slice(&cat(&[&bq, &bk, &bv]));
+            } else {
+                // Block 1's qkv projection is part of block 0's post-MLP token GEMM.
+                post[0].0.extend(cat(&[&wq, &wk, &wv]));
+                post[0].1.extend(cat(&[&bq, &bk, &bv]));
                 put_pe(pe_cols::SELF1, &wq);
                 put_pe(pe_cols::SELF1 + D, &wk);
             }
@@ -227,12 +239,10 @@ impl PreparedWeights {
             let (wq2, bq2) = linear(&format!("{c2}.q_proj"))?;
             let (wk2, bk2) = linear(&format!("{c2}.k_proj"))?;
             let (wv2, bv2) = linear(&format!("{c2}.v_proj"))?;
-            s.add_f16(
-                &format!("l{l}.i2t.kv.w"),
-                &[2 * CROSS, D],
-                &cat(&[&wk2, &wv2]),
-            )?;
-            s.add_f32(&format!("l{l}.i2t.kv.b"), &[2 * CROSS], &cat(&[&bk2, &bv2]))?;
+            // [k | v] lead the post-MLP GEMM's columns (block 1's qkv, added to post[0] in
+            // iteration 1, and the final q follow them).
+            post[l].0.extend(cat(&[&wk2, &wv2]));
+            post[l].1.extend(cat(&[&bk2, &bv2]));
             put_pe(
                 if l == 0 {
                     pe_cols::I2T_KV0
@@ -282,20 +292,15 @@ impl PreparedWeights {
         }
         let c = format!("{tr}final_attn_token_to_image");
         let (wq, bq) = linear(&format!("{c}.q_proj"))?;
-        s.add_f16("final.q.w", &[CROSS, D], &wq)?;
-        s.add_f32("final.q.b", &[CROSS], &bq)?;
+        post[1].0.extend(&wq);
+        post[1].1.extend(&bq);
         put_pe(pe_cols::FINAL_Q, &wq);
+        for (l, (w, b)) in post.iter().enumerate() {
+            s.add_f16(&format!("l{l}.post.w"), &[POST_N[l], D], w)?;
+            s.add_f32(&format!("l{l}.post.b"), &[POST_N[l]], b)?;
+        }
         let (wk, bk) = linear(&format!("{c}.k_proj"))?;
         let (wv, bv) = linear(&format!("{c}.v_proj"))?;
-        let keys_w = cat(&[&wk, &wv]);
-        s.add_f16("final.keys.w", &[2 * CROSS, D], &keys_w)?;
-        s.add_f32("final.keys.b", &[2 * CROSS], &cat(&[&bk, &bv]))?;
-        let table = project(&dense_pe, PIXELS, &wk, CROSS, 2 * CROSS);
-        s.add_f16("final.keys.pe", &[PIXELS, 2 * CROSS], &table)?;
-        add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
-        add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
-        s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
-
         // output_upscaling: ConvTranspose2d weight [in, out, 2, 2] -> GEMM rows (dy, dx, out).
         let up = format!("{md}output_upscaling");
         let convt = |w: &[f32], cin: usize, cout: usize| {
@@ -310,8 +315,18 @@ impl PreparedWeights {
             g
         };
         let (w0, b0) = linear(&format!("{up}.0"))?;
-        s.add_f16("up1.w", &[4 * UP1, D], &convt(&w0, D, UP1))?;
-        s.add_f32("up1.b", &[4 * UP1], &b0.repeat(4))?;
+        // The first ConvTranspose2d reads the same keys as the final k/v projection: one GEMM
+        // [k | v | convT 1]; only k takes the positional table (zero columns elsewhere).
+        let keys_w = cat(&[&wk, &wv, &convt(&w0, D, UP1)]);
+        s.add_f16("final.keys.w", &[FINAL_N, D], &keys_w)?;
+        s.add_f32("final.keys.b", &[FINAL_N], &cat(&[&bk, &bv, &b0.repeat(4)]))?;
+        let table = project(&dense_pe, PIXELS, &wk, CROSS, FINAL_N);
+        s.add_f16("final.keys.pe", &[PIXELS, FINAL_N], &table)?;
+        add_linear(&mut s, file, &format!("{c}.out_proj"), "final.out")?;
+        add_norm(&mut s, file, &format!("{tr}norm_final_attn"), "final.norm")?;
+        s.add_f16("pe_tokens.w", &[pe_cols::WIDTH, D], &pe_w)?;
+        s.add_f32("pe_tokens.b", &[pe_cols::WIDTH], &pe_b)?;
+
         add_norm(&mut s, file, &format!("{up}.1"), "up1.ln")?;
         let (w3, b3) = linear(&format!("{up}.3"))?;
         s.add_f16("up2.w", &[4 * UP2, UP1], &convt(&w3, UP1, UP2))?;
@@ -477,7 +492,6 @@ fn validate_shapes(file: &WeightsFile) -> Result<()> {
 
 /// Device addresses of the weights, resolved once at load.
 struct LayerWeights {
-    qkv: (DeviceRegion, DeviceRegion),
     self_out: (DeviceRegion, DeviceRegion),
     norms: [(DeviceRegion, DeviceRegion); 4],
     t2i_q: (DeviceRegion, DeviceRegion),
@@ -486,12 +500,12 @@ struct LayerWeights {
     t2i_out: (DeviceRegion, DeviceRegion),
     lin1: (DeviceRegion, DeviceRegion),
     lin2: (DeviceRegion, DeviceRegion),
-    i2t_kv: (DeviceRegion, DeviceRegion),
+    /// The post-MLP token GEMM (`POST_N[l]` columns).
+    post: (DeviceRegion, DeviceRegion),
     i2t_out: (DeviceRegion, DeviceRegion),
 }
 
 struct FinalWeights {
-    q: (DeviceRegion, DeviceRegion),
     keys: (DeviceRegion, DeviceRegion),
     keys_pe: DeviceRegion,
     out: (DeviceRegion, DeviceRegion),
@@ -505,10 +519,9 @@ pub struct MaskDecoder {
     gauss: DeviceRegion,
     labels: DeviceRegion,
     output_tokens: DeviceRegion,
-    pe_tokens: DeviceRegion,
+    pe_tokens: (DeviceRegion, DeviceRegion),
     layers: [LayerWeights; 2],
     last: FinalWeights,
-    up1: (DeviceRegion, DeviceRegion),
     up1_ln: (DeviceRegion, DeviceRegion),
     up2: (DeviceRegion, DeviceRegion),
     heads_w: [DeviceRegion; 3],
@@ -539,7 +552,6 @@ impl MaskDecoder {
         };
         let layer = |l: usize| -> Result<LayerWeights> {
             Ok(LayerWeights {
-                qkv: lin(&format!("l{l}.self.qkv"))?,
                 self_out: lin(&format!("l{l}.self.out"))?,
                 norms: [
                     norm(&format!("l{l}.norm1"))?,
@@ -553,7 +565,7 @@ impl MaskDecoder {
                 t2i_out: lin(&format!("l{l}.t2i.out"))?,
                 lin1: lin(&format!("l{l}.lin1"))?,
                 lin2: lin(&format!("l{l}.lin2"))?,
-                i2t_kv: lin(&format!("l{l}.i2t.kv"))?,
+                post: lin(&format!("l{l}.post"))?,
                 i2t_out: lin(&format!("l{l}.i2t.out"))?,
             })
         };
@@ -561,16 +573,14 @@ impl MaskDecoder {
             gauss: r("prompt.gauss")?,
             labels: r("prompt.labels")?,
             output_tokens: r("prompt.output_tokens")?,
-            pe_tokens: r("pe_tokens.w")?,
+            pe_tokens: lin("pe_tokens")?,
             layers: [layer(0)?, layer(1)?],
             last: FinalWeights {
-                q: lin("final.q")?,
                 keys: lin("final.keys")?,
                 keys_pe: r("final.keys.pe")?,
                 out: lin("final.out")?,
                 norm: norm("final.norm")?,
             },
-            up1: lin("up1")?,
             up1_ln: norm("up1.ln")?,
             up2: lin("up2")?,
             heads_w: [r("heads.w1")?, r("heads.w2")?, r("heads.w3")?],
@@ -628,17 +638,15 @@ struct Ids {
     tokens: TensorId,
     pe: TensorId,
     queries: TensorId,
-    qkv: TensorId,
     tok_o: TensorId,
     tq: TensorId,
     hid: TensorId,
-    kv: TensorId,
+    post: [TensorId; 2],
     head: [TensorId; 3],
     head_bias: [TensorId; 3],
     g0: TensorId,
     keys: TensorId,
     g: TensorId,
-    up1: TensorId,
     low_res: TensorId,
     iou: TensorId,
     mask_count: TensorId,
@@ -696,8 +704,9 @@ impl DecodePlan {
         let c = masks_per_prompt(config.multimask);
         let rows = b * t;
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
-        // 4 final, 5 upscale 1, 6 upscale 2 + masks (reads upscale 1's output). Whole-decode
-        // tensors span 0..=6.
+        // 4 final keys projection (+ the first ConvTranspose2d) and attention, 6 upscale 2 +
+        // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
+        // span 0..=6.
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
@@ -713,11 +722,13 @@ impl DecodePlan {
             tokens: all(&mut p, "tokens", rows * D * 2)?,
             pe: all(&mut p, "pe_tokens", rows * pe_cols::WIDTH * 2)?,
             queries: all(&mut p, "queries", rows * D * 2)?,
-            qkv: all(&mut p, "qkv", rows * 3 * D * 2)?,
             tok_o: all(&mut p, "token_attention", rows * D * 2)?,
             tq: all(&mut p, "token_q", rows * CROSS * 2)?,
             hid: all(&mut p, "mlp_hidden", rows * MLP * 2)?,
-            kv: all(&mut p, "token_kv", rows * 2 * CROSS * 2)?,
+            post: [
+                all(&mut p, "post_mlp0", rows * POST_N[0] * 2)?,
+                all(&mut p, "post_mlp1", rows * POST_N[1] * 2)?,
+            ],
             head: [
                 all(&mut p, "head1", HEADS * b * HEAD_HIDDEN * 2)?,
                 all(&mut p, "head2", HEADS * b * HEAD_HIDDEN * 2)?,
@@ -729,9 +740,9 @@ impl DecodePlan {
                 all(&mut p, "head3_bias", HEADS * b * UP2 * 2)?,
             ],
             g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
-            keys: p.request("keys", b * PIXELS * D * 2, 1, 5)?,
-            g: p.request("keys_proj", b * PIXELS * KEYS_N * 2, 2, 4)?,
-            up1: p.request("upscaled1", b * PIXELS * 4 * UP1 * 2, 5, 6)?,
+            keys: p.request("keys", b * PIXELS * D * 2, 1, 4)?,
+            // Block 1's [q_i2t | k | v], then the final [k | v | convT 1] (read to the end).
+            g: p.request("keys_proj", b * PIXELS * KEYS_N.max(FINAL_N) * 2, 2, 6)?,
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
@@ -891,16 +902,16 @@ impl DecodePlan {
                     tokens: r(ids.tokens),
                 },
             )?;
-            // query_pe projections for every layer.
+            // query_pe projections for every layer, and block 0's qkv projection.
             gemm(
                 gpu,
                 rows,
                 pe_w,
                 D,
                 (r(ids.tokens), D),
-                (w.pe_tokens, 0),
+                (w.pe_tokens.0, 0),
                 (r(ids.pe), pe_w),
-                None,
+                Some(w.pe_tokens.1),
                 Activation::None,
                 None,
             )?;
@@ -978,25 +989,30 @@ impl DecodePlan {
         // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
         // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
         // out_proj with the queries as residual and the LayerNorm.
-        let token_to_image = |q_proj: (DeviceRegion, DeviceRegion),
-                              q_col: usize,
+        // q_proj None: q was computed by block 1's post-MLP GEMM (the final attention).
+        let token_to_image = |q_proj: Option<((DeviceRegion, DeviceRegion), usize)>,
                               (g, stride, k_col, shared): (DeviceRegion, usize, usize, bool),
                               out: (DeviceRegion, DeviceRegion),
                               norm: (DeviceRegion, DeviceRegion)|
          -> Result<()> {
-            gemm(
-                gpu,
-                rows,
-                CROSS,
-                D,
-                (queries, D),
-                (q_proj.0, 0),
-                (r(ids.tq), CROSS),
-                Some(q_proj.1),
-                Activation::None,
-                pe_res(q_col),
-            )?;
-            let q = tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N);
+            let q = match q_proj {
+                Some((q_proj, q_col)) => {
+                    gemm(
+                        gpu,
+                        rows,
+                        CROSS,
+                        D,
+                        (queries, D),
+                        (q_proj.0, 0),
+                        (r(ids.tq), CROSS),
+                        Some(q_proj.1),
+                        Activation::None,
+                        pe_res(q_col),
+                    )?;
+                    tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N)
+                }
+                None => tokens_of(ids.post[1], 2 * CROSS, POST_N[1], CROSS / HEADS_N),
+            };
             let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
             let k = pixels_of(g, k_col, stride, shared);
             let v = pixels_of(g, k_col + CROSS, stride, shared);
@@ -1019,25 +1035,16 @@ impl DecodePlan {
             if !run([DecodePart::Block0, DecodePart::Block1][l]) {
                 continue;
             }
-            // Self attention; block 0 skips the PE and the residual.
-            let (x, res) = if l == 0 {
-                (r(ids.tokens), None)
+            // Self attention. Its qkv projection was computed ahead: block 0's (of the tokens, no
+            // PE, no residual) by the token GEMM (columns L0_QKV.. of the pe buffer), block 1's by
+            // block 0's post-MLP GEMM (columns 256.. of post[0]).
+            let (qkv_id, qkv_col, qkv_stride) = if l == 0 {
+                (ids.pe, pe_cols::L0_QKV, pe_w)
             } else {
-                (queries, pe_res(pe_cols::SELF1))
+                (ids.post[0], 2 * CROSS, POST_N[0])
             };
-            gemm(
-                gpu,
-                rows,
-                3 * D,
-                D,
-                (x, D),
-                (lw.qkv.0, 0),
-                (r(ids.qkv), 3 * D),
-                Some(lw.qkv.1),
-                Activation::None,
-                res,
-            )?;
-            let qkv = |which: usize| tokens_of(ids.qkv, which * D, 3 * D, D / HEADS_N);
+            let qkv =
+                |which: usize| tokens_of(qkv_id, qkv_col + which * D, qkv_stride, D / HEADS_N);
             let o = tokens_of(ids.tok_o, 0, D, D / HEADS_N);
             attention(t, t, D / HEADS_N, scale32, qkv(0), qkv(1), qkv(2), o)?;
             let res = (l == 1).then_some((queries, D, 0));
@@ -1084,8 +1091,7 @@ impl DecodePlan {
                 pe_cols::T2I_Q1
             };
             token_to_image(
-                lw.t2i_q,
-                q_col,
+                Some((lw.t2i_q, q_col)),
                 (g, KEYS_N, CROSS, shared),
                 lw.t2i_out,
                 lw.norms[1],
@@ -1118,7 +1124,8 @@ impl DecodePlan {
             )?;
             ln(queries, rows, lw.norms[2])?;
 
-            // Image -> token: queries are the image pixels.
+            // Image -> token: queries are the image pixels. One GEMM gives its token k/v and
+            // what else reads these queries next (block 1's qkv, or the final attention's q).
             let kv_col = if l == 0 {
                 pe_cols::I2T_KV0
             } else {
@@ -1127,12 +1134,12 @@ impl DecodePlan {
             gemm(
                 gpu,
                 rows,
-                2 * CROSS,
+                POST_N[l],
                 D,
                 (queries, D),
-                (lw.i2t_kv.0, 0),
-                (r(ids.kv), 2 * CROSS),
-                Some(lw.i2t_kv.1),
+                (lw.post.0, 0),
+                (r(ids.post[l]), POST_N[l]),
+                Some(lw.post.1),
                 Activation::None,
                 pe_res(kv_col),
             )?;
@@ -1151,7 +1158,8 @@ impl DecodePlan {
                     q: g,
                     q_stride: KEYS_N,
                     q_batch: if shared { 0 } else { PIXELS * KEYS_N },
-                    kv: r(ids.kv),
+                    kv: r(ids.post[l]),
+                    kv_stride: POST_N[l],
                     out: lw.i2t_out,
                     residual,
                     residual_batch,
@@ -1167,12 +1175,12 @@ impl DecodePlan {
         if run(DecodePart::Final) {
             let f = &w.last;
             let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
-            let gy = Matrix::packed(r(ids.g), 2 * CROSS).with_batch_stride(PIXELS * 2 * CROSS);
+            let gy = Matrix::packed(r(ids.g), FINAL_N).with_batch_stride(PIXELS * FINAL_N);
             gemm_batched(
                 gpu,
                 GemmProblem {
                     m: PIXELS,
-                    n: 2 * CROSS,
+                    n: FINAL_N,
                     k: D,
                     batch: b,
                 },
@@ -1181,15 +1189,9 @@ impl DecodePlan {
                 gy,
                 Some(f.keys.1),
                 Activation::None,
-                Some(Matrix::packed(f.keys_pe, 2 * CROSS)),
+                Some(Matrix::packed(f.keys_pe, FINAL_N)),
             )?;
-            token_to_image(
-                f.q,
-                pe_cols::FINAL_Q,
-                (r(ids.g), 2 * CROSS, 0, false),
-                f.out,
-                f.norm,
-            )?;
+            token_to_image(None, (r(ids.g), FINAL_N, 0, false), f.out, f.norm)?;
         }
 
         // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
@@ -1234,21 +1236,8 @@ impl DecodePlan {
             }
         }
 
-        // Output upscaling: the first ConvTranspose2d, then one kernel for the rest and the masks.
-        if run(DecodePart::Upscale1) {
-            gemm(
-                gpu,
-                b * PIXELS,
-                4 * UP1,
-                D,
-                (r(ids.keys), D),
-                (w.up1.0, 0),
-                (r(ids.up1), 4 * UP1),
-                Some(w.up1.1),
-                Activation::None,
-                None,
-            )?;
-        }
+        // Output upscaling: the first ConvTranspose2d came with the final keys projection
+        // (columns FINAL_UP1..); one kernel does the rest and the masks.
         if run(DecodePart::UpscaleMasks) {
             launch_upscale_masks(
                 gpu,
@@ -1256,7 +1245,8 @@ impl DecodePlan {
                     batch: b,
                     stride: max,
                     multimask: self.config.multimask,
-                    up1: r(ids.up1),
+                    up1: at(ids.g, FINAL_UP1),
+                    up1_ld: FINAL_N,
                     ln: w.up1_ln,
                     eps: LN2D_EPS,
                     w2: w.up2.0,
