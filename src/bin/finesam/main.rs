@@ -208,7 +208,9 @@ fn run(image: Option<&Path>, packet_out: Option<&Path>) -> Result<()> {
         cost.download_bytes,
         cost.device_allocations
     );
-    println!("status: preprocessing and packet assembly run on the GPU; D-FINE and MobileSAM stages are not built yet");
+    println!(
+        "status: this frame pipeline runs preprocessing and packet assembly; MobileSAM runs through `finesam sam`; D-FINE is not built yet"
+    );
     Ok(())
 }
 
