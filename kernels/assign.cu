@@ -5,6 +5,10 @@
 //                     Reference op: scipy.optimize.linear_sum_assignment (same optimum; float
 //                     costs within the bound in docs/ASSIGN.md, integer costs exactly). The CPU
 //                     model src/assign/cpu.rs reproduces it round for round (same result).
+//                     Matrices whose costs fit shared memory (and have no +inf) are solved by
+//                     scipy's own algorithm instead, shortest augmenting paths in f64 (one warp;
+//                     bit-identical to src/assign/oracle.rs): fewer dependent steps than the
+//                     auction's phases for thin problems (300x10: 10 row scans, 300x100: ~120).
 //   matcher_cost      D-FINE HungarianMatcher cost (focal class cost, L1, -GIoU on cxcywh boxes,
 //                     nan_to_num(nan=1.0)), written as ragged per-image matrices plus the
 //                     problem descriptors assign_solve reads. Reference op: zoo/dfine/matcher.py.
@@ -29,6 +33,11 @@ constexpr long long kPosInf = 9223372036854775807LL;
 constexpr long long kMaxIncrement = 1LL << 47;                 // packed bid keys: inc << 16 | id
 constexpr unsigned long long kScaledRangeLimit = 1ULL << 44;  // see docs/ASSIGN.md
 constexpr int kMaxSide = 65534;
+// SHORTEST_PATH_MAX_ENTRIES / SHORTEST_PATH_MAX_OBJECTS in src/assign/mod.rs (uses_shortest_path).
+constexpr long long kSpMaxEntries = 32768;
+constexpr int kSpMaxObjects = 1024;
+
+enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1 };
 
 enum Status : uint32_t {
     kOptimal = 0,
@@ -65,7 +74,7 @@ struct AssignParams {
     uint32_t q_capacity;  // quantised costs the shared memory holds after the state (0: none)
     uint32_t cache_width;    // bid candidates per person after the state when q is global (0: none)
     uint32_t cache_persons;  // persons the candidate cache was sized for
-    uint32_t pad;
+    uint32_t shortest_path;  // 1: solve matrices whose costs fit shared memory by shortest paths
 };
 
 struct AssignInfo {
@@ -80,7 +89,7 @@ struct AssignInfo {
     // forward later rounds and chains, reverse part, final sum; then the kernel's globaltimer ns.
     uint32_t cycles[6];
     uint32_t ns;
-    uint32_t pad;
+    uint32_t algorithm;  // Algorithm
 };
 
 namespace {
@@ -569,6 +578,136 @@ __device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
     }
 }
 
+
+// ------------------------------------------------------------------------------------------
+// Shortest augmenting paths (scipy's algorithm: Crouse 2016, a Jonker-Volgenant variant without
+// initialisation), one warp, f64, on costs in shared memory. Every operation and tie rule is
+// src/assign/oracle.rs's, so the result is bit for bit the oracle's on the same (flushed) costs.
+
+// The solver's arrays in the auction state's shared memory (42 of its 52 bytes per object;
+// persons <= objects).
+struct ShortestPath {
+    const float* c;  // [n][m] persons x objects (flushed costs)
+    int n, m;
+    double* u;       // [n] row duals
+    double* v;       // [m] column duals
+    double* spc;     // [m] shortest path length to each column
+    int* path;       // [m] row preceding the column on its path
+    int* row4col;    // [m] -1 free
+    int* col4row;    // [n] -1 free
+    int* remaining;  // [m] columns not yet scanned in this search
+    unsigned char* sr;  // [n] rows scanned in this search
+    unsigned char* sc;  // [m] columns reached in this search
+};
+
+// The oracle's choice among the scanned entries: the lowest spc; among equal values a free
+// column wins, the last free one in `remaining` order, else the first one. Smaller rank = the
+// sequential scan's winner among entries of equal spc.
+__device__ __forceinline__ int sp_rank(bool free_col, int it) { return free_col ? 0xffff - it : 0x10000 + it; }
+
+__device__ __forceinline__ void sp_better(double& best, int& rank, double v, int r) {
+    if (v < best || (v == best && r < rank)) {
+        best = v;
+        rank = r;
+    }
+}
+
+// Solves all n rows; returns the row scans used (the oracle's inner loop count) or writes
+// kIterationLimit / kInfeasible to *status (lane 0 reads it). Warp-collective.
+__device__ unsigned sp_solve(const ShortestPath& S, unsigned max_scans, int lane, uint32_t* status) {
+    const int n = S.n, m = S.m;
+    for (int j = lane; j < m; j += 32) {
+        S.v[j] = 0.0;
+        S.row4col[j] = -1;
+    }
+    for (int i = lane; i < n; i += 32) {
+        S.u[i] = 0.0;
+        S.col4row[i] = -1;
+    }
+    unsigned scans = 0;
+    *status = kOptimal;
+    for (int cur_row = 0; cur_row < n; ++cur_row) {
+        for (int j = lane; j < m; j += 32) {
+            S.remaining[j] = m - j - 1;
+            S.sc[j] = 0;
+            S.spc[j] = INFINITY;
+        }
+        for (int i = lane; i < n; i += 32) S.sr[i] = 0;
+        __syncwarp();
+        double min_val = 0.0;
+        int num_remaining = m;
+        int i = cur_row;
+        int sink = -1;
+        while (sink < 0) {
+            if (++scans > max_scans) {
+                *status = kIterationLimit;
+                return scans;
+            }
+            if (lane == 0) S.sr[i] = 1;
+            const double ui = S.u[i];
+            const float* row = S.c + static_cast<size_t>(i) * m;
+            double best = INFINITY;
+            int rank = 0x7fffffff;
+            for (int it = lane; it < num_remaining; it += 32) {
+                const int j = S.remaining[it];
+                const double r = __dsub_rn(__dsub_rn(__dadd_rn(min_val, static_cast<double>(row[j])), ui), S.v[j]);
+                double sj = S.spc[j];
+                if (r < sj) {
+                    S.path[j] = i;
+                    S.spc[j] = r;
+                    sj = r;
+                }
+                sp_better(best, rank, sj, sp_rank(S.row4col[j] < 0, it));
+            }
+#pragma unroll
+            for (int off = 16; off; off >>= 1) {
+                const double ob = __shfl_xor_sync(kFull, best, off);
+                const int orank = __shfl_xor_sync(kFull, rank, off);
+                sp_better(best, rank, ob, orank);
+            }
+            if (best == INFINITY) {  // only +inf entries left: not reached (such inputs go to the auction)
+                *status = kInfeasible;
+                return scans;
+            }
+            min_val = best;
+            const int index = rank >= 0x10000 ? rank - 0x10000 : 0xffff - rank;
+            const int j = S.remaining[index];
+            const int owner = S.row4col[j];
+            if (owner < 0) {
+                sink = j;
+            } else {
+                i = owner;
+            }
+            __syncwarp();  // every lane has read remaining[] and spc[] of this scan
+            if (lane == 0) {
+                S.sc[j] = 1;
+                S.remaining[index] = S.remaining[num_remaining - 1];
+            }
+            --num_remaining;
+            __syncwarp();
+        }
+        // Dual update, then augment along the path (as the oracle, element by element).
+        for (int r = lane; r < n; r += 32)
+            if (S.sr[r] && r != cur_row) S.u[r] = __dadd_rn(S.u[r], __dsub_rn(min_val, S.spc[S.col4row[r]]));
+        for (int c = lane; c < m; c += 32)
+            if (S.sc[c]) S.v[c] = __dsub_rn(S.v[c], __dsub_rn(min_val, S.spc[c]));
+        if (lane == 0) {
+            S.u[cur_row] = __dadd_rn(S.u[cur_row], min_val);
+            int j = sink;
+            while (true) {
+                const int r = S.path[j];
+                S.row4col[j] = r;
+                const int previous = S.col4row[r];
+                S.col4row[r] = j;
+                if (r == cur_row) break;
+                j = previous;
+            }
+        }
+        __syncwarp();
+    }
+    return scans;
+}
+
 constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
 
 }  // namespace
@@ -610,6 +749,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     const bool transposed = rows > cols;
     const int n = transposed ? cols : rows;  // persons: the smaller side
     const int m = transposed ? rows : cols;  // objects
+    uint32_t algorithm = kAuction;
     auto finish = [&](uint32_t status, uint32_t rounds, uint32_t phases, uint32_t unassigned, double total, double quantum) {
         if (tid == 0) {
             out->total = total;
@@ -620,7 +760,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             out->unassigned = unassigned;
             for (int k = 0; k < 6; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
             out->ns = static_cast<uint32_t>(min(global_ns() - prof[7], 0xffffffffULL));
-            out->pad = 0;
+            out->algorithm = algorithm;
         }
     };
     // Checked before any output is written: a malformed descriptor must not write out of bounds.
@@ -692,6 +832,53 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
     const bool forbidden = flags & kFlagForbidden;
+    if (params.shortest_path != 0 && q_shared && !forbidden && m <= kSpMaxObjects &&
+        static_cast<long long>(n) * m <= kSpMaxEntries) {
+        // Exact shortest augmenting paths on the parked costs (warp 0; the barrier above
+        // published them). Rounds report the row scans; there are no phases.
+        algorithm = kShortestPath;
+        ShortestPath S;
+        S.c = reinterpret_cast<const float*>(q);
+        S.n = n;
+        S.m = m;
+        S.u = reinterpret_cast<double*>(smem);
+        S.v = S.u + params.capacity;
+        S.spc = S.v + params.capacity;
+        S.path = reinterpret_cast<int*>(S.spc + params.capacity);
+        S.row4col = S.path + params.capacity;
+        S.col4row = S.row4col + params.capacity;
+        S.remaining = S.col4row + params.capacity;
+        S.sr = reinterpret_cast<unsigned char*>(S.remaining + params.capacity);
+        S.sc = S.sr + params.capacity;
+        prof_mark(prof, kProfPrep);
+        if (warp == 0) {
+            uint32_t status = kOptimal;
+            const unsigned scans = sp_solve(S, params.max_rounds, lane, &status);
+            if (lane == 0) {
+                tail_rounds = scans;
+                tail_status = status;
+            }
+        }
+        __syncthreads();
+        prof_mark(prof, kProfForward);
+        const uint32_t status = tail_status;
+        if (status != kOptimal) {
+            finish(status, status == kIterationLimit ? params.max_rounds : tail_rounds, 0, 0, 0.0, 0.0);
+            return;
+        }
+        double sum = 0.0;
+        for (int i = tid; i < n; i += nthreads) {
+            const int j = S.col4row[i];
+            const int row = transposed ? j : i, col = transposed ? i : j;
+            r2c[row] = col;
+            c2r[col] = row;
+            sum += static_cast<double>(cost[row * ld + col]);
+        }
+        sum = block_reduce(sum, AddD{}, red_d, 0.0);
+        prof_mark(prof, kProfFinish);
+        finish(kOptimal, tail_rounds, 0, 0, sum, 0.0);
+        return;
+    }
     // Every thread derives the same scaling (same arithmetic as Scaling::choose in
     // src/assign/cpu.rs), so no broadcast barrier is needed.
     Scaling s;

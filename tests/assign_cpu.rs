@@ -1,6 +1,6 @@
 //! CI tests of the assignment logic on the CPU: the CPU model of the GPU auction against the
 //! exact oracle (integer costs exactly, float costs within the stated bound, and exactly on
-//! the quantised integers), rectangular both ways, ties, +inf, NaN, empty inputs, the round
+//! the quantised integers), the shortest-path branch (= the oracle, row scans included), rectangular both ways, ties, +inf, NaN, empty inputs, the round
 //! cap, the matcher's cost rules and the tracker model.
 
 mod common;
@@ -12,11 +12,17 @@ use finesam::assign::oracle;
 use finesam::assign::random::SplitMix64;
 use finesam::assign::tracker::iou;
 use finesam::assign::{
-    AssignConfig, AssignError, Assignment, CpuTracker, MatcherConfig, TrackerConfig,
+    uses_shortest_path, Algorithm, AssignConfig, AssignError, Assignment, CpuTracker,
+    MatcherConfig, TrackerConfig,
 };
 
 fn to_f64(cost: &[f32]) -> Vec<f64> {
     cost.iter().map(|&c| c as f64).collect()
+}
+
+/// Subnormals as zero (both solvers run flush-to-zero).
+fn flushed(cost: &[f32]) -> Vec<f32> {
+    cost.iter().map(|&c| cpu::flush_subnormal(c)).collect()
 }
 
 /// Structural checks: pairs are consistent, each row and column used at most once, the total
@@ -46,8 +52,32 @@ fn check_structure(a: &Assignment, cost: &[f32]) {
 
 /// Solves with the CPU model and checks against the oracle: exact when `exact`, else within
 /// the reported bound; also checks exactness on the quantised problem.
+/// Checks both solvers (the auction alone, and with the shortest-path branch enabled) and
+/// returns the result under `cfg`.
 fn check(cost: &[f32], rows: usize, cols: usize, cfg: &AssignConfig, exact: bool) -> Assignment {
+    let other = AssignConfig {
+        shortest_path: !cfg.shortest_path,
+        ..*cfg
+    };
+    check_one(cost, rows, cols, &other, exact);
+    check_one(cost, rows, cols, cfg, exact)
+}
+
+fn check_one(
+    cost: &[f32],
+    rows: usize,
+    cols: usize,
+    cfg: &AssignConfig,
+    exact: bool,
+) -> Assignment {
     let a = cpu::solve(cost, rows, cols, cols, cfg).expect("solve");
+    let has_inf = cost.contains(&f32::INFINITY);
+    let expected = if uses_shortest_path(cfg, rows.min(cols), rows.max(cols), has_inf) {
+        Algorithm::ShortestPath
+    } else {
+        Algorithm::Auction
+    };
+    assert_eq!(a.algorithm, expected, "{rows}x{cols}: solver choice");
     check_structure(&a, cost);
     let (o, unassigned) = oracle::solve_max_cardinality(&to_f64(cost), rows, cols);
     assert_eq!(a.unassigned, unassigned, "{rows}x{cols}: cardinality");
@@ -68,7 +98,17 @@ fn check(cost: &[f32], rows: usize, cols: usize, cfg: &AssignConfig, exact: bool
             a.gap_bound()
         );
     }
-    // The auction is exactly optimal for the integers it actually solved.
+    // The auction is exactly optimal for the integers it actually solved; shortest paths are
+    // the oracle itself.
+    if a.algorithm == Algorithm::ShortestPath {
+        let o = oracle::solve(&to_f64(&flushed(cost)), rows, cols).expect("feasible");
+        assert_eq!(
+            a.row_to_col, o.row_to_col,
+            "{rows}x{cols}: shortest paths = oracle"
+        );
+        assert_eq!(a.rounds as usize, o.row_scans);
+        return a;
+    }
     let scan = cpu::scan_costs(cost, rows, cols, cols);
     if let Some(p) = Problem::new(cost, rows, cols, cols, scan, cfg) {
         let q: Vec<f64> =
@@ -178,10 +218,17 @@ fn ties_and_structured_costs() {
         let cost = vec![3.0f32; rows * cols];
         let a = check(&cost, rows, cols, &cfg, true);
         assert_eq!(a.total_cost, 3.0 * rows.min(cols) as f64);
+        // The auction settles in the first rounds; shortest paths find a free column with
+        // every row's first scan.
+        let limit = match a.algorithm {
+            Algorithm::Auction => 4,
+            Algorithm::ShortestPath => rows.min(cols) as u32,
+        };
         assert!(
-            a.rounds <= 4,
-            "all-equal {rows}x{cols} took {} rounds",
-            a.rounds
+            a.rounds <= limit,
+            "all-equal {rows}x{cols} took {} rounds ({:?})",
+            a.rounds,
+            a.algorithm
         );
         // Two values only, massive ties.
         let cost: Vec<f32> = (0..rows * cols)
@@ -298,14 +345,17 @@ fn invalid_and_empty_inputs() {
 fn round_cap_is_a_typed_error() {
     let mut rng = SplitMix64::new(6);
     let cost: Vec<f32> = (0..40 * 40).map(|_| rng.next_f32()).collect();
-    let cfg = AssignConfig {
-        max_rounds: 3,
-        ..AssignConfig::default()
-    };
-    assert!(matches!(
-        cpu::solve(&cost, 40, 40, 40, &cfg),
-        Err(AssignError::IterationLimit { rounds: 3, .. })
-    ));
+    for shortest_path in [false, true] {
+        let cfg = AssignConfig {
+            max_rounds: 3,
+            shortest_path,
+            ..AssignConfig::default()
+        };
+        assert!(matches!(
+            cpu::solve(&cost, 40, 40, 40, &cfg),
+            Err(AssignError::IterationLimit { rounds: 3, .. })
+        ));
+    }
 }
 
 #[test]

@@ -22,8 +22,8 @@ use finesam::assign::matcher::{cost_cpu, match_cpu};
 use finesam::assign::oracle;
 use finesam::assign::random::SplitMix64;
 use finesam::assign::{
-    assign, AssignConfig, AssignError, Assigner, Assignment, CpuTracker, DeviceBatch, DeviceMatrix,
-    GpuTracker, Matcher, MatcherConfig, MatcherInputs, MatcherShape, TrackerConfig,
+    assign, Algorithm, AssignConfig, AssignError, Assigner, Assignment, CpuTracker, DeviceBatch,
+    DeviceMatrix, GpuTracker, Matcher, MatcherConfig, MatcherInputs, MatcherShape, TrackerConfig,
     TrackerDetections,
 };
 use finesam::gpu::DeviceBuffer;
@@ -93,6 +93,7 @@ fn check_same_as_model(gpu_result: &Assignment, model: &Assignment, what: &str) 
         (gpu_result.total_cost - model.total_cost).abs() <= 1e-9 * (1.0 + model.total_cost.abs())
     );
     assert_eq!(gpu_result.quantum, model.quantum, "{what}: quantum");
+    assert_eq!(gpu_result.algorithm, model.algorithm, "{what}: solver");
 }
 
 #[test]
@@ -106,35 +107,45 @@ fn fixtures_match_scipy_and_the_cpu_model() {
     let (max_rows, max_cols) = matrices
         .iter()
         .fold((1, 1), |(r, c), m| (r.max(m.rows), c.max(m.cols)));
-    let cfg = AssignConfig::default();
-    let mut assigner = Assigner::new(&gpu, cfg, 1, max_rows, max_cols).expect("workspace");
     let cost_buf = gpu.alloc(max_rows * max_cols * 4).expect("alloc");
     let model_limit = if cfg!(debug_assertions) {
         100_000
     } else {
         usize::MAX
     };
-    let (mut rounds, mut compared) = (0u64, 0usize);
-    for m in &matrices {
-        gpu.upload(cost_buf.ptr(), bytemuck::cast_slice(&m.cost))
-            .expect("upload");
-        assigner
-            .solve(&gpu, &DeviceMatrix::new(cost_buf.ptr(), m.rows, m.cols))
-            .expect("launch");
-        let a = assigner.read(&gpu).expect(&m.name).remove(0);
-        check_structure(&a, &m.cost, m.cols);
-        check_against_scipy(&a, m);
-        rounds += a.rounds as u64;
-        if m.rows * m.cols <= model_limit {
-            let model = cpu::solve(&m.cost, m.rows, m.cols, m.cols, &cfg).expect(&m.name);
-            check_same_as_model(&a, &model, &m.name);
-            compared += 1;
+    // Default (small matrices by shortest paths), then the auction for every matrix.
+    for shortest_path in [true, false] {
+        let cfg = AssignConfig {
+            shortest_path,
+            ..AssignConfig::default()
+        };
+        let mut assigner = Assigner::new(&gpu, cfg, 1, max_rows, max_cols).expect("workspace");
+        let (mut rounds, mut compared, mut by_paths) = (0u64, 0usize, 0usize);
+        for m in &matrices {
+            gpu.upload(cost_buf.ptr(), bytemuck::cast_slice(&m.cost))
+                .expect("upload");
+            assigner
+                .solve(&gpu, &DeviceMatrix::new(cost_buf.ptr(), m.rows, m.cols))
+                .expect("launch");
+            let a = assigner.read(&gpu).expect(&m.name).remove(0);
+            check_structure(&a, &m.cost, m.cols);
+            check_against_scipy(&a, m);
+            rounds += a.rounds as u64;
+            by_paths += (a.algorithm == Algorithm::ShortestPath) as usize;
+            if m.rows * m.cols <= model_limit {
+                let model = cpu::solve(&m.cost, m.rows, m.cols, m.cols, &cfg).expect(&m.name);
+                check_same_as_model(&a, &model, &m.name);
+                compared += 1;
+            }
         }
-    }
-    eprintln!(
-        "{} fixture matrices match scipy ({compared} also bit-identical to the CPU model), {rounds} rounds in all",
+        if !shortest_path {
+            assert_eq!(by_paths, 0, "shortest paths are off");
+        }
+        eprintln!(
+        "shortest_path {shortest_path}: {} fixture matrices match scipy ({compared} also bit-identical to the CPU model; {by_paths} solved by shortest paths), {rounds} rounds in all",
         matrices.len()
     );
+    }
 }
 
 #[test]

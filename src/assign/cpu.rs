@@ -4,13 +4,17 @@
 //! returns the same assignment as the GPU, which the GPU tests check, and it is what the CI
 //! tests check against the exact [`super::oracle`].
 //!
+//! Matrices that [`super::uses_shortest_path`] selects are solved as the kernel solves them:
+//! by [`super::oracle`]'s shortest augmenting paths on the flushed costs (same f64 operations,
+//! same tie rules, so the same result).
+//!
 //! Terms: the smaller side of the matrix are the *persons* (they bid), the larger side the
 //! *objects* (they carry prices). Rows are persons unless rows > cols (then the matrix is used
 //! transposed). Benefits are `a = -(n + 1) * q` for quantised integer costs `q`, `n` persons.
 
 use super::{
-    status_error, AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE,
-    SCALED_RANGE_LIMIT,
+    oracle, status_error, uses_shortest_path, Algorithm, AssignConfig, AssignError, Assignment,
+    Status, MAX_INCREMENT, MAX_SIDE, SCALED_RANGE_LIMIT,
 };
 
 /// Subnormal costs are zero: the kernels run with flush-to-zero, and the model must agree.
@@ -626,7 +630,12 @@ pub fn solve(
             out.unassigned = rows.min(cols);
             return Ok(out);
         }
-        CostScan::Finite { .. } => Problem::new(cost, rows, cols, ld, scan, cfg),
+        CostScan::Finite { has_forbidden, .. } => {
+            if uses_shortest_path(cfg, rows.min(cols), rows.max(cols), has_forbidden) {
+                return solve_shortest_path(cost, rows, cols, ld, cfg);
+            }
+            Problem::new(cost, rows, cols, ld, scan, cfg)
+        }
     };
     let Some(p) = problem else {
         return Ok(out);
@@ -650,5 +659,40 @@ pub fn solve(
     out.quantum = p.scaling.quantum;
     out.rounds = outcome.rounds;
     out.phases = outcome.phases;
+    Ok(out)
+}
+
+/// The kernel's shortest-path branch: the oracle on the flushed costs (no +inf; the caller
+/// checked [`uses_shortest_path`]). Rounds are the row scans.
+fn solve_shortest_path(
+    cost: &[f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    cfg: &AssignConfig,
+) -> Result<Assignment, AssignError> {
+    let flushed: Vec<f64> = (0..rows * cols)
+        .map(|e| flush_subnormal(cost[(e / cols) * ld + e % cols]) as f64)
+        .collect();
+    let solution = oracle::solve(&flushed, rows, cols).map_err(|_| AssignError::Infeasible {
+        matrix: 0,
+        unassigned: rows.min(cols),
+    })?;
+    if solution.row_scans > cfg.max_rounds as usize {
+        return Err(AssignError::IterationLimit {
+            matrix: 0,
+            rounds: cfg.max_rounds,
+        });
+    }
+    let mut out = Assignment::empty(rows, cols);
+    for (r, &c) in solution.row_to_col.iter().enumerate() {
+        if c >= 0 {
+            out.row_to_col[r] = c;
+            out.col_to_row[c as usize] = r as i32;
+            out.total_cost += cost[r * ld + c as usize] as f64;
+        }
+    }
+    out.rounds = solution.row_scans as u32;
+    out.algorithm = Algorithm::ShortestPath;
     Ok(out)
 }

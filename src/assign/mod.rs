@@ -1,6 +1,8 @@
 //! Minimum-cost assignment on the GPU: a batched epsilon-scaling auction (forward auction plus
 //! reverse steps for rectangular problems) that is exactly optimal on its integer-quantised
-//! costs, D-FINE's `HungarianMatcher` cost fused in front of it, and an IoU tracker built on it.
+//! costs, with small matrices solved exactly by shortest augmenting paths in f64 (scipy's
+//! algorithm) in the same launch, D-FINE's `HungarianMatcher` cost fused in front of it, and an
+//! IoU tracker built on it.
 //! The algorithm, the optimality bound and the bad-input rules are in `docs/ASSIGN.md`.
 //!
 //! Layout: [`cpu`] is the step-for-step CPU model of `kernels/assign.cu` (same rounds, same
@@ -27,6 +29,37 @@ pub(crate) const SCALED_RANGE_LIMIT: u64 = 1 << 44;
 pub(crate) const MAX_INCREMENT: i64 = 1 << 47;
 /// Objects (the larger side) per matrix: bidder ids are packed into 16 bits as `id + 1`.
 pub const MAX_SIDE: usize = 65534;
+/// Matrices of at most this many entries (and [`SHORTEST_PATH_MAX_OBJECTS`] on the larger side,
+/// no +inf) are solved by exact shortest augmenting paths when
+/// [`AssignConfig::shortest_path`] is on: their f32 costs fit shared memory (128 KiB).
+pub const SHORTEST_PATH_MAX_ENTRIES: usize = 32768;
+/// Larger side up to which the shortest-path solver applies (its launch then needs at most
+/// 52 B x 1024 of state next to the 128 KiB of costs).
+pub const SHORTEST_PATH_MAX_OBJECTS: usize = 1024;
+
+/// Which solver produced an [`Assignment`] (`AssignInfo::algorithm` in the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The epsilon-scaling auction on quantised costs (also used for empty matrices).
+    Auction,
+    /// Shortest augmenting paths in f64 on the f32 costs (scipy's algorithm, exact).
+    ShortestPath,
+}
+
+/// Whether a `persons x objects` matrix (persons = the smaller side) goes to the shortest-path
+/// solver: the rule the kernel applies when its launch allows shortest paths (every launch on
+/// GPUs that grant 128 KiB + the state of shared memory per block, e.g. A100, H100, H200).
+pub fn uses_shortest_path(
+    cfg: &AssignConfig,
+    persons: usize,
+    objects: usize,
+    has_inf: bool,
+) -> bool {
+    cfg.shortest_path
+        && !has_inf
+        && objects <= SHORTEST_PATH_MAX_OBJECTS
+        && persons * objects <= SHORTEST_PATH_MAX_ENTRIES
+}
 
 /// Tuning of the auction. The defaults are what the tests and benchmarks use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +69,17 @@ pub struct AssignConfig {
     /// Quantisation levels K for float costs: finite costs are mapped onto the integers 0..=K
     /// over their range (fewer when +inf entries or large matrices need the headroom).
     pub levels: u32,
-    /// Cap on bidding rounds per matrix (forward + reverse). Reaching it is reported as
+    /// Cap on bidding rounds per matrix (forward + reverse; row scans of the shortest-path
+    /// solver). Reaching it is reported as
     /// [`AssignError::IterationLimit`]; it bounds the run time of any input.
     pub max_rounds: u32,
     /// Threads per block (a multiple of 32, 64..=1024); 0 picks from the problem size.
     pub block_threads: u32,
+    /// Solve small matrices without +inf entries (see [`uses_shortest_path`]) by exact
+    /// shortest augmenting paths instead of the auction: for thin problems (300x10, 300x100,
+    /// the matcher's 300 x targets) that is a few hundred dependent row scans instead of the
+    /// auction's phases. Off: the auction solves everything.
+    pub shortest_path: bool,
 }
 
 impl Default for AssignConfig {
@@ -50,6 +89,7 @@ impl Default for AssignConfig {
             levels: 1 << 24,
             max_rounds: 1 << 20,
             block_threads: 0,
+            shortest_path: true,
         }
     }
 }
@@ -164,10 +204,13 @@ pub struct Assignment {
     /// Quantisation step 1/S of this matrix; 0 when the costs were used exactly (integer costs
     /// whose range fits the levels). The guarantee is `total_cost <= optimum + gap_bound()`.
     pub quantum: f64,
-    /// Bidding rounds used (forward + reverse, all phases).
+    /// Bidding rounds used (forward + reverse, all phases); row scans for
+    /// [`Algorithm::ShortestPath`].
     pub rounds: u32,
-    /// Epsilon-scaling phases used.
+    /// Epsilon-scaling phases used (0 for [`Algorithm::ShortestPath`]).
     pub phases: u32,
+    /// The solver that produced it.
+    pub algorithm: Algorithm,
 }
 
 impl Assignment {
@@ -183,6 +226,7 @@ impl Assignment {
             quantum: 0.0,
             rounds: 0,
             phases: 0,
+            algorithm: Algorithm::Auction,
         }
     }
 

@@ -10,6 +10,8 @@ pub struct OracleSolution {
     pub row_to_col: Vec<i32>,
     /// Minimum total cost.
     pub total: f64,
+    /// Rows scanned by the Dijkstra searches (the inner loop count; the GPU's rounds).
+    pub row_scans: usize,
 }
 
 /// No complete assignment exists (only +inf entries are left for some row or column).
@@ -22,6 +24,7 @@ pub fn solve(cost: &[f64], rows: usize, cols: usize) -> Result<OracleSolution, I
         return Ok(OracleSolution {
             row_to_col: vec![-1; rows],
             total: 0.0,
+            row_scans: 0,
         });
     }
     let transposed = rows > cols;
@@ -46,6 +49,7 @@ pub fn solve(cost: &[f64], rows: usize, cols: usize) -> Result<OracleSolution, I
     let mut sr = vec![false; nr];
     let mut sc = vec![false; nc];
     let mut remaining = vec![0usize; nc];
+    let mut row_scans = 0usize;
 
     for cur_row in 0..nr {
         // Dijkstra over reduced costs from cur_row to the nearest free column.
@@ -60,6 +64,7 @@ pub fn solve(cost: &[f64], rows: usize, cols: usize) -> Result<OracleSolution, I
         let mut sink = usize::MAX;
         let mut i = cur_row;
         while sink == usize::MAX {
+            row_scans += 1;
             let mut index = usize::MAX;
             let mut lowest = f64::INFINITY;
             sr[i] = true;
@@ -120,7 +125,11 @@ pub fn solve(cost: &[f64], rows: usize, cols: usize) -> Result<OracleSolution, I
         row_to_col[r] = c as i32;
         total += cost[r * cols + c];
     }
-    Ok(OracleSolution { row_to_col, total })
+    Ok(OracleSolution {
+        row_to_col,
+        total,
+        row_scans,
+    })
 }
 
 /// Maximum-cardinality matching of minimum cost: +inf entries are replaced by a cost larger
@@ -146,6 +155,7 @@ pub fn solve_max_cardinality(cost: &[f64], rows: usize, cols: usize) -> (OracleS
     let full = solve(&replaced, rows, cols).unwrap_or(OracleSolution {
         row_to_col: vec![-1; rows],
         total: 0.0,
+        row_scans: 0,
     });
     let mut row_to_col = full.row_to_col;
     let mut total = 0.0;
@@ -162,5 +172,12 @@ pub fn solve_max_cardinality(cost: &[f64], rows: usize, cols: usize) -> (OracleS
             total += value;
         }
     }
-    (OracleSolution { row_to_col, total }, unassigned)
+    (
+        OracleSolution {
+            row_to_col,
+            total,
+            row_scans: full.row_scans,
+        },
+        unassigned,
+    )
 }

@@ -5,7 +5,10 @@
 use bytemuck::{Pod, Zeroable};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::{status_error, AssignConfig, AssignError, Assignment, Status, MAX_SIDE};
+use super::{
+    status_error, Algorithm, AssignConfig, AssignError, Assignment, Status, MAX_SIDE,
+    SHORTEST_PATH_MAX_ENTRIES, SHORTEST_PATH_MAX_OBJECTS,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
 
@@ -79,7 +82,8 @@ struct AssignParams {
     cache_width: u32,
     /// Persons the candidate cache was sized for.
     cache_persons: u32,
-    pad: u32,
+    /// 1: matrices selected by `uses_shortest_path` are solved by shortest augmenting paths.
+    shortest_path: u32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -99,7 +103,8 @@ pub(crate) struct AssignInfo {
     pub cycles: [u32; 6],
     /// Kernel globaltimer nanoseconds from entry to the result write.
     pub ns: u32,
-    pub pad: u32,
+    /// 0 auction, 1 shortest path ([`Algorithm`]).
+    pub algorithm: u32,
 }
 
 /// Where one solve's time went inside the kernel (diagnostics; from `assign_solve`'s thread 0,
@@ -288,19 +293,32 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
     // fit: every bid then scans shared memory instead of L2.
     // Otherwise each person keeps its best candidates from its last full scan there, which
     // decides most bids without reading the costs.
+    // The shortest-path solver needs its matrices' costs there too (at most
+    // SHORTEST_PATH_MAX_ENTRIES); a matrix too large for the region uses the candidate cache,
+    // which shares it.
     let persons = l.persons.max(1);
     let q_elems = capacity.saturating_mul(persons);
+    let sp_elems = if cfg.shortest_path && capacity <= SHORTEST_PATH_MAX_OBJECTS {
+        q_elems.min(SHORTEST_PATH_MAX_ENTRIES)
+    } else {
+        0
+    };
     let (smem, q_capacity, cache_width) = if solve_smem_bytes(capacity, q_elems) <= limit {
         (solve_smem_bytes(capacity, q_elems), q_elems, 0)
     } else {
-        match CACHE_WIDTHS
+        let (cache_region, width) = CACHE_WIDTHS
             .iter()
-            .find(|&&w| state + cache_bytes(persons, w) <= limit)
-        {
-            Some(&w) => (state + cache_bytes(persons, w), 0, w),
-            None => (state, 0, 0),
-        }
+            .map(|&w| (cache_bytes(persons, w), w))
+            .find(|&(bytes, _)| state + bytes.max(sp_elems * 4) <= limit)
+            .unwrap_or((0, 0));
+        let q = if state + sp_elems * 4 <= limit {
+            sp_elems
+        } else {
+            0
+        };
+        (state + cache_region.max(q * 4), q, width)
     };
+    let shortest_path = sp_elems > 0 && q_capacity >= sp_elems;
     let func = &gpu.kernels().assign_solve;
     let to_u32 = |v: usize, what: &str| {
         u32::try_from(v).map_err(|_| launch_error(format!("{what} {v} exceeds u32")))
@@ -320,7 +338,7 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         q_capacity: q_capacity as u32,
         cache_width: cache_width as u32,
         cache_persons: persons as u32,
-        pad: 0,
+        shortest_path: shortest_path as u32,
     };
     let launch_cfg = LaunchConfig {
         grid_dim: (uniform.count, 1, 1),
@@ -393,6 +411,11 @@ pub(crate) fn assemble(
                 quantum: info.quantum,
                 rounds: info.rounds,
                 phases: info.phases,
+                algorithm: if info.algorithm == 1 {
+                    Algorithm::ShortestPath
+                } else {
+                    Algorithm::Auction
+                },
             })
         })
         .collect()
