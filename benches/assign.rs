@@ -13,7 +13,8 @@ use std::time::Duration;
 use criterion::Criterion;
 use finesam::assign::random::SplitMix64;
 use finesam::assign::{
-    AssignConfig, Assigner, DeviceBatch, Matcher, MatcherConfig, MatcherInputs, MatcherShape,
+    uses_shortest_path, AssignConfig, Assigner, DeviceBatch, Matcher, MatcherConfig, MatcherInputs,
+    MatcherShape,
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::Gpu;
@@ -51,21 +52,52 @@ fn record(totals: &Totals, case: &str, d: Duration, iters: u64) {
 }
 
 fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
-    let cfg = AssignConfig::default();
     let mut rng = SplitMix64::new(2024);
     let mut group = c.benchmark_group("assign");
-    for &(rows, cols) in &[(300usize, 10usize), (300, 100), (300, 300), (1000, 1000)] {
-        let case = format!("{rows}x{cols}");
-        let cost: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
-        let buf = upload(gpu, &cost);
+    let sizes = [(300usize, 10usize), (300, 100), (300, 300), (1000, 1000)];
+    let costs: Vec<Vec<f32>> = sizes
+        .iter()
+        .map(|&(rows, cols)| (0..rows * cols).map(|_| rng.next_f32()).collect())
+        .collect();
+    // The default (small matrices by shortest paths), then the auction alone where the
+    // default did not use it, for comparison.
+    let auction_only = AssignConfig {
+        shortest_path: false,
+        ..AssignConfig::default()
+    };
+    let cases = sizes.iter().zip(&costs).flat_map(|(&(rows, cols), cost)| {
+        let small = uses_shortest_path(
+            &AssignConfig::default(),
+            rows.min(cols),
+            rows.max(cols),
+            false,
+        );
+        let default = (
+            format!("{rows}x{cols}"),
+            AssignConfig::default(),
+            rows,
+            cols,
+            cost,
+        );
+        let auction = (
+            format!("{rows}x{cols}_auction"),
+            auction_only,
+            rows,
+            cols,
+            cost,
+        );
+        std::iter::once(default).chain(small.then_some(auction))
+    });
+    for (case, cfg, rows, cols, cost) in cases {
+        let buf = upload(gpu, cost);
         let batch = DeviceBatch::packed(buf.ptr(), 1, rows, cols);
         let mut assigner = Assigner::new(gpu, cfg, 1, rows, cols).expect("workspace");
         // Report the solve's rounds once, so the numbers can be read against docs/ASSIGN.md.
         assigner.solve_batch(gpu, &batch).expect("solve");
         let a = assigner.read(gpu).expect("result").remove(0);
         eprintln!(
-            "{case}: {} rounds, {} phases, total {:.6}",
-            a.rounds, a.phases, a.total_cost
+            "{case}: {:?}, {} rounds, {} phases, total {:.6}",
+            a.algorithm, a.rounds, a.phases, a.total_cost
         );
         for _ in 0..3 {
             assigner.solve_batch(gpu, &batch).expect("solve");
@@ -216,7 +248,7 @@ fn main() {
         let ms = secs * 1e3 / (*iters).max(1) as f64;
         let scipy = peer
             .as_ref()
-            .and_then(|p| p.get(case))
+            .and_then(|p| p.get(case.trim_end_matches("_auction")))
             .and_then(|v| v.as_f64());
         match scipy {
             Some(s) => println!(

@@ -584,20 +584,20 @@ __device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
 // initialisation), one warp, f64, on costs in shared memory. Every operation and tie rule is
 // src/assign/oracle.rs's, so the result is bit for bit the oracle's on the same (flushed) costs.
 
-// The solver's arrays in the auction state's shared memory (42 of its 52 bytes per object;
+// The solver's arrays in the auction state's shared memory (44 of its 52 bytes per object;
 // persons <= objects).
 struct ShortestPath {
     const float* c;  // [n][m] persons x objects (flushed costs)
     int n, m;
     double* u;       // [n] row duals
     double* v;       // [m] column duals
-    double* spc;     // [m] shortest path length to each column
+    double* spc;     // [m] shortest path length to each column (valid once reached this search)
     int* path;       // [m] row preceding the column on its path
     int* row4col;    // [m] -1 free
     int* col4row;    // [n] -1 free
-    int* remaining;  // [m] columns not yet scanned in this search
-    unsigned char* sr;  // [n] rows scanned in this search
-    unsigned char* sc;  // [m] columns reached in this search
+    int* remaining;  // [m] columns not yet reached in this search, in the oracle's order
+    int* reached;    // [m] columns reached in this search, in order; the rows scanned are
+                     // cur_row and the owners of all but the last
 };
 
 // The oracle's choice among the scanned entries: the lowest spc; among equal values a free
@@ -612,8 +612,63 @@ __device__ __forceinline__ void sp_better(double& best, int& rank, double v, int
     }
 }
 
-// Solves all n rows; returns the row scans used (the oracle's inner loop count) or writes
-// kIterationLimit / kInfeasible to *status (lane 0 reads it). Warp-collective.
+// Entries per lane whose loads are issued together in a scan (latency: one shared-memory
+// round trip per 32 * kSpBatch columns; 4 keeps the 1024-thread block's 64 registers).
+constexpr int kSpBatch = 4;
+
+// One scan of row i over remaining[0, count): updates spc/path of the columns it shortens and
+// returns (in best/rank, every lane) the oracle's pick. On the search's first scan every
+// column is unreached (spc = +inf, so every entry is shortened) and remaining[] is written
+// here in the oracle's initial order (m - 1 - it), so nothing is reset per row.
+template <bool First>
+__device__ __forceinline__ void sp_scan(const ShortestPath& S, int i, int count, double min_val, int lane,
+                                        double& best, int& rank) {
+    const double ui = S.u[i];
+    const float* row = S.c + static_cast<size_t>(i) * S.m;
+    best = INFINITY;
+    rank = 0x7fffffff;
+    for (int it0 = lane; it0 < count; it0 += 32 * kSpBatch) {
+        int j[kSpBatch];
+        float cost[kSpBatch];
+        double vj[kSpBatch], sj[kSpBatch];
+        int owner[kSpBatch];
+#pragma unroll
+        for (int b = 0; b < kSpBatch; ++b) {
+            const int it = it0 + 32 * b;
+            j[b] = it < count ? (First ? S.m - 1 - it : S.remaining[it]) : 0;
+        }
+#pragma unroll
+        for (int b = 0; b < kSpBatch; ++b) {
+            cost[b] = row[j[b]];
+            vj[b] = S.v[j[b]];
+            sj[b] = First ? static_cast<double>(INFINITY) : S.spc[j[b]];
+            owner[b] = S.row4col[j[b]];
+        }
+#pragma unroll
+        for (int b = 0; b < kSpBatch; ++b) {
+            const int it = it0 + 32 * b;
+            if (it >= count) break;
+            const double r = __dsub_rn(__dsub_rn(__dadd_rn(min_val, static_cast<double>(cost[b])), ui), vj[b]);
+            if (First) S.remaining[it] = j[b];
+            if (r < sj[b]) {
+                S.path[j[b]] = i;
+                S.spc[j[b]] = r;
+                sj[b] = r;
+            }
+            sp_better(best, rank, sj[b], sp_rank(owner[b] < 0, it));
+        }
+    }
+#pragma unroll
+    for (int off = 16; off; off >>= 1) {
+        const double ob = __shfl_xor_sync(kFull, best, off);
+        const int orank = __shfl_xor_sync(kFull, rank, off);
+        sp_better(best, rank, ob, orank);
+    }
+    __syncwarp();  // the scan's remaining/spc writes before anyone reads them
+}
+
+// Solves all n rows; returns the row scans used (the oracle's inner loop count) and sets
+// *status to kOptimal, kIterationLimit or kInfeasible. Warp-collective.
 __device__ unsigned sp_solve(const ShortestPath& S, unsigned max_scans, int lane, uint32_t* status) {
     const int n = S.n, m = S.m;
     for (int j = lane; j < m; j += 32) {
@@ -624,46 +679,25 @@ __device__ unsigned sp_solve(const ShortestPath& S, unsigned max_scans, int lane
         S.u[i] = 0.0;
         S.col4row[i] = -1;
     }
+    __syncwarp();
     unsigned scans = 0;
     *status = kOptimal;
     for (int cur_row = 0; cur_row < n; ++cur_row) {
-        for (int j = lane; j < m; j += 32) {
-            S.remaining[j] = m - j - 1;
-            S.sc[j] = 0;
-            S.spc[j] = INFINITY;
-        }
-        for (int i = lane; i < n; i += 32) S.sr[i] = 0;
-        __syncwarp();
         double min_val = 0.0;
         int num_remaining = m;
         int i = cur_row;
-        int sink = -1;
-        while (sink < 0) {
+        int reached = 0;
+        while (true) {
             if (++scans > max_scans) {
                 *status = kIterationLimit;
                 return scans;
             }
-            if (lane == 0) S.sr[i] = 1;
-            const double ui = S.u[i];
-            const float* row = S.c + static_cast<size_t>(i) * m;
-            double best = INFINITY;
-            int rank = 0x7fffffff;
-            for (int it = lane; it < num_remaining; it += 32) {
-                const int j = S.remaining[it];
-                const double r = __dsub_rn(__dsub_rn(__dadd_rn(min_val, static_cast<double>(row[j])), ui), S.v[j]);
-                double sj = S.spc[j];
-                if (r < sj) {
-                    S.path[j] = i;
-                    S.spc[j] = r;
-                    sj = r;
-                }
-                sp_better(best, rank, sj, sp_rank(S.row4col[j] < 0, it));
-            }
-#pragma unroll
-            for (int off = 16; off; off >>= 1) {
-                const double ob = __shfl_xor_sync(kFull, best, off);
-                const int orank = __shfl_xor_sync(kFull, rank, off);
-                sp_better(best, rank, ob, orank);
+            double best;
+            int rank;
+            if (reached == 0) {
+                sp_scan<true>(S, i, num_remaining, min_val, lane, best, rank);
+            } else {
+                sp_scan<false>(S, i, num_remaining, min_val, lane, best, rank);
             }
             if (best == INFINITY) {  // only +inf entries left: not reached (such inputs go to the auction)
                 *status = kInfeasible;
@@ -673,27 +707,32 @@ __device__ unsigned sp_solve(const ShortestPath& S, unsigned max_scans, int lane
             const int index = rank >= 0x10000 ? rank - 0x10000 : 0xffff - rank;
             const int j = S.remaining[index];
             const int owner = S.row4col[j];
-            if (owner < 0) {
-                sink = j;
-            } else {
-                i = owner;
-            }
-            __syncwarp();  // every lane has read remaining[] and spc[] of this scan
+            __syncwarp();  // every lane has read remaining[index]
             if (lane == 0) {
-                S.sc[j] = 1;
+                S.reached[reached] = j;
                 S.remaining[index] = S.remaining[num_remaining - 1];
             }
+            ++reached;
             --num_remaining;
             __syncwarp();
+            if (owner < 0) break;
+            i = owner;
         }
-        // Dual update, then augment along the path (as the oracle, element by element).
-        for (int r = lane; r < n; r += 32)
-            if (S.sr[r] && r != cur_row) S.u[r] = __dadd_rn(S.u[r], __dsub_rn(min_val, S.spc[S.col4row[r]]));
-        for (int c = lane; c < m; c += 32)
-            if (S.sc[c]) S.v[c] = __dsub_rn(S.v[c], __dsub_rn(min_val, S.spc[c]));
+        // Dual update (the oracle's, element by element) over the rows scanned and the columns
+        // reached in this search, then augment along the path.
+        for (int t = lane; t < reached; t += 32) {
+            const int c = S.reached[t];
+            const double d = __dsub_rn(min_val, S.spc[c]);
+            S.v[c] = __dsub_rn(S.v[c], d);
+            if (t + 1 < reached) {
+                const int r = S.row4col[c];  // scanned after c was reached (not cur_row)
+                S.u[r] = __dadd_rn(S.u[r], d);
+            }
+        }
+        __syncwarp();
         if (lane == 0) {
             S.u[cur_row] = __dadd_rn(S.u[cur_row], min_val);
-            int j = sink;
+            int j = S.reached[reached - 1];
             while (true) {
                 const int r = S.path[j];
                 S.row4col[j] = r;
@@ -848,8 +887,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         S.row4col = S.path + params.capacity;
         S.col4row = S.row4col + params.capacity;
         S.remaining = S.col4row + params.capacity;
-        S.sr = reinterpret_cast<unsigned char*>(S.remaining + params.capacity);
-        S.sc = S.sr + params.capacity;
+        S.reached = S.remaining + params.capacity;
         prof_mark(prof, kProfPrep);
         if (warp == 0) {
             uint32_t status = kOptimal;
