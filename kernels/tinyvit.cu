@@ -5,7 +5,7 @@
 //     y  = conv1x1(h2, w3, b3) (+ x, then gelu for the MBConv)  -> NHWC [B, Ho, Wo, COUT]
 //
 // of tiny_vit_sam.py in eval mode with the BatchNorms folded into the convolutions as
-// `Conv2d_BN.fuse()` (nn.GELU exact erf form):
+// `Conv2d_BN.fuse()` (nn.GELU, exact erf form; evaluated by `gelu` below to ~1e-7):
 //
 // mbconv_c64_e4: `MBConv.forward` for 64 channels, expand ratio 4 (MobileSAM's layers.0):
 //   CIN 64, HID 256, COUT 64, S 1, y = gelu(conv3(h2) + x).
@@ -16,17 +16,41 @@
 // w1 [HID, CIN] and w3 [COUT, HID] are the 1x1 weights in PyTorch [out, in] order, w2 is
 // tap-major [9, HID] (src/ops/conv.rs `depthwise_weight_taps`), biases fp32. h1 and h2 are
 // rounded to fp16 as the unfused GEMM -> depthwise -> GEMM chain stores them, so the results
-// match that chain.
+// match that chain (up to fp32 summation order).
 //
-// A block owns a TH x TW tile of output pixels. It copies the input halo ((TH-1)*S+3 x
-// (TW-1)*S+3 pixels, zeros outside the image) and both 1x1 weights to shared memory once, then
-// walks the hidden channels in chunks of 64: expand GEMM of the halo (mma.sync, rows padded to
-// a multiple of 64) + GELU into shared memory (halo pixels outside the image are the depthwise
-// conv's zero padding, so they are stored as 0, not gelu(b1)), depthwise 3x3 + GELU of the tile
-// pixels into shared memory, and accumulates that chunk's project GEMM in registers. The
-// epilogue adds b3 (and the shortcut, read from the halo in shared memory, then GELU) and
-// writes y. The expanded activation never leaves the SM: per block HBM traffic is the halo in
-// and the tile out. y must not overlap x (other blocks read x's halo).
+// A block (256 threads) owns a TH x TW tile of output pixels. It copies the input halo
+// ((TH-1)*S+3 x (TW-1)*S+3 pixels, zeros outside the image) to shared memory once, then walks
+// the hidden channels in chunks of 64. Each chunk's parameters (w1 rows, w3 columns, w2 taps, b1,
+// b2: 18-28 KiB) are streamed with cp.async into a double buffer: chunk c+1's copy is issued
+// right after the barrier that starts chunk c, so it overlaps chunk c's compute. Per chunk:
+//   1. expand GEMM of the halo (mma.sync, rows padded to a multiple of 64; accumulators start at
+//      b1) + GELU into shared memory (halo pixels outside the image are the depthwise conv's zero
+//      padding, so they are stored as 0, not gelu(b1));
+//   2. depthwise 3x3 + GELU: a thread owns 4 channels of a vertical strip of output pixels and
+//      walks the strip's input rows once, each loaded (and converted) input feeding every output
+//      row it touches (3.75 loads per output instead of 9);
+//   3. the project GEMM of the tile, accumulated in registers over the chunks.
+// Three barriers per chunk separate the phases; the MBConv (111 KiB, <= 128 registers) runs two
+// blocks per SM so one block's barriers and loads overlap the other's compute. The epilogue adds
+// b3 (and the shortcut, read from the halo in shared memory, then GELU) and writes y. The
+// expanded activation never leaves the SM: per block HBM/L2 traffic is the halo in, the weights
+// (from L2) and the tile out. y must not overlap x (other blocks read x's halo).
+//
+// Floors and expectations at MobileSAM's shapes (H200: ~4.3 TB/s, 132 SMs; mma.sync fp16 with
+// fp32 accumulation at ~50-60 % of the ~990 TFLOP/s dense peak). Estimates, not measurements:
+// - mbconv_c64_e4, 256x256x64: 4.6 GFLOP as the unfused chain counts them (5.4 on the tensor
+//   cores: the expand runs on 192 rows per 128 tile pixels), 16.8 MB of HBM (x in, y out):
+//   floors ~4 us of memory, ~10 us of mma.sync. The SIMT work dominates: 44.6 M GELUs (expand
+//   on the halo 23.6 M, depthwise 16.8 M, epilogue 4.2 M) at ~11 issue slots each (10 FMA/ALU
+//   + 1 MUFU.EX2), 151 M depthwise FMAs plus 63 M fp16->fp32 unpacks, fragment loads and fp16
+//   packing: ~38 k warp instructions per 8x16 tile, ~9.5 k cycles per tile on 4 schedulers,
+//   3.9 tiles per SM -> ~19 us issue-bound; shared-memory traffic (~1.25 MB per tile at
+//   128 B/clk) is also ~19 us. With barrier and tail losses expect ~25-35 us (was ~140 us,
+//   latency-bound: one block per SM, and the fast-math erff has a data-dependent branch around
+//   its ex2 that serialised each GELU).
+// - patch_merging_c64_c128, 256x256x64 -> 128x128x128: 1.6 GFLOP counted (1.9 on the tensor
+//   cores: the stride-2 halo is 320 rows per 64 tile pixels), 12.6 MB of HBM: floors ~3 us
+//   each. 11.6 M GELUs, one 156 KiB block per SM over 2 waves: expect ~12-20 us (was 51 us).
 #include "dense.cuh"
 #include "mma.cuh"
 
@@ -53,9 +77,33 @@ struct ConvBlockParams {
     int tiles_x;       // ceil(wo / TW)
 };
 
-__device__ __forceinline__ float gelu(float v) { return activate(v, kActGelu); }
+// nn.GELU (exact erf form) without erff: gelu(x) = x * Phi(x) = relu(x) - |x| * q(|x|) with
+// q(a) = Phi(-a) = erfc(a / sqrt 2) / 2 = 2^P(a), P a degree-7 polynomial fitted to log2 q on
+// [0, 6.5] minimising the weighted error |q - 2^P| (Lawson's iteration), a clamped to 6.5
+// (q(6.5) = 4e-11). The fitted q is within 3.6e-8 of q; with fp32 Horner rounding the whole
+// function, evaluated in fp32 arithmetic against an mpmath reference on 40k points over
+// [-12, 12], is within 9.5e-8 * max(1, |x|), plus ex2.approx's 2^-22 relative error on q
+// (<= 1.2e-7 * |x|): about 1e-7 relative for x > 0, some 2000x below half an fp16 ulp. erff
+// under --use_fast_math (dense.cuh's `activate`) costs ~25 instructions with a branch around
+// its ex2, which serialises the GELUs; this is 10 FMA/ALU instructions and one MUFU.EX2, no
+// branch. NaN propagates; gelu(+inf) is NaN instead of inf (unreachable: fp32 accumulations of
+// fp16 operands). Only this file uses it.
+__device__ __forceinline__ float gelu(float x) {
+    const float a = fminf(fabsf(x), 6.5f);
+    float p = 8.470114153e-06f;
+    p = fmaf(p, a, -5.390320075e-05f);
+    p = fmaf(p, a, -4.212379863e-04f);
+    p = fmaf(p, a, 7.389276288e-03f);
+    p = fmaf(p, a, -5.269111693e-02f);
+    p = fmaf(p, a, -4.591531456e-01f);
+    p = fmaf(p, a, -1.151110888e+00f);
+    p = fmaf(p, a, -9.999998808e-01f);
+    float q;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(q) : "f"(p));
+    return fmaf(-fabsf(x), q, fmaxf(x, 0.f));
+}
 
-template <int CIN, int HID, int COUT, int S, int TH, int TW, bool MBCONV>
+template <int CIN, int HID, int COUT, int S, int TH, int TW, bool MBCONV, int EMP>
 struct Block {
     static constexpr int kCin = CIN, kHid = HID, kCout = COUT, kS = S, kTH = TH, kTW = TW;
     static constexpr bool kMbConv = MBCONV;
@@ -64,25 +112,43 @@ struct Block {
     static constexpr int kHaloPx = kHaloH * kHaloW;
     static constexpr int kHaloRows = (kHaloPx + 63) / 64 * 64;  // 4 warps x whole m16 tiles
     static constexpr int kTilePx = TH * TW;
-    static constexpr int kLdX = CIN + 8;   // padded halo / w1 row
-    static constexpr int kLdW3 = HID + 8;  // padded w3 row
-    // Expand warp tile: EM m16 tiles x 4 n8 tiles (32 of the chunk's 64 columns).
+    static constexpr int kLdX = CIN + 8;  // padded halo / w1 row
+    // Expand warp tile: EM m16 tiles x 4 n8 tiles (32 of the chunk's 64 columns), computed in
+    // passes of EMP m16 tiles (fewer live accumulators; each pass reloads the w1 fragments).
     static constexpr int kEM = kHaloRows / 4 / 16;
+    static constexpr int kEMP = EMP;
     // Project warp tile: PM m16 tiles x PN n8 tiles.
     static constexpr int kPM = kTilePx / 4 / 16;
     static constexpr int kPN = COUT / 2 / 8;
-    // Depthwise: (pixel, 8-channel group) pairs per thread.
-    static constexpr int kDwPerThread = kTilePx * (kChunk / 8) / kThreads;
+    // Depthwise: a thread owns 4 channels (one of kDwGroups) of a vertical strip of kDwRows
+    // output pixels in one tile column; kDwSplit strips per column.
+    static constexpr int kDwGroups = kChunk / 4;
+    static constexpr int kDwStrips = kThreads / kDwGroups;
+    static constexpr int kDwSplit = kDwStrips / TW;
+    static constexpr int kDwRows = TH / (kDwSplit > 0 ? kDwSplit : 1);
+    static constexpr int kDwInRows = (kDwRows - 1) * S + 3;
+    // One chunk's parameters (double-buffered), offsets in halves.
+    static constexpr int kBufW1 = 0;                        // [64][kLdX] rows of w1
+    static constexpr int kBufW3 = kBufW1 + kChunk * kLdX;   // [COUT][kLdH] columns of w3
+    static constexpr int kBufW2 = kBufW3 + COUT * kLdH;     // [9][64] taps
+    static constexpr int kBufB1 = kBufW2 + 9 * kChunk;      // [64] f32
+    static constexpr int kBufB2 = kBufB1 + 2 * kChunk;      // [64] f32
+    static constexpr int kBufHalves = kBufB2 + 2 * kChunk;
     // Shared memory layout, in halves.
-    static constexpr int kOffX = 0;
-    static constexpr int kOffW1 = kOffX + kHaloRows * kLdX;
-    static constexpr int kOffW3 = kOffW1 + HID * kLdX;
-    static constexpr int kOffH = kOffW3 + COUT * kLdW3;
-    static constexpr int kOffD = kOffH + kHaloRows * kLdH;
-    static constexpr int kSmemBytes = (kOffD + kTilePx * kLdH) * 2;
+    static constexpr int kOffX = 0;                             // halo [kHaloRows][kLdX]
+    static constexpr int kOffH = kOffX + kHaloRows * kLdX;      // h1 [kHaloRows][kLdH]
+    static constexpr int kOffD = kOffH + kHaloRows * kLdH;      // h2 [kTilePx][kLdH]
+    static constexpr int kOffBuf = kOffD + kTilePx * kLdH;      // 2 x chunk parameters
+    static constexpr int kSmemBytes = (kOffBuf + 2 * kBufHalves) * 2;
     static_assert(CIN % 16 == 0 && HID % kChunk == 0, "K steps of 16, whole chunks");
+    static_assert(EMP >= 1 && EMP <= kEM, "expand passes");
     static_assert(kTilePx % 64 == 0 && COUT % 32 == 0 && kPN % 2 == 0, "project warp tiles");
-    static_assert(kDwPerThread * kThreads == kTilePx * (kChunk / 8), "depthwise split");
+    static_assert(kDwSplit >= 1 && kDwStrips % TW == 0 && TH % kDwSplit == 0,
+                  "depthwise strips cover the tile exactly");
+    static_assert(kOffH % 8 == 0 && kOffD % 8 == 0 && kOffBuf % 8 == 0 && kBufW3 % 8 == 0 &&
+                      kBufW2 % 8 == 0 && kBufB1 % 8 == 0 && kBufB2 % 8 == 0 &&
+                      kBufHalves % 8 == 0,
+                  "16-byte aligned regions (cp.async, ldmatrix, vector loads)");
     static_assert(!MBCONV || (CIN == COUT && S == 1), "the shortcut needs the input's shape");
 };
 
@@ -91,13 +157,13 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
     constexpr int CIN = B::kCin, HID = B::kHid, COUT = B::kCout, S = B::kS, TW = B::kTW;
     constexpr int TH = B::kTH;
     constexpr bool MBCONV = B::kMbConv;
+    constexpr int kChunks = HID / kChunk;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __half* smem = reinterpret_cast<__half*>(smem_raw);
     __half* s_x = smem + B::kOffX;
-    __half* s_w1 = smem + B::kOffW1;
-    __half* s_w3 = smem + B::kOffW3;
     __half* s_h = smem + B::kOffH;
     __half* s_d = smem + B::kOffD;
+    __half* s_buf = smem + B::kOffBuf;
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -112,7 +178,40 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
     const __half* x = p.x + static_cast<long long>(blockIdx.y) * p.h * p.w * CIN;
     __half* y = p.y + static_cast<long long>(blockIdx.y) * p.ho * p.wo * COUT;
 
-    // ---- Load the halo (zero outside the image and in the pad rows) and both 1x1 weights.
+    // Copies chunk `chunk`'s parameters into `buf` (cp.async; the caller commits).
+    auto load_chunk = [&](int chunk, __half* buf) {
+        const int n0 = chunk * kChunk;
+        constexpr int kW1Vec = CIN / 8;  // 16-byte vectors per w1 row
+        for (int i = tid; i < kChunk * kW1Vec; i += kThreads) {
+            const int r = i / kW1Vec;
+            const int c = (i % kW1Vec) * 8;
+            cp_async16(smem_addr(buf + B::kBufW1 + r * B::kLdX + c),
+                       p.w1 + static_cast<long long>(n0 + r) * CIN + c, 16);
+        }
+        for (int i = tid; i < COUT * (kChunk / 8); i += kThreads) {
+            const int r = i / (kChunk / 8);
+            const int c = (i % (kChunk / 8)) * 8;
+            cp_async16(smem_addr(buf + B::kBufW3 + r * kLdH + c),
+                       p.w3 + static_cast<long long>(r) * HID + n0 + c, 16);
+        }
+        // w2 taps (9 x 8 vectors), then b1 and b2 (16 vectors of 4 floats each).
+        for (int i = tid; i < 9 * (kChunk / 8) + 2 * (kChunk / 4); i += kThreads) {
+            if (i < 9 * (kChunk / 8)) {
+                const int t = i / (kChunk / 8);
+                const int c = (i % (kChunk / 8)) * 8;
+                cp_async16(smem_addr(buf + B::kBufW2 + t * kChunk + c), p.w2 + t * HID + n0 + c,
+                           16);
+            } else {
+                const int j = i - 9 * (kChunk / 8);
+                const bool second = j >= kChunk / 4;
+                const int c = (j % (kChunk / 4)) * 4;
+                cp_async16(smem_addr(buf + (second ? B::kBufB2 : B::kBufB1) + 2 * c),
+                           (second ? p.b2 : p.b1) + n0 + c, 16);
+            }
+        }
+    };
+
+    // ---- Load the halo (zero outside the image and in the pad rows) and chunk 0's parameters.
     constexpr int kXChunks = CIN / 8;
     for (int i = tid; i < B::kHaloRows * kXChunks; i += kThreads) {
         const int r = i / kXChunks;
@@ -123,20 +222,8 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
         const __half* src = x + (ok ? (static_cast<long long>(gy) * p.w + gx) * CIN + c : 0);
         cp_async16(smem_addr(s_x + r * B::kLdX + c), src, ok ? 16 : 0);
     }
-    for (int i = tid; i < HID * kXChunks; i += kThreads) {
-        const int r = i / kXChunks;
-        const int c = (i % kXChunks) * 8;
-        cp_async16(smem_addr(s_w1 + r * B::kLdX + c), p.w1 + r * CIN + c, 16);
-    }
-    constexpr int kW3Chunks = HID / 8;
-    for (int i = tid; i < COUT * kW3Chunks; i += kThreads) {
-        const int r = i / kW3Chunks;
-        const int c = (i % kW3Chunks) * 8;
-        cp_async16(smem_addr(s_w3 + r * B::kLdW3 + c), p.w3 + r * HID + c, 16);
-    }
+    load_chunk(0, s_buf);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
 
     // ldmatrix lane offsets (as gemm.cu): A rows (lane & 15), k half (lane >> 4); B rows
     // (lane & 7) + 8 * (lane >> 4), k half (lane >> 3) & 1.
@@ -154,49 +241,71 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc3[i][j][e] = 0.f;
 
-    for (int chunk = 0; chunk < HID / kChunk; ++chunk) {
-        const int n_base = chunk * kChunk;
-        // ---- Expand: h1[halo rows x 64] = x_halo * w1[chunk]^T; warp tile (16 * EM) x 32.
-        {
-            float acc[B::kEM][4][4];
+#pragma unroll 1
+    for (int chunk = 0; chunk < kChunks; ++chunk) {
+        const __half* buf = s_buf + (chunk & 1) * B::kBufHalves;
+        // This thread's copies of this chunk (and, for chunk 0, of the halo) have landed; the
+        // barrier makes everyone's visible. It also ends the previous chunk: every thread is
+        // past its project GEMM, so s_d and the other parameter buffer are free.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (chunk + 1 < kChunks) {
+            load_chunk(chunk + 1, s_buf + ((chunk + 1) & 1) * B::kBufHalves);
+            cp_async_commit();
+        }
+
+        // ---- Expand: h1[halo rows x 64] = x_halo * w1[chunk]^T + b1; warp tile (16 * EM) x 32.
+        const float* b1c = reinterpret_cast<const float*>(buf + B::kBufB1);
+        const uint32_t w1_base =
+            smem_addr(buf + B::kBufW1 + (warp_n * 32 + b_row) * B::kLdX + b_col);
 #pragma unroll
-            for (int i = 0; i < B::kEM; ++i)
+        for (int i0 = 0; i0 < B::kEM; i0 += B::kEMP) {
+            constexpr int kP = B::kEMP;
+            float acc[kP][4][4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < 4; ++j) {
+                const float2 bias =
+                    *reinterpret_cast<const float2*>(b1c + warp_n * 32 + j * 8 + (lane & 3) * 2);
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+                for (int i = 0; i < kP; ++i) {
+                    acc[i][j][0] = bias.x;
+                    acc[i][j][1] = bias.y;
+                    acc[i][j][2] = bias.x;
+                    acc[i][j][3] = bias.y;
+                }
+            }
             const uint32_t a_base =
-                smem_addr(s_x + (warp_m * B::kEM * 16 + a_row) * B::kLdX + a_col);
-            const uint32_t b_base =
-                smem_addr(s_w1 + (n_base + warp_n * 32 + b_row) * B::kLdX + b_col);
+                smem_addr(s_x + ((warp_m * B::kEM + i0) * 16 + a_row) * B::kLdX + a_col);
 #pragma unroll
             for (int kk = 0; kk < CIN; kk += 16) {
-                uint32_t a[B::kEM][4];
+                uint32_t a[kP][4];
                 uint32_t b[4][2];
 #pragma unroll
-                for (int i = 0; i < B::kEM; ++i)
-                    ldmatrix_x4(a[i], a_base + (i * 16 * B::kLdX + kk) * 2);
+                for (int i = 0; i < kP; ++i)
+                    if (i0 + i < B::kEM) ldmatrix_x4(a[i], a_base + (i * 16 * B::kLdX + kk) * 2);
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                     uint32_t r[4];
-                    ldmatrix_x4(r, b_base + (j * 16 * B::kLdX + kk) * 2);
+                    ldmatrix_x4(r, w1_base + (j * 16 * B::kLdX + kk) * 2);
                     b[2 * j][0] = r[0];
                     b[2 * j][1] = r[1];
                     b[2 * j + 1][0] = r[2];
                     b[2 * j + 1][1] = r[3];
                 }
 #pragma unroll
-                for (int i = 0; i < B::kEM; ++i)
+                for (int i = 0; i < kP; ++i)
+                    if (i0 + i < B::kEM)
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
+                        for (int j = 0; j < 4; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
             }
-            // Bias + GELU; halo pixels outside the image (and pad rows) are the depthwise
-            // conv's zero padding.
+            // GELU; halo pixels outside the image (and pad rows) are the depthwise conv's zero
+            // padding. Branch-free: the GELUs of a thread interleave.
 #pragma unroll
-            for (int i = 0; i < B::kEM; ++i) {
+            for (int i = 0; i < kP; ++i) {
+                if (i0 + i >= B::kEM) continue;
 #pragma unroll
                 for (int half_row = 0; half_row < 2; ++half_row) {
-                    const int r = (warp_m * B::kEM + i) * 16 + (lane >> 2) + half_row * 8;
+                    const int r = (warp_m * B::kEM + i0 + i) * 16 + (lane >> 2) + half_row * 8;
                     const int gy = iy0 + r / B::kHaloW;
                     const int gx = ix0 + r % B::kHaloW;
                     const bool inside =
@@ -204,55 +313,70 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
                         const int col = warp_n * 32 + j * 8 + (lane & 3) * 2;
-                        __half2 out = __float2half2_rn(0.f);
-                        if (inside) {
-                            const float2 bias =
-                                *reinterpret_cast<const float2*>(p.b1 + n_base + col);
-                            out = __floats2half2_rn(gelu(acc[i][j][half_row * 2] + bias.x),
-                                                    gelu(acc[i][j][half_row * 2 + 1] + bias.y));
-                        }
-                        *reinterpret_cast<__half2*>(s_h + r * kLdH + col) = out;
+                        const __half2 g = __floats2half2_rn(gelu(acc[i][j][half_row * 2]),
+                                                            gelu(acc[i][j][half_row * 2 + 1]));
+                        *reinterpret_cast<__half2*>(s_h + r * kLdH + col) =
+                            inside ? g : __float2half2_rn(0.f);
                     }
                 }
             }
         }
         __syncthreads();
 
-        // ---- Depthwise 3x3 (stride S) + GELU: a thread owns 8 channels of kDwPerThread pixels.
+        // ---- Depthwise 3x3 (stride S) + b2 + GELU of the tile pixels. Thread: 4 channels of
+        // the kDwRows output rows o0.. of tile column `col`; it walks the strip's kDwInRows
+        // input rows once (3 columns each) and adds each to every output row it touches, so
+        // at most 3 output rows are in flight.
         {
-            const int c = (tid & 7) * 8;
-            float wt[9][8];
+            const int cg = (tid % B::kDwGroups) * 4;
+            const int strip = tid / B::kDwGroups;
+            const int col = strip % TW;
+            const int o0 = (strip / TW) * B::kDwRows;
+            const __half* w2c = buf + B::kBufW2 + cg;
+            float wt[9][4];
 #pragma unroll
-            for (int t = 0; t < 9; ++t)
-                unpack8(*reinterpret_cast<const uint4*>(p.w2 + t * HID + n_base + c), wt[t]);
-            float bias[8];
-            {
-                const float4 lo = *reinterpret_cast<const float4*>(p.b2 + n_base + c);
-                const float4 hi = *reinterpret_cast<const float4*>(p.b2 + n_base + c + 4);
-                bias[0] = lo.x, bias[1] = lo.y, bias[2] = lo.z, bias[3] = lo.w;
-                bias[4] = hi.x, bias[5] = hi.y, bias[6] = hi.z, bias[7] = hi.w;
+            for (int t = 0; t < 9; ++t) {
+                const uint2 raw = *reinterpret_cast<const uint2*>(w2c + t * kChunk);
+                const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+                const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+                wt[t][0] = lo.x, wt[t][1] = lo.y, wt[t][2] = hi.x, wt[t][3] = hi.y;
             }
+            const float* b2c = reinterpret_cast<const float*>(buf + B::kBufB2);
+            const float4 bias = *reinterpret_cast<const float4*>(b2c + cg);
+            float v[B::kDwRows][4];  // started at an output row's first input row
+            const __half* in_base = s_h + ((o0 * S) * B::kHaloW + col * S) * kLdH + cg;
+            __half* out_base = s_d + (o0 * TW + col) * kLdH + cg;
 #pragma unroll
-            for (int q = 0; q < B::kDwPerThread; ++q) {
-                const int px = (tid >> 3) + q * (kThreads / 8);
-                const int py = px / TW;
-                const int pxx = px % TW;
-                float v[8];
+            for (int ir = 0; ir < B::kDwInRows; ++ir) {
 #pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = bias[e];
+                for (int kx = 0; kx < 3; ++kx) {
+                    const uint2 raw = *reinterpret_cast<const uint2*>(
+                        in_base + (ir * B::kHaloW + kx) * kLdH);
+                    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+                    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+                    const float in[4] = {lo.x, lo.y, hi.x, hi.y};
 #pragma unroll
-                for (int ky = 0; ky < 3; ++ky)
+                    for (int o = 0; o < B::kDwRows; ++o) {
+                        const int ky = ir - o * S;  // compile-time after unrolling
+                        if (ky < 0 || ky > 2) continue;
+                        if (ky == 0 && kx == 0) {
+                            v[o][0] = bias.x, v[o][1] = bias.y, v[o][2] = bias.z, v[o][3] = bias.w;
+                        }
 #pragma unroll
-                    for (int kx = 0; kx < 3; ++kx) {
-                        float in[8];
-                        const int r = (py * S + ky) * B::kHaloW + pxx * S + kx;
-                        unpack8(*reinterpret_cast<const uint4*>(s_h + r * kLdH + c), in);
-#pragma unroll
-                        for (int e = 0; e < 8; ++e) v[e] = fmaf(in[e], wt[ky * 3 + kx][e], v[e]);
+                        for (int e = 0; e < 4; ++e)
+                            v[o][e] = fmaf(in[e], wt[ky * 3 + kx][e], v[o][e]);
                     }
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = gelu(v[e]);
-                *reinterpret_cast<uint4*>(s_d + px * kLdH + c) = pack8(v);
+                }
+                // Output row o = (ir - 2) / S is complete.
+                if (ir >= 2 && (ir - 2) % S == 0) {
+                    const int o = (ir - 2) / S;
+                    uint2 packed;
+                    *reinterpret_cast<__half2*>(&packed.x) =
+                        __floats2half2_rn(gelu(v[o][0]), gelu(v[o][1]));
+                    *reinterpret_cast<__half2*>(&packed.y) =
+                        __floats2half2_rn(gelu(v[o][2]), gelu(v[o][3]));
+                    *reinterpret_cast<uint2*>(out_base + o * TW * kLdH) = packed;
+                }
             }
         }
         __syncthreads();
@@ -261,8 +385,8 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
         {
             const uint32_t a_base =
                 smem_addr(s_d + (warp_m * B::kPM * 16 + a_row) * kLdH + a_col);
-            const uint32_t b_base = smem_addr(
-                s_w3 + (warp_n * B::kPN * 8 + b_row) * B::kLdW3 + n_base + b_col);
+            const uint32_t b_base =
+                smem_addr(buf + B::kBufW3 + (warp_n * B::kPN * 8 + b_row) * kLdH + b_col);
 #pragma unroll
             for (int kk = 0; kk < kChunk; kk += 16) {
                 uint32_t a[B::kPM][4];
@@ -273,7 +397,7 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
 #pragma unroll
                 for (int j = 0; j < B::kPN / 2; ++j) {
                     uint32_t r[4];
-                    ldmatrix_x4(r, b_base + (j * 16 * B::kLdW3 + kk) * 2);
+                    ldmatrix_x4(r, b_base + (j * 16 * kLdH + kk) * 2);
                     b[2 * j][0] = r[0];
                     b[2 * j][1] = r[1];
                     b[2 * j + 1][0] = r[2];
@@ -286,11 +410,12 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
                         mma16816(acc3[i][j], a[i], b[j][0], b[j][1]);
             }
         }
-        // The next chunk's depthwise pass overwrites s_d.
-        __syncthreads();
+        // The next iteration's barrier separates this GEMM from the next depthwise pass (s_d)
+        // and from the copy into this parameter buffer.
     }
 
-    // ---- Epilogue: + b3 (+ shortcut from the halo's centre, GELU), write y.
+    // ---- Epilogue: + b3 (+ shortcut from the halo's centre, GELU), write y. s_x is never
+    // overwritten, so no barrier is needed.
 #pragma unroll
     for (int i = 0; i < B::kPM; ++i) {
 #pragma unroll
@@ -323,14 +448,17 @@ __device__ __forceinline__ void conv_block_body(const ConvBlockParams& p) {
 
 // The instantiations (keep in sync with CONV_BLOCKS in src/ops/tinyvit.rs: channels, stride,
 // tile and dynamic shared memory).
-using MbConv64 = Block<64, 256, 64, 1, 8, 16, true>;
-using PatchMerging64 = Block<64, 128, 128, 2, 8, 8, false>;
-static_assert(MbConv64::kSmemBytes == 144384 && PatchMerging64::kSmemBytes == 154624,
+using MbConv64 = Block<64, 256, 64, 1, 8, 16, true, 2>;         // 128 registers: 2 passes
+using PatchMerging64 = Block<64, 128, 128, 2, 8, 8, false, 5>;  // one block per SM: 1 pass
+static_assert(MbConv64::kSmemBytes == 113920 && PatchMerging64::kSmemBytes == 160000,
               "dynamic shared memory sizes must match CONV_BLOCKS in src/ops/tinyvit.rs");
+// Two MBConv blocks per SM: 2 x (113920 + 1024 reserved) bytes <= 228 KiB, 2 x 256 threads at
+// <= 128 registers. The PatchMerging's stride-2 halo (320 rows) keeps it at one block per SM.
+static_assert(2 * (MbConv64::kSmemBytes + 1024) <= 228 * 1024, "two MBConv blocks per SM");
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads, 1) mbconv_c64_e4(const ConvBlockParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 2) mbconv_c64_e4(const ConvBlockParams p) {
     conv_block_body<MbConv64>(p);
 }
 
