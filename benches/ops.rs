@@ -2,7 +2,8 @@
 //! time from CUDA events (`Gpu::time_ms` inside `iter_custom`). Each case also prints one line
 //! with its achieved TFLOP/s and GB/s against its floor, and every GEMM-shaped case prints the
 //! time of each tile configuration (for tuning `select_gemm_tile`; every GEMM shape of the
-//! MobileSAM image encoder is swept too, without a criterion case). Skips without a GPU.
+//! MobileSAM image encoder and the decoder's token side is swept too, with each split count,
+//! the model's and the tuned choice, without a criterion case). Skips without a GPU.
 //!
 //! Ceilings (H100 SXM): ~990 TFLOP/s dense fp16 datasheet (~800 measured), ~3.0 TB/s measured
 //! copy bandwidth (H200: ~4.3 TB/s). Bytes below are the compulsory traffic: every operand read
@@ -17,8 +18,8 @@ use finesam::ops::conv::{
     ConvArgs, DepthwiseArgs, DepthwiseShape, StemArgs,
 };
 use finesam::ops::gemm::{
-    launch_gemm, launch_gemm_tile, select_gemm_tile, Activation, Epilogue, GemmArgs, GemmProblem,
-    GemmTile, Matrix, Residual, ResidualOrder,
+    gemm_key, launch_gemm, launch_gemm_split, launch_gemm_tile, select_gemm_tile, split_k_segments,
+    Activation, Epilogue, GemmArgs, GemmProblem, GemmTile, Matrix, Residual, ResidualOrder,
 };
 use finesam::ops::norm::{launch_layer_norm, LayerNormArgs};
 use finesam::ops::DeviceRegion;
@@ -202,33 +203,91 @@ fn gemms(c: &mut Criterion, gpu: &Gpu) {
     }
 }
 
-/// Every GEMM shape of the MobileSAM image encoder (1024x1024) with its epilogue: the
-/// launcher's pick and each tile's time, for fitting `select_gemm_tile` (no criterion case).
-fn encoder_gemm_tiles(gpu: &Gpu) {
-    use Activation::{Gelu, None as Plain};
+/// Every GEMM shape of the MobileSAM image encoder (1024x1024) and the mask decoder's token
+/// side (8 and 32 prompts) with its epilogue: each tile's time (and each split count for
+/// split-K shapes), the model's choice and the tuned one (GemmTuner), and the totals over the
+/// encoder's launches (no criterion case; `gemm_tuned_decoder_mlp2` is one).
+fn gemm_shape_sweep(gpu: &Gpu) {
+    use Activation::{Gelu, None as Plain, Relu};
     const AFTER: Option<ResidualOrder> = Some(ResidualOrder::AfterActivation);
-    // (name, M, N, K, activation, residual); M of qkv/proj is the zero-padded window rows.
+    // (name, launches per forward, M, N, K, activation, residual); M of qkv/proj is the
+    // zero-padded window rows.
     let shapes = [
-        ("layers.1 qkv", 17689, 384, 128, Plain, None),
-        ("layers.1 proj", 17689, 128, 128, Plain, AFTER),
-        ("layers.1 fc1", 16384, 512, 128, Gelu, None),
-        ("layers.1 fc2", 16384, 128, 512, Plain, AFTER),
-        ("layers.1 merge conv1", 16384, 160, 128, Gelu, None),
-        ("layers.1 merge conv3", 4096, 160, 160, Plain, None),
-        ("layers.2 qkv", 4900, 480, 160, Plain, None),
-        ("layers.2 proj", 4900, 160, 160, Plain, AFTER),
-        ("layers.2 fc1", 4096, 640, 160, Gelu, None),
-        ("layers.2 fc2", 4096, 160, 640, Plain, AFTER),
-        ("layers.2 merge conv1", 4096, 320, 160, Gelu, None),
-        ("layers.2 merge conv3", 4096, 320, 320, Plain, None),
-        ("layers.3 qkv", 4900, 960, 320, Plain, None),
-        ("layers.3 proj", 4900, 320, 320, Plain, AFTER),
-        ("layers.3 fc1", 4096, 1280, 320, Gelu, None),
-        ("layers.3 fc2", 4096, 320, 1280, Plain, AFTER),
-        ("neck.0", 4096, 256, 320, Plain, None),
+        ("encoder layers.1 qkv", 2, 17689, 384, 128, Plain, None),
+        ("encoder layers.1 proj", 2, 17689, 128, 128, Plain, AFTER),
+        ("encoder layers.1 fc1", 2, 16384, 512, 128, Gelu, None),
+        ("encoder layers.1 fc2", 2, 16384, 128, 512, Plain, AFTER),
+        (
+            "encoder layers.1 merge conv1",
+            1,
+            16384,
+            160,
+            128,
+            Gelu,
+            None,
+        ),
+        (
+            "encoder layers.1 merge conv3",
+            1,
+            4096,
+            160,
+            160,
+            Plain,
+            None,
+        ),
+        ("encoder layers.2 qkv", 6, 4900, 480, 160, Plain, None),
+        ("encoder layers.2 proj", 6, 4900, 160, 160, Plain, AFTER),
+        ("encoder layers.2 fc1", 6, 4096, 640, 160, Gelu, None),
+        ("encoder layers.2 fc2", 6, 4096, 160, 640, Plain, AFTER),
+        (
+            "encoder layers.2 merge conv1",
+            1,
+            4096,
+            320,
+            160,
+            Gelu,
+            None,
+        ),
+        (
+            "encoder layers.2 merge conv3",
+            1,
+            4096,
+            320,
+            320,
+            Plain,
+            None,
+        ),
+        ("encoder layers.3 qkv", 2, 4900, 960, 320, Plain, None),
+        ("encoder layers.3 proj", 2, 4900, 320, 320, Plain, AFTER),
+        ("encoder layers.3 fc1", 2, 4096, 1280, 320, Gelu, None),
+        ("encoder layers.3 fc2", 2, 4096, 320, 1280, Plain, AFTER),
+        ("encoder neck.0", 1, 4096, 256, 320, Plain, None),
+        ("decoder 8 prompts mlp lin1", 2, 56, 2048, 256, Relu, None),
+        ("decoder 8 prompts mlp lin2", 2, 56, 256, 2048, Plain, AFTER),
+        ("decoder 8 prompts token proj", 6, 56, 256, 256, Plain, None),
+        (
+            "decoder 8 prompts token q to image",
+            2,
+            56,
+            128,
+            256,
+            Plain,
+            None,
+        ),
+        ("decoder 1 prompt mlp lin2", 2, 7, 256, 2048, Plain, AFTER),
+        (
+            "decoder 32 prompts mlp lin2",
+            2,
+            224,
+            256,
+            2048,
+            Plain,
+            AFTER,
+        ),
     ];
-    let sms = gpu.kernels().sm_count();
-    for (name, m, n, k, activation, residual) in shapes {
+    let tuner = gpu.gemm_tuner();
+    let mut totals = [0.0f64; 2]; // encoder: model, tuned (us per forward)
+    for (name, count, m, n, k, activation, residual) in shapes {
         let x = f16_buffer(gpu, m * k, 1);
         let w = f16_buffer(gpu, n * k, 2);
         let y = f16_buffer(gpu, m * n, 3);
@@ -249,15 +308,98 @@ fn encoder_gemm_tiles(gpu: &Gpu) {
                 ..Epilogue::default()
             },
         };
-        let label = format!("encoder {name} M{m} N{n} K{k}");
-        println!(
-            "{label}: launcher picks {:?}",
-            select_gemm_tile(m, n, 1, sms)
-        );
-        tile_sweep(gpu, &label, problem.flops(), |tile| {
+        let label = format!("{name} M{m} N{n} K{k}");
+        let flops = problem.flops();
+        let key = gemm_key(&problem, &args).expect("valid GEMM");
+        tile_sweep(gpu, &label, flops, |tile| {
             launch_gemm_tile(gpu, tile, &problem, &args)
         });
+        if key.split_k() {
+            let mut line = format!("  splits for {label}:");
+            for tile in GemmTile::ALL {
+                for splits in [1, 2, 4, 8, 16] {
+                    if splits > split_k_segments(k) {
+                        continue;
+                    }
+                    let launch = || launch_gemm_split(gpu, tile, splits, &problem, &args);
+                    launch().expect("launch");
+                    let ms = gpu.time_ms(REPS, launch).expect("timing");
+                    line += &format!(" {tile:?}/{splits} {:.1} us;", ms * 1e3);
+                }
+            }
+            println!("{line}");
+        }
+        // The model's choice (nothing cached for this key yet), then the tuned one.
+        let cached = tuner.cached(&key);
+        let auto = || launch_gemm(gpu, &problem, &args);
+        let model_ms = if cached.is_none() {
+            auto().expect("launch");
+            gpu.time_ms(REPS, auto).expect("timing")
+        } else {
+            f64::NAN
+        };
+        tuner.tune(gpu, auto).expect("tuning");
+        auto().expect("launch");
+        let tuned_ms = gpu.time_ms(REPS, auto).expect("timing");
+        println!(
+            "{label}: model {:?} {:.1} us ({:?} by select_gemm_tile), tuned {:?} {:.1} us ({:.0} TFLOP/s)",
+            finesam::ops::gemm_tune::heuristic_choice(
+                &key,
+                gpu.kernels().sm_count(),
+                gpu.kernels().gemm_blocks_per_sm()
+            ),
+            model_ms * 1e3,
+            select_gemm_tile(m, n, 1, gpu.kernels().sm_count()),
+            tuner.cached(&key),
+            tuned_ms * 1e3,
+            flops / (tuned_ms * 1e-3) * 1e-12
+        );
+        if name.starts_with("encoder") && model_ms.is_finite() {
+            totals[0] += count as f64 * model_ms * 1e3;
+            totals[1] += count as f64 * tuned_ms * 1e3;
+        }
     }
+    println!(
+        "encoder GEMMs per forward (these shapes x launches): model {:.1} us, tuned {:.1} us",
+        totals[0], totals[1]
+    );
+}
+
+/// The decoder MLP's second GEMM (8 prompts: M 56, N 256, K 2048, bias + residual), tuned:
+/// the split-K case.
+fn decoder_mlp2(c: &mut Criterion, gpu: &Gpu) {
+    let (m, n, k) = (56, 256, 2048);
+    let x = f16_buffer(gpu, m * k, 1);
+    let w = f16_buffer(gpu, n * k, 2);
+    let y = f16_buffer(gpu, m * n, 3);
+    let b = f32_buffer(gpu, n, 0.1);
+    let problem = GemmProblem::new(m, n, k);
+    let ym = Matrix::packed(region(&y), n);
+    let args = GemmArgs {
+        x: Matrix::packed(region(&x), k),
+        w: Matrix::packed(region(&w), k),
+        y: ym,
+        epilogue: Epilogue {
+            bias: Some(region(&b)),
+            residual: Some(Residual {
+                matrix: ym,
+                order: ResidualOrder::AfterActivation,
+            }),
+            ..Epilogue::default()
+        },
+    };
+    let auto = || launch_gemm(gpu, &problem, &args);
+    gpu.gemm_tuner().tune(gpu, auto).expect("tuning");
+    // Floor: W (1 MiB) read once, ~0.25 us at 4.3 TB/s; X 229 KB, Y twice 29 KB.
+    let bytes = ((m * k + n * k + 2 * m * n) * 2) as f64;
+    bench_case(
+        c,
+        gpu,
+        "gemm_tuned_decoder_mlp2_m56_n256_k2048",
+        problem.flops(),
+        bytes,
+        auto,
+    );
 }
 
 fn convs(c: &mut Criterion, gpu: &Gpu) {
@@ -440,7 +582,8 @@ fn dense_ops(c: &mut Criterion) {
     let gpu = Gpu::new(0).expect("GPU opens");
     println!("device: {}", gpu.name());
     gemms(c, &gpu);
-    encoder_gemm_tiles(&gpu);
+    gemm_shape_sweep(&gpu);
+    decoder_mlp2(c, &gpu);
     convs(c, &gpu);
     layer_norms(c, &gpu);
 }

@@ -59,6 +59,14 @@ struct GemmParams {
     // m / (win * win) over the [map_h, map_w] map padded to whole windows; it is stored (and
     // its residual read) at that map pixel, and padding tokens are not stored.
     int win, map_h, map_w, windows_y, windows_x;
+    // Split-K (gemm_splitk_* only): K is cut into `segments` segments of `seg_k` (a multiple of
+    // kBK); split z = blockIdx.z owns segments [z * segments / splits, (z + 1) * segments /
+    // splits). Each segment's partial sum (alpha not applied) goes to
+    // ws[((segment * batch + b) * m + row) * ldws + col]; counters[b * tiles + tile] counts
+    // arrivals and is reset to 0 by the last block.
+    float* ws;
+    int* counters;
+    int seg_k, segments, splits, ldws;
 };
 
 // alpha * acc (already applied) + bias, residual before or after the activation.
@@ -154,141 +162,12 @@ struct ALoader<ITERS, THREADS, true> {
     }
 };
 
-template <class T, bool CONV>
-__device__ __forceinline__ void gemm_body(const GemmParams& p) {
+// The fused epilogue of one BM x BN tile whose alpha * acc values are staged (fp32) in s_c:
+// bias, residual, activation, then 16-byte (or element) stores, rows scattered for windows.
+template <class T>
+__device__ __forceinline__ void store_tile(const GemmParams& p, const float* s_c, int m0, int n0,
+                                           long long batch, int tid) {
     constexpr int BM = T::kBM, BN = T::kBN;
-    extern __shared__ __align__(128) unsigned char smem[];
-    __half* s_a = reinterpret_cast<__half*>(smem);      // [STAGES][BM][kSmemLd]
-    __half* s_b = s_a + T::kStages * BM * kSmemLd;      // [STAGES][BN][kSmemLd]
-
-    const int tid = threadIdx.x;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const int warp_m = warp / T::kWarpsN;
-    const int warp_n = warp % T::kWarpsN;
-
-    // Grouped tile order: kGroupM M-tiles sweep all N-tiles before the next group starts.
-    const int m_tiles = (p.m + BM - 1) / BM;
-    const int n_tiles = (p.n + BN - 1) / BN;
-    const int pid = blockIdx.x;
-    const int group = pid / (kGroupM * n_tiles);
-    const int first_m = group * kGroupM;
-    const int group_rows = min(m_tiles - first_m, kGroupM);
-    const int in_group = pid - group * kGroupM * n_tiles;
-    const int m0 = (first_m + in_group % group_rows) * BM;
-    const int n0 = (in_group / group_rows) * BN;
-
-    const long long batch = blockIdx.y;
-    const __half* x = p.x + batch * p.bsx;
-    const __half* w = p.w + batch * p.bsw;
-
-    ALoader<T::kAIters, T::kThreads, CONV> a_loader;
-    a_loader.init(p, x, m0, tid);
-    const __half* b_row[T::kBIters];
-    bool b_valid[T::kBIters];
-#pragma unroll
-    for (int i = 0; i < T::kBIters; ++i) {
-        const int r = n0 + (tid >> 2) + i * (T::kThreads >> 2);
-        b_valid[i] = r < p.n;
-        b_row[i] = w + static_cast<long long>(b_valid[i] ? r : 0) * p.ldw;
-    }
-    // This thread's chunk within a stage: row tid/4, halves (tid%4)*8.
-    const uint32_t a_dst0 = smem_addr(s_a + (tid >> 2) * kSmemLd + (tid & 3) * 8);
-    const uint32_t b_dst0 = smem_addr(s_b + (tid >> 2) * kSmemLd + (tid & 3) * 8);
-    constexpr uint32_t kAStageBytes = BM * kSmemLd * 2;
-    constexpr uint32_t kBStageBytes = BN * kSmemLd * 2;
-
-    auto load_stage = [&](int kt, int stage) {
-        const int k0 = kt * kBK;
-        a_loader.load(p, a_dst0 + stage * kAStageBytes, k0, tid);
-        const int kc = k0 + (tid & 3) * 8;
-        const bool kin = kc < p.k;
-#pragma unroll
-        for (int i = 0; i < T::kBIters; ++i) {
-            const bool ok = b_valid[i] && kin;
-            cp_async16(b_dst0 + stage * kBStageBytes + i * (T::kThreads >> 2) * kSmemLd * 2,
-                       b_row[i] + (ok ? kc : 0), ok ? 16 : 0);
-        }
-    };
-
-    float acc[T::kMmaM][T::kMmaN][4];
-#pragma unroll
-    for (int i = 0; i < T::kMmaM; ++i)
-#pragma unroll
-        for (int j = 0; j < T::kMmaN; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-    const int k_tiles = (p.k + kBK - 1) / kBK;
-#pragma unroll
-    for (int s = 0; s < T::kStages - 1; ++s) {
-        if (s < k_tiles) load_stage(s, s);
-        cp_async_commit();
-    }
-
-    // ldmatrix lane addresses (bytes within a stage). A x4: lanes 0-15 rows 0-15 at k 0,
-    // lanes 16-31 rows 0-15 at k 8. B x4: matrices (n 0-7, k 0), (n 0-7, k 8), (n 8-15, k 0),
-    // (n 8-15, k 8) -> the b0/b1 registers of two adjacent n8 tiles.
-    const uint32_t a_frag0 =
-        smem_addr(s_a + (warp_m * T::kWarpM + (lane & 15)) * kSmemLd + (lane >> 4) * 8);
-    const uint32_t b_frag0 = smem_addr(
-        s_b + (warp_n * T::kWarpN + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
-        ((lane >> 3) & 1) * 8);
-
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        cp_async_wait<T::kStages - 2>();
-        __syncthreads();
-        // Refill the stage consumed in the previous iteration (everyone is past it now).
-        const int next = kt + T::kStages - 1;
-        if (next < k_tiles) load_stage(next, next % T::kStages);
-        cp_async_commit();
-
-        const int stage = kt % T::kStages;
-        const uint32_t a_base = a_frag0 + stage * kAStageBytes;
-        const uint32_t b_base = b_frag0 + stage * kBStageBytes;
-#pragma unroll
-        for (int kk = 0; kk < kBK; kk += 16) {
-            uint32_t a[T::kMmaM][4];
-            uint32_t b[T::kMmaN][2];
-#pragma unroll
-            for (int i = 0; i < T::kMmaM; ++i)
-                ldmatrix_x4(a[i], a_base + (i * 16 * kSmemLd + kk) * 2);
-#pragma unroll
-            for (int j = 0; j < T::kMmaN / 2; ++j) {
-                uint32_t r[4];
-                ldmatrix_x4(r, b_base + (j * 16 * kSmemLd + kk) * 2);
-                b[2 * j][0] = r[0];
-                b[2 * j][1] = r[1];
-                b[2 * j + 1][0] = r[2];
-                b[2 * j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int i = 0; i < T::kMmaM; ++i)
-#pragma unroll
-                for (int j = 0; j < T::kMmaN; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
-        }
-    }
-
-    // ---- Epilogue: stage alpha * acc as fp32, then write whole 16-byte output chunks. ----
-    cp_async_wait<0>();
-    __syncthreads();
-    float* s_c = reinterpret_cast<float*>(smem);  // [BM][kLdc]
-    {
-        const int r0 = warp_m * T::kWarpM + (lane >> 2);
-        const int c0 = warp_n * T::kWarpN + (lane & 3) * 2;
-#pragma unroll
-        for (int i = 0; i < T::kMmaM; ++i)
-#pragma unroll
-            for (int j = 0; j < T::kMmaN; ++j) {
-                float* dst = s_c + (r0 + i * 16) * T::kLdc + c0 + j * 8;
-                *reinterpret_cast<float2*>(dst) =
-                    make_float2(p.alpha * acc[i][j][0], p.alpha * acc[i][j][1]);
-                *reinterpret_cast<float2*>(dst + 8 * T::kLdc) =
-                    make_float2(p.alpha * acc[i][j][2], p.alpha * acc[i][j][3]);
-            }
-    }
-    __syncthreads();
-
     __half* y = p.y + batch * p.bsy;
     const __half* res = p.residual ? p.residual + batch * p.bsr : nullptr;
     constexpr int kChunksPerRow = BN / 8;
@@ -343,6 +222,217 @@ __device__ __forceinline__ void gemm_body(const GemmParams& p) {
     }
 }
 
+// SPLIT: the split-K variant (gemm_splitk_*): this block computes the segments of split
+// blockIdx.z, stores each segment's partial tile to p.ws, and the last block to arrive at the
+// output tile sums all segments in segment order and runs the same epilogue. Every element's
+// value is then sum over segments (in order) of its per-segment mma chain, which depends on
+// neither the tile nor the split count: all split counts and tiles give identical bits.
+template <class T, bool CONV, bool SPLIT>
+__device__ __forceinline__ void gemm_body(const GemmParams& p) {
+    constexpr int BM = T::kBM, BN = T::kBN;
+    extern __shared__ __align__(128) unsigned char smem[];
+    __half* s_a = reinterpret_cast<__half*>(smem);      // [STAGES][BM][kSmemLd]
+    __half* s_b = s_a + T::kStages * BM * kSmemLd;      // [STAGES][BN][kSmemLd]
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int warp_m = warp / T::kWarpsN;
+    const int warp_n = warp % T::kWarpsN;
+
+    // Grouped tile order: kGroupM M-tiles sweep all N-tiles before the next group starts.
+    const int m_tiles = (p.m + BM - 1) / BM;
+    const int n_tiles = (p.n + BN - 1) / BN;
+    const int pid = blockIdx.x;
+    const int group = pid / (kGroupM * n_tiles);
+    const int first_m = group * kGroupM;
+    const int group_rows = min(m_tiles - first_m, kGroupM);
+    const int in_group = pid - group * kGroupM * n_tiles;
+    const int m0 = (first_m + in_group % group_rows) * BM;
+    const int n0 = (in_group / group_rows) * BN;
+
+    const long long batch = blockIdx.y;
+    const __half* x = p.x + batch * p.bsx;
+    const __half* w = p.w + batch * p.bsw;
+
+    ALoader<T::kAIters, T::kThreads, CONV> a_loader;
+    a_loader.init(p, x, m0, tid);
+    const __half* b_row[T::kBIters];
+    bool b_valid[T::kBIters];
+#pragma unroll
+    for (int i = 0; i < T::kBIters; ++i) {
+        const int r = n0 + (tid >> 2) + i * (T::kThreads >> 2);
+        b_valid[i] = r < p.n;
+        b_row[i] = w + static_cast<long long>(b_valid[i] ? r : 0) * p.ldw;
+    }
+    // This thread's chunk within a stage: row tid/4, halves (tid%4)*8.
+    const uint32_t a_dst0 = smem_addr(s_a + (tid >> 2) * kSmemLd + (tid & 3) * 8);
+    const uint32_t b_dst0 = smem_addr(s_b + (tid >> 2) * kSmemLd + (tid & 3) * 8);
+    constexpr uint32_t kAStageBytes = BM * kSmemLd * 2;
+    constexpr uint32_t kBStageBytes = BN * kSmemLd * 2;
+
+    // K range of this block: all of K, or the segments of split blockIdx.z.
+    int k_begin = 0;
+    int k_len = p.k;
+    int seg_first = 0;
+    if constexpr (SPLIT) {
+        const int z = blockIdx.z;
+        seg_first = z * p.segments / p.splits;
+        const int seg_end = (z + 1) * p.segments / p.splits;
+        k_begin = seg_first * p.seg_k;
+        k_len = min(p.k, seg_end * p.seg_k) - k_begin;
+    }
+
+    auto load_stage = [&](int kt, int stage) {
+        const int k0 = k_begin + kt * kBK;
+        a_loader.load(p, a_dst0 + stage * kAStageBytes, k0, tid);
+        const int kc = k0 + (tid & 3) * 8;
+        const bool kin = kc < p.k;
+#pragma unroll
+        for (int i = 0; i < T::kBIters; ++i) {
+            const bool ok = b_valid[i] && kin;
+            cp_async16(b_dst0 + stage * kBStageBytes + i * (T::kThreads >> 2) * kSmemLd * 2,
+                       b_row[i] + (ok ? kc : 0), ok ? 16 : 0);
+        }
+    };
+
+    float acc[T::kMmaM][T::kMmaN][4];
+#pragma unroll
+    for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+        for (int j = 0; j < T::kMmaN; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    const int k_tiles = (k_len + kBK - 1) / kBK;
+#pragma unroll
+    for (int s = 0; s < T::kStages - 1; ++s) {
+        if (s < k_tiles) load_stage(s, s);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane addresses (bytes within a stage). A x4: lanes 0-15 rows 0-15 at k 0,
+    // lanes 16-31 rows 0-15 at k 8. B x4: matrices (n 0-7, k 0), (n 0-7, k 8), (n 8-15, k 0),
+    // (n 8-15, k 8) -> the b0/b1 registers of two adjacent n8 tiles.
+    const uint32_t a_frag0 =
+        smem_addr(s_a + (warp_m * T::kWarpM + (lane & 15)) * kSmemLd + (lane >> 4) * 8);
+    const uint32_t b_frag0 = smem_addr(
+        s_b + (warp_n * T::kWarpN + (lane & 7) + ((lane >> 4) << 3)) * kSmemLd +
+        ((lane >> 3) & 1) * 8);
+
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        cp_async_wait<T::kStages - 2>();
+        __syncthreads();
+        // Refill the stage consumed in the previous iteration (everyone is past it now).
+        const int next = kt + T::kStages - 1;
+        if (next < k_tiles) load_stage(next, next % T::kStages);
+        cp_async_commit();
+
+        const int stage = kt % T::kStages;
+        const uint32_t a_base = a_frag0 + stage * kAStageBytes;
+        const uint32_t b_base = b_frag0 + stage * kBStageBytes;
+#pragma unroll
+        for (int kk = 0; kk < kBK; kk += 16) {
+            uint32_t a[T::kMmaM][4];
+            uint32_t b[T::kMmaN][2];
+#pragma unroll
+            for (int i = 0; i < T::kMmaM; ++i)
+                ldmatrix_x4(a[i], a_base + (i * 16 * kSmemLd + kk) * 2);
+#pragma unroll
+            for (int j = 0; j < T::kMmaN / 2; ++j) {
+                uint32_t r[4];
+                ldmatrix_x4(r, b_base + (j * 16 * kSmemLd + kk) * 2);
+                b[2 * j][0] = r[0];
+                b[2 * j][1] = r[1];
+                b[2 * j + 1][0] = r[2];
+                b[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+                for (int j = 0; j < T::kMmaN; ++j) mma16816(acc[i][j], a[i], b[j][0], b[j][1]);
+        }
+        if constexpr (SPLIT) {
+            // End of a segment (or of this split's K range): store its partial tile, restart.
+            const int seg_tiles = p.seg_k / kBK;
+            if ((kt + 1) % seg_tiles == 0 || kt + 1 == k_tiles) {
+                const int seg = seg_first + kt / seg_tiles;
+                float* ws = p.ws + (static_cast<long long>(seg) * gridDim.y + blockIdx.y) *
+                                       p.m * static_cast<long long>(p.ldws);
+                const int r0 = m0 + warp_m * T::kWarpM + (lane >> 2);
+                const int c0 = n0 + warp_n * T::kWarpN + (lane & 3) * 2;
+#pragma unroll
+                for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+                    for (int j = 0; j < T::kMmaN; ++j) {
+                        const int c = c0 + j * 8;
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            const int r = r0 + i * 16 + h * 8;
+                            float* dst = ws + static_cast<long long>(r) * p.ldws + c;
+                            if (r < p.m && c + 1 < p.n) {
+                                __stcg(reinterpret_cast<float2*>(dst),
+                                       make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
+                            } else if (r < p.m && c < p.n) {
+                                __stcg(dst, acc[i][j][2 * h]);
+                            }
+                            acc[i][j][2 * h] = 0.f;
+                            acc[i][j][2 * h + 1] = 0.f;
+                        }
+                    }
+            }
+        }
+    }
+
+    // ---- Epilogue: stage alpha * acc as fp32, then write whole 16-byte output chunks. ----
+    cp_async_wait<0>();
+    __syncthreads();
+    float* s_c = reinterpret_cast<float*>(smem);  // [BM][kLdc]
+    if constexpr (SPLIT) {
+        // Publish this split's partials; the last block of the tile reduces them.
+        __shared__ int s_last;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            int* counter = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
+            const bool last = atomicAdd(counter, 1) == p.splits - 1;
+            if (last) *counter = 0;  // every split has arrived: ready for the next launch
+            s_last = last;
+        }
+        __syncthreads();
+        if (!s_last) return;
+        __threadfence();
+        // Fixed order over the segments: the sum does not depend on which block is last.
+        const int rows = min(BM, p.m - m0);
+        const long long seg_stride = static_cast<long long>(gridDim.y) * p.m * p.ldws;
+        const float* ws = p.ws + static_cast<long long>(blockIdx.y) * p.m * p.ldws;
+        for (int idx = tid; idx < rows * BN; idx += T::kThreads) {
+            const int r = idx / BN;
+            const int c = idx - r * BN;
+            if (n0 + c >= p.n) continue;
+            const float* src = ws + static_cast<long long>(m0 + r) * p.ldws + n0 + c;
+            float total = 0.f;
+            for (int seg = 0; seg < p.segments; ++seg) total += __ldcg(src + seg * seg_stride);
+            s_c[r * T::kLdc + c] = __fmul_rn(p.alpha, total);
+        }
+    } else {
+        const int r0 = warp_m * T::kWarpM + (lane >> 2);
+        const int c0 = warp_n * T::kWarpN + (lane & 3) * 2;
+#pragma unroll
+        for (int i = 0; i < T::kMmaM; ++i)
+#pragma unroll
+            for (int j = 0; j < T::kMmaN; ++j) {
+                float* dst = s_c + (r0 + i * 16) * T::kLdc + c0 + j * 8;
+                *reinterpret_cast<float2*>(dst) =
+                    make_float2(p.alpha * acc[i][j][0], p.alpha * acc[i][j][1]);
+                *reinterpret_cast<float2*>(dst + 8 * T::kLdc) =
+                    make_float2(p.alpha * acc[i][j][2], p.alpha * acc[i][j][3]);
+            }
+    }
+    __syncthreads();
+    store_tile<T>(p, s_c, m0, n0, blockIdx.y, tid);
+}
+
 template <int BM_, int BN_, int WARPS_M, int WARPS_N, int STAGES>
 struct Config : Tile<BM_, BN_, WARPS_M, WARPS_N, STAGES> {
     static constexpr int kBM = BM_, kBN = BN_, kWarpsN = WARPS_N, kStages = STAGES;
@@ -362,11 +452,16 @@ static_assert(Big::kSmemBytes == 81920 && Wide::kSmemBytes == 61440 && Small::kS
 #define FINESAM_GEMM_KERNELS(NAME, CFG, MIN_BLOCKS)                                           \
     extern "C" __global__ void __launch_bounds__(CFG::kThreads, MIN_BLOCKS)                   \
         gemm_##NAME(const GemmParams p) {                                                     \
-        gemm_body<CFG, false>(p);                                                             \
+        gemm_body<CFG, false, false>(p);                                                      \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(CFG::kThreads, MIN_BLOCKS)                   \
         conv_igemm_##NAME(const GemmParams p) {                                               \
-        gemm_body<CFG, true>(p);                                                              \
+        gemm_body<CFG, true, false>(p);                                                       \
+    }                                                                                         \
+    /* Split-K shapes have few blocks: no occupancy floor, so the 128x128 tile cannot spill */ \
+    extern "C" __global__ void __launch_bounds__(CFG::kThreads, 1)                            \
+        gemm_splitk_##NAME(const GemmParams p) {                                              \
+        gemm_body<CFG, false, true>(p);                                                       \
     }
 
 FINESAM_GEMM_KERNELS(128x128, Big, 2)

@@ -17,13 +17,14 @@ use dense::{
     poisoned, random_f16, random_f32, region, upload,
 };
 use finesam::gpu::DeviceBuffer;
+use finesam::gpu::Graph;
 use finesam::ops::conv::{
     launch_conv2d, launch_conv2d_tile, launch_conv3x3_stem, launch_depthwise_conv2d, Conv2dShape,
     ConvArgs, DepthwiseArgs, DepthwiseShape, StemArgs,
 };
 use finesam::ops::gemm::{
-    launch_gemm, launch_gemm_tile, Activation, Epilogue, GemmArgs, GemmProblem, GemmTile, Matrix,
-    Residual, ResidualOrder,
+    gemm_key, launch_gemm, launch_gemm_split, launch_gemm_tile, split_k_family, split_k_segments,
+    Activation, Epilogue, GemmArgs, GemmProblem, GemmTile, Matrix, Residual, ResidualOrder,
 };
 use finesam::ops::norm::{launch_layer_norm, LayerNormArgs};
 use finesam::ops::DeviceRegion;
@@ -438,6 +439,373 @@ fn gemm_in_place_residual() {
     let out: Vec<f64> = download_f16(&gpu, &y).iter().map(|v| v.to_f64()).collect();
     let (rel, max_abs) = errors(&out, &reference);
     report("in-place residual gemm", rel, max_abs, GEMM_REL_L2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split-K, bitwise identity of the kernel choices, the tuner
+
+/// How a GEMM is launched in the split-K and identity tests.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    /// `launch_gemm` (the tuner's or the model's choice).
+    Auto,
+    /// The single-pass kernel on a tile.
+    Tile(GemmTile),
+    /// The split-K kernel on a tile with a split count.
+    Split(GemmTile, usize),
+}
+
+fn run_kernel(
+    gpu: &Gpu,
+    kernel: Kernel,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> finesam::Result<()> {
+    match kernel {
+        Kernel::Auto => launch_gemm(gpu, problem, args),
+        Kernel::Tile(t) => launch_gemm_tile(gpu, t, problem, args),
+        Kernel::Split(t, s) => launch_gemm_split(gpu, t, s, problem, args),
+    }
+}
+
+/// Operands of a (batched, packed) GEMM case on the device and its f64 reference.
+struct Operands {
+    problem: GemmProblem,
+    case: GemmCase,
+    x: DeviceBuffer,
+    w: DeviceBuffer,
+    b: DeviceBuffer,
+    r: DeviceBuffer,
+    reference: Vec<f64>,
+}
+
+fn operands(gpu: &Gpu, rng: &mut Rng, case: GemmCase, batch: usize) -> Operands {
+    let GemmCase { m, n, k, .. } = case;
+    let (xh, xf) = random_f16(rng, batch * m * k, -1.0, 1.0);
+    let scale = 1.0 / (k as f64).sqrt();
+    let (wh, wf) = random_f16(rng, batch * n * k, -2.0 * scale, 2.0 * scale);
+    let (bh, bf) = random_f32(rng, n, -0.5, 0.5);
+    let (rh, rf) = random_f16(rng, batch * m * n, -1.0, 1.0);
+    let mut reference = Vec::with_capacity(batch * m * n);
+    for bi in 0..batch {
+        reference.extend(gemm_reference(
+            m,
+            n,
+            k,
+            &xf[bi * m * k..(bi + 1) * m * k],
+            &wf[bi * n * k..(bi + 1) * n * k],
+            &EpilogueRef {
+                alpha: case.alpha as f64,
+                bias: case.bias.then_some(&bf[..]),
+                act: case.act,
+                residual: case
+                    .residual
+                    .map(|o| (&rf[bi * m * n..(bi + 1) * m * n], o)),
+            },
+        ));
+    }
+    Operands {
+        problem: GemmProblem { m, n, k, batch },
+        case,
+        x: upload(gpu, &xh),
+        w: upload(gpu, &wh),
+        b: upload(gpu, &bh),
+        r: upload(gpu, &rh),
+        reference,
+    }
+}
+
+impl Operands {
+    fn args(&self, y: &DeviceBuffer) -> GemmArgs {
+        let GemmProblem { m, n, k, .. } = self.problem;
+        GemmArgs {
+            x: Matrix::packed(region(&self.x), k).with_batch_stride(m * k),
+            w: Matrix::packed(region(&self.w), k).with_batch_stride(n * k),
+            y: Matrix::packed(region(y), n).with_batch_stride(m * n),
+            epilogue: Epilogue {
+                alpha: self.case.alpha,
+                bias: self.case.bias.then(|| region(&self.b)),
+                activation: self.case.act,
+                residual: self.case.residual.map(|order| Residual {
+                    matrix: Matrix::packed(region(&self.r), n).with_batch_stride(m * n),
+                    order,
+                }),
+            },
+        }
+    }
+
+    /// Runs `kernel` into a poisoned output, checks it against the reference and returns the
+    /// output bits.
+    fn run(&self, gpu: &Gpu, kernel: Kernel) -> Vec<u16> {
+        let GemmProblem { m, n, k, batch } = self.problem;
+        let y = poisoned(gpu, batch * m * n);
+        run_kernel(gpu, kernel, &self.problem, &self.args(&y)).unwrap();
+        let out = download_f16(gpu, &y);
+        let values: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
+        let (rel, max_abs) = errors(&values, &self.reference);
+        let c = &self.case;
+        report(
+            &format!(
+                "{kernel:?} batch={batch} M={m} N={n} K={k} act={:?} bias={} residual={:?}",
+                c.act, c.bias, c.residual
+            ),
+            rel,
+            max_abs,
+            GEMM_REL_L2,
+        );
+        out.iter().map(|v| v.to_bits()).collect()
+    }
+}
+
+/// Asserts that every output in `outputs` has the same bits as the first.
+fn assert_identical(what: &str, outputs: &[(Kernel, Vec<u16>)]) {
+    let (first_kernel, first) = &outputs[0];
+    for (kernel, out) in &outputs[1..] {
+        let differing = out.iter().zip(first).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing, 0,
+            "{what}: {kernel:?} differs from {first_kernel:?} in {differing} elements"
+        );
+    }
+}
+
+#[test]
+fn gemm_split_k_matches_reference_and_is_bitwise_identical() {
+    if !gpu_available("gemm_split_k_matches_reference_and_is_bitwise_identical") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x6e33_0005);
+    // (M, N, K, batch): the decoder MLP's second GEMM (7 tokens x 1 and 8 prompts), ragged M
+    // and odd N (element epilogue, odd partial row stride), K with a partial segment and a
+    // partial k-step (1288), a single segment (K 8, 136), batched.
+    let shapes = [
+        (7, 256, 2048, 1),
+        (56, 256, 2048, 1),
+        (33, 77, 1288, 1),
+        (100, 130, 1032, 1),
+        (5, 24, 8, 1),
+        (65, 64, 136, 1),
+        (21, 96, 1024, 3),
+    ];
+    let mut i = 0;
+    for (m, n, k, batch) in shapes {
+        for act in [Activation::None, Activation::Gelu, Activation::Relu] {
+            let residual = [
+                None,
+                Some(ResidualOrder::AfterActivation),
+                Some(ResidualOrder::BeforeActivation),
+            ][i % 3];
+            i += 1;
+            let case = GemmCase {
+                m,
+                n,
+                k,
+                act,
+                bias: i % 2 == 0,
+                residual,
+                alpha: if i % 4 == 0 { 0.5 } else { 1.0 },
+            };
+            let ops = operands(&gpu, &mut rng, case, batch);
+            let segments = split_k_segments(k);
+            let mut splits: Vec<usize> = vec![1, 2, 3, segments];
+            splits.retain(|&s| s <= segments);
+            splits.dedup();
+            let mut outputs = Vec::new();
+            for tile in GemmTile::ALL {
+                for &s in &splits {
+                    let kernel = Kernel::Split(tile, s);
+                    outputs.push((kernel, ops.run(&gpu, kernel)));
+                }
+            }
+            // Twice more on the same kernel: the counters were reset, the sums are ordered.
+            let again = Kernel::Split(GemmTile::T64x64, *splits.last().unwrap());
+            outputs.push((again, ops.run(&gpu, again)));
+            outputs.push((again, ops.run(&gpu, again)));
+            if split_k_family(m, n, k, batch) {
+                // launch_gemm takes the split-K kernels for this shape: same bits.
+                outputs.push((Kernel::Auto, ops.run(&gpu, Kernel::Auto)));
+            }
+            assert_identical(
+                &format!("split-K M={m} N={n} K={k} batch={batch}"),
+                &outputs,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_tiles_are_bitwise_identical() {
+    if !gpu_available("gemm_tiles_are_bitwise_identical") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x6e33_0006);
+    // Ragged and aligned N (element and vector epilogues), partial k-steps, every epilogue.
+    let shapes = [
+        (133, 75, 40, 1),
+        (257, 320, 160, 1),
+        (130, 200, 1288, 1),
+        (300, 136, 512, 2),
+        (4096, 320, 1280, 1),
+    ];
+    let mut i = 0;
+    for (m, n, k, batch) in shapes {
+        for act in [Activation::None, Activation::Gelu, Activation::Relu] {
+            let residual = [
+                Some(ResidualOrder::BeforeActivation),
+                None,
+                Some(ResidualOrder::AfterActivation),
+            ][i % 3];
+            i += 1;
+            let case = GemmCase {
+                m,
+                n,
+                k,
+                act,
+                bias: i % 2 == 1,
+                residual,
+                alpha: if i % 3 == 0 { 0.125 } else { 1.0 },
+            };
+            let ops = operands(&gpu, &mut rng, case, batch);
+            let mut outputs: Vec<(Kernel, Vec<u16>)> = GemmTile::ALL
+                .iter()
+                .map(|&t| (Kernel::Tile(t), ops.run(&gpu, Kernel::Tile(t))))
+                .collect();
+            if !split_k_family(m, n, k, batch) {
+                // launch_gemm takes one of these kernels (split-K shapes sum K in segments).
+                outputs.push((Kernel::Auto, ops.run(&gpu, Kernel::Auto)));
+            }
+            assert_identical(&format!("tiles M={m} N={n} K={k} batch={batch}"), &outputs);
+        }
+    }
+}
+
+#[test]
+fn gemm_tuner_caches_and_graph_replay_matches_eager() {
+    if !gpu_available("gemm_tuner_caches_and_graph_replay_matches_eager") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x6e33_0007);
+    let tuner = gpu.gemm_tuner();
+    // Graphs with split-K GEMMs need the workspace before capture (plans reserve it).
+    tuner.reserve_split_k(&gpu).unwrap();
+    // The decoder MLP's second GEMM (split-K) and an encoder-like fc1 (single pass).
+    let cases = [
+        (56, 256, 2048, Activation::None),
+        (1000, 1280, 320, Activation::Gelu),
+    ];
+    for (m, n, k, act) in cases {
+        let case = GemmCase {
+            m,
+            n,
+            k,
+            act,
+            bias: true,
+            residual: Some(ResidualOrder::AfterActivation),
+            alpha: 1.0,
+        };
+        let ops = operands(&gpu, &mut rng, case, 1);
+        let y = poisoned(&gpu, m * n);
+        let args = ops.args(&y);
+        let key = gemm_key(&ops.problem, &args).unwrap();
+        // A graph captured before tuning uses the model's choice; nothing is timed then.
+        let before = tuner.len();
+        let untuned = Graph::capture(&gpu, || launch_gemm(&gpu, &ops.problem, &args)).unwrap();
+        assert_eq!(tuner.len(), before, "captured launches must not tune");
+        untuned.replay().unwrap();
+        let model_bits = download_f16(&gpu, &y);
+        // Tuning (results discarded) caches a choice for the key.
+        tuner
+            .tune(&gpu, || launch_gemm(&gpu, &ops.problem, &args))
+            .unwrap();
+        if tuner.enabled() {
+            let choice = tuner.cached(&key).expect("tuning cached a choice");
+            println!("M={m} N={n} K={k}: tuned {choice:?}");
+            if !key.split_k() {
+                assert_eq!(choice.splits, 1, "single-pass shapes have no splits");
+            }
+        }
+        // Eager after tuning, then a graph captured after tuning, replayed three times.
+        let eager = ops.run(&gpu, Kernel::Auto);
+        let y2 = poisoned(&gpu, m * n);
+        let args2 = ops.args(&y2);
+        let graph = Graph::capture(&gpu, || launch_gemm(&gpu, &ops.problem, &args2)).unwrap();
+        for _ in 0..3 {
+            gpu.memset(y2.ptr(), 0xff, y2.len()).unwrap();
+            graph.replay().unwrap();
+            let replayed: Vec<u16> = download_f16(&gpu, &y2)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(
+                replayed, eager,
+                "M={m} N={n} K={k}: replay differs from eager"
+            );
+        }
+        // The model's choice and the tuned one compute the same bits.
+        let model: Vec<u16> = model_bits.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(
+            model, eager,
+            "M={m} N={n} K={k}: tuned choice changed the result"
+        );
+    }
+}
+
+#[test]
+fn gemm_tuning_an_in_place_residual_then_a_clean_run() {
+    if !gpu_available("gemm_tuning_an_in_place_residual_then_a_clean_run") {
+        return;
+    }
+    // Tuning repeats launches: y += f(x) accumulates; a clean launch afterwards is exact.
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x6e33_0008);
+    let (m, n, k) = (56, 256, 2048);
+    let (xh, xf) = random_f16(&mut rng, m * k, -1.0, 1.0);
+    let (wh, wf) = random_f16(&mut rng, n * k, -0.03, 0.03);
+    let (rh, rf) = random_f16(&mut rng, m * n, -1.0, 1.0);
+    let reference = gemm_reference(
+        m,
+        n,
+        k,
+        &xf,
+        &wf,
+        &EpilogueRef {
+            alpha: 1.0,
+            bias: None,
+            act: Activation::None,
+            residual: Some((&rf, ResidualOrder::AfterActivation)),
+        },
+    );
+    let (x, w, y) = (upload(&gpu, &xh), upload(&gpu, &wh), upload(&gpu, &rh));
+    let ym = Matrix::packed(region(&y), n);
+    let args = GemmArgs {
+        x: Matrix::packed(region(&x), k),
+        w: Matrix::packed(region(&w), k),
+        y: ym,
+        epilogue: Epilogue {
+            residual: Some(Residual {
+                matrix: ym,
+                order: ResidualOrder::AfterActivation,
+            }),
+            ..Epilogue::default()
+        },
+    };
+    let problem = GemmProblem::new(m, n, k);
+    gpu.gemm_tuner()
+        .tune(&gpu, || launch_gemm(&gpu, &problem, &args))
+        .unwrap();
+    gpu.upload(y.ptr(), bytemuck::cast_slice(&rh)).unwrap();
+    launch_gemm(&gpu, &problem, &args).unwrap();
+    let out: Vec<f64> = download_f16(&gpu, &y).iter().map(|v| v.to_f64()).collect();
+    let (rel, max_abs) = errors(&out, &reference);
+    report(
+        "in-place residual gemm after tuning",
+        rel,
+        max_abs,
+        GEMM_REL_L2,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ pub struct Kernels {
     pub(crate) mask_encode: CudaFunction,
     /// `gemm_<tile>`, indexed by `GemmTile::index`.
     pub(crate) gemm: [CudaFunction; GemmTile::COUNT],
+    /// `gemm_splitk_<tile>`, indexed by `GemmTile::index`.
+    pub(crate) gemm_splitk: [CudaFunction; GemmTile::COUNT],
     /// `conv_igemm_<tile>`, indexed by `GemmTile::index`.
     pub(crate) conv_igemm: [CudaFunction; GemmTile::COUNT],
     /// `depthwise_k<K>s<S>`, indexed by `conv::depthwise_index`.
@@ -52,6 +54,8 @@ pub struct Kernels {
     pub(crate) sam_image_to_token: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
+    /// Resident blocks per SM of each `gemm_<tile>` (driver occupancy; GEMM tile selection).
+    pub(crate) gemm_blocks_per_sm: [u32; GemmTile::COUNT],
     /// Dynamic shared memory `assign_solve` may use per block (the device's opt-in limit less
     /// the kernel's static shared memory); the attribute is set to it at load.
     pub(crate) assign_smem_limit: usize,
@@ -84,10 +88,21 @@ impl Kernels {
             .max(1) as u32;
         let gemm_fns = functions(&gemm, "gemm", GemmTile::ALL.map(GemmTile::gemm_kernel))?;
         let conv_fns = functions(&gemm, "gemm", GemmTile::ALL.map(GemmTile::conv_kernel))?;
+        let splitk_fns = functions(&gemm, "gemm", GemmTile::ALL.map(GemmTile::splitk_kernel))?;
         // The large tiles need more than the default 48 KiB of dynamic shared memory.
+        let mut gemm_blocks_per_sm = crate::ops::gemm::DEFAULT_BLOCKS_PER_SM;
         for (i, tile) in GemmTile::ALL.iter().enumerate() {
             set_dynamic_smem(&gemm_fns[i], tile.smem_bytes())?;
             set_dynamic_smem(&conv_fns[i], tile.smem_bytes())?;
+            set_dynamic_smem(&splitk_fns[i], tile.smem_bytes())?;
+            // A failed query keeps the sm_90 value (selection only, never correctness).
+            if let Ok(blocks) = gemm_fns[i].occupancy_max_active_blocks_per_multiprocessor(
+                tile.threads(),
+                tile.smem_bytes() as usize,
+                None,
+            ) {
+                gemm_blocks_per_sm[i] = blocks.max(1);
+            }
         }
         let assign_solve = function(&assign, "assign", "assign_solve")?;
         let optin = ctx
@@ -108,6 +123,7 @@ impl Kernels {
             mask_layout: function(&mask, "mask", "mask_layout")?,
             mask_encode: function(&mask, "mask", "mask_encode")?,
             gemm: gemm_fns,
+            gemm_splitk: splitk_fns,
             conv_igemm: conv_fns,
             depthwise: functions(
                 &conv_module,
@@ -139,6 +155,7 @@ impl Kernels {
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
             sam_image_to_token: function(&sam, "sam_decoder", "sam_image_to_token")?,
             sm_count,
+            gemm_blocks_per_sm,
             assign_smem_limit: assign_smem_limit as usize,
         })
     }
@@ -146,6 +163,11 @@ impl Kernels {
     /// Streaming multiprocessors of the device, as the GEMM tile selection sees them.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+
+    /// Resident blocks per SM of each GEMM tile (indexed by `GemmTile::index`).
+    pub fn gemm_blocks_per_sm(&self) -> [u32; GemmTile::COUNT] {
+        self.gemm_blocks_per_sm
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream};
 
 use crate::error::{Error, Result};
+use crate::ops::gemm_tune::GemmTuner;
 pub use arena::{Arena, ArenaPlan, ArenaPlanner, TensorId};
 pub use graph::Graph;
 pub use kernels::Kernels;
@@ -77,6 +78,7 @@ pub struct Gpu {
     kernels: Kernels,
     counters: Arc<AtomicCounters>,
     name: String,
+    gemm_tuner: GemmTuner,
 }
 
 impl Gpu {
@@ -120,6 +122,7 @@ impl Gpu {
             kernels,
             counters: Arc::new(AtomicCounters::default()),
             name,
+            gemm_tuner: GemmTuner::from_env(),
         })
     }
 
@@ -131,6 +134,20 @@ impl Gpu {
     /// The loaded kernels.
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
+    }
+
+    /// The measured GEMM choices (and split-K workspace) of this device.
+    pub fn gemm_tuner(&self) -> &GemmTuner {
+        &self.gemm_tuner
+    }
+
+    /// Whether the stream is recording a graph capture (nothing may be timed or allocated).
+    pub fn is_capturing(&self) -> Result<bool> {
+        let status = self
+            .stream
+            .capture_status()
+            .map_err(Error::cuda("cuStreamIsCapturing"))?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
     /// The stream all work is issued on.

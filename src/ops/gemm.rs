@@ -12,6 +12,10 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
+pub use super::gemm_tune::{
+    select_gemm_tile_for, split_k_family, split_k_segment, split_k_segments, GemmChoice, GemmKey,
+    GemmTuner, DEFAULT_BLOCKS_PER_SM,
+};
 use super::window::WindowGeometry;
 use super::{launch_error, DeviceRegion};
 use crate::error::Result;
@@ -264,21 +268,6 @@ impl GemmTile {
         ring.max(staging)
     }
 
-    /// Relative cost of one tile's work: smaller tiles re-read more operands per FLOP and
-    /// issue more ldmatrix per mma, but the 64x64 tile runs 4 blocks per SM (the others 2
-    /// and 3), which hides more latency at these memory-bound shapes. Fitted to the H200
-    /// tile sweeps of `bench_ops` (2026-11-27): M16384 K128 N512 128x128 32.3 us, 128x64
-    /// 38.5, 64x64 34.7 (factors 1.19 and 1.07 at equal per-SM area); M4096 K1280 N320
-    /// 128x128 32.1 us, 64x64 29.8 (1.24); the neck conv (M4096 N256) 128x64 50.3 us, 64x64
-    /// 42.0 (64x64 below 128x64). 1.2 / 1.15 picks the faster tile at all three.
-    fn cost_factor(self) -> f64 {
-        match self {
-            GemmTile::T128x128 => 1.0,
-            GemmTile::T128x64 => 1.2,
-            GemmTile::T64x64 => 1.15,
-        }
-    }
-
     /// Blocks launched for a problem.
     pub fn blocks(self, m: usize, n: usize, batch: usize) -> usize {
         m.div_ceil(self.bm()) * n.div_ceil(self.bn()) * batch
@@ -292,6 +281,14 @@ impl GemmTile {
         }
     }
 
+    pub(crate) fn splitk_kernel(self) -> &'static str {
+        match self {
+            GemmTile::T128x128 => "gemm_splitk_128x128",
+            GemmTile::T128x64 => "gemm_splitk_128x64",
+            GemmTile::T64x64 => "gemm_splitk_64x64",
+        }
+    }
+
     pub(crate) fn conv_kernel(self) -> &'static str {
         match self {
             GemmTile::T128x128 => "conv_igemm_128x128",
@@ -301,24 +298,13 @@ impl GemmTile {
     }
 }
 
-/// Picks the tile for an `m x n` output (times `batch`) on a GPU with `sm_count` SMs.
-///
-/// Model: blocks spread evenly over the SMs, so the busiest SM does `ceil(blocks / sms)`
-/// tiles; its time is that count times the tile's area times the tile's cost factor. Large
-/// problems get 128x128; problems that would leave SMs idle get smaller tiles.
+/// Picks the tile for an `m x n` output (times `batch`) on a GPU with `sm_count` SMs, with the
+/// sm_90 occupancy ([`DEFAULT_BLOCKS_PER_SM`]): the wave-quantisation model of
+/// [`select_gemm_tile_for`]. Large problems get 128x128; problems that would leave SMs idle
+/// get smaller tiles. [`launch_gemm`] uses the measured choice when one is cached
+/// ([`GemmTuner`]) and the model with the device's own occupancy otherwise.
 pub fn select_gemm_tile(m: usize, n: usize, batch: usize, sm_count: u32) -> GemmTile {
-    let sms = sm_count.max(1) as usize;
-    let cost = |tile: GemmTile| {
-        let per_sm = tile.blocks(m, n, batch).div_ceil(sms) as f64;
-        per_sm * (tile.bm() * tile.bn()) as f64 * tile.cost_factor()
-    };
-    let mut best = GemmTile::T128x128;
-    for tile in GemmTile::ALL {
-        if cost(tile) < cost(best) {
-            best = tile;
-        }
-    }
-    best
+    select_gemm_tile_for(m, n, batch, sm_count, DEFAULT_BLOCKS_PER_SM)
 }
 
 /// Mirrors `GemmParams` in kernels/gemm.cu (passed by value; same field order).
@@ -347,6 +333,19 @@ pub(crate) struct GemmParams {
     alpha: f32,
     pub(crate) conv: ConvGeometry,
     scatter: WindowScatter,
+    split: SplitK,
+}
+
+/// The split-K fields of `GemmParams` (zero for the other kernels).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct SplitK {
+    ws: u64,
+    counters: u64,
+    seg_k: i32,
+    segments: i32,
+    splits: i32,
+    ldws: i32,
 }
 
 /// The window-scatter fields of `GemmParams` (zero: rows are stored in order).
@@ -542,9 +541,7 @@ pub fn launch_gemm_window_scatter(
     args: &GemmArgs,
 ) -> Result<()> {
     let params = gemm_params(problem, args, Some(window))?;
-    let tile = select_gemm_tile(problem.m, problem.n, problem.batch, gpu.kernels().sm_count);
-    let f = &gpu.kernels().gemm[tile.index()];
-    launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
+    launch_tuned(gpu, problem, &params)
 }
 
 /// Checks a window-scatter GEMM's arguments as [`launch_gemm_window_scatter`] does.
@@ -556,13 +553,75 @@ pub fn check_gemm_window_scatter(
     gemm_params(problem, args, Some(window)).map(|_| ())
 }
 
-/// `Y = act(alpha * X · W^T + bias) (+ R)` with the tile [`select_gemm_tile`] picks.
+/// `Y = act(alpha * X · W^T + bias) (+ R)` with the kernel the GPU's [`GemmTuner`] chose for
+/// this shape (measured while tuning, else the model of [`select_gemm_tile_for`]); shapes of
+/// [`split_k_family`] run the split-K kernels.
 pub fn launch_gemm(gpu: &Gpu, problem: &GemmProblem, args: &GemmArgs) -> Result<()> {
-    let tile = select_gemm_tile(problem.m, problem.n, problem.batch, gpu.kernels().sm_count);
-    launch_gemm_tile(gpu, tile, problem, args)
+    let params = gemm_params(problem, args, None)?;
+    launch_tuned(gpu, problem, &params)
 }
 
-/// [`launch_gemm`] with an explicit tile (tests and tuning).
+/// The key the tuner files this launch under (validates the arguments like [`launch_gemm`]).
+pub fn gemm_key(problem: &GemmProblem, args: &GemmArgs) -> Result<GemmKey> {
+    Ok(key_of(problem, &gemm_params(problem, args, None)?))
+}
+
+fn key_of(problem: &GemmProblem, params: &GemmParams) -> GemmKey {
+    GemmKey {
+        m_tiles: problem.m.div_ceil(64),
+        n: problem.n,
+        k: problem.k,
+        batch: problem.batch,
+        activation: params.act,
+        bias: params.bias != 0,
+        residual: match (params.residual, params.residual_before_act) {
+            (0, _) => 0,
+            (_, 0) => 1,
+            _ => 2,
+        },
+        vec_out: params.vec_out != 0,
+        window: (
+            params.scatter.win,
+            params.scatter.map_h,
+            params.scatter.map_w,
+        ),
+    }
+}
+
+fn launch_tuned(gpu: &Gpu, problem: &GemmProblem, params: &GemmParams) -> Result<()> {
+    let key = key_of(problem, params);
+    let split = key.split_k();
+    let launch = |choice: GemmChoice| launch_choice(gpu, choice, split, problem, params);
+    let choice = gpu.gemm_tuner().choose(gpu, &key, launch)?;
+    launch(choice)
+}
+
+/// Issues `choice`: the split-K kernel for split-K shapes (the plain one if the workspace is
+/// missing: only when a graph capture comes before any eager launch or reservation).
+fn launch_choice(
+    gpu: &Gpu,
+    choice: GemmChoice,
+    split: bool,
+    problem: &GemmProblem,
+    params: &GemmParams,
+) -> Result<()> {
+    if split {
+        if let Some(ws) = gpu.gemm_tuner().split_k_workspace(gpu)? {
+            return launch_split(gpu, choice.tile, choice.splits, problem, params, ws);
+        }
+    }
+    let f = &gpu.kernels().gemm[choice.tile.index()];
+    launch_tiled(
+        gpu,
+        f,
+        choice.tile.gemm_kernel(),
+        choice.tile,
+        problem,
+        params,
+    )
+}
+
+/// [`launch_gemm`] with an explicit tile and the plain (single-pass) kernel (tests, tuning).
 pub fn launch_gemm_tile(
     gpu: &Gpu,
     tile: GemmTile,
@@ -574,6 +633,122 @@ pub fn launch_gemm_tile(
     launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
 }
 
+/// [`launch_gemm`] through the split-K kernel with an explicit tile and split count (1 ..=
+/// [`split_k_segments`]`(K)`), for any shape whose partials fit the GPU's split-K workspace
+/// (allocated on first use; not during graph capture). The result is bit-identical for every
+/// tile and split count (K is summed in the same fixed segments), but differs in rounding from
+/// the single-pass kernel unless K fits one segment.
+pub fn launch_gemm_split(
+    gpu: &Gpu,
+    tile: GemmTile,
+    splits: usize,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> Result<()> {
+    let params = gemm_params(problem, args, None)?;
+    let ws = gpu.gemm_tuner().split_k_workspace(gpu)?.ok_or_else(|| {
+        launch_error(
+            "gemm_splitk",
+            "no split-K workspace: reserve it (GemmTuner::reserve_split_k) before capture",
+        )
+    })?;
+    launch_split(gpu, tile, splits, problem, &params, ws)
+}
+
+/// Checks the split-K geometry of a launch against a workspace of `ws_floats` partials and
+/// `ws_counters` counters and returns the split fields (addresses left 0).
+fn split_params(
+    tile: GemmTile,
+    splits: usize,
+    problem: &GemmProblem,
+    (ws_floats, ws_counters): (usize, usize),
+) -> Result<SplitK> {
+    const KERNEL: &str = "gemm_splitk";
+    let GemmProblem { m, n, k, batch } = *problem;
+    let seg_k = split_k_segment(k);
+    let segments = split_k_segments(k);
+    if splits == 0 || splits > segments {
+        return Err(launch_error(
+            KERNEL,
+            format!("{splits} splits: K = {k} has {segments} segments of {seg_k}"),
+        ));
+    }
+    let ldws = n.div_ceil(2) * 2;
+    let floats = segments
+        .checked_mul(batch)
+        .and_then(|v| v.checked_mul(m))
+        .and_then(|v| v.checked_mul(ldws));
+    if floats.is_none_or(|f| f > ws_floats) {
+        return Err(launch_error(
+            KERNEL,
+            format!("{segments} segments of M={m} x N={n} x batch {batch} exceed the workspace of {ws_floats} floats"),
+        ));
+    }
+    let tiles = tile.blocks(m, n, batch);
+    if tiles > ws_counters {
+        return Err(launch_error(
+            KERNEL,
+            format!("{tiles} output tiles exceed the workspace's {ws_counters} counters"),
+        ));
+    }
+    Ok(SplitK {
+        ws: 0,
+        counters: 0,
+        seg_k: to_i32(KERNEL, "segment", seg_k)?,
+        segments: to_i32(KERNEL, "segments", segments)?,
+        splits: to_i32(KERNEL, "splits", splits)?,
+        ldws: to_i32(KERNEL, "N", ldws)?,
+    })
+}
+
+/// Checks a split-K launch (tile, splits) against the workspace the GPU reserves, without a
+/// GPU.
+pub fn check_gemm_split(
+    tile: GemmTile,
+    splits: usize,
+    problem: &GemmProblem,
+    args: &GemmArgs,
+) -> Result<()> {
+    gemm_params(problem, args, None)?;
+    let capacity = (
+        super::gemm_tune::SPLIT_K_WORKSPACE_FLOATS,
+        super::gemm_tune::SPLIT_K_MAX_TILES,
+    );
+    split_params(tile, splits, problem, capacity).map(|_| ())
+}
+
+fn launch_split(
+    gpu: &Gpu,
+    tile: GemmTile,
+    splits: usize,
+    problem: &GemmProblem,
+    params: &GemmParams,
+    (ws, ws_floats, counters, ws_counters): (u64, usize, u64, usize),
+) -> Result<()> {
+    let mut params = *params;
+    if params.scatter.win != 0 {
+        return Err(launch_error(
+            "gemm_splitk",
+            "split-K does not scatter windows",
+        ));
+    }
+    params.split = SplitK {
+        ws,
+        counters,
+        ..split_params(tile, splits, problem, (ws_floats, ws_counters))?
+    };
+    let f = &gpu.kernels().gemm_splitk[tile.index()];
+    launch_grid(
+        gpu,
+        f,
+        tile.splitk_kernel(),
+        tile,
+        problem,
+        &params,
+        splits as u32,
+    )
+}
+
 /// Launches a gemm.cu kernel (GEMM or implicit-GEMM convolution) on validated parameters.
 pub(crate) fn launch_tiled(
     gpu: &Gpu,
@@ -583,13 +758,25 @@ pub(crate) fn launch_tiled(
     problem: &GemmProblem,
     params: &GemmParams,
 ) -> Result<()> {
+    launch_grid(gpu, f, name, tile, problem, params, 1)
+}
+
+fn launch_grid(
+    gpu: &Gpu,
+    f: &cudarc::driver::CudaFunction,
+    name: &'static str,
+    tile: GemmTile,
+    problem: &GemmProblem,
+    params: &GemmParams,
+    grid_z: u32,
+) -> Result<()> {
     let tiles = problem.m.div_ceil(tile.bm()) * problem.n.div_ceil(tile.bn());
     let grid_x = u32::try_from(tiles)
         .ok()
         .filter(|&t| t <= i32::MAX as u32)
         .ok_or_else(|| launch_error(name, format!("{tiles} tiles exceed the grid limit")))?;
     let cfg = LaunchConfig {
-        grid_dim: (grid_x, problem.batch as u32, 1),
+        grid_dim: (grid_x, problem.batch as u32, grid_z),
         block_dim: (tile.threads(), 1, 1),
         shared_mem_bytes: tile.smem_bytes(),
     };

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod conv;
 pub mod gemm;
+pub mod gemm_tune;
 pub mod mask;
 pub mod norm;
 pub mod packet;

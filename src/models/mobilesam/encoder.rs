@@ -955,7 +955,8 @@ impl EncoderPlan {
     }
 
     /// Uploads the weights (one allocation, one copy), allocates the arena and the attention
-    /// workspace: the only allocations the encoder ever makes.
+    /// workspace: the only allocations the encoder keeps (GEMM tuning borrows a scratch
+    /// input).
     pub fn instantiate(self, gpu: &Gpu) -> Result<ImageEncoder> {
         let (arena_plan, tensor_ids) = self.arena()?;
         let weights = self.store.upload(gpu)?;
@@ -996,6 +997,7 @@ impl EncoderPlan {
             gpu.synchronize()?;
             encoder.workspace = Some(buffer);
         }
+        encoder.tune_gemms(gpu)?;
         Ok(encoder)
     }
 }
@@ -1246,6 +1248,22 @@ impl ImageEncoder {
             input,
         };
         stage_ops(&self.ops, stage).try_for_each(|op| bound.launch(gpu, &op.kind))
+    }
+
+    /// Times the GEMM kernels of every encoder shape once (one eager forward on a zeroed
+    /// scratch input, GEMM launches repeated per candidate) and caches the fastest in the
+    /// GPU's tuner, for later forwards and graph captures. The forward's results are garbage
+    /// (in-place residual GEMMs repeat); every encode recomputes the arena from its input.
+    /// Nothing runs with `FINESAM_GEMM_TUNE=0`.
+    pub fn tune_gemms(&self, gpu: &Gpu) -> Result<()> {
+        if !gpu.gemm_tuner().enabled() {
+            return Ok(());
+        }
+        let input = gpu.alloc(INPUT_BYTES)?;
+        gpu.memset(input.ptr(), 0, INPUT_BYTES)?;
+        let region = DeviceRegion::of(&input);
+        gpu.gemm_tuner().tune(gpu, || self.encode(gpu, region))?;
+        gpu.synchronize()
     }
 
     /// The whole encoder for `input` captured as one CUDA graph.
