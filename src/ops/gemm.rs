@@ -596,8 +596,9 @@ fn launch_tuned(gpu: &Gpu, problem: &GemmProblem, params: &GemmParams) -> Result
     launch(choice)
 }
 
-/// Issues `choice`: the split-K kernel for split-K shapes (the plain one if the workspace is
-/// missing: only when a graph capture comes before any eager launch or reservation).
+/// Issues `choice`: the split-K kernel for split-K shapes once a plan reserved the workspace
+/// ([`GemmTuner::reserve_split_k`]), else the plain kernel. Nothing is allocated here, so a
+/// launch's kernel (and its result bits) never depends on whether it is captured or eager.
 fn launch_choice(
     gpu: &Gpu,
     choice: GemmChoice,
@@ -606,7 +607,7 @@ fn launch_choice(
     params: &GemmParams,
 ) -> Result<()> {
     if split {
-        if let Some(ws) = gpu.gemm_tuner().split_k_workspace(gpu)? {
+        if let Some(ws) = gpu.gemm_tuner().reserved_split_k_workspace() {
             return launch_split(gpu, choice.tile, choice.splits, problem, params, ws);
         }
     }

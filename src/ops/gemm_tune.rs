@@ -356,6 +356,15 @@ impl GemmTuner {
         }
     }
 
+    /// The split-K workspace if [`GemmTuner::reserve_split_k`] (or an explicit split-K launch)
+    /// allocated it.
+    pub(crate) fn reserved_split_k_workspace(
+        &self,
+    ) -> Option<(DevicePtr, usize, DevicePtr, usize)> {
+        let workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        workspace.as_ref().map(|ws| ws.parts())
+    }
+
     /// The split-K workspace (partials, floats, counters, counters), allocated on first use
     /// outside graph capture; None while capturing before it exists.
     pub(crate) fn split_k_workspace(
