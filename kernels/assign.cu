@@ -637,11 +637,13 @@ __device__ __forceinline__ void sp_scan(const ShortestPath& S, int i, int count,
             const int it = it0 + 32 * b;
             j[b] = it < count ? (First ? S.m - 1 - it : S.remaining[it]) : 0;
         }
+        // Past the end a lane loads column 0's operands and ignores them; spc is the one array
+        // this scan writes, so that dummy read is skipped (another lane may be writing it).
 #pragma unroll
         for (int b = 0; b < kSpBatch; ++b) {
             cost[b] = row[j[b]];
             vj[b] = S.v[j[b]];
-            sj[b] = First ? static_cast<double>(INFINITY) : S.spc[j[b]];
+            sj[b] = First || it0 + 32 * b >= count ? static_cast<double>(INFINITY) : S.spc[j[b]];
             owner[b] = S.row4col[j[b]];
         }
 #pragma unroll
