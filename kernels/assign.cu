@@ -804,6 +804,24 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             out->algorithm = algorithm;
         }
     };
+    // Writes every person's pair (person i holds object object_of[i]; with `q`, pairs on a
+    // forbidden entry are counted in `lost` instead) and returns the block's sum of their
+    // original costs. Block-collective.
+    auto write_pairs = [&](const int* object_of, const int* q) {
+        double sum = 0.0;
+        for (int i = tid; i < n; i += nthreads) {
+            const int j = object_of[i];
+            if (q != nullptr && q[static_cast<size_t>(i) * m + j] < 0) {
+                atomicAdd(&lost, 1);
+                continue;
+            }
+            const int row = transposed ? j : i, col = transposed ? i : j;
+            r2c[row] = col;
+            c2r[col] = row;
+            sum += static_cast<double>(cost[row * ld + col]);
+        }
+        return block_reduce(sum, AddD{}, red_d, 0.0);
+    };
     // Checked before any output is written: a malformed descriptor must not write out of bounds.
     if (m > static_cast<int>(params.capacity) || m > kMaxSide || (n > 0 && pr.ld < pr.cols)) {
         finish(kTooLarge, 0, 0, 0, 0.0, 0.0);
@@ -906,15 +924,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             finish(status, status == kIterationLimit ? params.max_rounds : tail_rounds, 0, 0, 0.0, 0.0);
             return;
         }
-        double sum = 0.0;
-        for (int i = tid; i < n; i += nthreads) {
-            const int j = S.col4row[i];
-            const int row = transposed ? j : i, col = transposed ? i : j;
-            r2c[row] = col;
-            c2r[col] = row;
-            sum += static_cast<double>(cost[row * ld + col]);
-        }
-        sum = block_reduce(sum, AddD{}, red_d, 0.0);
+        const double sum = write_pairs(S.col4row, nullptr);
         prof_mark(prof, kProfFinish);
         finish(kOptimal, tail_rounds, 0, 0, sum, 0.0);
         return;
@@ -1146,19 +1156,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
 
-    double sum = 0.0;
-    for (int i = tid; i < n; i += nthreads) {
-        const int j = A.object[i];
-        if (q[static_cast<size_t>(i) * m + j] < 0) {
-            atomicAdd(&lost, 1);
-            continue;
-        }
-        const int row = transposed ? j : i, col = transposed ? i : j;
-        r2c[row] = col;
-        c2r[col] = row;
-        sum += static_cast<double>(cost[row * ld + col]);
-    }
-    sum = block_reduce(sum, AddD{}, red_d, 0.0);
+    const double sum = write_pairs(A.object, q);
     prof_mark(prof, kProfFinish);
     const int unassigned = *reinterpret_cast<volatile int*>(&lost);
     finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);

@@ -391,18 +391,27 @@ fn gemm_batched_strided_operands() {
     }
 }
 
-#[test]
-fn gemm_in_place_residual() {
-    if !gpu_available("gemm_in_place_residual") {
-        return;
-    }
-    // x += mlp(x): the output is the residual buffer itself.
-    let gpu = Gpu::new(0).unwrap();
-    let mut rng = Rng::new(0x6e33_0004);
-    let (m, n, k) = (300, 128, 512);
-    let (xh, xf) = random_f16(&mut rng, m * k, -1.0, 1.0);
-    let (wh, wf) = random_f16(&mut rng, n * k, -0.1, 0.1);
-    let (rh, rf) = random_f16(&mut rng, m * n, -1.0, 1.0);
+/// `y += X · W^T` with y the residual buffer itself (x += mlp(x)): the operands, the launch
+/// arguments and the f64 reference.
+struct InPlaceCase {
+    _x: DeviceBuffer,
+    _w: DeviceBuffer,
+    y: DeviceBuffer,
+    residual: Vec<f16>,
+    problem: GemmProblem,
+    args: GemmArgs,
+    reference: Vec<f64>,
+}
+
+fn in_place_residual_case(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    w_scale: f64,
+) -> InPlaceCase {
+    let (xh, xf) = random_f16(rng, m * k, -1.0, 1.0);
+    let (wh, wf) = random_f16(rng, n * k, -w_scale, w_scale);
+    let (rh, rf) = random_f16(rng, m * n, -1.0, 1.0);
     let reference = gemm_reference(
         m,
         n,
@@ -416,29 +425,50 @@ fn gemm_in_place_residual() {
             residual: Some((&rf, ResidualOrder::AfterActivation)),
         },
     );
-    let (x, w, y) = (upload(&gpu, &xh), upload(&gpu, &wh), upload(&gpu, &rh));
+    let (x, w, y) = (upload(gpu, &xh), upload(gpu, &wh), upload(gpu, &rh));
     let ym = Matrix::packed(region(&y), n);
-    let epilogue = Epilogue {
-        residual: Some(Residual {
-            matrix: ym,
-            order: ResidualOrder::AfterActivation,
-        }),
-        ..Epilogue::default()
-    };
-    launch_gemm(
-        &gpu,
-        &GemmProblem::new(m, n, k),
-        &GemmArgs {
-            x: Matrix::packed(region(&x), k),
-            w: Matrix::packed(region(&w), k),
-            y: ym,
-            epilogue,
+    let args = GemmArgs {
+        x: Matrix::packed(region(&x), k),
+        w: Matrix::packed(region(&w), k),
+        y: ym,
+        epilogue: Epilogue {
+            residual: Some(Residual {
+                matrix: ym,
+                order: ResidualOrder::AfterActivation,
+            }),
+            ..Epilogue::default()
         },
-    )
-    .unwrap();
-    let out: Vec<f64> = download_f16(&gpu, &y).iter().map(|v| v.to_f64()).collect();
-    let (rel, max_abs) = errors(&out, &reference);
-    report("in-place residual gemm", rel, max_abs, GEMM_REL_L2);
+    };
+    InPlaceCase {
+        _x: x,
+        _w: w,
+        y,
+        residual: rh,
+        problem: GemmProblem::new(m, n, k),
+        args,
+        reference,
+    }
+}
+
+/// Compares the case's output buffer with its reference.
+fn check_in_place(gpu: &Gpu, case: &InPlaceCase, what: &str) {
+    let out: Vec<f64> = download_f16(gpu, &case.y)
+        .iter()
+        .map(|v| v.to_f64())
+        .collect();
+    let (rel, max_abs) = errors(&out, &case.reference);
+    report(what, rel, max_abs, GEMM_REL_L2);
+}
+
+#[test]
+fn gemm_in_place_residual() {
+    if !gpu_available("gemm_in_place_residual") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let case = in_place_residual_case(&gpu, &mut Rng::new(0x6e33_0004), (300, 128, 512), 0.1);
+    launch_gemm(&gpu, &case.problem, &case.args).unwrap();
+    check_in_place(&gpu, &case, "in-place residual gemm");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,52 +790,14 @@ fn gemm_tuning_an_in_place_residual_then_a_clean_run() {
     }
     // Tuning repeats launches: y += f(x) accumulates; a clean launch afterwards is exact.
     let gpu = Gpu::new(0).unwrap();
-    let mut rng = Rng::new(0x6e33_0008);
-    let (m, n, k) = (56, 256, 2048);
-    let (xh, xf) = random_f16(&mut rng, m * k, -1.0, 1.0);
-    let (wh, wf) = random_f16(&mut rng, n * k, -0.03, 0.03);
-    let (rh, rf) = random_f16(&mut rng, m * n, -1.0, 1.0);
-    let reference = gemm_reference(
-        m,
-        n,
-        k,
-        &xf,
-        &wf,
-        &EpilogueRef {
-            alpha: 1.0,
-            bias: None,
-            act: Activation::None,
-            residual: Some((&rf, ResidualOrder::AfterActivation)),
-        },
-    );
-    let (x, w, y) = (upload(&gpu, &xh), upload(&gpu, &wh), upload(&gpu, &rh));
-    let ym = Matrix::packed(region(&y), n);
-    let args = GemmArgs {
-        x: Matrix::packed(region(&x), k),
-        w: Matrix::packed(region(&w), k),
-        y: ym,
-        epilogue: Epilogue {
-            residual: Some(Residual {
-                matrix: ym,
-                order: ResidualOrder::AfterActivation,
-            }),
-            ..Epilogue::default()
-        },
-    };
-    let problem = GemmProblem::new(m, n, k);
+    let case = in_place_residual_case(&gpu, &mut Rng::new(0x6e33_0008), (56, 256, 2048), 0.03);
     gpu.gemm_tuner()
-        .tune(&gpu, || launch_gemm(&gpu, &problem, &args))
+        .tune(&gpu, || launch_gemm(&gpu, &case.problem, &case.args))
         .unwrap();
-    gpu.upload(y.ptr(), bytemuck::cast_slice(&rh)).unwrap();
-    launch_gemm(&gpu, &problem, &args).unwrap();
-    let out: Vec<f64> = download_f16(&gpu, &y).iter().map(|v| v.to_f64()).collect();
-    let (rel, max_abs) = errors(&out, &reference);
-    report(
-        "in-place residual gemm after tuning",
-        rel,
-        max_abs,
-        GEMM_REL_L2,
-    );
+    gpu.upload(case.y.ptr(), bytemuck::cast_slice(&case.residual))
+        .unwrap();
+    launch_gemm(&gpu, &case.problem, &case.args).unwrap();
+    check_in_place(&gpu, &case, "in-place residual gemm after tuning");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -652,14 +652,19 @@ pub fn solve(
             continue;
         }
         let (r, c) = if p.transposed { (j, i) } else { (i, j) };
-        out.row_to_col[r] = c as i32;
-        out.col_to_row[c] = r as i32;
-        out.total_cost += cost[r * ld + c] as f64;
+        add_pair(&mut out, cost, ld, r, c);
     }
     out.quantum = p.scaling.quantum;
     out.rounds = outcome.rounds;
     out.phases = outcome.phases;
     Ok(out)
+}
+
+/// Records the pair (row r, column c) and adds its original cost to the total.
+fn add_pair(out: &mut Assignment, cost: &[f32], ld: usize, r: usize, c: usize) {
+    out.row_to_col[r] = c as i32;
+    out.col_to_row[c] = r as i32;
+    out.total_cost += cost[r * ld + c] as f64;
 }
 
 /// The kernel's shortest-path branch: the oracle on the flushed costs (no +inf; the caller
@@ -687,9 +692,7 @@ fn solve_shortest_path(
     let mut out = Assignment::empty(rows, cols);
     for (r, &c) in solution.row_to_col.iter().enumerate() {
         if c >= 0 {
-            out.row_to_col[r] = c;
-            out.col_to_row[c as usize] = r as i32;
-            out.total_cost += cost[r * ld + c as usize] as f64;
+            add_pair(&mut out, cost, ld, r, c as usize);
         }
     }
     out.rounds = solution.row_scans as u32;

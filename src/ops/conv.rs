@@ -190,7 +190,7 @@ fn launch_conv(
     params: &GemmParams,
 ) -> Result<()> {
     let f = &gpu.kernels().conv_igemm[tile.index()];
-    launch_tiled(gpu, f, tile.conv_kernel(), tile, problem, params)
+    launch_tiled(gpu, f, tile.conv_kernel(), tile, problem, params, 1)
 }
 
 // ---------------------------------------------------------------------------------------------

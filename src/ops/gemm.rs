@@ -611,15 +611,18 @@ fn launch_choice(
             return launch_split(gpu, choice.tile, choice.splits, problem, params, ws);
         }
     }
-    let f = &gpu.kernels().gemm[choice.tile.index()];
-    launch_tiled(
-        gpu,
-        f,
-        choice.tile.gemm_kernel(),
-        choice.tile,
-        problem,
-        params,
-    )
+    launch_plain(gpu, choice.tile, problem, params)
+}
+
+/// The single-pass GEMM kernel of `tile` on validated parameters.
+fn launch_plain(
+    gpu: &Gpu,
+    tile: GemmTile,
+    problem: &GemmProblem,
+    params: &GemmParams,
+) -> Result<()> {
+    let f = &gpu.kernels().gemm[tile.index()];
+    launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, params, 1)
 }
 
 /// [`launch_gemm`] with an explicit tile and the plain (single-pass) kernel (tests, tuning).
@@ -630,8 +633,7 @@ pub fn launch_gemm_tile(
     args: &GemmArgs,
 ) -> Result<()> {
     let params = gemm_params(problem, args, None)?;
-    let f = &gpu.kernels().gemm[tile.index()];
-    launch_tiled(gpu, f, tile.gemm_kernel(), tile, problem, &params)
+    launch_plain(gpu, tile, problem, &params)
 }
 
 /// [`launch_gemm`] through the split-K kernel with an explicit tile and split count (1 ..=
@@ -739,7 +741,7 @@ fn launch_split(
         ..split_params(tile, splits, problem, (ws_floats, ws_counters))?
     };
     let f = &gpu.kernels().gemm_splitk[tile.index()];
-    launch_grid(
+    launch_tiled(
         gpu,
         f,
         tile.splitk_kernel(),
@@ -750,7 +752,8 @@ fn launch_split(
     )
 }
 
-/// Launches a gemm.cu kernel (GEMM or implicit-GEMM convolution) on validated parameters.
+/// Launches a gemm.cu kernel (GEMM, implicit-GEMM convolution or split-K GEMM with `splits`
+/// as grid.z; 1 for the others) on validated parameters.
 pub(crate) fn launch_tiled(
     gpu: &Gpu,
     f: &cudarc::driver::CudaFunction,
@@ -758,18 +761,7 @@ pub(crate) fn launch_tiled(
     tile: GemmTile,
     problem: &GemmProblem,
     params: &GemmParams,
-) -> Result<()> {
-    launch_grid(gpu, f, name, tile, problem, params, 1)
-}
-
-fn launch_grid(
-    gpu: &Gpu,
-    f: &cudarc::driver::CudaFunction,
-    name: &'static str,
-    tile: GemmTile,
-    problem: &GemmProblem,
-    params: &GemmParams,
-    grid_z: u32,
+    splits: u32,
 ) -> Result<()> {
     let tiles = problem.m.div_ceil(tile.bm()) * problem.n.div_ceil(tile.bn());
     let grid_x = u32::try_from(tiles)
@@ -777,7 +769,7 @@ fn launch_grid(
         .filter(|&t| t <= i32::MAX as u32)
         .ok_or_else(|| launch_error(name, format!("{tiles} tiles exceed the grid limit")))?;
     let cfg = LaunchConfig {
-        grid_dim: (grid_x, problem.batch as u32, grid_z),
+        grid_dim: (grid_x, problem.batch as u32, splits),
         block_dim: (tile.threads(), 1, 1),
         shared_mem_bytes: tile.smem_bytes(),
     };
