@@ -116,6 +116,7 @@ fn prepare(gpu: &Gpu, c: &Case) -> Prepared {
         attention.workspace = Some(AttentionWorkspace {
             ptr: buf.ptr(),
             bytes: buf.len(),
+            counter_slots: plan.counter_slots,
         });
         buf
     });

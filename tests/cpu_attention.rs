@@ -290,6 +290,7 @@ fn attention_check_rejects_bad_arguments() {
     a.workspace = Some(AttentionWorkspace {
         ptr: BASE + 8,
         bytes: 1 << 20,
+        counter_slots: 64,
     });
     expect_launch_error(a, "workspace address");
 }

@@ -10,6 +10,7 @@ use common::{gpu_available, Rng};
 use finesam::ops::attention::{
     fragment_bias, fragment_bias_len, launch_attention, plan_attention, tinyvit_dense_bias,
     Attention, AttentionBias, AttentionWorkspace, BiasDtype, BiasLayout, HeadsTensor,
+    WorkspaceNeed,
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use finesam::{Error, Gpu};
@@ -352,6 +353,7 @@ fn run_case(gpu: &Gpu, rng: &mut Rng, c: &Case) -> Vec<(String, f64, f64)> {
         let ws = Some(AttentionWorkspace {
             ptr: ws.ptr(),
             bytes: ws.len(),
+            counter_slots: plan.counter_slots,
         });
         for run in 1..=2 {
             let label = format!("{} key splits, run {run}", plan.key_splits);
@@ -524,6 +526,100 @@ fn attention_matches_reference_on_dfine_and_edge_shapes() {
                 ..case("large logits, split keys", 4, 4, 9, 3000, 16)
             },
         ],
+    );
+}
+
+#[test]
+fn launches_of_different_batches_share_one_workspace() {
+    if !gpu_available("launches_of_different_batches_share_one_workspace") {
+        return;
+    }
+    // The mask decoder's token->image shape at 8 prompts and at 1: the smaller batch splits
+    // its keys more and has fewer arrival counters. Sharing one workspace, its partials must
+    // not land on the larger launch's counters (they did when the partials started right after
+    // each launch's own counters): the larger launch gives the same bits before and after.
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0xa77e);
+    let (heads, d, lq, lk, max_batch) = (8usize, 16usize, 7usize, 4096usize, 8usize);
+    let upload = |n: usize, rng: &mut Rng| {
+        let values: Vec<f16> = (0..n).map(|_| f16::from_f64(rng.normal())).collect();
+        let buf = gpu.alloc(n * 2).unwrap();
+        gpu.upload(buf.ptr(), &to_bytes(&values)).unwrap();
+        buf
+    };
+    let q = upload(max_batch * lq * heads * d, &mut rng);
+    let k = upload(max_batch * lk * heads * d, &mut rng);
+    let v = upload(max_batch * lk * heads * d, &mut rng);
+    let o = gpu.alloc(max_batch * lq * heads * d * 2).unwrap();
+    let tensor = |buf: &finesam::gpu::DeviceBuffer, tokens: usize| {
+        HeadsTensor::contiguous(buf.ptr(), buf.len(), tokens, heads, d)
+    };
+    let launch = |batch: usize| Attention {
+        batch,
+        heads,
+        q_len: lq,
+        kv_len: lk,
+        head_dim: d,
+        scale: 0.25,
+        q: tensor(&q, lq),
+        k: tensor(&k, lk),
+        v: tensor(&v, lk),
+        o: tensor(&o, lq),
+        bias: None,
+        workspace: None,
+    };
+    let (big, small) = (launch(max_batch), launch(1));
+    let (big_plan, small_plan) = (
+        plan_attention(&gpu, &big).unwrap(),
+        plan_attention(&gpu, &small).unwrap(),
+    );
+    assert!(
+        big_plan.key_splits > 1 && small_plan.counter_slots < big_plan.counter_slots,
+        "the case must split keys at both sizes: {big_plan:?} {small_plan:?}"
+    );
+    let mut need = WorkspaceNeed::default();
+    need.add(&big_plan);
+    need.add(&small_plan);
+    let buf = gpu.alloc(need.bytes()).unwrap();
+    gpu.memset(buf.ptr(), 0, buf.len()).unwrap();
+    let workspace = AttentionWorkspace {
+        ptr: buf.ptr(),
+        bytes: buf.len(),
+        counter_slots: need.counter_slots,
+    };
+    let run = |a: Attention| -> Vec<u8> {
+        let a = Attention {
+            workspace: Some(workspace),
+            ..a
+        };
+        launch_attention(&gpu, &a).unwrap();
+        let mut out = vec![0u8; o.len()];
+        gpu.download(&mut out, o.ptr()).unwrap();
+        gpu.synchronize().unwrap();
+        out
+    };
+    let before = run(big);
+    run(small);
+    let after = run(big);
+    assert!(
+        before == after,
+        "a smaller launch changed the larger one's result"
+    );
+    // Too few counters for a launch is a typed error, not a race.
+    let short = AttentionWorkspace {
+        counter_slots: small_plan.counter_slots,
+        ..workspace
+    };
+    let r = launch_attention(
+        &gpu,
+        &Attention {
+            workspace: Some(short),
+            ..big
+        },
+    );
+    assert!(
+        matches!(&r, Err(Error::Launch { message, .. }) if message.contains("arrival counters")),
+        "{r:?}"
     );
 }
 

@@ -214,13 +214,52 @@ pub fn fragment_bias(dense: &[f32], heads: usize, q_len: usize, kv_len: usize) -
 }
 
 /// Scratch for splitting the keys of one attention across CTAs (see [`AttentionPlan`]): a
-/// 16-byte aligned device buffer of at least `AttentionPlan::workspace_bytes`, **zeroed once
-/// after allocation**. The kernel leaves it zeroed again, so one workspace serves any number of
-/// launches (and graph replays) issued one after another on the same stream.
+/// 16-byte aligned device buffer, **zeroed once after allocation**. Its first
+/// `counter_slots` u32 (padded to 16 bytes) are the arrival counters, the rest holds the
+/// splits' partial results. The kernel leaves the counters at zero, so one workspace serves
+/// any number of launches (and graph replays) issued one after another on the same stream,
+/// of any shapes whose plans fit it ([`WorkspaceNeed`] sizes one for several): the counter
+/// region is fixed per workspace, so no launch's partials land on another launch's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionWorkspace {
     pub ptr: DevicePtr,
     pub bytes: usize,
+    /// Arrival counters at the start of the workspace (>= every launch's `counter_slots`).
+    pub counter_slots: usize,
+}
+
+impl AttentionWorkspace {
+    /// Byte offset of the partial results.
+    fn partial_offset(&self) -> usize {
+        counters_bytes(self.counter_slots)
+    }
+}
+
+/// What one workspace must hold to serve a set of launches: the most counters and the
+/// largest partial area of any of them (they run one after another).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkspaceNeed {
+    /// Arrival counters (the largest `counter_slots` of the plans added).
+    pub counter_slots: usize,
+    /// Partial-result bytes (the largest `partial_bytes` of the plans added).
+    pub partial_bytes: usize,
+}
+
+impl WorkspaceNeed {
+    /// Makes room for `plan` as well.
+    pub fn add(&mut self, plan: &AttentionPlan) {
+        self.counter_slots = self.counter_slots.max(plan.counter_slots);
+        self.partial_bytes = self.partial_bytes.max(plan.partial_bytes);
+    }
+
+    /// Bytes of a workspace laid out for this need (0 when no launch splits its keys).
+    pub fn bytes(&self) -> usize {
+        if self.counter_slots == 0 {
+            0
+        } else {
+            counters_bytes(self.counter_slots) + self.partial_bytes
+        }
+    }
 }
 
 /// One attention launch.
@@ -265,7 +304,12 @@ pub struct AttentionPlan {
     pub key_splits: usize,
     /// Key tiles each split covers.
     pub tiles_per_split: usize,
-    /// Workspace bytes the split needs (0 when `key_splits == 1`).
+    /// Arrival counters the split needs, one per (batch, head, query tile) (0 when
+    /// `key_splits == 1`).
+    pub counter_slots: usize,
+    /// Partial-result bytes the split needs (0 when `key_splits == 1`).
+    pub partial_bytes: usize,
+    /// Bytes of a workspace for this launch alone (counters, then partials).
     pub workspace_bytes: usize,
 }
 
@@ -500,6 +544,8 @@ impl Attention {
                 q_tiles: self.q_len.div_ceil(BLOCK_M),
                 key_splits: 1,
                 tiles_per_split: self.kv_len.div_ceil(BLOCK_N),
+                counter_slots: 0,
+                partial_bytes: 0,
                 workspace_bytes: 0,
             });
         }
@@ -512,17 +558,19 @@ impl Attention {
             .clamp(1, tiles);
         let tiles_per_split = tiles.div_ceil(wanted);
         let key_splits = tiles.div_ceil(tiles_per_split); // no empty split
-        let workspace_bytes = if key_splits > 1 {
-            counters_bytes(groups) + groups * key_splits * partial_bytes(self.head_dim)
-        } else {
-            0
-        };
+        let mut need = WorkspaceNeed::default();
+        if key_splits > 1 {
+            need.counter_slots = groups;
+            need.partial_bytes = groups * key_splits * partial_bytes(self.head_dim);
+        }
         Ok(AttentionPlan {
             shape: AttentionShape::SplitKeys,
             q_tiles,
             key_splits,
             tiles_per_split,
-            workspace_bytes,
+            counter_slots: need.counter_slots,
+            partial_bytes: need.partial_bytes,
+            workspace_bytes: need.bytes(),
         })
     }
 
@@ -562,9 +610,7 @@ impl Attention {
             o_strides: strides(&self.o),
             bias_strides,
             partial: match (split, &self.workspace) {
-                (true, Some(ws)) => {
-                    ws.ptr + counters_bytes(self.batch * self.heads * plan.q_tiles) as u64
-                }
+                (true, Some(ws)) => ws.ptr + ws.partial_offset() as u64,
                 _ => 0,
             },
             counters: match (split, &self.workspace) {
@@ -608,7 +654,7 @@ fn partial_bytes(head_dim: usize) -> usize {
 }
 
 /// The plan `launch_attention` will follow on this GPU; size an [`AttentionWorkspace`] from
-/// its `workspace_bytes`.
+/// its `workspace_bytes` and `counter_slots` (or a [`WorkspaceNeed`] over several plans).
 pub fn plan_attention(gpu: &Gpu, attention: &Attention) -> Result<AttentionPlan> {
     attention.plan(gpu.kernels().sm_count() as usize)
 }
@@ -620,10 +666,17 @@ pub fn launch_attention(gpu: &Gpu, attention: &Attention) -> Result<()> {
     let plan = plan_attention(gpu, attention)?;
     let split = plan.key_splits > 1 && attention.workspace.is_some();
     if let (true, Some(ws)) = (split, &attention.workspace) {
-        if ws.bytes < plan.workspace_bytes {
+        if ws.counter_slots < plan.counter_slots {
             return Err(launch_error(format!(
-                "workspace has {} bytes, the plan needs {}",
-                ws.bytes, plan.workspace_bytes
+                "workspace has {} arrival counters, the plan needs {}",
+                ws.counter_slots, plan.counter_slots
+            )));
+        }
+        let needed = ws.partial_offset().saturating_add(plan.partial_bytes);
+        if ws.bytes < needed {
+            return Err(launch_error(format!(
+                "workspace has {} bytes, the plan needs {needed} ({} counters, then {} bytes of partials)",
+                ws.bytes, ws.counter_slots, plan.partial_bytes
             )));
         }
     }

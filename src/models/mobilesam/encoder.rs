@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Arena, ArenaPlanner, DeviceBuffer, Gpu, Graph, TensorId};
 use crate::ops::attention::{
     attention_flops, fragment_bias, launch_attention, plan_attention, tinyvit_dense_bias,
-    Attention, AttentionBias, AttentionWorkspace, BiasDtype, HeadsTensor,
+    Attention, AttentionBias, AttentionWorkspace, BiasDtype, HeadsTensor, WorkspaceNeed,
 };
 use crate::ops::conv::{
     conv_weight_ohwi, depthwise_weight_taps, fold_batchnorm, launch_conv2d, launch_conv3x3_stem,
@@ -984,18 +984,18 @@ impl EncoderPlan {
             encoder: &encoder,
             input: DeviceRegion::new(0, 0),
         };
-        let mut need = 0;
+        let mut need = WorkspaceNeed::default();
         for op in &encoder.ops {
             if let OpKind::Attention { .. } = op.kind {
                 let attention = bound.attention(&op.kind)?;
-                need = need.max(plan_attention(gpu, &attention)?.workspace_bytes);
+                need.add(&plan_attention(gpu, &attention)?);
             }
         }
-        if need > 0 {
-            let buffer = gpu.alloc(need)?;
-            gpu.memset(buffer.ptr(), 0, need)?;
+        if need.bytes() > 0 {
+            let buffer = gpu.alloc(need.bytes())?;
+            gpu.memset(buffer.ptr(), 0, need.bytes())?;
             gpu.synchronize()?;
-            encoder.workspace = Some(buffer);
+            encoder.workspace = Some((buffer, need.counter_slots));
         }
         encoder.tune_gemms(gpu)?;
         Ok(encoder)
@@ -1011,7 +1011,8 @@ pub struct ImageEncoder {
     tensor_ids: Vec<TensorId>,
     ops: Vec<Op>,
     outputs: [T; 6],
-    workspace: Option<DeviceBuffer>,
+    /// The attention key-split workspace and its arrival counters.
+    workspace: Option<(DeviceBuffer, usize)>,
 }
 
 /// The plan's handles resolved to device addresses for one input.
@@ -1065,9 +1066,12 @@ impl Bound<'_> {
                 tokens,
                 true,
             )),
-            workspace: self.encoder.workspace.as_ref().map(|b| AttentionWorkspace {
-                ptr: b.ptr(),
-                bytes: b.len(),
+            workspace: self.encoder.workspace.as_ref().map(|(b, counter_slots)| {
+                AttentionWorkspace {
+                    ptr: b.ptr(),
+                    bytes: b.len(),
+                    counter_slots: *counter_slots,
+                }
             }),
         })
     }
