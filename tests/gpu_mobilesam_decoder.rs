@@ -14,6 +14,7 @@ use finesam::models::mobilesam::decoder::{
     expected_tensors, upload_embedding_nchw, DecodeConfig, DecodePlan, MaskDecoder,
 };
 use finesam::models::mobilesam::prompt::{PromptKind, Prompts};
+use finesam::ops::gemm::{GemmChoice, GemmTile};
 use finesam::ops::mask::{
     launch_mask_decode, MaskDecodeIo, MaskDecodeParams, BOUNDS_BYTES_PER_MASK,
 };
@@ -385,6 +386,143 @@ fn graph_replay_equals_eager_without_allocation() {
         assert_eq!(differing, 0);
         assert_eq!(eager_iou, replayed_iou);
     }
+}
+
+/// A decoder on synthetic weights, a random embedding, a 1920x1080 header and a plan for
+/// `max` boxes with `min(max, 5)` staged.
+struct BatchCase {
+    decoder: MaskDecoder,
+    plan: DecodePlan,
+    _buffers: (DeviceBuffer, DeviceBuffer),
+    io: (DeviceRegion, DeviceRegion),
+    count: usize,
+    max: usize,
+}
+
+impl BatchCase {
+    fn new(gpu: &Gpu, name: &str, seed: u64, max: usize) -> BatchCase {
+        let decoder = MaskDecoder::load(gpu, &synthetic_weights(name)).unwrap();
+        let mut rng = common::Rng::new(seed);
+        let nchw: Vec<f32> = (0..256 * 4096).map(|_| rng.normal() as f32).collect();
+        let embedding = upload_embedding_nchw(gpu, &nchw).unwrap();
+        let frame_header = header(gpu, 1920, 1080);
+        let io = (
+            DeviceRegion::of(&embedding),
+            DeviceRegion::of(&frame_header),
+        );
+        let plan = decoder
+            .plan(
+                gpu,
+                DecodeConfig {
+                    max_prompts: max,
+                    kind: PromptKind::Boxes,
+                    multimask: false,
+                },
+            )
+            .unwrap();
+        let count = max.min(5);
+        let boxes: Vec<[f32; 4]> = (0..count)
+            .map(|i| {
+                let x = 100.0 + 150.0 * i as f32;
+                [x, 200.0, x + 300.0, 700.0]
+            })
+            .collect();
+        plan.stage_prompts(gpu, &Prompts::Boxes(&boxes)).unwrap();
+        BatchCase {
+            decoder,
+            plan,
+            _buffers: (embedding, frame_header),
+            io,
+            count,
+            max,
+        }
+    }
+
+    /// Decodes `batch` prompts (launch size) without reading anything back.
+    fn decode(&self, gpu: &Gpu, batch: usize) -> Result<(), Error> {
+        self.decoder
+            .decode(gpu, &self.plan, self.io.0, self.io.1, batch)
+    }
+
+    /// Logit and IoU bits of a decode at the plan's maximum.
+    fn bits(&self, gpu: &Gpu) -> Vec<u32> {
+        self.decode(gpu, self.max).unwrap();
+        let (logits, iou) = self.plan.read_outputs(gpu, self.count).unwrap();
+        logits.iter().chain(&iou).map(|v| v.to_bits()).collect()
+    }
+}
+
+/// Counts the values of `bits` that differ from `reference`, prints it, and records `what`
+/// in `failures` when any do.
+fn compare_bits(what: String, bits: &[u32], reference: &[u32], failures: &mut Vec<String>) {
+    let differing = bits.iter().zip(reference).filter(|(a, b)| a != b).count();
+    println!("{what}: {differing} of {} values differ", reference.len());
+    if differing != 0 {
+        failures.push(what);
+    }
+}
+
+#[test]
+fn every_gemm_tile_gives_the_same_decode() {
+    if !gpu_available("every_gemm_tile_gives_the_same_decode") {
+        return;
+    }
+    // The GEMM tiles accumulate every element in the same order, so forcing any tile for
+    // every GEMM of a decode must leave its bits unchanged (the tuner relies on it).
+    let gpu = Gpu::new(0).unwrap();
+    let mut failures = Vec::new();
+    for max in [1usize, 8] {
+        let case = BatchCase::new(&gpu, "decoder_tiles", 43, max);
+        let reference = case.bits(&gpu);
+        for tile in GemmTile::ALL {
+            gpu.gemm_tuner().force(Some(GemmChoice { tile, splits: 1 }));
+            let bits = case.bits(&gpu);
+            gpu.gemm_tuner().force(None);
+            compare_bits(
+                format!("{max} prompts, every GEMM on {tile:?}"),
+                &bits,
+                &reference,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "decode bits changed: {failures:?}");
+}
+
+#[test]
+fn smaller_decodes_and_tuning_leave_later_decodes_unchanged() {
+    const TEST: &str = "smaller_decodes_and_tuning_leave_later_decodes_unchanged";
+    if !gpu_available(TEST) {
+        return;
+    }
+    // A plan serves decodes of any batch up to its maximum; state they leave behind (the
+    // attention's arrival counters, which a smaller batch once overwrote with its partials;
+    // the tuner's cache and its repeated in-place launches) must not change a later decode.
+    let gpu = Gpu::new(0).unwrap();
+    let case = BatchCase::new(&gpu, "decoder_batches", 44, 8);
+    let reference = case.bits(&gpu);
+    let mut failures = Vec::new();
+    for b in [1usize, 2, 4] {
+        case.decode(&gpu, b).unwrap();
+        compare_bits(
+            format!("after a decode of {b}"),
+            &case.bits(&gpu),
+            &reference,
+            &mut failures,
+        );
+    }
+    let tuner = gpu.gemm_tuner();
+    for b in [1usize, 2, 4, 8] {
+        tuner.clear(); // time every shape again
+        tuner.tune(&gpu, || case.decode(&gpu, b)).unwrap();
+        compare_bits(
+            format!("after tuning a decode of {b}"),
+            &case.bits(&gpu),
+            &reference,
+            &mut failures,
+        );
+    }
+    assert!(failures.is_empty(), "later decodes changed: {failures:?}");
 }
 
 #[test]

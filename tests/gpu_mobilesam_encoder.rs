@@ -12,6 +12,7 @@ use common::{fixtures, gpu_available};
 use encoder_weights::{write_random_encoder_weights, Damage};
 use finesam::gpu::DeviceBuffer;
 use finesam::models::mobilesam::encoder::{EncoderStage, ImageEncoder, INPUT_BYTES};
+use finesam::ops::gemm::{GemmChoice, GemmTile};
 use finesam::ops::DeviceRegion;
 use finesam::weights::WeightsFile;
 use finesam::{Error, Gpu};
@@ -235,6 +236,51 @@ fn graph_replay_equals_eager_without_allocations_or_copies() {
         .encode(&gpu, DeviceRegion::new(input.ptr(), INPUT_BYTES - 2))
         .unwrap_err();
     assert!(matches!(err, Error::Launch { .. }), "{err:?}");
+}
+
+#[test]
+fn every_gemm_tile_gives_the_same_embedding() {
+    const TEST: &str = "every_gemm_tile_gives_the_same_embedding";
+    if !gpu_available(TEST) {
+        return;
+    }
+    // The encoder's GEMMs are tuned at load; that is only sound because every tile gives the
+    // same bits. Check it through the whole encoder: each tile forced on every GEMM.
+    let gpu = Gpu::new(0).unwrap();
+    let dir = std::env::temp_dir().join(format!("finesam-enc-tiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("random.safetensors");
+    write_random_encoder_weights(&path, 5, Damage::default());
+    let encoder = ImageEncoder::load(&gpu, &WeightsFile::open(&path).unwrap()).unwrap();
+    let mut rng = common::Rng::new(0xe4c1);
+    let input: Vec<f32> = (0..3 * 1024 * 1024)
+        .map(|_| 1.5 * rng.normal() as f32)
+        .collect();
+    let input = upload_input(&gpu, &input);
+    let embedding_bits = || -> Vec<u32> {
+        encoder.encode(&gpu, DeviceRegion::of(&input)).unwrap();
+        let out = encoder.read_stage(&gpu, EncoderStage::Neck).unwrap();
+        out.iter().map(|v| v.to_bits()).collect()
+    };
+    let tuned = embedding_bits();
+    let mut failures = Vec::new();
+    for tile in GemmTile::ALL {
+        gpu.gemm_tuner().force(Some(GemmChoice { tile, splits: 1 }));
+        let forced = embedding_bits();
+        gpu.gemm_tuner().force(None);
+        let differing = forced.iter().zip(&tuned).filter(|(a, b)| a != b).count();
+        println!(
+            "every GEMM on {tile:?}: {differing} of {} values differ",
+            tuned.len()
+        );
+        if differing != 0 {
+            failures.push(tile);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "embedding bits changed with {failures:?}"
+    );
 }
 
 #[test]

@@ -235,6 +235,7 @@ pub struct GemmTuner {
     enabled: bool,
     tuning: AtomicBool,
     cache: Mutex<HashMap<GemmKey, GemmChoice>>,
+    forced: Mutex<Option<GemmChoice>>,
     workspace: Mutex<Option<SplitKWorkspace>>,
 }
 
@@ -245,6 +246,7 @@ impl GemmTuner {
             enabled,
             tuning: AtomicBool::new(false),
             cache: Mutex::new(HashMap::new()),
+            forced: Mutex::new(None),
             workspace: Mutex::new(None),
         }
     }
@@ -314,14 +316,31 @@ impl GemmTuner {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The choice for a launch: cached, else measured (while tuning, outside graph capture),
-    /// else the model's. `launch` issues the GEMM with a given choice.
+    /// Makes every later launch use `choice`'s tile (and, for split-K shapes, its split count,
+    /// capped at the shape's segments), ahead of the cache and the model; `None` restores
+    /// normal selection. For tests that check that every choice gives the same bits through a
+    /// whole model.
+    pub fn force(&self, choice: Option<GemmChoice>) {
+        *self.forced.lock().unwrap_or_else(|e| e.into_inner()) = choice;
+    }
+
+    /// The choice for a launch: forced, else cached, else measured (while tuning, outside
+    /// graph capture), else the model's. `launch` issues the GEMM with a given choice.
     pub(crate) fn choose(
         &self,
         gpu: &Gpu,
         key: &GemmKey,
         mut launch: impl FnMut(GemmChoice) -> Result<()>,
     ) -> Result<GemmChoice> {
+        let forced = *self.forced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(choice) = forced {
+            let splits = if key.split_k() {
+                choice.splits.clamp(1, split_k_segments(key.k))
+            } else {
+                1
+            };
+            return Ok(GemmChoice { splits, ..choice });
+        }
         if let Some(choice) = self.cached(key) {
             return Ok(choice);
         }
