@@ -113,7 +113,7 @@ fn decoder(c: &mut Criterion) {
     let (emb, hdr) = (DeviceRegion::of(&embedding), DeviceRegion::of(&upload));
 
     let mut group = c.benchmark_group("mobilesam_decoder");
-    for k in [1usize, 8, 32] {
+    for k in box_counts() {
         let plan = decoder
             .plan(
                 &gpu,
@@ -208,6 +208,15 @@ fn decoder(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Prompt counts to bench: `$FINESAM_BENCH_BOXES` (comma-separated, e.g. `8` to profile one
+/// size with ncu), else 1, 8 and 32.
+fn box_counts() -> Vec<usize> {
+    std::env::var("FINESAM_BENCH_BOXES")
+        .ok()
+        .and_then(|v| v.split(',').map(|k| k.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 32])
 }
 
 /// Mean GPU milliseconds of a graph replay (200 replays after 20 warm-up ones).

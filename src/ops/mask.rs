@@ -12,10 +12,13 @@ use crate::packet::PacketLayout;
 pub const LOW_RES_SIDE: usize = 256;
 /// Bytes of one low-res mask (fp32 logits).
 pub const LOW_RES_MASK_BYTES: usize = LOW_RES_SIDE * LOW_RES_SIDE * 4;
-/// Bytes of the per-mask bounds scratch (`int4`).
-pub const BOUNDS_BYTES_PER_MASK: usize = 16;
-/// Blocks per mask for the encoder; threads stride over the crop's words.
-const ENCODE_BLOCKS_PER_MASK: u32 = 16;
+/// Row slices of the low-res logits `mask_bounds` scans in parallel (kBoundSlices).
+const BOUND_SLICES: u32 = 16;
+/// Bytes of the per-mask bounds scratch (one `int4` box per row slice).
+pub const BOUNDS_BYTES_PER_MASK: usize = 16 * BOUND_SLICES as usize;
+/// Resident `mask_encode` blocks per SM the grid aims at (47 KiB of shared memory each); the
+/// blocks of a mask stride over its bands of crop rows.
+const ENCODE_BLOCKS_PER_SM: u32 = 4;
 
 /// Mirrors `MaskGeometry` in the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -132,11 +135,10 @@ pub fn launch_mask_decode_with_quality(
     bounds
         .arg(&io.low_res)
         .arg(&io.mask_count)
-        .arg(&io.upload)
         .arg(&params.threshold)
         .arg(&io.bounds);
     let cfg = LaunchConfig {
-        grid_dim: (params.max_masks, 1, 1),
+        grid_dim: (BOUND_SLICES, params.max_masks, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -147,13 +149,14 @@ pub fn launch_mask_decode_with_quality(
     records
         .arg(&io.bounds)
         .arg(&io.mask_count)
+        .arg(&io.upload)
         .arg(&quality)
         .arg(&io.packet)
         .arg(&geometry)
         .arg(&io.counts);
     let one = LaunchConfig {
         grid_dim: (1, 1, 1),
-        block_dim: (32, 1, 1),
+        block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: argument order and types match `mask_layout`.
@@ -167,8 +170,11 @@ pub fn launch_mask_decode_with_quality(
         .arg(&params.threshold)
         .arg(&io.packet)
         .arg(&geometry);
+    // Enough blocks to fill the GPU for one mask as for many (a full-frame mask has hundreds
+    // of bands).
+    let blocks_per_mask = (kernels.sm_count() * ENCODE_BLOCKS_PER_SM).div_ceil(params.max_masks);
     let cfg = LaunchConfig {
-        grid_dim: (ENCODE_BLOCKS_PER_MASK, params.max_masks, 1),
+        grid_dim: (blocks_per_mask.max(1), params.max_masks, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
