@@ -121,6 +121,7 @@ fn decoder(c: &mut Criterion) {
                     max_prompts: k,
                     kind: PromptKind::Boxes,
                     multimask: false,
+                    mask_input: false,
                 },
             )
             .expect("plan");

@@ -10,6 +10,11 @@
 //   the multimask slice and iou_pred[:, slice]; logits written fp32 [B, C, 256, 256] in image
 //   order. Reads the first ConvTranspose2d's GEMM output; nothing else is stored.
 //
+// - sam_mask_embed: PromptEncoder._embed_masks (mask_downscaling: Conv2d(1,4,k2,s2) ->
+//   LayerNorm2d(4) -> GELU -> Conv2d(4,16,k2,s2) -> LayerNorm2d(16) -> GELU -> Conv2d(16,256,k1))
+//   fused with `src = image_embedding + dense_prompt_embeddings` of MaskDecoder.predict_masks:
+//   [K, 256, 256] f32 low-res mask inputs -> [K, 64, 64, 256] fp16 NHWC (the decoder's keys).
+//
 // Upscaled layout: ConvTranspose2d(k2, s2) twice, each a GEMM whose output columns are ordered
 // (dy, dx, channel); row r1 = (b*4096 + y*64 + x)*4 + dy*2 + dx of the second one's input (64
 // channels), its columns (dy2*2 + dx2)*32 + c, is pixel (4y + 2dy + dy2, 4x + 2dx + dx2) of the
@@ -456,5 +461,149 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
             __floats2half2_rn(acc[j][0] * inv_lo * g0 + c0, acc[j][1] * inv_lo * g1 + c1);
         *reinterpret_cast<__half2*>(y + r_hi * 256 + n) =
             __floats2half2_rn(acc[j][2] * inv_hi * g0 + c0, acc[j][3] * inv_hi * g1 + c1);
+    }
+}
+
+namespace {
+constexpr int kMaskSide = 256;     // mask_input side (4 x the embedding side)
+constexpr int kEmbedSide = 64;
+constexpr int kMaskC1 = 4;         // mask_in_chans // 4
+constexpr int kMaskC2 = 16;        // mask_in_chans
+// Offsets into the packed f32 parameters: the official tensors of
+// prompt_encoder.mask_downscaling, each flattened in its own (row-major) order. Mirrors
+// `mask_params` in src/ops/sam_decoder.rs.
+constexpr int kW1 = 0;                          // 0.weight [4, 1, 2, 2]
+constexpr int kB1 = kW1 + kMaskC1 * 4;          // 0.bias [4]
+constexpr int kG1 = kB1 + kMaskC1;              // 1.weight [4] (LayerNorm2d)
+constexpr int kBe1 = kG1 + kMaskC1;             // 1.bias [4]
+constexpr int kW2 = kBe1 + kMaskC1;             // 3.weight [16, 4, 2, 2]
+constexpr int kB2 = kW2 + kMaskC2 * kMaskC1 * 4;  // 3.bias [16]
+constexpr int kG2 = kB2 + kMaskC2;              // 4.weight [16] (LayerNorm2d)
+constexpr int kBe2 = kG2 + kMaskC2;             // 4.bias [16]
+constexpr int kW3 = kBe2 + kMaskC2;             // 6.weight [256, 16, 1, 1]
+constexpr int kB3 = kW3 + kDim * kMaskC2;       // 6.bias [256]
+constexpr int kMaskParams = kB3 + kDim;         // 4684
+constexpr int kSmallParams = kW3;               // what stage 1 reads (kept in shared memory)
+
+// Mirrors `MaskEmbedParams` in src/ops/sam_decoder.rs.
+struct MaskEmbedParams {
+    const float* mask;       // [batch, 256, 256] low-res mask inputs (logits)
+    const float* params;     // [kMaskParams] packed mask_downscaling (offsets above)
+    const __half* embedding; // [4096, 256] NHWC image embedding (shared by every prompt)
+    __half* y;               // [batch, 4096, 256] NHWC: embedding + mask_downscaling(mask)
+    float eps;               // LayerNorm2d eps (1e-6)
+};
+
+// LayerNorm2d over N channels of one pixel (mean, then the centred variance, as the official
+// module), then the affine and GELU, in place.
+template <int N>
+__device__ __forceinline__ void layer_norm_gelu(float (&v)[N], const float* gamma, const float* beta,
+                                                float eps) {
+    float mean = 0.f;
+#pragma unroll
+    for (int c = 0; c < N; ++c) mean += v[c];
+    mean *= 1.f / N;
+    float var = 0.f;
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+        v[c] -= mean;
+        var += v[c] * v[c];
+    }
+    const float inv = rsqrtf(var * (1.f / N) + eps);
+#pragma unroll
+    for (int c = 0; c < N; ++c) v[c] = activate(v[c] * inv * gamma[c] + beta[c], kActGelu);
+}
+
+}  // namespace
+
+// y[b, p, :] = embedding[p, :] + mask_downscaling(mask[b])[:, p] for one row of 64 embedding
+// pixels of one prompt per block. Output pixel (y, x) depends only on the 4x4 input patch
+// rows 4y..4y+3, columns 4x..4x+3: the first conv's output (2y+i, 2x+j) reads patch element
+// (2i+dy, 2j+dx) with its tap (dy, dx), the second conv's output reads the first's (i, j)
+// with its tap (i, j). Stage 1 (threads 0..63, one pixel each): both convs, LayerNorm2d and
+// GELU in fp32 registers -> the 16 channels in shared memory. Stage 2 (all threads, two
+// channels each, 2 pixels at a time): the 1x1 conv 16 -> 256 in fp32, + bias + embedding, one
+// fp16 rounding, coalesced half2 stores. Reference: PromptEncoder._embed_masks plus the add
+// `src = image_embeddings + dense_prompt_embeddings` (mask_decoder.py), up to fp16 storage.
+extern "C" __global__ void __launch_bounds__(256) sam_mask_embed(MaskEmbedParams p) {
+    __shared__ float w_s[kSmallParams];
+    __shared__ __align__(16) float h_s[kEmbedSide][kMaskC2];
+    const int tid = threadIdx.x;
+    const int row = blockIdx.x;  // embedding row y
+    const int b = blockIdx.y;
+    for (int i = tid; i < kSmallParams; i += blockDim.x) w_s[i] = p.params[i];
+    __syncthreads();
+
+    if (tid < kEmbedSide) {
+        const int x = tid;
+        // The 4x4 patch: four 16-byte rows (adjacent threads read adjacent vectors).
+        float m[4][4];
+        const float* src = p.mask + (static_cast<size_t>(b) * kMaskSide + 4 * row) * kMaskSide + 4 * x;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const float4 v = *reinterpret_cast<const float4*>(src + r * kMaskSide);
+            m[r][0] = v.x;
+            m[r][1] = v.y;
+            m[r][2] = v.z;
+            m[r][3] = v.w;
+        }
+        float h2[kMaskC2];
+#pragma unroll
+        for (int o = 0; o < kMaskC2; ++o) h2[o] = w_s[kB2 + o];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                // First conv at (2y + i, 2x + j), its LayerNorm2d and GELU.
+                float h1[kMaskC1];
+#pragma unroll
+                for (int c = 0; c < kMaskC1; ++c) {
+                    float s = w_s[kB1 + c];
+#pragma unroll
+                    for (int dy = 0; dy < 2; ++dy)
+#pragma unroll
+                        for (int dx = 0; dx < 2; ++dx)
+                            s = fmaf(w_s[kW1 + c * 4 + dy * 2 + dx], m[2 * i + dy][2 * j + dx], s);
+                    h1[c] = s;
+                }
+                layer_norm_gelu(h1, &w_s[kG1], &w_s[kBe1], p.eps);
+                // Its contribution to the second conv through tap (i, j).
+#pragma unroll
+                for (int o = 0; o < kMaskC2; ++o)
+#pragma unroll
+                    for (int c = 0; c < kMaskC1; ++c)
+                        h2[o] = fmaf(w_s[kW2 + (o * kMaskC1 + c) * 4 + i * 2 + j], h1[c], h2[o]);
+            }
+        }
+        layer_norm_gelu(h2, &w_s[kG2], &w_s[kBe2], p.eps);
+#pragma unroll
+        for (int o = 0; o < kMaskC2; o += 4)
+            *reinterpret_cast<float4*>(&h_s[x][o]) = make_float4(h2[o], h2[o + 1], h2[o + 2], h2[o + 3]);
+    }
+    __syncthreads();
+
+    // Stage 2: thread -> channels 2c2, 2c2 + 1 and pixels half, half + 2, ...
+    const int c0 = 2 * (tid % (kDim / 2));
+    const int half = tid / (kDim / 2);
+    float w0[kMaskC2], w1[kMaskC2];
+#pragma unroll
+    for (int k = 0; k < kMaskC2; ++k) {
+        w0[k] = __ldg(p.params + kW3 + c0 * kMaskC2 + k);
+        w1[k] = __ldg(p.params + kW3 + (c0 + 1) * kMaskC2 + k);
+    }
+    const float bias0 = __ldg(p.params + kB3 + c0), bias1 = __ldg(p.params + kB3 + c0 + 1);
+    const size_t row_px = static_cast<size_t>(row) * kEmbedSide;
+    __half* out = p.y + (static_cast<size_t>(b) * kEmbedSide * kEmbedSide + row_px) * kDim;
+    const __half* emb = p.embedding + row_px * kDim;
+    for (int x = half; x < kEmbedSide; x += 2) {
+        float a0 = bias0, a1 = bias1;
+#pragma unroll
+        for (int k = 0; k < kMaskC2; ++k) {
+            const float h = h_s[x][k];  // the same address across the warp: a broadcast
+            a0 = fmaf(w0[k], h, a0);
+            a1 = fmaf(w1[k], h, a1);
+        }
+        const float2 e = __half22float2(*reinterpret_cast<const __half2*>(emb + x * kDim + c0));
+        *reinterpret_cast<__half2*>(out + x * kDim + c0) = __floats2half2_rn(e.x + a0, e.y + a1);
     }
 }

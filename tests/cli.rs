@@ -68,7 +68,7 @@ fn gpu_commands_fail_cleanly_without_a_gpu() {
 }
 
 #[test]
-fn sam_rejects_missing_or_mixed_prompts_before_touching_the_gpu() {
+fn sam_rejects_missing_prompts_and_accepts_boxes_with_points() {
     let dir = temp_dir("cli-sam");
     let out = dir.join("out.json");
     let base = [
@@ -88,9 +88,14 @@ fn sam_rejects_missing_or_mixed_prompts_before_touching_the_gpu() {
         .copied()
         .chain(["--box", "1,2,3,4", "--point", "5,6,1"])
         .collect();
+    // Boxes with points are one prompt kind (each box carries the points): the command gets
+    // past the prompts and stops at the missing image.
     let (ok, _, stderr) = finesam(&mixed);
     assert!(!ok);
-    assert!(stderr.contains("not both"), "{stderr}");
+    assert!(
+        stderr.contains("i.png") && !stderr.contains("prompt"),
+        "{stderr}"
+    );
     let bad: Vec<&str> = base.iter().copied().chain(["--box", "1,2,3"]).collect();
     let (ok, _, stderr) = finesam(&bad);
     assert!(!ok);

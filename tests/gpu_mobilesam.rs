@@ -75,33 +75,59 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
             "set_frame: {cost:?}"
         );
 
-        for (set, multimask) in [("boxes8", false), ("boxes8_multi", true)] {
+        for (set, multimask) in [
+            ("boxes8", false),
+            ("boxes8_multi", true),
+            ("boxes8_mask", false),
+        ] {
+            if t.tensor(&format!("{set}.boxes")).is_err() {
+                continue;
+            }
+            // boxes8_mask: boxes8's boxes refined with boxes8's low-res logits as mask input.
+            let mask_input = t
+                .tensor(&format!("{set}.mask_input"))
+                .is_ok()
+                .then(|| fixture_f32(&t, &format!("{set}.mask_input")));
             let boxes: Vec<[f32; 4]> = fixture_f32(&t, &format!("{set}.boxes"))
                 .chunks_exact(4)
                 .map(|b| [b[0], b[1], b[2], b[3]])
                 .collect();
             let low = fixture_f32(&t, &format!("{set}.low_res_logits"));
-            // Warm the plan once, then check the steady-state copy and allocation counts.
-            sam.predict(&Prompts::Boxes(&boxes), multimask).unwrap();
-            let before = sam.gpu().counters();
-            let packet_bytes = sam
-                .predict(&Prompts::Boxes(&boxes), multimask)
+            let prompts = Prompts::Boxes(&boxes);
+            let predict = |sam: &mut MobileSam| -> Vec<u8> {
+                match &mask_input {
+                    Some(masks) => sam.predict_with_mask_input(&prompts, masks, multimask),
+                    None => sam.predict(&prompts, multimask),
+                }
                 .unwrap()
                 .as_bytes()
-                .to_vec();
+                .to_vec()
+            };
+            // Warm the plan once, then check the steady-state copy and allocation counts.
+            predict(&mut sam);
+            let before = sam.gpu().counters();
+            let packet_bytes = predict(&mut sam);
             let cost = sam.gpu().counters().since(&before);
             let packet = ResultPacket::parse(&packet_bytes).unwrap();
+            // The mask inputs are one more upload.
+            let uploads = 1 + mask_input.is_some() as u64;
             assert_eq!(
                 (cost.uploads, cost.downloads, cost.device_allocations),
-                (1, 1, 0),
+                (uploads, 1, 0),
                 "predict: {cost:?}"
+            );
+            let per = if multimask { 3 } else { 1 };
+            let low_res = sam.read_low_res().unwrap();
+            assert_eq!(low_res.len(), boxes.len() * per * 256 * 256);
+            assert!(
+                low_res.iter().all(|v| v.is_finite()),
+                "{set}: low-res logits"
             );
             assert_eq!(
                 packet.header().flags,
                 0,
                 "masks truncated: raise the capacity"
             );
-            let per = if multimask { 3 } else { 1 };
             let detections: Vec<_> = packet.detections().collect();
             assert_eq!(detections.len(), boxes.len());
             for (d, b) in detections.iter().zip(&boxes) {
@@ -145,5 +171,18 @@ fn mobilesam_end_to_end_matches_the_official_pipeline() {
             worst = worst.min(min);
         }
     }
+    // One mask input per prompt, finite: typed errors otherwise.
+    let two = [[10.0, 10.0, 200.0, 200.0], [50.0, 60.0, 300.0, 400.0]];
+    let mut one = vec![0.0f32; 256 * 256];
+    for masks in [one.clone(), vec![0.0; 3 * 256 * 256]] {
+        let err = sam.predict_with_mask_input(&Prompts::Boxes(&two), &masks, false);
+        assert!(matches!(err, Err(Error::Prompt(_))), "mask count");
+    }
+    one[77] = f32::INFINITY;
+    let err = sam.predict_with_mask_input(&Prompts::Boxes(&two[..1]), &one, false);
+    assert!(
+        matches!(err, Err(Error::Prompt(_))),
+        "non-finite mask input"
+    );
     assert!(worst >= MIN_IOU, "worst end-to-end mask IoU {worst}");
 }

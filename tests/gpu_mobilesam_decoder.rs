@@ -1,10 +1,14 @@
 //! GPU tests of the MobileSAM prompt encoder + mask decoder against the official PyTorch code
 //! (fixtures from tests/parity/gen_mobilesam.py): low-res logits (rel L2 <= 2e-2), IoU
 //! predictions (abs <= 1e-2), and the final frame-resolution masks after mask decoding into a
-//! packet. Also graph replay == eager, no allocation per decode, typed prompt errors (these use
+//! packet; prompt sets with mask inputs (`boxes8_mask`) and boxes with points
+//! (`boxpoints4_multi`) included. Also the fused `mask_downscaling` kernel against an f64
+//! reference, graph replay == eager, no allocation per decode, typed prompt errors (these use
 //! synthetic weights, so they run without fixtures). Skipped without a GPU.
 
 mod common;
+#[path = "common/dense.rs"]
+mod dense;
 
 use common::weights::{spec, temp_dir, write};
 use common::{fixtures, gpu_available};
@@ -19,6 +23,7 @@ use finesam::ops::mask::{
     launch_mask_decode, MaskDecodeIo, MaskDecodeParams, BOUNDS_BYTES_PER_MASK,
 };
 use finesam::ops::packet::launch_assemble_packet_header;
+use finesam::ops::sam_decoder::{launch_mask_embed, mask_params, MaskEmbedArgs, MASK_INPUT_PIXELS};
 use finesam::ops::DeviceRegion;
 use finesam::weights::WeightsFile;
 use finesam::{reference, Error, Frame, Gpu, PacketLayout, PixelFormat, ResultPacket};
@@ -168,31 +173,43 @@ fn decoder_matches_pytorch() {
             ("boxes32", false),
             ("boxes8_multi", true),
             ("points3_multi", true),
+            ("boxes8_mask", false),
+            ("boxpoints4_multi", true),
         ] {
             let Some(reference_low) = f32s(&tensors, &format!("{set}.low_res_logits")) else {
                 continue;
             };
             let reference_iou = f32s(&tensors, &format!("{set}.iou")).unwrap();
-            let boxes: Vec<[f32; 4]>;
-            let points: Vec<[f32; 2]>;
-            let labels: Vec<f32>;
-            let prompts = if let Some(b) = f32s(&tensors, &format!("{set}.boxes")) {
-                boxes = b
-                    .chunks_exact(4)
-                    .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect();
-                Prompts::Boxes(&boxes)
-            } else {
-                let p = f32s(&tensors, &format!("{set}.points")).unwrap();
-                points = p.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-                labels = f32s(&tensors, &format!("{set}.point_labels")).unwrap();
+            let boxes: Vec<[f32; 4]> = f32s(&tensors, &format!("{set}.boxes"))
+                .unwrap_or_default()
+                .chunks_exact(4)
+                .map(|c| [c[0], c[1], c[2], c[3]])
+                .collect();
+            let points: Vec<[f32; 2]> = f32s(&tensors, &format!("{set}.points"))
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .map(|c| [c[0], c[1]])
+                .collect();
+            let labels = f32s(&tensors, &format!("{set}.point_labels")).unwrap_or_default();
+            let prompts = match (boxes.is_empty(), points.is_empty()) {
+                (false, true) => Prompts::Boxes(&boxes),
                 // predict_torch got one prompt of all points.
-                Prompts::Points {
+                (true, false) => Prompts::Points {
                     coords: &points,
                     labels: &labels,
                     per_prompt: points.len(),
-                }
+                },
+                // [K, P, 2] points with [K, 4] boxes: each box prompt carries its P points.
+                (false, false) => Prompts::BoxesWithPoints {
+                    boxes: &boxes,
+                    coords: &points,
+                    labels: &labels,
+                    per_prompt: points.len() / boxes.len(),
+                },
+                (true, true) => panic!("{image}/{set}: fixture has neither boxes nor points"),
             };
+            // [K, 1, 256, 256] low-res logits of an earlier prediction (boxes8's own).
+            let mask_input = f32s(&tensors, &format!("{set}.mask_input"));
             let k = prompts.count();
             let plan = decoder
                 .plan(
@@ -201,6 +218,7 @@ fn decoder_matches_pytorch() {
                         max_prompts: k,
                         kind: prompts.kind(),
                         multimask,
+                        mask_input: mask_input.is_some(),
                     },
                 )
                 .unwrap();
@@ -213,6 +231,13 @@ fn decoder_matches_pytorch() {
             gpu.memset(plan.low_res().ptr, 0xFF, plan.low_res().bytes)
                 .unwrap(); // poison
             plan.stage_prompts(&gpu, &prompts).unwrap();
+            if let Some(masks) = &mask_input {
+                assert_eq!(
+                    plan.stage_mask_input(&gpu, masks).unwrap(),
+                    k,
+                    "{image}/{set}"
+                );
+            }
             decoder
                 .decode(
                     &gpu,
@@ -322,7 +347,10 @@ fn graph_replay_equals_eager_without_allocation() {
     let nchw: Vec<f32> = (0..256 * 4096).map(|_| rng.normal() as f32).collect();
     let embedding = upload_embedding_nchw(&gpu, &nchw).unwrap();
     let frame_header = header(&gpu, 1920, 1080);
-    for multimask in [false, true] {
+    let masks: Vec<f32> = (0..5 * MASK_INPUT_PIXELS)
+        .map(|_| 4.0 * rng.normal() as f32)
+        .collect();
+    for (multimask, mask_input) in [(false, false), (true, false), (false, true)] {
         let plan = decoder
             .plan(
                 &gpu,
@@ -330,6 +358,7 @@ fn graph_replay_equals_eager_without_allocation() {
                     max_prompts: 8,
                     kind: PromptKind::Boxes,
                     multimask,
+                    mask_input,
                 },
             )
             .unwrap();
@@ -340,6 +369,9 @@ fn graph_replay_equals_eager_without_allocation() {
             })
             .collect();
         plan.stage_prompts(&gpu, &Prompts::Boxes(&boxes)).unwrap();
+        if mask_input {
+            plan.stage_mask_input(&gpu, &masks).unwrap();
+        }
         let (emb, hdr) = (
             DeviceRegion::of(&embedding),
             DeviceRegion::of(&frame_header),
@@ -380,7 +412,8 @@ fn graph_replay_equals_eager_without_allocation() {
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
         println!(
-            "multimask {multimask}: graph replay vs eager: {differing} of {} logits differ",
+            "multimask {multimask}, mask input {mask_input}: graph replay vs eager: {differing} \
+             of {} logits differ",
             eager.len()
         );
         assert_eq!(differing, 0);
@@ -417,6 +450,7 @@ impl BatchCase {
                     max_prompts: max,
                     kind: PromptKind::Boxes,
                     multimask: false,
+                    mask_input: false,
                 },
             )
             .unwrap();
@@ -540,9 +574,43 @@ fn bad_prompts_are_typed_errors() {
                 max_prompts: 2,
                 kind: PromptKind::Boxes,
                 multimask: false,
+                mask_input: false,
             },
         )
         .unwrap();
+    // Mask inputs: none accepted by a plan without them; bad ones rejected by one with them.
+    let err = plan
+        .stage_mask_input(&gpu, &vec![0.0; MASK_INPUT_PIXELS])
+        .unwrap_err();
+    assert!(matches!(err, Error::Prompt(_)), "{err:?}");
+    let masked = decoder
+        .plan(
+            &gpu,
+            DecodeConfig {
+                max_prompts: 2,
+                kind: PromptKind::Boxes,
+                multimask: false,
+                mask_input: true,
+            },
+        )
+        .unwrap();
+    let mut nan = vec![0.0f32; 2 * MASK_INPUT_PIXELS];
+    nan[MASK_INPUT_PIXELS + 17] = f32::NAN;
+    for masks in [
+        Vec::new(),
+        vec![0.0; MASK_INPUT_PIXELS - 1],
+        vec![0.0; 3 * MASK_INPUT_PIXELS],
+        nan,
+    ] {
+        let err = masked.stage_mask_input(&gpu, &masks).unwrap_err();
+        assert!(matches!(err, Error::Prompt(_)), "{err:?}");
+    }
+    assert_eq!(
+        masked
+            .stage_mask_input(&gpu, &vec![1.0; 2 * MASK_INPUT_PIXELS])
+            .unwrap(),
+        2
+    );
     let good = [[1.0, 2.0, 30.0, 40.0]];
     let too_many = [[1.0, 2.0, 30.0, 40.0]; 3];
     let nan = [[1.0, f32::NAN, 30.0, 40.0]];
@@ -583,4 +651,201 @@ fn bad_prompts_are_typed_errors() {
         )
         .unwrap_err();
     assert!(matches!(err, Error::Launch { .. }), "{err:?}");
+}
+
+/// Random packed `mask_downscaling` parameters at the official module's scales (weights
+/// N(0, 1/fan_in), LayerNorm2d scales U(0.5, 1.5), biases and shifts N(0, 0.1)).
+fn random_mask_params(rng: &mut common::Rng) -> Vec<f32> {
+    let mut p = vec![0f32; mask_params::LEN];
+    // (offset, values, fan-in of a weight; 0 for a bias or shift, -1 for a LayerNorm2d scale).
+    for (at, n, fan_in) in [
+        (mask_params::W1, 16, 4),
+        (mask_params::B1, 4, 0),
+        (mask_params::G1, 4, -1),
+        (mask_params::BE1, 4, 0),
+        (mask_params::W2, 256, 16),
+        (mask_params::B2, 16, 0),
+        (mask_params::G2, 16, -1),
+        (mask_params::BE2, 16, 0),
+        (mask_params::W3, 4096, 16),
+        (mask_params::B3, 256, 0),
+    ] {
+        for v in &mut p[at..at + n] {
+            *v = match fan_in {
+                0 => 0.1 * rng.normal(),
+                -1 => 0.5 + rng.unit(),
+                f => rng.normal() / (f as f64).sqrt(),
+            } as f32;
+        }
+    }
+    p
+}
+
+#[test]
+fn mask_embed_matches_the_f64_reference() {
+    if !gpu_available("mask_embed_matches_the_f64_reference") {
+        return;
+    }
+    // y[b] = embedding + mask_downscaling(mask[b]) (NHWC fp16) against the f64 reference, for
+    // random parameters and logit-like masks (std 4), two prompts with different masks.
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = common::Rng::new(7);
+    let params = random_mask_params(&mut rng);
+    let masks: Vec<f32> = (0..2 * MASK_INPUT_PIXELS)
+        .map(|_| 4.0 * rng.normal() as f32)
+        .collect();
+    let (embedding, embedding64) = dense::random_f16(&mut rng, 4096 * 256, -2.0, 2.0);
+    let params_d = dense::upload(&gpu, &params);
+    let masks_d = dense::upload(&gpu, &masks);
+    let embedding_d = dense::upload(&gpu, &embedding);
+    let y = dense::poisoned(&gpu, 2 * 4096 * 256);
+    launch_mask_embed(
+        &gpu,
+        &MaskEmbedArgs {
+            batch: 2,
+            mask: dense::region(&masks_d),
+            params: dense::region(&params_d),
+            embedding: dense::region(&embedding_d),
+            y: dense::region(&y),
+        },
+    )
+    .unwrap();
+    let got: Vec<f64> = dense::download_f16(&gpu, &y)
+        .iter()
+        .map(|v| v.to_f64())
+        .collect();
+    let mut worst = 0f64;
+    for b in 0..2 {
+        let mask = &masks[b * MASK_INPUT_PIXELS..(b + 1) * MASK_INPUT_PIXELS];
+        let dense_embedding = dense::mask_downscaling_reference(&params, mask);
+        let want: Vec<f64> = dense_embedding
+            .iter()
+            .zip(&embedding64)
+            .map(|(d, e)| d + e)
+            .collect();
+        let ours = &got[b * 4096 * 256..(b + 1) * 4096 * 256];
+        let (rel, max_abs) = dense::errors(ours, &want);
+        // Error relative to the value: one fp16 rounding is <= 2^-11 ~ 4.9e-4.
+        let scaled = ours
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+            .fold(0f64, f64::max);
+        println!("prompt {b}: rel L2 {rel:.2e}, max abs {max_abs:.2e}, max scaled {scaled:.2e}");
+        worst = worst.max(scaled);
+    }
+    assert!(
+        worst <= 1e-3,
+        "mask embedding off the f64 reference: {worst:.2e}"
+    );
+
+    // A short mask buffer is a typed launch error.
+    let err = launch_mask_embed(
+        &gpu,
+        &MaskEmbedArgs {
+            batch: 3,
+            mask: dense::region(&masks_d),
+            params: dense::region(&params_d),
+            embedding: dense::region(&embedding_d),
+            y: dense::region(&y),
+        },
+    );
+    dense::expect_launch_error("short mask buffer", err);
+}
+
+#[test]
+fn a_constant_mask_embedding_decodes_as_no_mask() {
+    if !gpu_available("a_constant_mask_embedding_decodes_as_no_mask") {
+        return;
+    }
+    // With mask_downscaling's last conv weight zero and its bias = no_mask_embed (the synthetic
+    // ramp gives both the same values), the dense embedding of any mask is no_mask_embed: the
+    // mask-input path (per-prompt keys, unfolded biases, in-place block 0) must then give the
+    // no-mask path's logits up to fp16 rounding (it stores embedding + no_mask_embed in fp16,
+    // where the no-mask path folds the constant into f32 biases).
+    let gpu = Gpu::new(0).unwrap();
+    let specs: Vec<_> = expected_tensors()
+        .iter()
+        .map(|(name, shape)| {
+            let mut s = spec(name, shape);
+            if name == "prompt_encoder.mask_downscaling.6.weight" {
+                s.values = Some(vec![0.0; 256 * 16]);
+            }
+            s
+        })
+        .collect();
+    let nme = &specs
+        .iter()
+        .find(|s| s.name == "prompt_encoder.no_mask_embed.weight")
+        .unwrap();
+    let bias = &specs
+        .iter()
+        .find(|s| s.name == "prompt_encoder.mask_downscaling.6.bias")
+        .unwrap();
+    assert_eq!(
+        common::weights::values(nme),
+        common::weights::values(bias),
+        "same synthetic values"
+    );
+    let path = write(
+        &temp_dir("decoder_constant_mask"),
+        "decoder.safetensors",
+        &specs,
+    );
+    let decoder = MaskDecoder::load(&gpu, &WeightsFile::open(path).unwrap()).unwrap();
+    let mut rng = common::Rng::new(45);
+    let nchw: Vec<f32> = (0..256 * 4096).map(|_| rng.normal() as f32).collect();
+    let embedding = upload_embedding_nchw(&gpu, &nchw).unwrap();
+    let frame_header = header(&gpu, 1920, 1080);
+    let boxes: Vec<[f32; 4]> = (0..5)
+        .map(|i| {
+            let x = 100.0 + 150.0 * i as f32;
+            [x, 200.0 + 40.0 * i as f32, x + 300.0, 700.0]
+        })
+        .collect();
+    let masks: Vec<f32> = (0..5 * MASK_INPUT_PIXELS)
+        .map(|_| 4.0 * rng.normal() as f32)
+        .collect();
+    let mut outputs = Vec::new();
+    for mask_input in [false, true] {
+        let plan = decoder
+            .plan(
+                &gpu,
+                DecodeConfig {
+                    max_prompts: 5,
+                    kind: PromptKind::Boxes,
+                    multimask: true,
+                    mask_input,
+                },
+            )
+            .unwrap();
+        plan.stage_prompts(&gpu, &Prompts::Boxes(&boxes)).unwrap();
+        if mask_input {
+            plan.stage_mask_input(&gpu, &masks).unwrap();
+        }
+        gpu.memset(plan.low_res().ptr, 0xFF, plan.low_res().bytes)
+            .unwrap();
+        decoder
+            .decode(
+                &gpu,
+                &plan,
+                DeviceRegion::of(&embedding),
+                DeviceRegion::of(&frame_header),
+                5,
+            )
+            .unwrap();
+        outputs.push(plan.read_outputs(&gpu, 5).unwrap());
+    }
+    let (rel, max_abs) = rel_l2(&outputs[1].0, &outputs[0].0);
+    let iou_err = outputs[1]
+        .1
+        .iter()
+        .zip(&outputs[0].1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("mask input (constant embedding) vs no mask: logits rel L2 {rel:.2e}, max abs {max_abs:.3}, IoU {iou_err:.1e}");
+    assert!(
+        rel <= 1e-2 && iou_err <= 1e-2,
+        "rel L2 {rel}, IoU {iou_err}"
+    );
 }

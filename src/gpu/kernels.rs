@@ -52,6 +52,7 @@ pub struct Kernels {
     pub(crate) sam_prompt_encode: CudaFunction,
     pub(crate) sam_upscale_masks: CudaFunction,
     pub(crate) sam_image_to_token: CudaFunction,
+    pub(crate) sam_mask_embed: CudaFunction,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
     /// Resident blocks per SM of each `gemm_<tile>` (driver occupancy; GEMM tile selection).
@@ -154,6 +155,7 @@ impl Kernels {
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
             sam_image_to_token: function(&sam, "sam_decoder", "sam_image_to_token")?,
+            sam_mask_embed: function(&sam, "sam_decoder", "sam_mask_embed")?,
             sm_count,
             gemm_blocks_per_sm,
             assign_smem_limit: assign_smem_limit as usize,

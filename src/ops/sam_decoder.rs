@@ -474,3 +474,117 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
     Ok(())
 }
+
+/// Side of a low-res mask input (`4 x` the embedding side, `PromptEncoder.mask_input_size`).
+pub const MASK_INPUT_SIDE: usize = 4 * EMBED_SIDE;
+/// Values of one low-res mask input.
+pub const MASK_INPUT_PIXELS: usize = MASK_INPUT_SIDE * MASK_INPUT_SIDE;
+
+/// The packed f32 parameters of `prompt_encoder.mask_downscaling` that [`launch_mask_embed`]
+/// reads: the official tensors, each flattened in its own row-major order, concatenated in the
+/// order of [`mask_params::TENSORS`] (offsets mirror the kernel's `kW1..kB3`).
+pub mod mask_params {
+    /// `(name suffix under prompt_encoder.mask_downscaling., official shape)` in packing order.
+    pub const TENSORS: [(&str, &[usize]); 10] = [
+        ("0.weight", &[4, 1, 2, 2]),
+        ("0.bias", &[4]),
+        ("1.weight", &[4]),
+        ("1.bias", &[4]),
+        ("3.weight", &[16, 4, 2, 2]),
+        ("3.bias", &[16]),
+        ("4.weight", &[16]),
+        ("4.bias", &[16]),
+        ("6.weight", &[256, 16, 1, 1]),
+        ("6.bias", &[256]),
+    ];
+    /// First conv weight `[4, 1, 2, 2]`.
+    pub const W1: usize = 0;
+    /// First conv bias `[4]`.
+    pub const B1: usize = 16;
+    /// First LayerNorm2d weight `[4]`.
+    pub const G1: usize = 20;
+    /// First LayerNorm2d bias `[4]`.
+    pub const BE1: usize = 24;
+    /// Second conv weight `[16, 4, 2, 2]`.
+    pub const W2: usize = 28;
+    /// Second conv bias `[16]`.
+    pub const B2: usize = 284;
+    /// Second LayerNorm2d weight `[16]`.
+    pub const G2: usize = 300;
+    /// Second LayerNorm2d bias `[16]`.
+    pub const BE2: usize = 316;
+    /// 1x1 conv weight `[256, 16, 1, 1]`.
+    pub const W3: usize = 332;
+    /// 1x1 conv bias `[256]`.
+    pub const B3: usize = 4428;
+    /// Total values.
+    pub const LEN: usize = 4684;
+    /// LayerNorm2d eps of the official module.
+    pub const EPS: f32 = 1e-6;
+}
+
+/// Mirrors `MaskEmbedParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct MaskEmbedParams {
+    mask: u64,
+    params: u64,
+    embedding: u64,
+    y: u64,
+    eps: f32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for MaskEmbedParams {}
+
+/// Operands of [`launch_mask_embed`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaskEmbedArgs {
+    /// Prompts (grid.y).
+    pub batch: usize,
+    /// `[batch, 256, 256]` f32 low-res mask inputs.
+    pub mask: DeviceRegion,
+    /// `[mask_params::LEN]` f32 packed `mask_downscaling` parameters.
+    pub params: DeviceRegion,
+    /// `[4096, 256]` fp16 NHWC image embedding.
+    pub embedding: DeviceRegion,
+    /// `[batch, 4096, 256]` fp16 NHWC output: the embedding plus the dense mask embedding.
+    pub y: DeviceRegion,
+}
+
+/// `y[b] = embedding + mask_downscaling(mask[b])` (NHWC fp16), `PromptEncoder._embed_masks` and
+/// the decoder's `src = image_embeddings + dense_prompt_embeddings` in one kernel.
+pub fn launch_mask_embed(gpu: &Gpu, a: &MaskEmbedArgs) -> Result<()> {
+    const KERNEL: &str = "sam_mask_embed";
+    if a.batch == 0 || a.batch > 65535 {
+        return Err(launch_error(
+            KERNEL,
+            format!("batch {} must be 1..=65535", a.batch),
+        ));
+    }
+    a.mask
+        .check(KERNEL, "mask", Some(a.batch * MASK_INPUT_PIXELS * 4), 16)?;
+    a.params
+        .check(KERNEL, "parameters", Some(mask_params::LEN * 4), 4)?;
+    a.embedding
+        .check(KERNEL, "embedding", Some(EMBED_PIXELS * SAM_DIM * 2), 4)?;
+    a.y.check(KERNEL, "y", Some(a.batch * EMBED_PIXELS * SAM_DIM * 2), 4)?;
+    let params = MaskEmbedParams {
+        mask: a.mask.ptr,
+        params: a.params.ptr,
+        embedding: a.embedding.ptr,
+        y: a.y.ptr,
+        eps: mask_params::EPS,
+    };
+    // One embedding row (64 pixels) of one prompt per block.
+    let cfg = LaunchConfig {
+        grid_dim: (EMBED_SIDE as u32, a.batch as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_mask_embed);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
+    Ok(())
+}

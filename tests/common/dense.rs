@@ -157,3 +157,63 @@ pub fn layer_norm_row(row: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec
         .map(|(v, (g, b))| (v - mean) * rstd * g + b)
         .collect()
 }
+
+/// `PromptEncoder._embed_masks` (`mask_downscaling`) of one `[256, 256]` mask in f64, as NHWC
+/// `[64 * 64, 256]`: Conv2d(1, 4, k2, s2) -> LayerNorm2d(4) -> GELU -> Conv2d(4, 16, k2, s2) ->
+/// LayerNorm2d(16) -> GELU -> Conv2d(16, 256, k1), straight from the official definitions
+/// (each conv output reads its own 2x2 input window). `params` is the packed f32 layout of
+/// `finesam::ops::sam_decoder::mask_params` (the official tensors concatenated).
+pub fn mask_downscaling_reference(params: &[f32], mask: &[f32]) -> Vec<f64> {
+    use finesam::ops::sam_decoder::mask_params as mp;
+    assert_eq!((params.len(), mask.len()), (mp::LEN, 256 * 256));
+    let p = |at: usize, n: usize| -> Vec<f64> {
+        params[at..at + n].iter().map(|&v| v as f64).collect()
+    };
+    let (w1, b1, g1, be1) = (p(mp::W1, 16), p(mp::B1, 4), p(mp::G1, 4), p(mp::BE1, 4));
+    let (w2, b2, g2, be2) = (p(mp::W2, 256), p(mp::B2, 16), p(mp::G2, 16), p(mp::BE2, 16));
+    let (w3, b3) = (p(mp::W3, 4096), p(mp::B3, 256));
+    let eps = mp::EPS as f64;
+    let gelu = |v: f64| activate(v, Activation::Gelu);
+    // Conv2d(cin -> cout, k2, s2) over an NHWC map of side `side`, weights [cout, cin, 2, 2].
+    let conv = |x: &[f64], side: usize, cin: usize, w: &[f64], b: &[f64]| -> Vec<f64> {
+        let (out_side, cout) = (side / 2, b.len());
+        let mut y = vec![0f64; out_side * out_side * cout];
+        for oy in 0..out_side {
+            for ox in 0..out_side {
+                for o in 0..cout {
+                    let mut s = b[o];
+                    for i in 0..cin {
+                        for dy in 0..2 {
+                            for dx in 0..2 {
+                                let px = (2 * oy + dy) * side + 2 * ox + dx;
+                                s += w[((o * cin + i) * 2 + dy) * 2 + dx] * x[px * cin + i];
+                            }
+                        }
+                    }
+                    y[(oy * out_side + ox) * cout + o] = s;
+                }
+            }
+        }
+        y
+    };
+    let norm_gelu = |x: &mut [f64], c: usize, g: &[f64], b: &[f64]| {
+        for px in x.chunks_exact_mut(c) {
+            let normed = layer_norm_row(px, g, b, eps);
+            for (v, n) in px.iter_mut().zip(normed) {
+                *v = gelu(n);
+            }
+        }
+    };
+    let m: Vec<f64> = mask.iter().map(|&v| v as f64).collect();
+    let mut h1 = conv(&m, 256, 1, &w1, &b1);
+    norm_gelu(&mut h1, 4, &g1, &be1);
+    let mut h2 = conv(&h1, 128, 4, &w2, &b2);
+    norm_gelu(&mut h2, 16, &g2, &be2);
+    let mut out = vec![0f64; 4096 * 256];
+    for (px, h) in h2.chunks_exact(16).enumerate() {
+        for o in 0..256 {
+            out[px * 256 + o] = b3[o] + (0..16).map(|i| w3[o * 16 + i] * h[i]).sum::<f64>();
+        }
+    }
+    out
+}

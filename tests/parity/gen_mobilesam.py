@@ -10,7 +10,11 @@ std ~0.03, which would make every threshold decision fragile), and writes:
   mask logits and IoU predictions of `SamPredictor.predict_torch` (the final masks follow from
   the low-res logits by Sam.postprocess_masks, which tests/gpu_mask.rs checks on its own).
 Prompt sets: 1, 8 and 32 boxes (single mask), 3 points with labels (multimask), 8 boxes
-(multimask). Inputs are in frame pixels; metadata records the frame size and format.
+(multimask); `boxes8_mask`: boxes8's boxes with boxes8's own low-res logits as `mask_input`
+(iterative refinement, as SamPredictor.predict(mask_input=...) is used; single mask), stored
+as `boxes8_mask.mask_input` [8, 1, 256, 256]; `boxpoints4_multi`: 4 boxes, each with 2 points
+(labels 1, 0: `.points` [4, 2, 2], `.point_labels` [4, 2]; multimask). Inputs are in frame
+pixels; metadata records the frame size and format.
 """
 
 from pathlib import Path
@@ -33,6 +37,7 @@ def build(device):
     sam = mobile_sam.sam_model_registry["vit_t"]()
     official.randomize(sam, SEED)
     sharpen_upscaling(sam, SEED)
+    scale_mask_downscaling(sam, SEED)
     return sam.to(device).eval(), mobile_sam
 
 
@@ -53,6 +58,19 @@ def sharpen_upscaling(sam, seed):
     with torch.no_grad():
         up[1].weight.copy_(torch.rand(up[1].weight.shape, generator=gen) + 0.5)
         up[3].weight.copy_(torch.randn(up[3].weight.shape, generator=gen) * up[3].weight.shape[0] ** -0.5)
+
+
+def scale_mask_downscaling(sam, seed):
+    """official.randomize treats the two LayerNorm2d of `prompt_encoder.mask_downscaling`
+    (no 'norm' in their names) as biases, N(0, 0.1): the dense mask embedding would come out
+    ~10x smaller than the image embedding it is added to, so mistakes in the mask path would
+    hardly move the logits. Draw their scales U(0.5, 1.5) as randomize does for every other
+    norm (own generator: nothing else changes; no other prompt set reads these tensors)."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    down = sam.prompt_encoder.mask_downscaling
+    with torch.no_grad():
+        for norm in (down[1], down[4]):
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) + 0.5)
 
 
 def random_boxes(rng, count, width, height):
@@ -83,6 +101,8 @@ def generate(out_dir: Path):
     out = out_dir / "mobilesam"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
+    # The sets added later draw from their own generator, so the earlier sets keep their inputs.
+    extra_rng = np.random.default_rng(SEED + 2)
     stages = {}
     encoder = sam.image_encoder
     hooks = [encoder.patch_embed.register_forward_hook(lambda m, i, o: stages.__setitem__("patch_embed", o))]
@@ -131,6 +151,34 @@ def generate(out_dir: Path):
                 _, iou, low = predictor.predict_torch(pts, lbl, box_t, multimask_output=multimask, return_logits=True)
                 tensors[f"{label}.low_res_logits"] = low.float().cpu().numpy()
                 tensors[f"{label}.iou"] = iou.float().cpu().numpy()
+
+            # Iterative refinement: boxes8 again, its own low-res logits as the mask input.
+            boxes = tensors["boxes8.boxes"]
+            mask_input = tensors["boxes8.low_res_logits"]  # [8, 1, 256, 256]
+            box_t = predictor.transform.apply_boxes_torch(torch.from_numpy(boxes).to(device), (height, width))
+            _, iou, low = predictor.predict_torch(None, None, box_t, mask_input=torch.from_numpy(mask_input).to(device),
+                                                  multimask_output=False, return_logits=True)
+            tensors["boxes8_mask.boxes"] = boxes
+            tensors["boxes8_mask.mask_input"] = mask_input
+            tensors["boxes8_mask.low_res_logits"] = low.float().cpu().numpy()
+            tensors["boxes8_mask.iou"] = iou.float().cpu().numpy()
+
+            # Boxes with points: per box a foreground point inside it and a background point
+            # anywhere (PromptEncoder embeds the points unpadded, then the box corners).
+            boxes = random_boxes(extra_rng, 4, width, height)
+            inside = np.stack([extra_rng.uniform(boxes[:, 0], boxes[:, 2]), extra_rng.uniform(boxes[:, 1], boxes[:, 3])], 1)
+            anywhere = np.stack([extra_rng.uniform(0, width, 4), extra_rng.uniform(0, height, 4)], 1)
+            points = np.stack([inside, anywhere], 1).astype(np.float32)  # [4, 2, 2]
+            labels = np.tile(np.array([1, 0], dtype=np.float32), (4, 1))  # [4, 2]
+            box_t = predictor.transform.apply_boxes_torch(torch.from_numpy(boxes).to(device), (height, width))
+            pts = predictor.transform.apply_coords_torch(torch.from_numpy(points).to(device), (height, width))
+            lbl = torch.from_numpy(labels.astype(np.int32)).to(device)
+            _, iou, low = predictor.predict_torch(pts, lbl, box_t, multimask_output=True, return_logits=True)
+            tensors["boxpoints4_multi.boxes"] = boxes
+            tensors["boxpoints4_multi.points"] = points
+            tensors["boxpoints4_multi.point_labels"] = labels
+            tensors["boxpoints4_multi.low_res_logits"] = low.float().cpu().numpy()
+            tensors["boxpoints4_multi.iou"] = iou.float().cpu().numpy()
             tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
             save_file(tensors, str(out / f"{name}.safetensors"), metadata={"format": fmt, "image": name})
             print(f"mobilesam/{name}: embedding std {tensors['embedding'].std():.3f}, "

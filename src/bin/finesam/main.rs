@@ -46,7 +46,7 @@ enum Command {
         #[arg(long)]
         peer: Option<PathBuf>,
     },
-    /// Segment an image with MobileSAM from box or point prompts; masks as COCO RLE in JSON.
+    /// Segment an image with MobileSAM from box and/or point prompts; masks as COCO RLE in JSON.
     Sam {
         /// MobileSAM (`vit_t`) weights as .safetensors (weights/convert.py).
         #[arg(long)]
@@ -57,7 +57,8 @@ enum Command {
         /// A box prompt `x0,y0,x1,y1` in image pixels; repeat for several objects.
         #[arg(long = "box", value_parser = parse_box)]
         boxes: Vec<[f32; 4]>,
-        /// A point `x,y,label` (label 1 foreground, 0 background); all points form one prompt.
+        /// A point `x,y,label` (label 1 foreground, 0 background); all points form one prompt,
+        /// or, with --box, every box prompt carries all the points.
         #[arg(long = "point", value_parser = parse_point)]
         points: Vec<[f32; 3]>,
         /// Three masks per prompt instead of one.

@@ -29,6 +29,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn run(request: &Request<'_>) -> Result<()> {
     let (coords, labels): (Vec<[f32; 2]>, Vec<f32>) =
         request.points.iter().map(|p| ([p[0], p[1]], p[2])).unzip();
+    // With boxes, every box prompt carries all the points.
+    let (box_coords, box_labels) = (
+        coords.repeat(request.boxes.len()),
+        labels.repeat(request.boxes.len()),
+    );
     let prompts = match (request.boxes.is_empty(), request.points.is_empty()) {
         (false, true) => Prompts::Boxes(request.boxes),
         (true, false) => Prompts::Points {
@@ -36,12 +41,13 @@ pub(crate) fn run(request: &Request<'_>) -> Result<()> {
             labels: &labels,
             per_prompt: coords.len(),
         },
+        (false, false) => Prompts::BoxesWithPoints {
+            boxes: request.boxes,
+            coords: &box_coords,
+            labels: &box_labels,
+            per_prompt: coords.len(),
+        },
         (true, true) => return Err(Error::Prompt("give --box or --point prompts".into())),
-        (false, false) => {
-            return Err(Error::Prompt(
-                "give either --box prompts or --point prompts, not both".into(),
-            ))
-        }
     };
     let (data, width, height, format) = crate::load_image(request.image)?;
     let mut sam = MobileSam::load(

@@ -2,8 +2,10 @@
 //! of the official code), batched over K prompts, as a fixed list of launches over one arena:
 //! graph-capturable, no allocation per decode.
 //!
-//! Image side (per prompt `[4096, 256]` fp16, NHWC): the dense prompt embedding is
-//! `no_mask_embed` (no mask input), a constant, so it is folded into biases; the positional
+//! Image side (per prompt `[4096, 256]` fp16, NHWC): without a mask input the dense prompt
+//! embedding is `no_mask_embed`, a constant, so it is folded into biases; with one
+//! (`DecodeConfig::mask_input`) `sam_mask_embed` writes each prompt's `embedding +
+//! mask_downscaling(mask)` as its keys and block 0 runs per prompt, as block 1 does. The positional
 //! terms `pe @ W^T` of every projection that sees `keys + key_pe` are constant tables computed
 //! at load and added as the GEMM residual, so `keys + pe` is never materialised. In the first
 //! block the keys are the same for every prompt, so their projections run once (batch 1) and
@@ -16,7 +18,9 @@
 
 use half::f16;
 
-use super::prompt::{dense_positional_encoding, PromptKind, Prompts, PROMPT_HEADER_BYTES};
+use super::prompt::{
+    dense_positional_encoding, validate_mask_input, PromptKind, Prompts, PROMPT_HEADER_BYTES,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Arena, ArenaPlanner, DeviceBuffer, DevicePtr, Gpu, TensorId};
 use crate::ops::attention::{
@@ -27,9 +31,10 @@ use crate::ops::gemm::{
 };
 use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
 use crate::ops::sam_decoder::{
-    launch_image_to_token, launch_prompt_encode, launch_upscale_masks, masks_per_prompt,
-    ImageToTokenArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS, OUTPUT_TOKENS,
-    SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
+    launch_image_to_token, launch_mask_embed, launch_prompt_encode, launch_upscale_masks,
+    mask_params, masks_per_prompt, ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs,
+    UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM,
+    UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
 use crate::ops::DeviceRegion;
 use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
@@ -92,15 +97,21 @@ pub struct DecodeConfig {
     pub kind: PromptKind,
     /// Three masks per prompt (mask tokens 1..4) instead of one (token 0).
     pub multimask: bool,
+    /// Each prompt comes with a low-res mask input ([`DecodePlan::stage_mask_input`]): the
+    /// dense prompt embedding is `mask_downscaling(mask)` instead of `no_mask_embed`, so block
+    /// 0's keys are per prompt (one more launch; its keys projection runs batched).
+    pub mask_input: bool,
 }
 
 /// The launch groups of a decode, in issue order ([`MaskDecoder::decode_part`] issues one alone,
 /// for per-part timing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodePart {
-    /// Prompt encoding, the token positional projections and block 0's shared keys projection.
+    /// Prompt encoding, the token positional projections and block 0's shared keys projection
+    /// (with mask inputs: the per-prompt keys `embedding + mask_downscaling(mask)` instead).
     Prompt,
-    /// Two-way block 0 (image side batched over prompts from its image->token attention on).
+    /// Two-way block 0 (image side batched over prompts from its image->token attention on;
+    /// with mask inputs also its keys projection).
     Block0,
     /// Two-way block 1 (its own keys projection, batched).
     Block1,
@@ -168,6 +179,11 @@ impl PreparedWeights {
         output_tokens.extend(t(&format!("{md}mask_tokens.weight"))?);
         s.add_f32("prompt.output_tokens", &[5, D], &output_tokens)?;
         let no_mask = t(&format!("{pe}no_mask_embed.weight"))?;
+        let mut packed = Vec::with_capacity(mask_params::LEN);
+        for (suffix, _) in mask_params::TENSORS {
+            packed.extend(t(&format!("{pe}mask_downscaling.{suffix}"))?);
+        }
+        s.add_f32("mask.params", &[mask_params::LEN], &packed)?;
         let dense_pe = dense_positional_encoding(&gauss);
 
         let linear = |prefix: &str| -> Result<(Vec<f32>, Vec<f32>)> {
@@ -258,7 +274,10 @@ impl PreparedWeights {
             let keys_w = cat(&[&wq2, &wk, &wv]);
             let mut keys_b = cat(&[&bq2, &bk, &bv]);
             if l == 0 {
-                // Block 0's keys are `embedding + no_mask_embed`: fold the constant into the
+                // With mask inputs block 0's keys are per prompt: unfolded biases.
+                s.add_f32("mask.l0.keys.b", &[KEYS_N], &keys_b)?;
+                s.add_f32("mask.l0.i2t.out.b", &[D], &bo2)?;
+                // Without, they are `embedding + no_mask_embed`: fold the constant into the
                 // biases of what reads them (the projections and the residual of norm4).
                 for (n, b) in keys_b.iter_mut().enumerate() {
                     *b += dot(&keys_w[n * D..(n + 1) * D], &no_mask);
@@ -428,6 +447,9 @@ pub fn expected_tensors() -> Vec<(String, Vec<usize>)> {
     }
     add(format!("{pe}.not_a_point_embed.weight"), &[1, D]);
     add(format!("{pe}.no_mask_embed.weight"), &[1, D]);
+    for (suffix, shape) in mask_params::TENSORS {
+        add(format!("{pe}.mask_downscaling.{suffix}"), shape);
+    }
     let md = "mask_decoder";
     add(format!("{md}.iou_token.weight"), &[1, D]);
     add(format!("{md}.mask_tokens.weight"), &[4, D]);
@@ -507,6 +529,16 @@ struct LayerWeights {
     i2t_out: (DeviceRegion, DeviceRegion),
 }
 
+/// What mask-input plans use instead of block 0's folded biases.
+struct MaskInputWeights {
+    /// `[mask_params::LEN]` f32 packed `mask_downscaling`.
+    params: DeviceRegion,
+    /// Block 0's keys projection bias without `no_mask_embed` folded in.
+    keys_b: DeviceRegion,
+    /// Block 0's image->token out_proj bias without `no_mask_embed`.
+    i2t_out_b: DeviceRegion,
+}
+
 struct FinalWeights {
     keys: (DeviceRegion, DeviceRegion),
     keys_pe: DeviceRegion,
@@ -524,6 +556,7 @@ pub struct MaskDecoder {
     pe_tokens: (DeviceRegion, DeviceRegion),
     layers: [LayerWeights; 2],
     last: FinalWeights,
+    mask: MaskInputWeights,
     up1_ln: (DeviceRegion, DeviceRegion),
     up2: (DeviceRegion, DeviceRegion),
     heads_w: [DeviceRegion; 3],
@@ -582,6 +615,11 @@ impl MaskDecoder {
                 keys_pe: r("final.keys.pe")?,
                 out: lin("final.out")?,
                 norm: norm("final.norm")?,
+            },
+            mask: MaskInputWeights {
+                params: r("mask.params")?,
+                keys_b: r("mask.l0.keys.b")?,
+                i2t_out_b: r("mask.l0.i2t.out.b")?,
             },
             up1_ln: norm("up1.ln")?,
             up2: lin("up2")?,
@@ -646,7 +684,7 @@ struct Ids {
     post: [TensorId; 2],
     head: [TensorId; 3],
     head_bias: [TensorId; 3],
-    g0: TensorId,
+    block0: Block0Keys,
     keys: TensorId,
     g: TensorId,
     low_res: TensorId,
@@ -654,6 +692,17 @@ struct Ids {
     mask_count: TensorId,
     /// The attention key-split workspace and its arrival counters.
     workspace: Option<(TensorId, usize)>,
+}
+
+/// Where block 0's keys come from.
+#[derive(Debug, Clone, Copy)]
+enum Block0Keys {
+    /// No mask input: the embedding for every prompt, projected once into this shared
+    /// `[4096, 384]` tensor (read with batch stride 0).
+    Shared(TensorId),
+    /// Mask inputs (`[max, 256, 256]` f32): `sam_mask_embed` writes each prompt's keys, which
+    /// block 0 projects per prompt into `g`.
+    MaskInput(TensorId),
 }
 
 /// A planned decode: the arena with every intermediate, sized for `config.max_prompts`.
@@ -709,7 +758,9 @@ impl DecodePlan {
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
         // 4 final keys projection (+ the first ConvTranspose2d) and attention, 6 upscale 2 +
         // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
-        // span 0..=6.
+        // span 0..=6. With mask inputs the per-prompt keys are written at step 0 and block 0
+        // projects them into `g` at step 1; the mask inputs are staged before the decode, so
+        // they span it all.
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
@@ -743,10 +794,25 @@ impl DecodePlan {
                 all(&mut p, "head2_bias", HEADS * b * HEAD_HIDDEN * 2)?,
                 all(&mut p, "head3_bias", HEADS * b * UP2 * 2)?,
             ],
-            g0: p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?,
-            keys: p.request("keys", b * PIXELS * D * 2, 1, 4)?,
-            // Block 1's [q_i2t | k | v], then the final [k | v | convT 1] (read to the end).
-            g: p.request("keys_proj", b * PIXELS * KEYS_N.max(FINAL_N) * 2, 2, 6)?,
+            block0: if config.mask_input {
+                Block0Keys::MaskInput(all(&mut p, "mask_input", b * MASK_INPUT_PIXELS * 4)?)
+            } else {
+                Block0Keys::Shared(p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?)
+            },
+            keys: p.request(
+                "keys",
+                b * PIXELS * D * 2,
+                if config.mask_input { 0 } else { 1 },
+                4,
+            )?,
+            // Block 1's [q_i2t | k | v] (with mask inputs block 0's first), then the final
+            // [k | v | convT 1] (read to the end).
+            g: p.request(
+                "keys_proj",
+                b * PIXELS * KEYS_N.max(FINAL_N) * 2,
+                if config.mask_input { 1 } else { 2 },
+                6,
+            )?,
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
@@ -773,6 +839,10 @@ impl DecodePlan {
             0,
             plan.arena.bytes(plan.ids.prompts),
         )?;
+        // Mask inputs of prompts never staged are zeros (finite), not arena leftovers.
+        if let Block0Keys::MaskInput(id) = plan.ids.block0 {
+            gpu.memset(plan.arena.ptr(id), 0, plan.arena.bytes(id))?;
+        }
         for (layer, bias) in decoder.head_bias.iter().enumerate() {
             let n = bias.len() / HEADS;
             let table: Vec<f16> = bias
@@ -845,6 +915,32 @@ impl DecodePlan {
         let bytes = prompts.encode(self.config.kind, self.config.max_prompts)?;
         gpu.upload(self.arena.ptr(self.ids.prompts), &bytes)?;
         Ok(prompts.count())
+    }
+
+    /// Validates low-res mask inputs (`[count, 256, 256]` f32, one per prompt in the order of the
+    /// prompts: `SamPredictor.predict`'s `mask_input`, typically a previous prediction's low-res
+    /// logits) and uploads them into the plan's mask input buffer (one copy); returns `count`.
+    /// Typed [`Error::Prompt`] for a plan without mask inputs, no masks, a length that is not
+    /// whole masks, more than `max_prompts` or a non-finite value. The caller stages as many
+    /// masks as prompts (a prompt past them reuses what an earlier staging left, or zeros).
+    pub fn stage_mask_input(&self, gpu: &Gpu, masks: &[f32]) -> Result<usize> {
+        let Block0Keys::MaskInput(id) = self.ids.block0 else {
+            return Err(Error::Prompt(
+                "mask input given to a plan made without mask_input".into(),
+            ));
+        };
+        let count = validate_mask_input(masks, self.config.max_prompts)?;
+        gpu.upload(self.arena.ptr(id), bytemuck::cast_slice(masks))?;
+        Ok(count)
+    }
+
+    /// The mask input buffer (`[max_prompts, 256, 256]` f32) of a plan with mask inputs: an
+    /// earlier GPU stage may write it directly (e.g. the low-res logits of a previous decode).
+    pub fn mask_input(&self) -> Option<DeviceRegion> {
+        match self.ids.block0 {
+            Block0Keys::MaskInput(id) => Some(self.region(id)),
+            Block0Keys::Shared(_) => None,
+        }
     }
 
     /// Downloads the first `prompts` prompts' low-res logits and IoU predictions (tests and
@@ -924,20 +1020,35 @@ impl DecodePlan {
                 Activation::None,
                 None,
             )?;
-            // Block 0's keys are the embedding for every prompt: project once.
-            let l0 = &w.layers[0];
-            gemm(
-                gpu,
-                PIXELS,
-                KEYS_N,
-                D,
-                (embedding, D),
-                (l0.keys.0, 0),
-                (r(ids.g0), KEYS_N),
-                Some(l0.keys.1),
-                Activation::None,
-                Some((l0.keys_pe, KEYS_N, 0)),
-            )?;
+            match ids.block0 {
+                // Block 0's keys are the embedding for every prompt: project once.
+                Block0Keys::Shared(g0) => {
+                    let l0 = &w.layers[0];
+                    gemm(
+                        gpu,
+                        PIXELS,
+                        KEYS_N,
+                        D,
+                        (embedding, D),
+                        (l0.keys.0, 0),
+                        (r(g0), KEYS_N),
+                        Some(l0.keys.1),
+                        Activation::None,
+                        Some((l0.keys_pe, KEYS_N, 0)),
+                    )?;
+                }
+                // Each prompt's keys: embedding + mask_downscaling(mask).
+                Block0Keys::MaskInput(mask) => launch_mask_embed(
+                    gpu,
+                    &MaskEmbedArgs {
+                        batch: b,
+                        mask: r(mask),
+                        params: w.mask.params,
+                        embedding,
+                        y: r(ids.keys),
+                    },
+                )?,
+            }
         }
 
         let scale16 = 1.0 / (CROSS as f32 / HEADS_N as f32).sqrt();
@@ -1071,9 +1182,20 @@ impl DecodePlan {
             )?;
             ln(queries, rows, lw.norms[0])?;
 
-            // Token -> image (block 1 first projects its own keys).
-            let (g, shared) = if l == 0 {
-                (r(ids.g0), true)
+            // Token -> image. Block 0 without mask inputs reads the shared projection of the
+            // embedding; otherwise the block first projects its own (per-prompt) keys. Block 0
+            // with mask inputs uses the biases without `no_mask_embed` folded in.
+            let shared = match (l, ids.block0) {
+                (0, Block0Keys::Shared(g0)) => Some(g0),
+                _ => None,
+            };
+            let (keys_b, i2t_out) = if l == 0 && shared.is_none() {
+                (w.mask.keys_b, (lw.i2t_out.0, w.mask.i2t_out_b))
+            } else {
+                (lw.keys.1, lw.i2t_out)
+            };
+            let (g, shared) = if let Some(g0) = shared {
+                (r(g0), true)
             } else {
                 let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
                 let gy = Matrix::packed(r(ids.g), KEYS_N).with_batch_stride(PIXELS * KEYS_N);
@@ -1088,7 +1210,7 @@ impl DecodePlan {
                     gx,
                     Matrix::packed(lw.keys.0, D),
                     gy,
-                    Some(lw.keys.1),
+                    Some(keys_b),
                     Activation::None,
                     Some(Matrix::packed(lw.keys_pe, KEYS_N)),
                 )?;
@@ -1153,8 +1275,8 @@ impl DecodePlan {
                 pe_res(kv_col),
             )?;
             // keys = LN(keys + out_proj(attention)) in one kernel; block 0's residual is the
-            // shared embedding, block 1's the keys themselves (in place).
-            let (residual, residual_batch) = if l == 0 {
+            // shared embedding (no mask input), otherwise the keys themselves (in place).
+            let (residual, residual_batch) = if shared {
                 (embedding, 0)
             } else {
                 (r(ids.keys), PIXELS * D)
@@ -1169,7 +1291,7 @@ impl DecodePlan {
                     q_batch: if shared { 0 } else { PIXELS * KEYS_N },
                     kv: r(ids.post[l]),
                     kv_stride: POST_N[l],
-                    out: lw.i2t_out,
+                    out: i2t_out,
                     residual,
                     residual_batch,
                     norm: lw.norms[3],

@@ -8,7 +8,7 @@
 //! code from [`crate::ops::sam_decoder::label`].
 
 use crate::error::{Error, Result};
-use crate::ops::sam_decoder::{label, EMBED_SIDE, SAM_DIM};
+use crate::ops::sam_decoder::{label, EMBED_SIDE, MASK_INPUT_PIXELS, SAM_DIM};
 
 /// Bytes in front of the prompt coordinates (the u32 count, padded).
 pub const PROMPT_HEADER_BYTES: usize = 16;
@@ -26,6 +26,13 @@ pub enum PromptKind {
         /// Points given per prompt.
         per_prompt: usize,
     },
+    /// A box and `points_per_prompt` labelled points per prompt: `PromptEncoder.forward` with
+    /// both embeds the points first without the padding point (boxes present), then the two
+    /// box corners, so prompts have `points_per_prompt + 2` tokens.
+    BoxesWithPoints {
+        /// Points given per prompt (at least 1).
+        points_per_prompt: usize,
+    },
 }
 
 impl PromptKind {
@@ -34,6 +41,7 @@ impl PromptKind {
         match self {
             PromptKind::Boxes => 2,
             PromptKind::Points { per_prompt } => per_prompt + 1,
+            PromptKind::BoxesWithPoints { points_per_prompt } => points_per_prompt + 2,
         }
     }
 }
@@ -53,6 +61,18 @@ pub enum Prompts<'a> {
         /// Points per prompt.
         per_prompt: usize,
     },
+    /// One box and `per_prompt` points per prompt (SamPredictor.predict with both
+    /// `point_coords` and `box`).
+    BoxesWithPoints {
+        /// `[x0, y0, x1, y1]` per prompt.
+        boxes: &'a [[f32; 4]],
+        /// `[x, y]` per point, prompt-major (`boxes.len() * per_prompt`).
+        coords: &'a [[f32; 2]],
+        /// One label per point: 1, 0 or -1.
+        labels: &'a [f32],
+        /// Points per prompt (at least 1).
+        per_prompt: usize,
+    },
 }
 
 impl Prompts<'_> {
@@ -61,6 +81,9 @@ impl Prompts<'_> {
         match *self {
             Prompts::Boxes(_) => PromptKind::Boxes,
             Prompts::Points { per_prompt, .. } => PromptKind::Points { per_prompt },
+            Prompts::BoxesWithPoints { per_prompt, .. } => PromptKind::BoxesWithPoints {
+                points_per_prompt: per_prompt,
+            },
         }
     }
 
@@ -71,6 +94,7 @@ impl Prompts<'_> {
             Prompts::Points {
                 coords, per_prompt, ..
             } => coords.len().checked_div(per_prompt).unwrap_or(0),
+            Prompts::BoxesWithPoints { boxes, .. } => boxes.len(),
         }
     }
 
@@ -96,11 +120,7 @@ impl Prompts<'_> {
         match *self {
             Prompts::Boxes(boxes) => {
                 for (i, b) in boxes.iter().enumerate() {
-                    if let Some(v) = b.iter().find(|v| !v.is_finite()) {
-                        return Err(Error::Prompt(format!("box {i} has coordinate {v}")));
-                    }
-                    values.extend_from_slice(&[b[0], b[1], label::BOX_TOP_LEFT]);
-                    values.extend_from_slice(&[b[2], b[3], label::BOX_BOTTOM_RIGHT]);
+                    push_box(&mut values, i, b)?;
                 }
             }
             Prompts::Points {
@@ -108,34 +128,32 @@ impl Prompts<'_> {
                 labels,
                 per_prompt,
             } => {
-                if coords.len() != count * per_prompt || labels.len() != coords.len() {
-                    return Err(Error::Prompt(format!(
-                        "{} points and {} labels do not make whole prompts of {per_prompt}",
-                        coords.len(),
-                        labels.len()
-                    )));
-                }
-                for (prompt, (points, labels)) in coords
-                    .chunks_exact(per_prompt)
-                    .zip(labels.chunks_exact(per_prompt))
-                    .enumerate()
+                for (prompt, (points, labels)) in
+                    prompt_points(coords, labels, per_prompt, count)?.enumerate()
                 {
-                    for (j, (p, &l)) in points.iter().zip(labels).enumerate() {
-                        if !(p[0].is_finite() && p[1].is_finite()) {
-                            return Err(Error::Prompt(format!(
-                                "prompt {prompt} point {j} is ({}, {})",
-                                p[0], p[1]
-                            )));
-                        }
-                        if ![label::PADDING, label::NEGATIVE, label::POSITIVE].contains(&l) {
-                            return Err(Error::Prompt(format!(
-                                "prompt {prompt} point {j} has label {l} (expected 1, 0 or -1)"
-                            )));
-                        }
-                        values.extend_from_slice(&[p[0], p[1], l]);
-                    }
+                    push_points(&mut values, prompt, points, labels)?;
                     // `_embed_points(pad=True)`: a padding point at (0, 0), label -1.
                     values.extend_from_slice(&[0.0, 0.0, label::PADDING]);
+                }
+            }
+            Prompts::BoxesWithPoints {
+                boxes,
+                coords,
+                labels,
+                per_prompt,
+            } => {
+                if per_prompt == 0 {
+                    return Err(Error::Prompt(
+                        "boxes with 0 points per prompt: use Prompts::Boxes".into(),
+                    ));
+                }
+                // `PromptEncoder.forward`: the points (pad=False, boxes are given), then the
+                // box corners.
+                for (prompt, (points, labels)) in
+                    prompt_points(coords, labels, per_prompt, count)?.enumerate()
+                {
+                    push_points(&mut values, prompt, points, labels)?;
+                    push_box(&mut values, prompt, &boxes[prompt])?;
                 }
             }
         }
@@ -144,6 +162,89 @@ impl Prompts<'_> {
         bytes.extend_from_slice(bytemuck::cast_slice(&values));
         Ok(bytes)
     }
+}
+
+/// Appends a box's two corner tokens (label codes 2 and 3).
+fn push_box(values: &mut Vec<f32>, i: usize, b: &[f32; 4]) -> Result<()> {
+    if let Some(v) = b.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Prompt(format!("box {i} has coordinate {v}")));
+    }
+    values.extend_from_slice(&[b[0], b[1], label::BOX_TOP_LEFT]);
+    values.extend_from_slice(&[b[2], b[3], label::BOX_BOTTOM_RIGHT]);
+    Ok(())
+}
+
+/// The points and labels of each of `count` prompts of `per_prompt` points, after checking
+/// that they make exactly that many whole prompts.
+fn prompt_points<'a>(
+    coords: &'a [[f32; 2]],
+    labels: &'a [f32],
+    per_prompt: usize,
+    count: usize,
+) -> Result<impl Iterator<Item = (&'a [[f32; 2]], &'a [f32])>> {
+    if per_prompt == 0 || coords.len() != count * per_prompt || labels.len() != coords.len() {
+        return Err(Error::Prompt(format!(
+            "{} points and {} labels do not make {count} whole prompts of {per_prompt}",
+            coords.len(),
+            labels.len()
+        )));
+    }
+    Ok(coords
+        .chunks_exact(per_prompt)
+        .zip(labels.chunks_exact(per_prompt)))
+}
+
+/// Appends one prompt's labelled points (labels 1, 0 or -1; finite coordinates).
+fn push_points(
+    values: &mut Vec<f32>,
+    prompt: usize,
+    points: &[[f32; 2]],
+    labels: &[f32],
+) -> Result<()> {
+    for (j, (p, &l)) in points.iter().zip(labels).enumerate() {
+        if !(p[0].is_finite() && p[1].is_finite()) {
+            return Err(Error::Prompt(format!(
+                "prompt {prompt} point {j} is ({}, {})",
+                p[0], p[1]
+            )));
+        }
+        if ![label::PADDING, label::NEGATIVE, label::POSITIVE].contains(&l) {
+            return Err(Error::Prompt(format!(
+                "prompt {prompt} point {j} has label {l} (expected 1, 0 or -1)"
+            )));
+        }
+        values.extend_from_slice(&[p[0], p[1], l]);
+    }
+    Ok(())
+}
+
+/// Validates low-res mask inputs (`SamPredictor.predict`'s `mask_input`: a previous
+/// prediction's low-res logits, `[count, 256, 256]` f32, one per prompt in order) for a plan
+/// of at most `max` prompts and returns `count`. Typed [`Error::Prompt`] for none, a length that
+/// is not whole masks, more than `max`, or a non-finite value (named by mask and pixel).
+pub fn validate_mask_input(masks: &[f32], max: usize) -> Result<usize> {
+    if masks.is_empty() || masks.len() % MASK_INPUT_PIXELS != 0 {
+        return Err(Error::Prompt(format!(
+            "mask input has {} values: expected a whole number (>= 1) of 256 x 256 masks",
+            masks.len()
+        )));
+    }
+    let count = masks.len() / MASK_INPUT_PIXELS;
+    if count > max {
+        return Err(Error::Prompt(format!(
+            "{count} mask inputs exceed the plan's maximum of {max} prompts"
+        )));
+    }
+    if let Some(i) = masks.iter().position(|v| !v.is_finite()) {
+        let (mask, pixel) = (i / MASK_INPUT_PIXELS, i % MASK_INPUT_PIXELS);
+        return Err(Error::Prompt(format!(
+            "mask input {mask} has value {} at row {}, column {}",
+            masks[i],
+            pixel / 256,
+            pixel % 256
+        )));
+    }
+    Ok(count)
 }
 
 /// `PositionEmbeddingRandom._pe_encoding` of one point given in [0, 1] coordinates (f64):

@@ -4,8 +4,9 @@
 //! packet back in one copy.
 //!
 //! Copies: `set_frame` = one upload (the frame); `predict` = one small upload (the prompts,
-//! 16 bytes + 12 per point) and one download (the packet). No device allocation after the
-//! first `predict` of each prompt kind and mask mode (its decode plan is built then).
+//! 16 bytes + 12 per point) and one download (the packet); `predict_with_mask_input` one more
+//! upload (the low-res masks, 256 KiB each). No device allocation after the first `predict` of
+//! each prompt kind and mask mode (its decode plan is built then).
 
 use std::path::Path;
 
@@ -19,6 +20,7 @@ use crate::ops::packet::{
     launch_assemble_packet_header, launch_prompt_detections, PromptDetectionsIo,
 };
 use crate::ops::preprocess::{input_bytes, launch_preprocess, PreprocessIo};
+use crate::ops::sam_decoder::MASK_INPUT_PIXELS;
 use crate::ops::DeviceRegion;
 use crate::packet::{PacketLayout, ResultPacket};
 use crate::pipeline::check_max_frame;
@@ -83,6 +85,8 @@ pub struct MobileSam {
     frame_graph: Graph,
     sequence: u32,
     frame_set: bool,
+    /// The plan and prompt count of the last `predict` (for [`MobileSam::read_low_res`]).
+    last: Option<(usize, usize)>,
 }
 
 fn region(arena: &Arena, id: TensorId) -> DeviceRegion {
@@ -151,6 +155,7 @@ impl MobileSam {
             frame_graph,
             sequence: 0,
             frame_set: false,
+            last: None,
         })
     }
 
@@ -189,8 +194,41 @@ impl MobileSam {
 
     /// Segments the current frame for `prompts` (frame pixels): one detection record per
     /// prompt and one (or, with `multimask`, three) bit-packed masks per prompt in the returned
-    /// packet.
+    /// packet. A detection's box is the extent of its prompt's points and box corners.
     pub fn predict(&mut self, prompts: &Prompts<'_>, multimask: bool) -> Result<ResultPacket<'_>> {
+        self.predict_masked(prompts, None, multimask)
+    }
+
+    /// [`MobileSam::predict`] with a low-res mask input per prompt (`SamPredictor.predict`'s
+    /// `mask_input`, e.g. a previous prediction's logits from [`MobileSam::read_low_res`] for
+    /// iterative refinement): `masks` is `[count, 256, 256]` f32 with `count` = the number of
+    /// prompts. Typed [`Error::Prompt`] for a count mismatch, a length that is not whole masks
+    /// or a non-finite value.
+    pub fn predict_with_mask_input(
+        &mut self,
+        prompts: &Prompts<'_>,
+        masks: &[f32],
+        multimask: bool,
+    ) -> Result<ResultPacket<'_>> {
+        self.predict_masked(prompts, Some(masks), multimask)
+    }
+
+    /// Downloads the low-res mask logits of the last `predict` (`[prompts, C, 256, 256]` f32,
+    /// C = 1 or 3 with multimask; one extra copy): the `mask_input` of a refining
+    /// [`MobileSam::predict_with_mask_input`] (pick one of C per prompt).
+    pub fn read_low_res(&self) -> Result<Vec<f32>> {
+        let Some((index, count)) = self.last else {
+            return Err(Error::Frame("read_low_res called before predict".into()));
+        };
+        Ok(self.plans[index].read_outputs(&self.gpu, count)?.0)
+    }
+
+    fn predict_masked(
+        &mut self,
+        prompts: &Prompts<'_>,
+        masks: Option<&[f32]>,
+        multimask: bool,
+    ) -> Result<ResultPacket<'_>> {
         if !self.frame_set {
             return Err(Error::Frame("predict called before set_frame".into()));
         }
@@ -198,10 +236,25 @@ impl MobileSam {
             max_prompts: self.config.max_prompts,
             kind: prompts.kind(),
             multimask,
+            mask_input: masks.is_some(),
         };
+        // One mask per prompt (`stage_mask_input` checks the values).
+        if let Some(masks) = masks {
+            if masks.len() != prompts.count() * MASK_INPUT_PIXELS {
+                return Err(Error::Prompt(format!(
+                    "{} mask input values for {} prompts: expected one 256 x 256 mask per prompt",
+                    masks.len(),
+                    prompts.count()
+                )));
+            }
+        }
         let index = self.plan_index(config)?;
+        self.last = None;
         let (gpu, plan, layout) = (&self.gpu, &self.plans[index], self.config.packet);
         let count = plan.stage_prompts(gpu, prompts)?;
+        if let Some(masks) = masks {
+            plan.stage_mask_input(gpu, masks)?;
+        }
         let packet = region(&self.arena, self.tensors.packet);
         let counts = region(&self.arena, self.tensors.counts);
         let header = DeviceRegion::new(
@@ -258,6 +311,7 @@ impl MobileSam {
         )?;
         gpu.download(self.packet_host.as_mut_slice(), packet.ptr)?;
         gpu.synchronize()?;
+        self.last = Some((index, count));
         ResultPacket::parse(self.packet_host.as_slice())
     }
 }
