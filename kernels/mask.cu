@@ -55,12 +55,14 @@ __device__ __forceinline__ Taps taps(float scale, int dst, int in_size) {
     return t;
 }
 
-// Value of the 1024x1024 upsampled logits at (u, v) (the first interpolate).
-__device__ __forceinline__ float upsampled(const float* __restrict__ low, int u, int v) {
+// Value of the 1024x1024 upsampled logits at (u, v) (the first interpolate). `rows` holds the
+// low-res rows from `first_row` on (the whole mask, or a band's staged copy).
+__device__ __forceinline__ float upsampled(const float* __restrict__ rows, int first_row, int u,
+                                           int v) {
     constexpr float kScale = static_cast<float>(kLowRes) / kSamSize;
     const Taps ty = taps(kScale, v, kLowRes), tx = taps(kScale, u, kLowRes);
-    const float* r0 = low + ty.i0 * kLowRes;
-    const float* r1 = low + ty.i1 * kLowRes;
+    const float* r0 = rows + (ty.i0 - first_row) * kLowRes;
+    const float* r1 = rows + (ty.i1 - first_row) * kLowRes;
     return ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
            ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
 }
@@ -238,31 +240,37 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
     }
 }
 
-// Upsampled (1024-space) logits cached per block: 47 KiB of static shared memory with the
-// band's row table and bit buffer.
-constexpr int kCacheFloats = 10240;
-// Crop rows a band holds at most (its rows plus the rows its last word spills into).
-constexpr int kMaxBandRows = 160;
-// Bits a band writes at most: 32 full rows of the widest crop the row limit allows, rounded up.
-constexpr int kBandWordsMax = 1024;
+// Dynamic shared memory of mask_encode (70.5 KiB, three blocks per SM), in this order:
+constexpr int kCacheFloats = 12288;  // upsampled (1024-space) logits the band reads
+constexpr int kStageRows = 16;       // low-res rows staged for the cache fill
+constexpr int kMaxBandRows = 160;    // crop rows of a band (its rows + those its last word spills into)
+constexpr int kBandWordsMax = 1024;  // 32-bit words a band writes
+constexpr int kEncodeSmemBytes =
+    (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxBandRows * 16 + (kBandWordsMax + 1) * 4;
 
 // Grid (x: blocks striding over a mask's bands, y: masks), 256 threads. A band is R crop rows
 // and owns the 32-bit words whose first bit lies in it (its last word may spill into the next
 // rows). Each word is 32 consecutive pixels of the crop (row-major), little-endian, LSB first.
 //
-// Per band: (1) the 1024-space logits its pixels read go into `cache` (axis_slots per axis);
+// Per band: (1) the 1024-space logits its pixels read go into `cache` (axis_slots per axis),
+// computed from the low-res rows they need, staged in shared memory by one coalesced pass
+// (each thread would otherwise wait on ~40 dependent L2 reads);
 // (2) each warp takes 32-column chunks of the crop and walks the band's rows down a chunk, so
 // its lanes keep their column taps in registers; a ballot gives the chunk's 32 bits, which are
 // OR-ed at their linear bit position into a shared bit buffer (a chunk straddles two words
 // unless the width is a multiple of 32); (3) the buffer is stored as the band's words.
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 3)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
             MaskGeometry geometry) {
-    __shared__ float cache[kCacheFloats];
-    __shared__ float row_w0[kMaxBandRows], row_w1[kMaxBandRows];
-    __shared__ int row_line0[kMaxBandRows], row_line1[kMaxBandRows];
-    __shared__ uint32_t band_bits[kBandWordsMax + 1];
+    extern __shared__ __align__(16) float encode_smem[];
+    float* cache = encode_smem;
+    float* staged = cache + kCacheFloats;
+    float* row_w0 = staged + kStageRows * kLowRes;
+    float* row_w1 = row_w0 + kMaxBandRows;
+    int* row_line0 = reinterpret_cast<int*>(row_w1 + kMaxBandRows);
+    int* row_line1 = row_line0 + kMaxBandRows;
+    uint32_t* band_bits = reinterpret_cast<uint32_t*>(row_line1 + kMaxBandRows);
     const uint32_t k = blockIdx.y;
     if (k >= min(*mask_count, geometry.max_masks)) return;
     const MaskRecord r =
@@ -312,11 +320,24 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
             row_line0[i] = slot_of(lines, ty, y, 0) * cols.count;
             row_line1[i] = slot_of(lines, ty, y, 1) * cols.count;
         }
+        // Low-res rows the band's 1024-space rows read (slots are in increasing index order).
+        constexpr float kLowScale = static_cast<float>(kLowRes) / kSamSize;
+        const int low_a = taps(kLowScale, index_of(lines, sy, 0, sam_h), kLowRes).i0;
+        const int low_b = taps(kLowScale, index_of(lines, sy, lines.count - 1, sam_h), kLowRes).i1;
+        const bool stage = low_b - low_a < kStageRows;  // else (strong downscaling) read global
+        if (stage) {
+            const float4* src = reinterpret_cast<const float4*>(low + low_a * kLowRes);
+            for (int i = threadIdx.x; i < (low_b - low_a + 1) * kLowRes / 4; i += blockDim.x)
+                reinterpret_cast<float4*>(staged)[i] = src[i];
+        }
+        __syncthreads();
+        const float* rows_src = stage ? staged : low;
+        const int rows_first = stage ? low_a : 0;
         const int cached = lines.count * cols.count;
         for (int i = threadIdx.x; i < cached; i += blockDim.x) {
             const int v = index_of(lines, sy, i / cols.count, sam_h);
             const int u = index_of(cols, sx, i % cols.count, sam_w);
-            cache[i] = upsampled(low, u, v);
+            cache[i] = upsampled(rows_src, rows_first, u, v);
         }
         __syncthreads();
 

@@ -94,13 +94,20 @@ __device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
             const float4 b0 = *reinterpret_cast<const float4*>(p.dw_b + c0);
             const float4 b1 = *reinterpret_cast<const float4*>(p.dw_b + c0 + 4);
             float acc[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+            // All 9 taps' loads are issued before the FMAs (predicated, no branch around
+            // them): the kernel is latency-bound on these neighbour reads.
+            uint4 xr[9];
 #pragma unroll
             for (int tap = 0; tap < 9; ++tap) {
                 const int yy = y0 + tap / 3 - 1, xx = x0 + tap % 3 - 1;
-                if (yy < 0 || yy >= p.win_h || xx < 0 || xx >= p.win_w) continue;
+                const bool inside = yy >= 0 && yy < p.win_h && xx >= 0 && xx < p.win_w;
                 const long long at = (static_cast<long long>(n * p.win_h + yy) * p.win_w + xx) * p.c;
+                xr[tap] = inside ? *reinterpret_cast<const uint4*>(p.x + at + c0) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int tap = 0; tap < 9; ++tap) {
                 float xv[8], wv[8];
-                unpack8(*reinterpret_cast<const uint4*>(p.x + at + c0), xv);
+                unpack8(xr[tap], xv);
                 unpack8(*reinterpret_cast<const uint4*>(p.dw_w + tap * p.c + c0), wv);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) acc[e] = fmaf(xv[e], wv[e], acc[e]);
@@ -165,6 +172,8 @@ __device__ __forceinline__ void layer_norm_body(const LayerNormParams& p) {
 
 FINESAM_LAYER_NORM(c64, 8, 1)
 FINESAM_LAYER_NORM(c128, 16, 1)
+FINESAM_LAYER_NORM(c192, 8, 3)  // TinyViT layers.2 (160): 20 of 24 vectors busy, not 20 of 32
 FINESAM_LAYER_NORM(c256, 32, 1)
+FINESAM_LAYER_NORM(c320, 8, 5)  // TinyViT layers.3 (320): every lane busy, not 40 of 64
 FINESAM_LAYER_NORM(c512, 32, 2)
 FINESAM_LAYER_NORM(c1024, 32, 4)

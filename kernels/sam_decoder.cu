@@ -21,6 +21,7 @@
 // 256x256 map. No scatter kernel runs: sam_upscale_masks writes each logit where it belongs.
 #include "common.cuh"
 #include "dense.cuh"
+#include "mma.cuh"
 
 using namespace finesam;
 
@@ -278,189 +279,207 @@ struct ImageToTokenParams {
     const float* beta;       // [256]
     __half* y;               // [batch][4096][256]
     long long q_stride, q_batch, res_batch, kv_stride;
-    int tokens;
+    int batch, tokens;
     float scale, eps;
 };
+
+constexpr int kI2tTiles = 4096 / kI2tRows;  // 64-pixel tiles per prompt
+constexpr int kWLd = kCross + 8;            // out_proj row in shared memory, halves (conflict-free B loads)
+constexpr int kWBytes = kDim * kWLd * 2;    // 69,632
+constexpr int kXchBytes = 4 * kCrossHeads * 32 * 16;  // head fragments of the 4 row groups
 
 }  // namespace
 
 // Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
-// one pass (keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens)))): per block 64
-// pixels of one prompt, 8 warps; warp w owns rows 16 (w % 4).. and output columns 128 (w / 4)..
-// (the two warps of a row group each compute 4 of the 8 heads and swap the results through
-// shared memory, reusing the token buffer). The attention output is formed
-// directly as MMA A fragments: lane (g, q) holds dims 2q, 2q+1, 8+2q, 9+2q of every head for
-// rows g and g+8, i.e. one m16n8k16 k-step per head (online softmax in fp32, scores summed
-// over the quad). out_proj runs on mma.sync with fp32 accumulators; bias, residual and the
-// LayerNorm (two-pass mean / centred variance over the 256 columns, halves combined through
-// shared memory) stay in fp32 until the one fp16 store. Residual and output may alias: each
-// element is read and then written by the same thread. Two blocks per SM (128 registers, no
-// spills) to hide the latency of the scattered q / residual reads.
+// one pass (keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens)))). Persistent: each
+// block copies out_proj (64 KB) into shared memory once (cp.async, overlapping its first
+// attention) and then walks 64-pixel tiles of the prompts, reloading the tokens when the
+// prompt changes. Per tile, 8 warps; warp w owns rows 16 (w % 4).. and output columns
+// 128 (w / 4).. (the two warps of a row group each compute 4 of the 8 heads and swap the
+// results through shared memory). The attention output is formed directly as MMA A
+// fragments: lane (g, q) holds dims 2q, 2q+1, 8+2q, 9+2q of every head for rows g and g+8,
+// i.e. one m16n8k16 k-step per head (online softmax in fp32, scores summed over the quad).
+// out_proj runs on mma.sync with fp32 accumulators (B fragments from the padded shared copy:
+// the 8 rows x 4 words of a load hit 32 distinct banks); bias, residual and the LayerNorm
+// (two-pass mean / centred variance over the 256 columns, halves combined through shared
+// memory) stay in fp32 until the one fp16 store. Residual and output may alias: each element
+// is read and then written by the same thread. Dynamic shared memory: out_proj | fragment
+// exchange | tokens (tokens x 512 B); two blocks per SM for box prompts.
 extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToTokenParams p) {
-    __shared__ __align__(16) __half kv_s[kMaxTokens * 2 * kCross];
+    extern __shared__ __align__(16) unsigned char i2t_smem[];
+    __half* w_s = reinterpret_cast<__half*>(i2t_smem);
+    uint4* xch = reinterpret_cast<uint4*>(i2t_smem + kWBytes);
+    __half* kv_s = reinterpret_cast<__half*>(i2t_smem + kWBytes + kXchBytes);
     __shared__ float sum_s[kI2tRows][2], var_s[kI2tRows][2];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q = lane & 3;
     const int rg = warp & 3, half = warp >> 2;
-    const int b = blockIdx.y;
     constexpr int kKvChunks = 2 * kCross / 8;  // 16-byte chunks per token row
-    const __half* kv_src = p.kv + static_cast<long long>(b) * p.tokens * p.kv_stride;
-    for (int i = tid; i < p.tokens * kKvChunks; i += blockDim.x) {
-        const int j = i / kKvChunks, c = i % kKvChunks;
-        reinterpret_cast<uint4*>(kv_s)[i] = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+    constexpr int kWChunks = kCross / 8;       // 16-byte chunks per out_proj row
+    for (int i = tid; i < kDim * kWChunks; i += blockDim.x) {
+        const int n = i / kWChunks, c = i % kWChunks;
+        cp_async16(smem_addr(w_s + n * kWLd + c * 8), p.w + n * kCross + c * 8, 16);
     }
-    __syncthreads();
+    cp_async_commit();
 
-    const int lr = rg * 16 + g;  // local rows lr and lr + 8
-    long long r_lo = blockIdx.x * kI2tRows + lr, r_hi = r_lo + 8;
-    const __half* qb = p.q + b * p.q_batch;
-    // The two warps of a row group split the heads (half 0: heads 0..3, half 1: 4..7) and swap
-    // their A fragments through shared memory, so no attention is computed twice.
-    constexpr int kHalfHeads = kCrossHeads / 2;
-    uint32_t mine[kHalfHeads][4];
-#pragma unroll
-    for (int hh = 0; hh < kHalfHeads; ++hh) {
-        const int h = half * kHalfHeads + hh;
-        const int d0 = h * 16 + 2 * q, d1 = d0 + 8;
-        float qv[2][4];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const __half* row = qb + (r ? r_hi : r_lo) * p.q_stride;
-            const float2 x0 = __half22float2(*reinterpret_cast<const __half2*>(row + d0));
-            const float2 x1 = __half22float2(*reinterpret_cast<const __half2*>(row + d1));
-            qv[r][0] = x0.x * p.scale;
-            qv[r][1] = x0.y * p.scale;
-            qv[r][2] = x1.x * p.scale;
-            qv[r][3] = x1.y * p.scale;
+    int loaded = -1;  // prompt whose tokens kv_s holds
+    for (int tile = blockIdx.x; tile < p.batch * kI2tTiles; tile += gridDim.x) {
+        const int b = tile / kI2tTiles;
+        if (b != loaded) {
+            __syncthreads();  // every warp is done with the previous prompt's tokens
+            const __half* kv_src = p.kv + static_cast<long long>(b) * p.tokens * p.kv_stride;
+            for (int i = tid; i < p.tokens * kKvChunks; i += blockDim.x) {
+                const int j = i / kKvChunks, c = i % kKvChunks;
+                reinterpret_cast<uint4*>(kv_s)[i] = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+            }
+            loaded = b;
+            __syncthreads();
         }
-        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, o[2][4] = {};
-        for (int j = 0; j < p.tokens; ++j) {
-            const __half* kj = kv_s + j * 2 * kCross;
-            const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(kj + d0));
-            const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(kj + d1));
-            const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d0));
-            const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d1));
+
+        const int lr = rg * 16 + g;  // local rows lr and lr + 8
+        long long r_lo = (tile % kI2tTiles) * kI2tRows + lr, r_hi = r_lo + 8;
+        const __half* qb = p.q + b * p.q_batch;
+        // The two warps of a row group split the heads (half 0: heads 0..3, half 1: 4..7) and swap
+        // their A fragments through shared memory, so no attention is computed twice.
+        constexpr int kHalfHeads = kCrossHeads / 2;
+        uint32_t mine[kHalfHeads][4];
+#pragma unroll
+        for (int hh = 0; hh < kHalfHeads; ++hh) {
+            const int h = half * kHalfHeads + hh;
+            const int d0 = h * 16 + 2 * q, d1 = d0 + 8;
+            float qv[2][4];
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                float s = qv[r][0] * k0.x + qv[r][1] * k0.y + qv[r][2] * k1.x + qv[r][3] * k1.y;
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                s += __shfl_xor_sync(0xffffffffu, s, 2);
-                const float m_new = fmaxf(m[r], s);
-                const float corr = __expf(m[r] - m_new);
-                const float e = __expf(s - m_new);
-                m[r] = m_new;
-                l[r] = l[r] * corr + e;
-                o[r][0] = o[r][0] * corr + e * v0.x;
-                o[r][1] = o[r][1] * corr + e * v0.y;
-                o[r][2] = o[r][2] * corr + e * v1.x;
-                o[r][3] = o[r][3] * corr + e * v1.y;
+                const __half* row = qb + (r ? r_hi : r_lo) * p.q_stride;
+                const float2 x0 = __half22float2(*reinterpret_cast<const __half2*>(row + d0));
+                const float2 x1 = __half22float2(*reinterpret_cast<const __half2*>(row + d1));
+                qv[r][0] = x0.x * p.scale;
+                qv[r][1] = x0.y * p.scale;
+                qv[r][2] = x1.x * p.scale;
+                qv[r][3] = x1.y * p.scale;
+            }
+            float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, o[2][4] = {};
+            for (int j = 0; j < p.tokens; ++j) {
+                const __half* kj = kv_s + j * 2 * kCross;
+                const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(kj + d0));
+                const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(kj + d1));
+                const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d0));
+                const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d1));
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    float s = qv[r][0] * k0.x + qv[r][1] * k0.y + qv[r][2] * k1.x + qv[r][3] * k1.y;
+                    s += __shfl_xor_sync(0xffffffffu, s, 1);
+                    s += __shfl_xor_sync(0xffffffffu, s, 2);
+                    const float m_new = fmaxf(m[r], s);
+                    const float corr = __expf(m[r] - m_new);
+                    const float e = __expf(s - m_new);
+                    m[r] = m_new;
+                    l[r] = l[r] * corr + e;
+                    o[r][0] = o[r][0] * corr + e * v0.x;
+                    o[r][1] = o[r][1] * corr + e * v0.y;
+                    o[r][2] = o[r][2] * corr + e * v1.x;
+                    o[r][3] = o[r][3] * corr + e * v1.y;
+                }
+            }
+            const float i0 = 1.f / l[0], i1 = 1.f / l[1];
+            mine[hh][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
+            mine[hh][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
+            mine[hh][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
+            mine[hh][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
+        }
+        // Exchange: xch[rg][h][lane], the same lane of either warp holding the same rows and dims.
+        // The barrier also publishes out_proj's shared copy (each thread waited for its own part)
+        // and orders these writes after the previous tile's reads.
+        cp_async_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int hh = 0; hh < kHalfHeads; ++hh)
+            xch[(rg * kCrossHeads + half * kHalfHeads + hh) * 32 + lane] =
+                make_uint4(mine[hh][0], mine[hh][1], mine[hh][2], mine[hh][3]);
+        __syncthreads();
+
+        // out_proj: this warp's 128 columns, 16 n-tiles.
+        const int n0 = half * 128;
+        float acc[16][4];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+        for (int h = 0; h < kCrossHeads; ++h) {
+            // Head h's A fragment (attention output of rows lr, lr + 8), from the exchange.
+            const uint4 f = xch[(rg * kCrossHeads + h) * 32 + lane];
+            const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const __half* wr = w_s + (n0 + j * 8 + g) * kWLd + h * 16 + 2 * q;
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(wr);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(wr + 8);
+                mma16816(acc[j], a, b0, b1);
             }
         }
-        const float i0 = 1.f / l[0], i1 = 1.f / l[1];
-        mine[hh][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
-        mine[hh][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
-        mine[hh][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
-        mine[hh][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
-    }
-    // Exchange through kv_s (16 KB of its 35 KB), once every warp is done reading the tokens:
-    // xch[rg][h][lane], the same lane of either warp holding the same rows and dims.
-    uint4* xch = reinterpret_cast<uint4*>(kv_s);
-    static_assert(4 * kCrossHeads * 32 * 16 <= sizeof(kv_s), "fragment exchange fits kv_s");
-    __syncthreads();
-#pragma unroll
-    for (int hh = 0; hh < kHalfHeads; ++hh)
-        xch[(rg * kCrossHeads + half * kHalfHeads + hh) * 32 + lane] =
-            make_uint4(mine[hh][0], mine[hh][1], mine[hh][2], mine[hh][3]);
-    __syncthreads();
 
-    // out_proj: this warp's 128 columns, 16 n-tiles; B fragments straight from global (64 KB
-    // shared by every block: L1/L2 resident).
-    const int n0 = half * 128;
-    float acc[16][4];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
-    for (int h = 0; h < kCrossHeads; ++h) {
-        // Head h's A fragment (attention output of rows lr, lr + 8), from the exchange.
-        const uint4 f = xch[(rg * kCrossHeads + h) * 32 + lane];
-        const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+        // + bias + residual; row sums (quad, then the two column halves).
+        r_lo = (tile % kI2tTiles) * kI2tRows + lr;
+        r_hi = r_lo + 8;
+        const __half* res = p.residual + b * p.res_batch;
+        float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
-            const __half* wr = p.w + (n0 + j * 8 + g) * kCross + h * 16 + 2 * q;
-            const uint32_t b0 = __ldg(reinterpret_cast<const unsigned int*>(wr));
-            const uint32_t b1 = __ldg(reinterpret_cast<const unsigned int*>(wr + 8));
-            mma16816(acc[j], a, b0, b1);
+            const int n = n0 + j * 8 + 2 * q;
+            const float2 rl = __half22float2(*reinterpret_cast<const __half2*>(res + r_lo * 256 + n));
+            const float2 rh = __half22float2(*reinterpret_cast<const __half2*>(res + r_hi * 256 + n));
+            const float b0 = p.bias[n], b1 = p.bias[n + 1];
+            acc[j][0] += b0 + rl.x;
+            acc[j][1] += b1 + rl.y;
+            acc[j][2] += b0 + rh.x;
+            acc[j][3] += b1 + rh.y;
+            sum_lo += acc[j][0] + acc[j][1];
+            sum_hi += acc[j][2] + acc[j][3];
         }
-    }
-
-    // + bias + residual; row sums (quad, then the two column halves). The rows are derived
-    // again here (a fresh %ctaid.x read the compiler cannot merge with the first) so that no
-    // index stays live across the attention and out_proj (it would be the one spilled value).
-    {
-        int cta;
-        asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
-        r_lo = static_cast<long long>(cta) * kI2tRows + lr;
-        r_hi = r_lo + 8;
-    }
-    const __half* res = p.residual + b * p.res_batch;
-    float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const int n = n0 + j * 8 + 2 * q;
-        const float2 rl = __half22float2(*reinterpret_cast<const __half2*>(res + r_lo * 256 + n));
-        const float2 rh = __half22float2(*reinterpret_cast<const __half2*>(res + r_hi * 256 + n));
-        const float b0 = p.bias[n], b1 = p.bias[n + 1];
-        acc[j][0] += b0 + rl.x;
-        acc[j][1] += b1 + rl.y;
-        acc[j][2] += b0 + rh.x;
-        acc[j][3] += b1 + rh.y;
-        sum_lo += acc[j][0] + acc[j][1];
-        sum_hi += acc[j][2] + acc[j][3];
-    }
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, o);
-        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, o);
-    }
-    if (q == 0) {
-        sum_s[lr][half] = sum_lo;
-        sum_s[lr + 8][half] = sum_hi;
-    }
-    __syncthreads();
-    const float mean_lo = (sum_s[lr][0] + sum_s[lr][1]) * (1.f / 256.f);
-    const float mean_hi = (sum_s[lr + 8][0] + sum_s[lr + 8][1]) * (1.f / 256.f);
-    float var_lo = 0.f, var_hi = 0.f;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            acc[j][e] -= mean_lo;
-            acc[j][2 + e] -= mean_hi;
-            var_lo += acc[j][e] * acc[j][e];
-            var_hi += acc[j][2 + e] * acc[j][2 + e];
+        for (int o = 1; o < 4; o <<= 1) {
+            sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, o);
+            sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, o);
         }
-    }
+        if (q == 0) {
+            sum_s[lr][half] = sum_lo;
+            sum_s[lr + 8][half] = sum_hi;
+        }
+        __syncthreads();
+        const float mean_lo = (sum_s[lr][0] + sum_s[lr][1]) * (1.f / 256.f);
+        const float mean_hi = (sum_s[lr + 8][0] + sum_s[lr + 8][1]) * (1.f / 256.f);
+        float var_lo = 0.f, var_hi = 0.f;
 #pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        var_lo += __shfl_xor_sync(0xffffffffu, var_lo, o);
-        var_hi += __shfl_xor_sync(0xffffffffu, var_hi, o);
-    }
-    if (q == 0) {
-        var_s[lr][half] = var_lo;
-        var_s[lr + 8][half] = var_hi;
-    }
-    __syncthreads();
-    const float inv_lo = rsqrtf((var_s[lr][0] + var_s[lr][1]) * (1.f / 256.f) + p.eps);
-    const float inv_hi = rsqrtf((var_s[lr + 8][0] + var_s[lr + 8][1]) * (1.f / 256.f) + p.eps);
-    __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;
+        for (int j = 0; j < 16; ++j) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const int n = n0 + j * 8 + 2 * q;
-        const float g0 = p.gamma[n], g1 = p.gamma[n + 1], c0 = p.beta[n], c1 = p.beta[n + 1];
-        *reinterpret_cast<__half2*>(y + r_lo * 256 + n) =
-            __floats2half2_rn(acc[j][0] * inv_lo * g0 + c0, acc[j][1] * inv_lo * g1 + c1);
-        *reinterpret_cast<__half2*>(y + r_hi * 256 + n) =
-            __floats2half2_rn(acc[j][2] * inv_hi * g0 + c0, acc[j][3] * inv_hi * g1 + c1);
+            for (int e = 0; e < 2; ++e) {
+                acc[j][e] -= mean_lo;
+                acc[j][2 + e] -= mean_hi;
+                var_lo += acc[j][e] * acc[j][e];
+                var_hi += acc[j][2 + e] * acc[j][2 + e];
+            }
+        }
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) {
+            var_lo += __shfl_xor_sync(0xffffffffu, var_lo, o);
+            var_hi += __shfl_xor_sync(0xffffffffu, var_hi, o);
+        }
+        if (q == 0) {
+            var_s[lr][half] = var_lo;
+            var_s[lr + 8][half] = var_hi;
+        }
+        __syncthreads();
+        const float inv_lo = rsqrtf((var_s[lr][0] + var_s[lr][1]) * (1.f / 256.f) + p.eps);
+        const float inv_hi = rsqrtf((var_s[lr + 8][0] + var_s[lr + 8][1]) * (1.f / 256.f) + p.eps);
+        __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int n = n0 + j * 8 + 2 * q;
+            const float g0 = p.gamma[n], g1 = p.gamma[n + 1], c0 = p.beta[n], c1 = p.beta[n + 1];
+            *reinterpret_cast<__half2*>(y + r_lo * 256 + n) =
+                __floats2half2_rn(acc[j][0] * inv_lo * g0 + c0, acc[j][1] * inv_lo * g1 + c1);
+            *reinterpret_cast<__half2*>(y + r_hi * 256 + n) =
+                __floats2half2_rn(acc[j][2] * inv_hi * g0 + c0, acc[j][3] * inv_hi * g1 + c1);
+        }
     }
 }
 

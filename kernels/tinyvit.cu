@@ -77,32 +77,6 @@ struct ConvBlockParams {
     int tiles_x;       // ceil(wo / TW)
 };
 
-// nn.GELU (exact erf form) without erff: gelu(x) = x * Phi(x) = relu(x) - |x| * q(|x|) with
-// q(a) = Phi(-a) = erfc(a / sqrt 2) / 2 = 2^P(a), P a degree-7 polynomial fitted to log2 q on
-// [0, 6.5] minimising the weighted error |q - 2^P| (Lawson's iteration), a clamped to 6.5
-// (q(6.5) = 4e-11). The fitted q is within 3.6e-8 of q; with fp32 Horner rounding the whole
-// function, evaluated in fp32 arithmetic against an mpmath reference on 40k points over
-// [-12, 12], is within 9.5e-8 * max(1, |x|), plus ex2.approx's 2^-22 relative error on q
-// (<= 1.2e-7 * |x|): about 1e-7 relative for x > 0, some 2000x below half an fp16 ulp. erff
-// under --use_fast_math (dense.cuh's `activate`) costs ~25 instructions with a branch around
-// its ex2, which serialises the GELUs; this is 10 FMA/ALU instructions and one MUFU.EX2, no
-// branch. NaN propagates; gelu(+inf) is NaN instead of inf (unreachable: fp32 accumulations of
-// fp16 operands). Only this file uses it.
-__device__ __forceinline__ float gelu(float x) {
-    const float a = fminf(fabsf(x), 6.5f);
-    float p = 8.470114153e-06f;
-    p = fmaf(p, a, -5.390320075e-05f);
-    p = fmaf(p, a, -4.212379863e-04f);
-    p = fmaf(p, a, 7.389276288e-03f);
-    p = fmaf(p, a, -5.269111693e-02f);
-    p = fmaf(p, a, -4.591531456e-01f);
-    p = fmaf(p, a, -1.151110888e+00f);
-    p = fmaf(p, a, -9.999998808e-01f);
-    float q;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(q) : "f"(p));
-    return fmaf(-fabsf(x), q, fmaxf(x, 0.f));
-}
-
 template <int CIN, int HID, int COUT, int S, int TH, int TW, bool MBCONV, int EMP>
 struct Block {
     static constexpr int kCin = CIN, kHid = HID, kCout = COUT, kS = S, kTH = TH, kTW = TW;

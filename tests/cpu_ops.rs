@@ -397,8 +397,10 @@ fn layer_norm_checks() {
     assert_eq!(variant_index(8), Some(0));
     assert_eq!(variant_index(64), Some(0));
     assert_eq!(variant_index(72), Some(1));
-    assert_eq!(variant_index(320), Some(3));
-    assert_eq!(variant_index(1024), Some(4));
+    assert_eq!(variant_index(160), Some(2));
+    assert_eq!(variant_index(256), Some(3));
+    assert_eq!(variant_index(320), Some(4));
+    assert_eq!(variant_index(1024), Some(6));
     assert_eq!(variant_index(1032), None);
     let args = LayerNormArgs {
         rows: 100,

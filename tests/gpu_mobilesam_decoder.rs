@@ -843,9 +843,15 @@ fn a_constant_mask_embedding_decodes_as_no_mask() {
         .zip(&outputs[0].1)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    println!("mask input (constant embedding) vs no mask: logits rel L2 {rel:.2e}, max abs {max_abs:.3}, IoU {iou_err:.1e}");
+    // The synthetic ramp weights are not a trained head: its IoU outputs are not in [0, 1], so
+    // their error is judged relative to their scale (the fixture test bounds real ones at 1e-2).
+    let iou_scale = outputs[0].1.iter().fold(1f32, |m, v| m.max(v.abs()));
+    println!(
+        "mask input (constant embedding) vs no mask: logits rel L2 {rel:.2e}, max abs {max_abs:.3}, \
+         IoU max abs diff {iou_err:.1e} at IoU scale {iou_scale:.1}"
+    );
     assert!(
-        rel <= 1e-2 && iou_err <= 1e-2,
-        "rel L2 {rel}, IoU {iou_err}"
+        rel <= 1e-2 && iou_err <= 1e-2 * iou_scale,
+        "rel L2 {rel}, IoU {iou_err} (scale {iou_scale})"
     );
 }

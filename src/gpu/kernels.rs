@@ -67,6 +67,8 @@ impl Kernels {
         let preprocess = load_module(ctx, "preprocess", images::PREPROCESS)?;
         let packet = load_module(ctx, "packet", images::PACKET)?;
         let mask = load_module(ctx, "mask", images::MASK)?;
+        let mask_encode = function(&mask, "mask", "mask_encode")?;
+        set_dynamic_smem(&mask_encode, crate::ops::mask::ENCODE_SMEM_BYTES)?;
         let gemm = load_module(ctx, "gemm", images::GEMM)?;
         let conv_module = load_module(ctx, "conv", images::CONV)?;
         let norm_module = load_module(ctx, "norm", images::NORM)?;
@@ -83,6 +85,11 @@ impl Kernels {
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
+        let sam_image_to_token = function(&sam, "sam_decoder", "sam_image_to_token")?;
+        set_dynamic_smem(
+            &sam_image_to_token,
+            crate::ops::sam_decoder::image_to_token_smem_bytes(crate::ops::sam_decoder::MAX_TOKENS),
+        )?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -122,7 +129,7 @@ impl Kernels {
             prompt_detections: function(&packet, "packet", "prompt_detections")?,
             mask_bounds: function(&mask, "mask", "mask_bounds")?,
             mask_layout: function(&mask, "mask", "mask_layout")?,
-            mask_encode: function(&mask, "mask", "mask_encode")?,
+            mask_encode,
             gemm: gemm_fns,
             gemm_splitk: splitk_fns,
             conv_igemm: conv_fns,
@@ -154,7 +161,7 @@ impl Kernels {
             tracker_update: function(&assign, "assign", "tracker_update")?,
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
-            sam_image_to_token: function(&sam, "sam_decoder", "sam_image_to_token")?,
+            sam_image_to_token,
             sam_mask_embed: function(&sam, "sam_decoder", "sam_mask_embed")?,
             sm_count,
             gemm_blocks_per_sm,

@@ -16,9 +16,11 @@ pub const LOW_RES_MASK_BYTES: usize = LOW_RES_SIDE * LOW_RES_SIDE * 4;
 const BOUND_SLICES: u32 = 16;
 /// Bytes of the per-mask bounds scratch (one `int4` box per row slice).
 pub const BOUNDS_BYTES_PER_MASK: usize = 16 * BOUND_SLICES as usize;
-/// Resident `mask_encode` blocks per SM the grid aims at (47 KiB of shared memory each); the
+/// Resident `mask_encode` blocks per SM the grid aims at (three fit their shared memory); the
 /// blocks of a mask stride over its bands of crop rows.
-const ENCODE_BLOCKS_PER_SM: u32 = 4;
+const ENCODE_BLOCKS_PER_SM: u32 = 3;
+/// Dynamic shared memory of `mask_encode` (kEncodeSmemBytes in the kernel).
+pub(crate) const ENCODE_SMEM_BYTES: u32 = (12288 + 16 * 256) * 4 + 160 * 16 + 1025 * 4;
 
 /// Mirrors `MaskGeometry` in the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +178,7 @@ pub fn launch_mask_decode_with_quality(
     let cfg = LaunchConfig {
         grid_dim: (blocks_per_mask.max(1), params.max_masks, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: ENCODE_SMEM_BYTES,
     };
     // SAFETY: argument order and types match `mask_encode`.
     unsafe { encode.launch(cfg) }.map_err(|e| launch_error("mask_encode", e.to_string()))?;

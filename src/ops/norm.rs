@@ -12,16 +12,18 @@ use crate::gpu::Gpu;
 
 /// (largest C, kernel name) of the compiled variants, in table order: C <= 64 uses groups of
 /// 8 lanes per row, <= 128 16 lanes, above that a warp with 1, 2 or 4 vectors per lane.
-pub(crate) const LAYER_NORM_VARIANTS: [(usize, &str); 5] = [
+pub(crate) const LAYER_NORM_VARIANTS: [(usize, &str); 7] = [
     (64, "layer_norm_c64"),
     (128, "layer_norm_c128"),
+    (192, "layer_norm_c192"),
     (256, "layer_norm_c256"),
+    (320, "layer_norm_c320"),
     (512, "layer_norm_c512"),
     (1024, "layer_norm_c1024"),
 ];
 
 /// Lanes per row of each variant (the G template argument in norm.cu).
-const GROUP_LANES: [u32; 5] = [8, 16, 32, 32, 32];
+const GROUP_LANES: [u32; 7] = [8, 16, 8, 32, 8, 32, 32];
 const THREADS: u32 = 256;
 
 /// Largest channel count supported.

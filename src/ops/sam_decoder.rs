@@ -314,6 +314,7 @@ struct ImageToTokenParams {
     q_batch: i64,
     res_batch: i64,
     kv_stride: i64,
+    batch: i32,
     tokens: i32,
     scale: f32,
     eps: f32,
@@ -361,6 +362,12 @@ pub struct ImageToTokenArgs {
     pub eps: f32,
     /// `[batch, 4096, 256]` fp16 output (the new keys).
     pub y: DeviceRegion,
+}
+
+/// Dynamic shared memory of `sam_image_to_token` for `tokens` tokens: out_proj padded to 136
+/// halves a row, the head-fragment exchange, the tokens' k/v.
+pub(crate) fn image_to_token_smem_bytes(tokens: usize) -> u32 {
+    (SAM_DIM * (CROSS_DIM + 8) * 2 + 4 * 8 * 32 * 16 + tokens * 2 * CROSS_DIM * 2) as u32
 }
 
 /// `y = LayerNorm(residual + out_proj(softmax(scale q k^T) v))` with q the image pixels and
@@ -456,15 +463,17 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         q_batch: a.q_batch as i64,
         res_batch: a.residual_batch as i64,
         kv_stride: a.kv_stride as i64,
+        batch: a.batch as i32,
         tokens: a.tokens as i32,
         scale: a.scale,
         eps: a.eps,
     };
-    // 64 pixels per block (kI2tRows in the kernel).
+    // Persistent blocks over the 64-pixel tiles (kI2tRows), two per SM when they fit.
+    let tiles = (a.batch * EMBED_PIXELS / 64) as u32;
     let cfg = LaunchConfig {
-        grid_dim: ((EMBED_PIXELS / 64) as u32, a.batch as u32, 1),
+        grid_dim: (tiles.min(2 * gpu.kernels().sm_count()), 1, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: image_to_token_smem_bytes(a.tokens),
     };
     let mut launch = gpu
         .stream()
