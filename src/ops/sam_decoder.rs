@@ -365,9 +365,10 @@ pub struct ImageToTokenArgs {
 }
 
 /// Dynamic shared memory of `sam_image_to_token` for `tokens` tokens: out_proj padded to 136
-/// halves a row, the head-fragment exchange, the tokens' k/v.
+/// halves a row, the head-fragment exchange, bias and norm parameters, the tokens' k/v.
 pub(crate) fn image_to_token_smem_bytes(tokens: usize) -> u32 {
-    (SAM_DIM * (CROSS_DIM + 8) * 2 + 4 * 8 * 32 * 16 + tokens * 2 * CROSS_DIM * 2) as u32
+    (SAM_DIM * (CROSS_DIM + 8) * 2 + 4 * 8 * 32 * 16 + 3 * SAM_DIM * 4 + tokens * 2 * CROSS_DIM * 2)
+        as u32
 }
 
 /// `y = LayerNorm(residual + out_proj(softmax(scale q k^T) v))` with q the image pixels and
@@ -438,7 +439,7 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         .check(KERNEL, "out_proj weight", Some(SAM_DIM * CROSS_DIM * 2), 4)?;
     a.out
         .1
-        .check(KERNEL, "out_proj bias", Some(SAM_DIM * 4), 4)?;
+        .check(KERNEL, "out_proj bias", Some(SAM_DIM * 4), 16)?;
     a.residual.check(
         KERNEL,
         "residual",
@@ -447,8 +448,8 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
     )?;
     a.norm
         .0
-        .check(KERNEL, "norm weight", Some(SAM_DIM * 4), 4)?;
-    a.norm.1.check(KERNEL, "norm bias", Some(SAM_DIM * 4), 4)?;
+        .check(KERNEL, "norm weight", Some(SAM_DIM * 4), 16)?;
+    a.norm.1.check(KERNEL, "norm bias", Some(SAM_DIM * 4), 16)?;
     a.y.check(KERNEL, "y", Some(a.batch * EMBED_PIXELS * SAM_DIM * 2), 4)?;
     let params = ImageToTokenParams {
         q: a.q.ptr,
