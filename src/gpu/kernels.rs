@@ -207,20 +207,12 @@ fn functions<const N: usize>(
     })
 }
 
-/// Lets `f` take `bytes` of dynamic shared memory and asks for the largest shared-memory
-/// carveout: without the hint the driver may configure an SM's L1/shared split for fewer
-/// resident blocks than the kernel's occupancy design (two or three per SM) needs.
 fn set_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
     f.set_attribute(
         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         bytes as i32,
     )
-    .map_err(Error::cuda("setting a kernel's dynamic shared memory"))?;
-    f.set_attribute(
-        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-        100,
-    )
-    .map_err(Error::cuda("setting a kernel's shared-memory carveout"))
+    .map_err(Error::cuda("setting a kernel's dynamic shared memory"))
 }
 
 fn function(module: &Arc<CudaModule>, file: &str, name: &str) -> Result<CudaFunction> {
