@@ -55,18 +55,6 @@ __device__ __forceinline__ Taps taps(float scale, int dst, int in_size) {
     return t;
 }
 
-// Value of the 1024x1024 upsampled logits at (u, v) (the first interpolate). `rows` holds the
-// low-res rows from `first_row` on (the whole mask, or a band's staged copy).
-__device__ __forceinline__ float upsampled(const float* __restrict__ rows, int first_row, int u,
-                                           int v) {
-    constexpr float kScale = static_cast<float>(kLowRes) / kSamSize;
-    const Taps ty = taps(kScale, v, kLowRes), tx = taps(kScale, u, kLowRes);
-    const float* r0 = rows + (ty.i0 - first_row) * kLowRes;
-    const float* r1 = rows + (ty.i1 - first_row) * kLowRes;
-    return ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
-           ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
-}
-
 // The 1024-space indices (one axis) that a band's frame pixels [first, last] read, as cache
 // slots: the contiguous index range when that is no longer than two taps per pixel (frames at
 // least half the SAM extent), else two slots per pixel (tap 0, tap 1).
@@ -240,25 +228,46 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
     }
 }
 
-// Dynamic shared memory of mask_encode (70.5 KiB, three blocks per SM), in this order:
-constexpr int kCacheFloats = 12288;  // upsampled (1024-space) logits the band reads
-constexpr int kStageRows = 16;       // low-res rows staged for the cache fill
+// Dynamic shared memory of mask_encode (70.3 KiB, three blocks per SM), in this order:
+constexpr int kCacheFloats = 10240;  // upsampled (1024-space) logits the band reads
+constexpr int kStageRows = 8;        // low-res rows staged for the cache fill
+constexpr int kMaxColSlots = 1024;   // column slots (the SAM extent, or 2 per pixel below 512)
 constexpr int kMaxBandRows = 160;    // crop rows of a band (its rows + those its last word spills into)
 constexpr int kBandWordsMax = 1024;  // 32-bit words a band writes
-constexpr int kEncodeSmemBytes =
-    (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxBandRows * 16 + (kBandWordsMax + 1) * 4;
+constexpr int kEncodeSmemBytes = (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxColSlots * 16 +
+                                 kMaxBandRows * 16 + (kBandWordsMax + 1) * 4;
+static_assert(kEncodeSmemBytes == 72196, "must match ENCODE_SMEM_BYTES in src/ops/mask.rs");
+
+// A cache column's first-interpolate taps along x (low-res columns and weights), or a band
+// row's second-interpolate taps along y (cache rows as offsets, and weights).
+struct ColumnTaps {
+    int i0, i1;
+    float w0, w1;
+};
+struct RowTaps {
+    float w0, w1;
+    int line0, line1;  // offsets of the row's two cache lines
+};
 
 // Grid (x: blocks striding over a mask's bands, y: masks), 256 threads. A band is R crop rows
 // and owns the 32-bit words whose first bit lies in it (its last word may spill into the next
 // rows). Each word is 32 consecutive pixels of the crop (row-major), little-endian, LSB first.
 //
-// Per band: (1) the 1024-space logits its pixels read go into `cache` (axis_slots per axis),
-// computed from the low-res rows they need, staged in shared memory by one coalesced pass
-// (each thread would otherwise wait on ~40 dependent L2 reads);
-// (2) each warp takes 32-column chunks of the crop and walks the band's rows down a chunk, so
-// its lanes keep their column taps in registers; a ballot gives the chunk's 32 bits, which are
-// OR-ed at their linear bit position into a shared bit buffer (a chunk straddles two words
-// unless the width is a multiple of 32); (3) the buffer is stored as the band's words.
+// Once per block: the first interpolate's x taps of every column slot (the crop's columns are
+// the same for every band). Per band: (1) the low-res rows the band reads are staged in shared
+// memory by one coalesced pass, and the 1024-space logits its pixels read are computed from
+// them into `cache` (axis_slots per axis), a warp per cache line (y taps uniform), a lane per
+// column slot; (2) each warp takes 32-column chunks of the crop and walks the band's rows down
+// a chunk, so its lanes keep their column taps in registers; a ballot gives the chunk's 32
+// bits, which are OR-ed at their linear bit position into a shared bit buffer (a chunk
+// straddles two words unless the width is a multiple of 32); (3) the buffer is stored as the
+// band's words. Bands are short enough that every block of the mask gets one (a single mask
+// must still fill the GPU) and long enough to amortise the cache lines they share.
+//
+// Measured on an H200 before the column table and the parallel band size: one full-frame
+// 1920x1080 mask took ~44 us (90 bands for 396 blocks, each band latency-bound) and 32 took
+// ~430 us (~74 instructions per pixel, ~70 of them per cached value: taps, an integer
+// division, the low-res reads).
 extern "C" __global__ void __launch_bounds__(256, 3)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
@@ -266,11 +275,9 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
     extern __shared__ __align__(16) float encode_smem[];
     float* cache = encode_smem;
     float* staged = cache + kCacheFloats;
-    float* row_w0 = staged + kStageRows * kLowRes;
-    float* row_w1 = row_w0 + kMaxBandRows;
-    int* row_line0 = reinterpret_cast<int*>(row_w1 + kMaxBandRows);
-    int* row_line1 = row_line0 + kMaxBandRows;
-    uint32_t* band_bits = reinterpret_cast<uint32_t*>(row_line1 + kMaxBandRows);
+    ColumnTaps* col_taps = reinterpret_cast<ColumnTaps*>(staged + kStageRows * kLowRes);
+    RowTaps* row_taps = reinterpret_cast<RowTaps*>(col_taps + kMaxColSlots);
+    uint32_t* band_bits = reinterpret_cast<uint32_t*>(row_taps + kMaxBandRows);
     const uint32_t k = blockIdx.y;
     if (k >= min(*mask_count, geometry.max_masks)) return;
     const MaskRecord r =
@@ -282,19 +289,26 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
     const int sam_w = static_cast<int>(h.sam_width), sam_h = static_cast<int>(h.sam_height);
     const float sx = static_cast<float>(h.sam_width) / h.width;
     const float sy = static_cast<float>(h.sam_height) / h.height;
+    constexpr float kLowScale = static_cast<float>(kLowRes) / kSamSize;
     const float* low = low_res + static_cast<size_t>(k) * kLowRes * kLowRes;
     uint32_t* data = reinterpret_cast<uint32_t*>(packet + geometry.mask_data_offset + r.data_offset);
 
     // Columns: the whole crop width, the same for every band.
     const AxisSlots cols = axis_slots(sx, r.x, r.x + width - 1, sam_w);
-    // Rows per band: as many as the cache, the row table and the bit buffer allow. A band of
-    // R rows reads at most R + spill rows (its last word spills past it). One row always fits:
-    // at most 1024 column slots (the SAM extent, or two per pixel below 512 pixels) x 4 row
-    // slots, or for crops narrower than 32 pixels 2 x width x 2 x (2 + 31 / width) slots.
-    // (The estimate below uses the range branch of slot_bound, exact or conservative.)
+    for (int i = threadIdx.x; i < cols.count; i += blockDim.x) {
+        const Taps t = taps(kLowScale, index_of(cols, sx, i, sam_w), kLowRes);
+        col_taps[i] = ColumnTaps{t.i0, t.i1, t.w0, t.w1};
+    }
+    // Rows per band: at most what the cache, the row table and the bit buffer hold, and few
+    // enough that each of the mask's blocks gets a band. A band of R rows reads at most
+    // R + spill rows (its last word spills past it). One row always fits: at most 1024 column
+    // slots (the SAM extent, or two per pixel below 512 pixels) x 4 row slots, or for crops
+    // narrower than 32 pixels 2 x width x 2 x (2 + 31 / width) slots. (The estimate below uses
+    // the range branch of slot_bound, exact or conservative.)
     const int spill = 1 + 31 / width;
     const int line_budget = kCacheFloats / cols.count;  // row slots the cache holds
     int rows = min(min((kBandWordsMax - 1) * 32 / width, kMaxBandRows - spill), height);
+    rows = min(rows, max(height / static_cast<int>(gridDim.x), 1));
     rows = max(min(rows, static_cast<int>((line_budget - 5) / sy) - spill), 1);
     while (rows > 1 && slot_bound(sy, rows + spill) > line_budget) --rows;  // float slack
     const int bands = (height + rows - 1) / rows;
@@ -315,13 +329,10 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
         for (int i = threadIdx.x; i <= row_b - row_a; i += blockDim.x) {
             const int y = r.y + row_a + i;
             const Taps ty = taps(sy, y, sam_h);
-            row_w0[i] = ty.w0;
-            row_w1[i] = ty.w1;
-            row_line0[i] = slot_of(lines, ty, y, 0) * cols.count;
-            row_line1[i] = slot_of(lines, ty, y, 1) * cols.count;
+            row_taps[i] = RowTaps{ty.w0, ty.w1, slot_of(lines, ty, y, 0) * cols.count,
+                                  slot_of(lines, ty, y, 1) * cols.count};
         }
         // Low-res rows the band's 1024-space rows read (slots are in increasing index order).
-        constexpr float kLowScale = static_cast<float>(kLowRes) / kSamSize;
         const int low_a = taps(kLowScale, index_of(lines, sy, 0, sam_h), kLowRes).i0;
         const int low_b = taps(kLowScale, index_of(lines, sy, lines.count - 1, sam_h), kLowRes).i1;
         const bool stage = low_b - low_a < kStageRows;  // else (strong downscaling) read global
@@ -333,11 +344,19 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
         __syncthreads();
         const float* rows_src = stage ? staged : low;
         const int rows_first = stage ? low_a : 0;
-        const int cached = lines.count * cols.count;
-        for (int i = threadIdx.x; i < cached; i += blockDim.x) {
-            const int v = index_of(lines, sy, i / cols.count, sam_h);
-            const int u = index_of(cols, sx, i % cols.count, sam_w);
-            cache[i] = upsampled(rows_src, rows_first, u, v);
+        // The first interpolate as ATen evaluates it: y taps per cache line, x taps
+        // from the column table. Each line is split between two warps.
+        for (int task = warp; task < 2 * lines.count; task += warps) {
+            const int line = task / 2;
+            const Taps ty = taps(kLowScale, index_of(lines, sy, line, sam_h), kLowRes);
+            const float* r0 = rows_src + (ty.i0 - rows_first) * kLowRes;
+            const float* r1 = rows_src + (ty.i1 - rows_first) * kLowRes;
+            float* out = cache + line * cols.count;
+            for (int c = (task % 2) * 32 + lane; c < cols.count; c += 64) {
+                const ColumnTaps tx = col_taps[c];
+                out[c] = ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
+                         ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
+            }
         }
         __syncthreads();
 
@@ -361,11 +380,11 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
             const int p = row * width + column;  // linear pixel of this lane
             bool set = false;
             if (column < width && p >= p_first && p < p_end) {
-                const int i = row - row_a;
-                const float* line0 = cache + row_line0[i];
-                const float* line1 = cache + row_line1[i];
-                const float logit = row_w0[i] * (wx0 * line0[c0] + wx1 * line0[c1]) +
-                                    row_w1[i] * (wx0 * line1[c0] + wx1 * line1[c1]);
+                const RowTaps ry = row_taps[row - row_a];
+                const float* line0 = cache + ry.line0;
+                const float* line1 = cache + ry.line1;
+                const float logit = ry.w0 * (wx0 * line0[c0] + wx1 * line0[c1]) +
+                                    ry.w1 * (wx0 * line1[c0] + wx1 * line1[c1]);
                 set = logit > threshold;
             }
             const uint32_t chunk_bits = __ballot_sync(0xffffffffu, set);
