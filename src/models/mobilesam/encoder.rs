@@ -959,6 +959,11 @@ impl EncoderPlan {
         stage_ops(&self.ops, stage).count()
     }
 
+    /// Names of the planned activations (the arena's tensors), in plan order.
+    pub fn activation_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|t| t.name.as_str())
+    }
+
     /// Bytes of the device weights region.
     pub fn weight_bytes(&self) -> usize {
         self.store.bytes()
