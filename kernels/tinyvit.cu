@@ -460,6 +460,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 // from zero and takes the k16 steps over 4C in ascending order (chunk by chunk), then + b2, + r
 // (ResidualOrder::AfterActivation without activation), rounded once. mma.m16n8k16 makes each
 // output depend only on its own row, column and accumulator, so the tiling does not matter.
+// (One exception, never met by real data: the GEMM adds its absent residual, +0, after the
+// GELU, which turns a hidden activation of exactly -0 into +0; here it stays -0. Same value.)
 //
 // A block (256 threads, 8 warps) owns BM rows. It copies its x rows to shared memory, each
 // warp loads its 16 rows x C as mma A fragments into registers (kept for the whole kernel),

@@ -374,8 +374,8 @@ fn mlp_params(shape: &MlpShape, args: &MlpArgs) -> Result<(usize, MlpParams, u32
     if rows == 0 {
         return Err(launch_error(kernel, "empty shape: 0 rows"));
     }
-    let m = i32::try_from(rows)
-        .map_err(|_| launch_error(kernel, format!("{rows} rows exceed i32")))?;
+    let m =
+        i32::try_from(rows).map_err(|_| launch_error(kernel, format!("{rows} rows exceed i32")))?;
     // [rows, C] with 16-byte rows (the kernel copies x and r with 16-byte cp.async).
     let matrix = |what: &str, a: &Matrix| -> Result<usize> {
         if a.row_stride < c || a.row_stride % 8 != 0 {
@@ -406,9 +406,12 @@ fn mlp_params(shape: &MlpShape, args: &MlpArgs) -> Result<(usize, MlpParams, u32
     for (what, region, bytes) in operands {
         region.check(kernel, what, bytes, 16)?;
     }
-    let inputs = [("x", &args.x.region, x), ("residual", &args.residual.region, r)]
-        .into_iter()
-        .chain(operands.map(|(what, region, bytes)| (what, region, bytes.unwrap_or(0))));
+    let inputs = [
+        ("x", &args.x.region, x),
+        ("residual", &args.residual.region, r),
+    ]
+    .into_iter()
+    .chain(operands.map(|(what, region, bytes)| (what, region, bytes.unwrap_or(0))));
     for (what, region, bytes) in inputs {
         if overlaps(&args.output.region, y, region, bytes) {
             return Err(launch_error(kernel, format!("output overlaps {what}")));
@@ -449,7 +452,9 @@ pub fn launch_tinyvit_mlp(gpu: &Gpu, shape: &MlpShape, args: &MlpArgs) -> Result
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: spec.smem_bytes,
     };
-    let mut launch = gpu.stream().launch_builder(&gpu.kernels().tinyvit_mlp[index]);
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().tinyvit_mlp[index]);
     launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
     unsafe { launch.launch(cfg) }.map_err(|e| launch_error(spec.kernel, e.to_string()))?;
