@@ -54,9 +54,9 @@ const LAYER_NORM_MAX_ABS: f64 = 1e-2;
 /// round to neighbouring fp16 values (one hidden ulp x |w2| <= 0.08: < 7e-4 per flip, a tiny
 /// fraction of the 4C terms). rel L2 <= 1e-3 leaves 3.5x margin over the output rounding.
 const MLP_REL_L2: f64 = 1e-3;
-/// Half an fp16 ulp is <= 2^-9 = 1.95e-3 for |y| < 8 (asserted of the reference), plus the
-/// same slack as above (< 1e-3 even with one hidden flip).
-const MLP_MAX_ABS: f64 = 4e-3;
+/// Max abs: half an fp16 ulp at the largest |y| of the case (the output rounding; 1.95e-3 for
+/// |y| in [4, 8)), plus this slack for the rest (< 1e-3 even with one hidden flip).
+const MLP_MAX_ABS_SLACK: f64 = 1e-3;
 
 /// `y[p, o] = act(b[o] + sum_i x[p, i] * w[o, i])` over `pixels` rows.
 fn linear(x: &[f64], w: &[f64], b: &[f64], cin: usize, cout: usize) -> Vec<f64> {
@@ -575,7 +575,7 @@ struct MlpOperands {
 }
 
 /// LayerNorm-like x, weights scaled to unit-order pre-activations (x ~ U(-2, 2), w1 ~
-/// 2/sqrt(C)), a residual stream in [-2, 2): |y| stays below ~8.
+/// 2/sqrt(C)), a residual stream in [-2, 2): fc2's output has std ~1.1, |y| stays below ~10.
 fn mlp_operands(rng: &mut Rng, rows: usize, c: usize) -> MlpOperands {
     let hid = 4 * c;
     let (s1, s2) = (2.0 / (c as f64).sqrt(), 2.0 / (hid as f64).sqrt());
@@ -678,7 +678,9 @@ fn fused_mlp_matches_reference() {
         let o = mlp_operands(&mut rng, rows, c);
         let want = mlp_reference(c, &o);
         let peak = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(peak < 8.0, "the max-abs bound assumes |y| < 8, got {peak}");
+        // Half an ulp of the fp16 binade holding `peak` (normal range: |y| >= 2^-14).
+        let half_ulp = 2f64.powi(peak.max(1.0).log2().floor() as i32 - 11);
+        let max_abs_bound = half_ulp + MLP_MAX_ABS_SLACK;
         let b = mlp_buffers(&gpu, rows, c, &o, strides);
         let shape = MlpShape { rows, channels: c };
         launch_tinyvit_mlp(&gpu, &shape, &b.args).unwrap();
@@ -700,8 +702,8 @@ fn fused_mlp_matches_reference() {
         );
         assert!(rel <= MLP_REL_L2, "C {c} rows {rows}: rel L2 {rel:.3e}");
         assert!(
-            max_abs <= MLP_MAX_ABS,
-            "C {c} rows {rows}: max abs {max_abs:.3e}"
+            max_abs <= max_abs_bound,
+            "C {c} rows {rows}: max abs {max_abs:.3e} > {max_abs_bound:.3e}"
         );
         assert!(
             untouched,
