@@ -22,6 +22,7 @@ use finesam::ops::gemm::{
     Activation, Epilogue, GemmArgs, GemmProblem, GemmTile, Matrix, Residual, ResidualOrder,
 };
 use finesam::ops::norm::{launch_layer_norm, LayerNormArgs};
+use finesam::ops::tinyvit::{launch_tinyvit_mlp, tinyvit_mlp_flops, MlpArgs, MlpShape};
 use finesam::ops::DeviceRegion;
 use finesam::{Gpu, Result};
 use half::f16;
@@ -574,6 +575,74 @@ fn layer_norms(c: &mut Criterion, gpu: &Gpu) {
     }
 }
 
+/// The fused TinyViT MLP (fc1 + GELU + fc2 + residual) at the encoder's shapes, and the
+/// two-GEMM chain it replaces (printed for comparison).
+fn mlps(c: &mut Criterion, gpu: &Gpu) {
+    for (name, rows, ch) in [
+        ("tinyvit_mlp_c128_m16384_layers1", 16384, 128),
+        ("tinyvit_mlp_c160_m4096_layers2", 4096, 160),
+    ] {
+        let hid = 4 * ch;
+        let x = f16_buffer(gpu, rows * ch, 18);
+        let r = f16_buffer(gpu, rows * ch, 19);
+        let y = f16_buffer(gpu, rows * ch, 20);
+        let h = f16_buffer(gpu, rows * hid, 21);
+        let w1 = f16_buffer(gpu, hid * ch, 22);
+        let w2 = f16_buffer(gpu, ch * hid, 23);
+        let (b1, b2) = (f32_buffer(gpu, hid, 0.1), f32_buffer(gpu, ch, 0.1));
+        let shape = MlpShape { rows, channels: ch };
+        let args = MlpArgs {
+            x: Matrix::packed(region(&x), ch),
+            fc1_weight: region(&w1),
+            fc1_bias: region(&b1),
+            fc2_weight: region(&w2),
+            fc2_bias: region(&b2),
+            residual: Matrix::packed(region(&r), ch),
+            output: Matrix::packed(region(&y), ch),
+        };
+        let flops = tinyvit_mlp_flops(&shape);
+        // x, r in, y out, the weights once.
+        let bytes = (x.len() + r.len() + y.len() + w1.len() + w2.len()) as f64;
+        let fc1 = GemmArgs {
+            x: args.x,
+            w: Matrix::packed(region(&w1), ch),
+            y: Matrix::packed(region(&h), hid),
+            epilogue: Epilogue {
+                bias: Some(region(&b1)),
+                activation: Activation::Gelu,
+                ..Epilogue::default()
+            },
+        };
+        let fc2 = GemmArgs {
+            x: Matrix::packed(region(&h), hid),
+            w: Matrix::packed(region(&w2), hid),
+            y: args.output,
+            epilogue: Epilogue {
+                bias: Some(region(&b2)),
+                residual: Some(Residual {
+                    matrix: args.residual,
+                    order: ResidualOrder::AfterActivation,
+                }),
+                ..Epilogue::default()
+            },
+        };
+        let mut chain = || {
+            launch_gemm(gpu, &GemmProblem::new(rows, hid, ch), &fc1)?;
+            launch_gemm(gpu, &GemmProblem::new(rows, ch, hid), &fc2)
+        };
+        chain().expect("launch");
+        let ms = gpu.time_ms(REPS, &mut chain).expect("timing");
+        println!(
+            "  {name}: unfused fc1 + fc2 (two GEMMs): {:.1} us, {:.1} TFLOP/s",
+            ms * 1e3,
+            flops / (ms * 1e-3) * 1e-12
+        );
+        bench_case(c, gpu, name, flops, bytes, || {
+            launch_tinyvit_mlp(gpu, &shape, &args)
+        });
+    }
+}
+
 fn dense_ops(c: &mut Criterion) {
     if let Err(e) = Gpu::probe() {
         eprintln!("skipping ops benchmarks: {e}");
@@ -586,6 +655,7 @@ fn dense_ops(c: &mut Criterion) {
     decoder_mlp2(c, &gpu);
     convs(c, &gpu);
     layer_norms(c, &gpu);
+    mlps(c, &gpu);
 }
 
 criterion_group! {

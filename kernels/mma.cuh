@@ -1,5 +1,5 @@
 // Async-copy and fragment-load primitives shared by the tensor-core kernel files (gemm.cu,
-// tinyvit.cu): shared-memory addresses, 16-byte cp.async with zero fill, ldmatrix. The
+// tinyvit.cu): shared-memory addresses, 16-byte cp.async with zero fill, ldmatrix (x4, x2). The
 // mma.sync.m16n8k16 wrapper itself lives in dense.cuh.
 #pragma once
 #include <cuda_fp16.h>
@@ -27,6 +27,13 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Two 8x8 matrices (addresses from lanes 0-15): the b0/b1 registers of one n8 tile.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
                  : "r"(addr));
 }
 

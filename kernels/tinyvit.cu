@@ -1,4 +1,6 @@
-// Fused TinyViT convolution blocks (fp16 storage, fp32 accumulation). Both are the chain
+// Fused TinyViT blocks (fp16 storage, fp32 accumulation): the convolution blocks below and, at
+// the end of the file, the transformer block's MLP (tinyvit_mlp_c*). The convolution blocks are
+// the chain
 //
 //     h1 = gelu(conv1x1(x, w1, b1))                     x NHWC [B, H, W, CIN] -> HID channels
 //     h2 = gelu(depthwise3x3(h1, w2, b2, stride S, pad 1))   zero padding of h1 at the border
@@ -439,4 +441,333 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) mbconv_c64_e4(const Co
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     patch_merging_c64_c128(const ConvBlockParams p) {
     conv_block_body<PatchMerging64>(p);
+}
+
+// =============================================================================================
+// Fused TinyViT MLP: tinyvit_mlp_c128, tinyvit_mlp_c160.
+//
+//     h = fp16(gelu(x · W1^T + b1))        x [M, C] -> h [M, 4C] (never leaves the SM)
+//     y = fp16((h · W2^T + b2) + r)        -> [M, C]
+//
+// `Mlp.forward` of tiny_vit_sam.py after its LayerNorm (fc1 -> nn.GELU -> fc2; dropout is the
+// identity in eval) plus the `x + ...` of `TinyViTBlock.forward`: x is the MLP's LayerNorm
+// output, r the block's residual stream (the local conv output), W1 = fc1.weight [4C, C],
+// W2 = fc2.weight [C, 4C] (PyTorch [out, in]), biases fp32. It replaces the unfused chain
+// `gemm(x, W1, b1, GELU) -> h; gemm(h, W2, b2, + r)` of kernels/gemm.cu and computes the SAME
+// BITS: every h element starts from a zero accumulator and takes the k16 mma.sync steps over C
+// in ascending order, then + b1, gelu, round-to-nearest fp16 (the GEMM's `alpha * acc` with
+// alpha 1 is exact; its epilogue adds bias then applies the activation); every y element starts
+// from zero and takes the k16 steps over 4C in ascending order (chunk by chunk), then + b2, + r
+// (ResidualOrder::AfterActivation without activation), rounded once. mma.m16n8k16 makes each
+// output depend only on its own row, column and accumulator, so the tiling does not matter.
+// (One exception, never met by real data: the GEMM adds its absent residual, +0, after the
+// GELU, which turns a hidden activation of exactly -0 into +0; here it stays -0. Same value.)
+//
+// A block (256 threads, 8 warps) owns BM rows. It copies its x rows to shared memory, each
+// warp loads its 16 rows x C as mma A fragments into registers (kept for the whole kernel),
+// then the block walks the 4C hidden units in chunks of 64. Per chunk:
+//   1. fc1: h_chunk[BM x 64] = x · W1[chunk]^T (+ b1, gelu, fp16) into shared memory;
+//      warps (BM/16) along the rows x (8 / (BM/16)) along the 64 columns;
+//   2. fc2: acc[BM x C] += h_chunk · W2[:, chunk]^T in registers; warps 2 x 4, warp tile
+//      (BM/2) x (C/4).
+// Each chunk's parameters (64 rows of W1, 64 columns of W2, 64 of b1) go through a STAGES-deep
+// cp.async ring (copy of chunk c + STAGES - 1 issued right after the barrier that starts chunk
+// c, so it overlaps chunks c .. c + STAGES - 2). The residual rows are copied into the x tile's
+// shared memory once every warp holds its x fragments, so the epilogue reads r (and b2) from
+// shared memory instead of waiting on HBM at the end.
+//
+// Shared rows are padded to an odd number of 16-byte units (x/r/W1: C + 8 halves, h/W2: 72):
+// the 8 row addresses of every ldmatrix phase and the 8 rows of every fragment-layout store
+// fall on distinct bank quads (conflict-free without a swizzle).
+//
+// Floors and expectations (H200: ~4.3 TB/s HBM, ~990 TFLOP/s dense fp16 of which mma.sync
+// reaches ~60 %, 132 SMs; estimates, not measurements):
+// - c128 at layers.1 (M 16384): 4.29 GFLOP, 12.9 MB compulsory HBM (x, r in, y out, 0.26 MB of
+//   weights): ~3 us memory, ~4.3 us compute floor (~7 us at mma.sync rates). BM 64, 256 blocks,
+//   2 per SM (99 KB shared memory each; one wave). Per block 262 KB of weights stream from L2
+//   (67 MB of L2 reads in all) and shared memory moves ~170 KB per chunk (weights in, fragments
+//   out): ~1.3 k cycles per chunk and block, 2 blocks per SM x 8 chunks -> ~11 us. Expect
+//   ~12-18 us against 69 us for fc1 + fc2 (43 + 26, ncu) -- the 33.5 MB h round trip is gone.
+// - c160 at layers.2 (M 4096): 1.68 GFLOP, 4.3 MB: ~1 us memory, ~1.7 us compute floor. BM 32,
+//   128 blocks (one per SM: BM 64 would leave half the SMs idle), 3-stage ring (150 KB).
+//   410 KB of weights per block (52 MB of L2 reads); ~1.1 k shared-memory cycles per chunk x
+//   10 chunks -> ~6 us plus prologue and epilogue latency. Expect ~8-12 us against 36 us
+//   (18.5 + 17.5).
+// - c320 (layers.3) is not fused: its blocks would stream 1.6 MB of weights per 32 rows
+//   (210 MB of L2 reads at M 4096, ~30-40 us) against ~57 us unfused, with a 200 KB
+//   single-block-per-SM footprint; a cluster sharing the weights (TMA multicast) is the way.
+// =============================================================================================
+namespace {
+
+// Mirrors `MlpParams` in src/ops/tinyvit.rs (passed by value; keep the field order in sync).
+struct MlpParams {
+    const __half* x;          // [m, C], rows ldx apart: the MLP's LayerNorm output
+    const __half* w1;         // fc1.weight [4C, C]
+    const float* b1;          // fc1.bias [4C]
+    const __half* w2;         // fc2.weight [C, 4C]
+    const float* b2;          // fc2.bias [C]
+    const __half* r;          // [m, C], rows ldr apart: the residual
+    __half* y;                // [m, C], rows ldy apart
+    long long ldx, ldr, ldy;  // row strides in elements (multiples of 8)
+    int m;
+};
+
+template <int C, int BM, int STAGES>
+struct Mlp {
+    static constexpr int kC = C, kBM = BM, kStages = STAGES;
+    static constexpr int kHid = 4 * C;
+    static constexpr int kChunks = kHid / kChunk;
+    static constexpr int kLdX = C + 8;      // padded x / r / W1 row, halves
+    static constexpr int kKSteps = C / 16;  // fc1 k16 steps
+    // fc1 warps: kWM1 along the rows (16 each) x kWN1 along the chunk, kEN n8 tiles per warp.
+    static constexpr int kWM1 = BM / 16;
+    static constexpr int kWN1 = 8 / kWM1;
+    static constexpr int kEN = kChunk / kWN1 / 8;
+    // fc2 warps: 2 along the rows x 4 along C; warp tile kPM m16 x kPN n8 tiles.
+    static constexpr int kPM = BM / 32;
+    static constexpr int kPN = C / 32;
+    // One chunk's parameters (one ring slot), offsets in halves.
+    static constexpr int kBufW1 = 0;                       // [64][kLdX] rows of W1
+    static constexpr int kBufW2 = kBufW1 + kChunk * kLdX;  // [C][kLdH] columns of W2
+    static constexpr int kBufB1 = kBufW2 + C * kLdH;       // [64] f32
+    static constexpr int kBufHalves = kBufB1 + 2 * kChunk;
+    // Shared memory layout, in halves.
+    static constexpr int kOffX = 0;                   // x tile [BM][kLdX], later the r tile
+    static constexpr int kOffH = kOffX + BM * kLdX;   // h chunk [BM][kLdH]
+    static constexpr int kOffB2 = kOffH + BM * kLdH;  // b2 [C] f32
+    static constexpr int kOffBuf = kOffB2 + 2 * C;    // STAGES x chunk parameters
+    static constexpr int kSmemBytes = (kOffBuf + STAGES * kBufHalves) * 2;
+    static_assert(C % 32 == 0, "fc2 warp tiles of C/4 columns in n8 tiles, C/16 k steps");
+    static_assert((BM == 32 || BM == 64) && kWM1 * kWN1 == 8 && kEN % 2 == 0 && kPM >= 1,
+                  "8 warps: fc1 16-row warp tiles with n8 tile pairs, fc2 2 x 4 warps");
+    static_assert(STAGES >= 2 && kChunks >= STAGES, "ring deeper than one chunk, enough chunks");
+    static_assert((kLdX / 8) % 2 == 1 && (kLdH / 8) % 2 == 1,
+                  "rows an odd number of 16-byte units: conflict-free ldmatrix and stores");
+    static_assert(kOffH % 8 == 0 && kOffB2 % 8 == 0 && kOffBuf % 8 == 0 && kBufW2 % 8 == 0 &&
+                      kBufB1 % 8 == 0 && kBufHalves % 8 == 0,
+                  "16-byte aligned regions (cp.async, ldmatrix)");
+};
+
+template <class P>
+__device__ __forceinline__ void mlp_body(const MlpParams& p) {
+    constexpr int C = P::kC, BM = P::kBM, S = P::kStages, HID = P::kHid;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __half* smem = reinterpret_cast<__half*>(smem_raw);
+    __half* s_x = smem + P::kOffX;
+    __half* s_h = smem + P::kOffH;
+    const float* s_b2 = reinterpret_cast<const float*>(smem + P::kOffB2);
+    __half* s_buf = smem + P::kOffBuf;
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int m0 = blockIdx.x * BM;
+
+    // The block's BM rows of a [m, C] matrix into s_x (cp.async; rows past m are zero-filled
+    // and never stored). The caller commits.
+    auto load_rows = [&](const __half* src, long long ld) {
+        constexpr int kVec = C / 8;
+        for (int i = tid; i < BM * kVec; i += kThreads) {
+            const int r = i / kVec;
+            const int c = (i % kVec) * 8;
+            const bool ok = m0 + r < p.m;
+            cp_async16(smem_addr(s_x + r * P::kLdX + c),
+                       src + (ok ? static_cast<long long>(m0 + r) * ld + c : 0), ok ? 16 : 0);
+        }
+    };
+    // Chunk `chunk`'s W1 rows, W2 columns and b1 into ring slot chunk % S. The caller commits.
+    auto load_chunk = [&](int chunk) {
+        __half* buf = s_buf + (chunk % S) * P::kBufHalves;
+        const int n0 = chunk * kChunk;
+        constexpr int kW1Vec = C / 8;  // 16-byte vectors per W1 row
+        for (int i = tid; i < kChunk * kW1Vec; i += kThreads) {
+            const int r = i / kW1Vec;
+            const int c = (i % kW1Vec) * 8;
+            cp_async16(smem_addr(buf + P::kBufW1 + r * P::kLdX + c),
+                       p.w1 + static_cast<long long>(n0 + r) * C + c, 16);
+        }
+        for (int i = tid; i < C * (kChunk / 8); i += kThreads) {
+            const int r = i / (kChunk / 8);
+            const int c = (i % (kChunk / 8)) * 8;
+            cp_async16(smem_addr(buf + P::kBufW2 + r * kLdH + c),
+                       p.w2 + static_cast<long long>(r) * HID + n0 + c, 16);
+        }
+        if (tid < kChunk / 4) {  // 16 vectors of 4 floats
+            cp_async16(smem_addr(buf + P::kBufB1 + 8 * tid), p.b1 + n0 + 4 * tid, 16);
+        }
+    };
+
+    // ---- cp.async groups. Group 0: x tile, b2, chunk 0; groups 1 .. S-2: chunks 1 .. S-2;
+    // loop iteration c commits group c + S - 1 (chunk c + S - 1, possibly empty, plus the r
+    // tile at c = 0). At the top of iteration c groups 0 .. c + S - 2 are committed, so
+    // wait_group<S - 2> leaves only c + 1 .. c + S - 2 in flight: chunk c has landed.
+    load_rows(p.x, p.ldx);
+    if (tid < C / 4) cp_async16(smem_addr(smem + P::kOffB2 + 8 * tid), p.b2 + 4 * tid, 16);
+    load_chunk(0);
+    cp_async_commit();
+#pragma unroll
+    for (int s = 1; s < S - 1; ++s) {
+        load_chunk(s);
+        cp_async_commit();
+    }
+
+    // ldmatrix lane offsets (as gemm.cu): A rows (lane & 15), k half (lane >> 4); B rows
+    // (lane & 7) + 8 * (lane >> 4), k half (lane >> 3) & 1 (x2: lanes 0-15, one n8 tile).
+    const int a_row = lane & 15;
+    const int a_col = (lane >> 4) * 8;
+    const int b_row = (lane & 7) + ((lane >> 4) << 3);
+    const int b_col = ((lane >> 3) & 1) * 8;
+    // Accumulator fragment: rows g and g + 8, columns q2 and q2 + 1 of each m16n8 tile.
+    const int g = lane >> 2;
+    const int q2 = (lane & 3) * 2;
+    const int warp_m1 = warp % P::kWM1;  // fc1: rows warp_m1 * 16 ..
+    const int warp_n1 = warp / P::kWM1;  //      chunk columns warp_n1 * kEN * 8 ..
+    const int warp_m2 = warp >> 2;       // fc2: rows warp_m2 * BM / 2 ..
+    const int warp_n2 = warp & 3;        //      columns warp_n2 * C / 4 ..
+
+    // x (group 0) has landed; the barrier makes every thread's copies visible.
+    cp_async_wait<S - 2>();
+    __syncthreads();
+    uint32_t xa[P::kKSteps][4];  // this warp's 16 x rows as A fragments, all of K = C
+    {
+        const uint32_t base = smem_addr(s_x + (warp_m1 * 16 + a_row) * P::kLdX + a_col);
+#pragma unroll
+        for (int ks = 0; ks < P::kKSteps; ++ks) ldmatrix_x4(xa[ks], base + ks * 16 * 2);
+    }
+
+    float acc[P::kPM][P::kPN][4];
+#pragma unroll
+    for (int i = 0; i < P::kPM; ++i)
+#pragma unroll
+        for (int j = 0; j < P::kPN; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+#pragma unroll 1
+    for (int chunk = 0; chunk < P::kChunks; ++chunk) {
+        const __half* buf = s_buf + (chunk % S) * P::kBufHalves;
+        // Chunk `chunk` has landed (this thread's copies; the barrier publishes everyone's).
+        // The barrier also means every warp is past chunk - 1's fc2, so s_h and ring slot
+        // (chunk - 1) % S = (chunk + S - 1) % S are free, and (at chunk 0) past its x
+        // fragment loads, so s_x is free for the r tile.
+        cp_async_wait<S - 2>();
+        __syncthreads();
+        if (chunk == 0) load_rows(p.r, p.ldr);
+        if (chunk + S - 1 < P::kChunks) load_chunk(chunk + S - 1);
+        cp_async_commit();  // always, even empty: keeps the group arithmetic above exact
+
+        // ---- fc1: h[BM x 64] = gelu(x · W1[chunk]^T + b1) -> fp16 in s_h. Warp tile 16 x
+        // (kEN * 8); accumulators from zero, bias after (the unfused GEMM's order).
+        {
+            float acc1[P::kEN][4];
+#pragma unroll
+            for (int j = 0; j < P::kEN; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc1[j][e] = 0.f;
+            const uint32_t w1_base = smem_addr(
+                buf + P::kBufW1 + (warp_n1 * P::kEN * 8 + b_row) * P::kLdX + b_col);
+#pragma unroll
+            for (int ks = 0; ks < P::kKSteps; ++ks) {
+#pragma unroll
+                for (int j = 0; j < P::kEN / 2; ++j) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, w1_base + (j * 16 * P::kLdX + ks * 16) * 2);
+                    mma16816(acc1[2 * j], xa[ks], b[0], b[1]);
+                    mma16816(acc1[2 * j + 1], xa[ks], b[2], b[3]);
+                }
+            }
+            const float* b1c = reinterpret_cast<const float*>(buf + P::kBufB1);
+#pragma unroll
+            for (int j = 0; j < P::kEN; ++j) {
+                const int col = warp_n1 * P::kEN * 8 + j * 8 + q2;
+                const float2 bias = *reinterpret_cast<const float2*>(b1c + col);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = warp_m1 * 16 + g + 8 * h;
+                    *reinterpret_cast<__half2*>(s_h + row * kLdH + col) =
+                        __floats2half2_rn(gelu(acc1[j][2 * h] + bias.x),
+                                          gelu(acc1[j][2 * h + 1] + bias.y));
+                }
+            }
+        }
+        __syncthreads();  // h complete: fc2 reads rows and columns other warps wrote
+
+        // ---- fc2: acc[BM x C] += h · W2[:, chunk]^T, warp tile (BM/2) x (C/4).
+        {
+            const uint32_t a_base =
+                smem_addr(s_h + (warp_m2 * (BM / 2) + a_row) * kLdH + a_col);
+            const uint32_t b_base =
+                smem_addr(buf + P::kBufW2 + (warp_n2 * (C / 4) + b_row) * kLdH + b_col);
+#pragma unroll
+            for (int kk = 0; kk < kChunk; kk += 16) {
+                uint32_t a[P::kPM][4];
+#pragma unroll
+                for (int i = 0; i < P::kPM; ++i)
+                    ldmatrix_x4(a[i], a_base + (i * 16 * kLdH + kk) * 2);
+#pragma unroll
+                for (int j = 0; j < P::kPN / 2; ++j) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, b_base + (j * 16 * kLdH + kk) * 2);
+#pragma unroll
+                    for (int i = 0; i < P::kPM; ++i) {
+                        mma16816(acc[i][2 * j], a[i], b[0], b[1]);
+                        mma16816(acc[i][2 * j + 1], a[i], b[2], b[3]);
+                    }
+                }
+                if constexpr (P::kPN % 2 == 1) {  // C = 160: the fifth n8 tile
+                    uint32_t b[2];
+                    ldmatrix_x2(b, b_base + ((P::kPN - 1) * 8 * kLdH + kk) * 2);
+#pragma unroll
+                    for (int i = 0; i < P::kPM; ++i)
+                        mma16816(acc[i][P::kPN - 1], a[i], b[0], b[1]);
+                }
+            }
+        }
+        // The next iteration's barrier separates this fc2 from the next fc1's s_h writes and
+        // from the copy into this ring slot.
+    }
+
+    // ---- Epilogue: y = fp16((acc + b2) + r), gemm.cu's `epilogue()` order for a residual
+    // after a (no-op) activation. Only the r tile's group can still be in flight; wait for it
+    // and publish it. Nothing writes shared memory any more.
+    cp_async_wait<0>();
+    __syncthreads();
+    const __half* s_r = s_x;
+#pragma unroll
+    for (int i = 0; i < P::kPM; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = warp_m2 * (BM / 2) + i * 16 + g + 8 * h;
+            if (m0 + row >= p.m) continue;
+            __half* out = p.y + static_cast<long long>(m0 + row) * p.ldy;
+#pragma unroll
+            for (int j = 0; j < P::kPN; ++j) {
+                const int col = warp_n2 * (C / 4) + j * 8 + q2;
+                const float2 bias = *reinterpret_cast<const float2*>(s_b2 + col);
+                const float2 res =
+                    __half22float2(*reinterpret_cast<const __half2*>(s_r + row * P::kLdX + col));
+                const float v0 = (acc[i][j][2 * h] + bias.x) + res.x;
+                const float v1 = (acc[i][j][2 * h + 1] + bias.y) + res.y;
+                *reinterpret_cast<__half2*>(out + col) = __floats2half2_rn(v0, v1);
+            }
+        }
+    }
+}
+
+// The instantiations (keep in sync with MLPS in src/ops/tinyvit.rs: channels, rows per block,
+// dynamic shared memory).
+using Mlp128 = Mlp<128, 64, 2>;  // layers.1, M 16384: 256 blocks, 2 per SM
+using Mlp160 = Mlp<160, 32, 3>;  // layers.2, M 4096: 128 blocks, 1 per SM
+static_assert(Mlp128::kSmemBytes == 99328 && Mlp160::kSmemBytes == 150400,
+              "dynamic shared memory sizes must match MLPS in src/ops/tinyvit.rs");
+static_assert(2 * (Mlp128::kSmemBytes + 1024) <= 228 * 1024, "two c128 blocks per SM");
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kThreads, 2) tinyvit_mlp_c128(const MlpParams p) {
+    mlp_body<Mlp128>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads, 1) tinyvit_mlp_c160(const MlpParams p) {
+    mlp_body<Mlp160>(p);
 }

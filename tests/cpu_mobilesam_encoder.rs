@@ -102,6 +102,23 @@ fn random_weights_plan_and_report_flops() {
     );
     // 2 FLOPs per multiply-add, attention over padded windows: MODELS.md's 77.5 GFLOP.
     assert!((77.0..78.0).contains(&total), "{total}");
+    // TinyViT blocks are 6 launches where the MLP is fused (128 and 160 channels), 7 at 320;
+    // layers.1 and .2 end with a 3-launch PatchMerging.
+    let launches = [
+        EncoderStage::Layer1,
+        EncoderStage::Layer2,
+        EncoderStage::Layer3,
+    ]
+    .map(|s| plan.launches(s));
+    assert_eq!(launches, [2 * 6 + 3, 6 * 6 + 3, 2 * 7]);
+    // A fused MLP's hidden activations never reach the arena.
+    let names: Vec<&str> = plan.activation_names().collect();
+    let fc1_out = |layer: usize, block: usize| {
+        let name = format!("layers.{layer}.blocks.{block}.mlp.fc1 out");
+        names.contains(&name.as_str())
+    };
+    assert!((0..2).all(|b| !fc1_out(1, b)) && (0..6).all(|b| !fc1_out(2, b)));
+    assert!((0..2).all(|b| fc1_out(3, b)));
     assert!(
         arena < unshared / 2,
         "liveness sharing should at least halve the arena"

@@ -1,5 +1,6 @@
 //! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
-//! selection, and the launchers' argument checks (which run before any GPU work).
+//! selection, and the launchers' argument checks (which run before any GPU work), including the
+//! fused TinyViT MLP's.
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -13,6 +14,9 @@ use finesam::ops::gemm::{
 };
 use finesam::ops::gemm_tune::{candidates, heuristic_choice, tile_cost, tuning_enabled};
 use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
+use finesam::ops::tinyvit::{
+    check_tinyvit_mlp, has_fused_mlp, tinyvit_mlp_flops, MlpArgs, MlpShape, MLP_CHANNELS,
+};
 use finesam::ops::DeviceRegion;
 use finesam::Error;
 
@@ -686,4 +690,181 @@ fn split_k_checks() {
     assert!(!check(64, 64 * 33, 8, GemmTile::T64x64, 1));
     // The usual operand checks come first.
     assert!(!check(56, 256, 2044, GemmTile::T64x64, 1));
+}
+
+/// The fused MLP's launcher checks: widths, rows, strides, alignment, extents, overlap.
+#[test]
+fn tinyvit_mlp_checks() {
+    assert_eq!(MLP_CHANNELS, [128, 160]);
+    assert!(has_fused_mlp(128) && has_fused_mlp(160) && !has_fused_mlp(320));
+    let (rows, c) = (1000, 160);
+    let hid = 4 * c;
+    // Disjoint fake regions, 1 MiB apart.
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 20), bytes);
+    let act = rows * c * 2;
+    let good = MlpArgs {
+        x: Matrix::packed(at(0, act), c),
+        fc1_weight: at(1, hid * c * 2),
+        fc1_bias: at(2, hid * 4),
+        fc2_weight: at(3, c * hid * 2),
+        fc2_bias: at(4, c * 4),
+        residual: Matrix::packed(at(5, act), c),
+        output: Matrix::packed(at(6, act), c),
+    };
+    let shape = MlpShape { rows, channels: c };
+    let ok = |shape: &MlpShape, args: &MlpArgs| match check_tinyvit_mlp(shape, args) {
+        Ok(()) => true,
+        Err(Error::Launch { .. }) => false,
+        Err(other) => panic!("expected Error::Launch, got {other:?}"),
+    };
+    assert!(ok(&shape, &good));
+    assert_eq!(
+        tinyvit_mlp_flops(&shape),
+        2.0 * 2.0 * (rows * c * hid) as f64
+    );
+
+    // Widths without a kernel, no rows.
+    assert!(!ok(
+        &MlpShape {
+            channels: 320,
+            ..shape
+        },
+        &good
+    ));
+    assert!(!ok(
+        &MlpShape {
+            channels: 64,
+            ..shape
+        },
+        &good
+    ));
+    assert!(!ok(&MlpShape { rows: 0, ..shape }, &good));
+    // Strided rows: multiples of 8 elements >= C are fine if the region spans them.
+    let wide = |ld: usize, i: u64| {
+        Matrix::packed(at(i, (rows - 1) * ld * 2 + c * 2), c).with_row_stride(ld)
+    };
+    assert!(ok(
+        &shape,
+        &MlpArgs {
+            x: wide(168, 0),
+            residual: wide(176, 5),
+            output: wide(200, 6),
+            ..good
+        }
+    ));
+    assert!(
+        !ok(
+            &shape,
+            &MlpArgs {
+                x: wide(164, 0),
+                ..good
+            }
+        ),
+        "stride not a multiple of 8"
+    );
+    assert!(
+        !ok(
+            &shape,
+            &MlpArgs {
+                output: wide(152, 6),
+                ..good
+            }
+        ),
+        "stride below C"
+    );
+    let short = |m: Matrix| Matrix {
+        region: DeviceRegion::new(m.region.ptr, m.region.bytes - 2),
+        ..m
+    };
+    assert!(
+        !ok(
+            &shape,
+            &MlpArgs {
+                x: short(wide(168, 0)),
+                ..good
+            }
+        ),
+        "short strided x"
+    );
+    // Null, misaligned, undersized operands.
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            x: Matrix::packed(DeviceRegion::new(0, act), c),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            residual: Matrix::packed(at(5, act - 2), c),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            output: Matrix::packed(DeviceRegion::new(BASE + (6 << 20) + 8, act), c),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            fc1_weight: at(1, hid * c * 2 - 16),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            fc2_weight: DeviceRegion::new(BASE + (3 << 20) + 4, c * hid * 2),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            fc1_bias: at(2, hid * 4 - 4),
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            fc2_bias: DeviceRegion::new(BASE + (4 << 20) + 8, c * 4),
+            ..good
+        }
+    ));
+    // The output may not overlap any operand (in place over x or the residual included).
+    for i in 0..6 {
+        let output = Matrix::packed(DeviceRegion::new(BASE + (i << 20) + 16, act), c);
+        assert!(
+            !ok(&shape, &MlpArgs { output, ..good }),
+            "output over operand {i}"
+        );
+    }
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            output: good.x,
+            ..good
+        }
+    ));
+    assert!(!ok(
+        &shape,
+        &MlpArgs {
+            output: good.residual,
+            ..good
+        }
+    ));
+    // Adjacent is not overlapping.
+    let after_x = Matrix::packed(DeviceRegion::new(BASE + act as u64, act), c);
+    assert!(ok(
+        &shape,
+        &MlpArgs {
+            output: after_x,
+            ..good
+        }
+    ));
 }

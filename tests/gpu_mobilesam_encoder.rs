@@ -245,7 +245,10 @@ fn every_gemm_tile_gives_the_same_embedding() {
         return;
     }
     // The encoder's GEMMs are tuned at load; that is only sound because every tile gives the
-    // same bits. Check it through the whole encoder: each tile forced on every GEMM.
+    // same bits. Check it through the whole encoder: each tile forced on every GEMM (qkv, proj,
+    // layers.3's MLP, the PatchMergings' and the neck's 1x1s). The fused MLPs of layers.1-2
+    // are fixed kernels, not tuned; they equal the two-GEMM chain bit for bit on every tile
+    // (tests/gpu_tinyvit_ops.rs `fused_mlp_is_bitwise_the_two_gemm_chain`).
     let gpu = Gpu::new(0).unwrap();
     let dir = std::env::temp_dir().join(format!("finesam-enc-tiles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,8 +4,9 @@
 //! the attention's LayerNorm and the local conv into the MLP's; the window scatter of
 //! kernels/gemm.cu, which fuses the window reverse and residual into the proj GEMM) against
 //! f64 CPU references on fresh seeded random inputs, outputs poisoned (fp16 NaN) first so an
-//! unwritten element fails and a write past the output is caught. Skipped with a printed
-//! reason where there is no GPU.
+//! unwritten element fails and a write past the output is caught. Also the fused MLP
+//! (`tinyvit_mlp_c128` / `c160`): against an f64 reference and bit for bit against the
+//! two-GEMM chain it replaces. Skipped with a printed reason where there is no GPU.
 //!
 //! Tolerances: fused conv blocks rel L2 <= 2e-3 (the kernels round its two hidden activations and the
 //! output to fp16, ~3e-4 rms relative each, with fp32 accumulation; the reference rounds
@@ -23,15 +24,16 @@ use dense::{
 };
 use finesam::ops::conv::DepthwiseShape;
 use finesam::ops::gemm::{
-    launch_gemm_window_scatter, Activation, Epilogue, GemmArgs, GemmProblem, Matrix, Residual,
-    ResidualOrder,
+    launch_gemm_tile, launch_gemm_window_scatter, Activation, Epilogue, GemmArgs, GemmProblem,
+    GemmTile, Matrix, Residual, ResidualOrder,
 };
 use finesam::ops::norm::{
     launch_depthwise_layer_norm, launch_window_layer_norm, DepthwisePrologue, LayerNormArgs,
 };
 use finesam::ops::tinyvit::{
-    launch_mbconv, launch_patch_merging_c64, ConvBlockArgs, ConvBlockShape, MBCONV_CHANNELS as C,
-    MBCONV_HIDDEN as HID, PATCH_MERGING_IN, PATCH_MERGING_OUT,
+    launch_mbconv, launch_patch_merging_c64, launch_tinyvit_mlp, ConvBlockArgs, ConvBlockShape,
+    MlpArgs, MlpShape, MBCONV_CHANNELS as C, MBCONV_HIDDEN as HID, MLP_CHANNELS, PATCH_MERGING_IN,
+    PATCH_MERGING_OUT,
 };
 use finesam::ops::window::WindowGeometry;
 use finesam::ops::DeviceRegion;
@@ -45,6 +47,16 @@ const GEMM_REL_L2: f64 = 2e-3;
 const CONV_REL_L2: f64 = 2e-3;
 /// fp16 output of unit-scale normalised values (as tests/gpu_ops.rs's LayerNorm bound).
 const LAYER_NORM_MAX_ABS: f64 = 1e-2;
+/// Fused MLP against the f64 reference that rounds the hidden activations to fp16 as the
+/// kernel does: what is left is the fp16 rounding of the output (uniform within half an ulp,
+/// ~2^-11 / sqrt(3) = 2.8e-4 rms relative), fp32 summation order (~1e-6), the GELU
+/// approximation (~1e-7 relative) and rare hidden values whose fp32 and f64 pre-activations
+/// round to neighbouring fp16 values (one hidden ulp x |w2| <= 0.08: < 7e-4 per flip, a tiny
+/// fraction of the 4C terms). rel L2 <= 1e-3 leaves 3.5x margin over the output rounding.
+const MLP_REL_L2: f64 = 1e-3;
+/// Max abs: half an fp16 ulp at the largest |y| of the case (the output rounding; 1.95e-3 for
+/// |y| in [4, 8)), plus this slack for the rest (< 1e-3 even with one hidden flip).
+const MLP_MAX_ABS_SLACK: f64 = 1e-3;
 
 /// `y[p, o] = act(b[o] + sum_i x[p, i] * w[o, i])` over `pixels` rows.
 fn linear(x: &[f64], w: &[f64], b: &[f64], cin: usize, cout: usize) -> Vec<f64> {
@@ -550,4 +562,254 @@ fn gemm_window_scatter_matches_unpartition() {
             );
         }
     }
+}
+
+/// Random operands of one fused MLP, as uploaded (fp16 / f32) and as f64.
+struct MlpOperands {
+    x: (Vec<f16>, Vec<f64>),
+    w1: (Vec<f16>, Vec<f64>),
+    b1: (Vec<f32>, Vec<f64>),
+    w2: (Vec<f16>, Vec<f64>),
+    b2: (Vec<f32>, Vec<f64>),
+    r: (Vec<f16>, Vec<f64>),
+}
+
+/// LayerNorm-like x, weights scaled to unit-order pre-activations (x ~ U(-2, 2), w1 ~
+/// 2/sqrt(C)), a residual stream in [-2, 2): fc2's output has std ~1.1, |y| stays below ~10.
+fn mlp_operands(rng: &mut Rng, rows: usize, c: usize) -> MlpOperands {
+    let hid = 4 * c;
+    let (s1, s2) = (2.0 / (c as f64).sqrt(), 2.0 / (hid as f64).sqrt());
+    MlpOperands {
+        x: random_f16(rng, rows * c, -2.0, 2.0),
+        w1: random_f16(rng, hid * c, -s1, s1),
+        b1: random_f32(rng, hid, -0.5, 0.5),
+        w2: random_f16(rng, c * hid, -s2, s2),
+        b2: random_f32(rng, c, -0.5, 0.5),
+        r: random_f16(rng, rows * c, -2.0, 2.0),
+    }
+}
+
+/// tiny_vit_sam.py `Mlp.forward` after its LayerNorm plus the block's residual, in f64, with
+/// the hidden activations rounded to fp16 (the unfused chain stores them so, the kernel too).
+fn mlp_reference(c: usize, o: &MlpOperands) -> Vec<f64> {
+    let hid = 4 * c;
+    let h: Vec<f64> = linear(&o.x.1, &o.w1.1, &o.b1.1, c, hid)
+        .into_iter()
+        .map(|v| f16::from_f64(activate(v, Activation::Gelu)).to_f64())
+        .collect();
+    linear(&h, &o.w2.1, &o.b2.1, hid, c)
+        .into_iter()
+        .zip(&o.r.1)
+        .map(|(v, r)| v + r)
+        .collect()
+}
+
+/// The uploaded operands and an `MlpArgs` over them, x, residual and output with the given
+/// row strides (elements); the output buffer is poisoned, with 8 spare elements at its end.
+struct MlpBuffers {
+    _bufs: Vec<finesam::gpu::DeviceBuffer>,
+    out: finesam::gpu::DeviceBuffer,
+    args: MlpArgs,
+}
+
+fn mlp_buffers(
+    gpu: &Gpu,
+    rows: usize,
+    c: usize,
+    o: &MlpOperands,
+    (ldx, ldr, ldy): (usize, usize, usize),
+) -> MlpBuffers {
+    // Spreads a packed [rows, c] matrix to rows `ld` apart (gaps zero).
+    let strided = |m: &[f16], ld: usize| -> Vec<f16> {
+        let mut v = vec![f16::ZERO; (rows - 1) * ld + c];
+        for (i, row) in m.chunks_exact(c).enumerate() {
+            v[i * ld..i * ld + c].copy_from_slice(row);
+        }
+        v
+    };
+    let bufs = vec![
+        upload(gpu, &strided(&o.x.0, ldx)),
+        upload(gpu, &o.w1.0),
+        upload(gpu, &o.b1.0),
+        upload(gpu, &o.w2.0),
+        upload(gpu, &o.b2.0),
+        upload(gpu, &strided(&o.r.0, ldr)),
+    ];
+    let out_elems = (rows - 1) * ldy + c;
+    let out = poisoned(gpu, out_elems + 8);
+    let args = MlpArgs {
+        x: Matrix::packed(region(&bufs[0]), c).with_row_stride(ldx),
+        fc1_weight: region(&bufs[1]),
+        fc1_bias: region(&bufs[2]),
+        fc2_weight: region(&bufs[3]),
+        fc2_bias: region(&bufs[4]),
+        residual: Matrix::packed(region(&bufs[5]), c).with_row_stride(ldr),
+        output: Matrix::packed(DeviceRegion::new(out.ptr(), out_elems * 2), c).with_row_stride(ldy),
+    };
+    MlpBuffers {
+        _bufs: bufs,
+        out,
+        args,
+    }
+}
+
+/// Fused MLP against the f64 reference: both widths, rows that are not a multiple of either
+/// block's 64 / 32 rows, the encoder's 4096, one row, and strided x / residual / output
+/// (nothing written between output rows or past the end).
+#[test]
+fn fused_mlp_matches_reference() {
+    const TEST: &str = "fused_mlp_matches_reference";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x4d4c50);
+    // (channels, rows, (ldx, ldr, ldy)).
+    let cases = [
+        (128, 1000, (128, 128, 128)),
+        (128, 4096, (128, 128, 128)),
+        (160, 1000, (160, 160, 160)),
+        (160, 4096, (160, 160, 160)),
+        (160, 1, (160, 160, 160)),
+        (128, 77, (136, 144, 152)),
+        (160, 33, (168, 160, 176)),
+    ];
+    for (c, rows, strides) in cases {
+        let o = mlp_operands(&mut rng, rows, c);
+        let want = mlp_reference(c, &o);
+        let peak = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        // Half an ulp of the fp16 binade holding `peak` (normal range: |y| >= 2^-14).
+        let half_ulp = 2f64.powi(peak.max(1.0).log2().floor() as i32 - 11);
+        let max_abs_bound = half_ulp + MLP_MAX_ABS_SLACK;
+        let b = mlp_buffers(&gpu, rows, c, &o, strides);
+        let shape = MlpShape { rows, channels: c };
+        launch_tinyvit_mlp(&gpu, &shape, &b.args).unwrap();
+        let all = download_f16(&gpu, &b.out);
+        let ldy = strides.2;
+        let mut got = Vec::with_capacity(rows * c);
+        let mut untouched = true;
+        for (i, v) in all.iter().enumerate() {
+            if i / ldy < rows && i % ldy < c {
+                got.push(v.to_f64());
+            } else {
+                untouched &= v.to_bits() == 0xffff;
+            }
+        }
+        let (rel, max_abs) = errors(&got, &want);
+        println!(
+            "fused MLP C {c} rows {rows} strides {strides:?}: rel L2 {rel:.2e}, max abs \
+             {max_abs:.2e} (|y| <= {peak:.2})"
+        );
+        assert!(rel <= MLP_REL_L2, "C {c} rows {rows}: rel L2 {rel:.3e}");
+        assert!(
+            max_abs <= max_abs_bound,
+            "C {c} rows {rows}: max abs {max_abs:.3e} > {max_abs_bound:.3e}"
+        );
+        assert!(
+            untouched,
+            "C {c} rows {rows}: wrote outside the output rows"
+        );
+    }
+}
+
+/// The fused MLP computes the same bits as the chain it replaces in the encoder (fc1 GEMM +
+/// bias + GELU to an fp16 h, fc2 GEMM + bias + residual), whichever tile runs the GEMMs: each
+/// output takes the same mma.sync k16 steps in the same order and the same epilogue
+/// arithmetic (kernels/tinyvit.cu). This is what keeps the encoder's parity and tile tests
+/// unchanged by the fusion.
+#[test]
+fn fused_mlp_is_bitwise_the_two_gemm_chain() {
+    const TEST: &str = "fused_mlp_is_bitwise_the_two_gemm_chain";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x4d4c51);
+    for c in MLP_CHANNELS {
+        let (rows, hid) = (1000, 4 * c);
+        let o = mlp_operands(&mut rng, rows, c);
+        let b = mlp_buffers(&gpu, rows, c, &o, (c, c, c));
+        launch_tinyvit_mlp(&gpu, &MlpShape { rows, channels: c }, &b.args).unwrap();
+        let fused: Vec<u16> = download_f16(&gpu, &b.out)[..rows * c]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let h = poisoned(&gpu, rows * hid);
+        let y = poisoned(&gpu, rows * c);
+        let fc1 = GemmArgs {
+            x: b.args.x,
+            w: Matrix::packed(b.args.fc1_weight, c),
+            y: Matrix::packed(region(&h), hid),
+            epilogue: Epilogue {
+                bias: Some(b.args.fc1_bias),
+                activation: Activation::Gelu,
+                ..Epilogue::default()
+            },
+        };
+        let fc2 = GemmArgs {
+            x: Matrix::packed(region(&h), hid),
+            w: Matrix::packed(b.args.fc2_weight, hid),
+            y: Matrix::packed(region(&y), c),
+            epilogue: Epilogue {
+                bias: Some(b.args.fc2_bias),
+                residual: Some(Residual {
+                    matrix: b.args.residual,
+                    order: ResidualOrder::AfterActivation,
+                }),
+                ..Epilogue::default()
+            },
+        };
+        for tile in GemmTile::ALL {
+            launch_gemm_tile(&gpu, tile, &GemmProblem::new(rows, hid, c), &fc1).unwrap();
+            launch_gemm_tile(&gpu, tile, &GemmProblem::new(rows, c, hid), &fc2).unwrap();
+            let chain = download_f16(&gpu, &y);
+            let differing = chain
+                .iter()
+                .zip(&fused)
+                .filter(|(a, &f)| a.to_bits() != f)
+                .count();
+            println!(
+                "fused MLP C {c} vs two GEMMs on {tile:?}: {differing} of {} differ",
+                rows * c
+            );
+            assert_eq!(differing, 0, "C {c}, GEMMs on {tile:?}");
+        }
+    }
+}
+
+#[test]
+fn fused_mlp_rejects_bad_arguments() {
+    const TEST: &str = "fused_mlp_rejects_bad_arguments";
+    if !gpu_available(TEST) {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    let mut rng = Rng::new(0x4d4c52);
+    let (rows, c) = (64, 128);
+    let o = mlp_operands(&mut rng, rows, c);
+    let b = mlp_buffers(&gpu, rows, c, &o, (c, c, c));
+    let shape = MlpShape { rows, channels: c };
+    launch_tinyvit_mlp(&gpu, &shape, &b.args).unwrap();
+    gpu.synchronize().unwrap();
+    // The host-side checks are covered in tests/cpu_ops.rs; here the launcher returns them.
+    let wide = MlpShape {
+        channels: 320,
+        ..shape
+    };
+    expect_launch_error("320 channels", launch_tinyvit_mlp(&gpu, &wide, &b.args));
+    let empty = MlpShape { rows: 0, ..shape };
+    expect_launch_error("no rows", launch_tinyvit_mlp(&gpu, &empty, &b.args));
+    let in_place = MlpArgs {
+        output: b.args.residual,
+        ..b.args
+    };
+    expect_launch_error(
+        "output over residual",
+        launch_tinyvit_mlp(&gpu, &shape, &in_place),
+    );
+    let short = MlpArgs {
+        fc2_weight: DeviceRegion::new(b.args.fc2_weight.ptr, b.args.fc2_weight.bytes - 16),
+        ..b.args
+    };
+    expect_launch_error("short fc2 weight", launch_tinyvit_mlp(&gpu, &shape, &short));
 }

@@ -42,6 +42,8 @@ pub struct Kernels {
     pub(crate) attention_split_d64: CudaFunction,
     pub(crate) mbconv_c64_e4: CudaFunction,
     pub(crate) patch_merging_c64_c128: CudaFunction,
+    /// `tinyvit_mlp_c<C>`, indexed like `tinyvit::MLP_CHANNELS`.
+    pub(crate) tinyvit_mlp: [CudaFunction; tinyvit::MLPS.len()],
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
     pub(crate) assign_solve: CudaFunction,
@@ -82,6 +84,10 @@ impl Kernels {
         };
         let mbconv_c64_e4 = block(tinyvit::MBCONV)?;
         let patch_merging_c64_c128 = block(tinyvit::PATCH_MERGING)?;
+        let tinyvit_mlp = functions(&tinyvit_module, "tinyvit", tinyvit::MLPS.map(|m| m.kernel))?;
+        for (f, m) in tinyvit_mlp.iter().zip(tinyvit::MLPS) {
+            set_dynamic_smem(f, m.smem_bytes)?;
+        }
         let attn = |name| function(&attention, "attention", name);
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
@@ -152,6 +158,7 @@ impl Kernels {
             attention_split_d64: attn("attention_split_d64")?,
             mbconv_c64_e4,
             patch_merging_c64_c128,
+            tinyvit_mlp,
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
             assign_solve,

@@ -73,3 +73,8 @@ pub(crate) fn launch_error(kernel: &'static str, message: impl Into<String>) -> 
         message: message.into(),
     }
 }
+
+/// Whether `a_bytes` at `a` and `b_bytes` at `b` share a byte.
+pub(crate) fn overlaps(a: &DeviceRegion, a_bytes: usize, b: &DeviceRegion, b_bytes: usize) -> bool {
+    a.ptr < b.ptr.saturating_add(b_bytes as u64) && b.ptr < a.ptr.saturating_add(a_bytes as u64)
+}

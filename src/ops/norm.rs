@@ -6,7 +6,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::window::WindowGeometry;
-use super::{launch_error, DeviceRegion};
+use super::{launch_error, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -109,10 +109,6 @@ enum Rows<'a> {
     Window(&'a WindowGeometry),
     /// The depthwise convolution of `x` at pixel r.
     Depthwise(&'a DepthwisePrologue),
-}
-
-fn overlaps(a: &DeviceRegion, a_bytes: usize, b: &DeviceRegion, b_bytes: usize) -> bool {
-    a.ptr < b.ptr.saturating_add(b_bytes as u64) && b.ptr < a.ptr.saturating_add(a_bytes as u64)
 }
 
 /// Validates a launch: (variant, parameters, blocks).

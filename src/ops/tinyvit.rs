@@ -3,10 +3,14 @@
 //!
 //! - [`launch_mbconv`]: a whole MBConv block (64 channels, expand ratio 4, shortcut + GELU).
 //! - [`launch_patch_merging_c64`]: layers.0's PatchMerging (64 -> 128 channels, stride 2).
+//!
+//! And the transformer block's MLP (fc1 + GELU + fc2 + residual in one launch, the hidden
+//! activations never leave the SM): [`launch_tinyvit_mlp`] for the widths in [`MLP_CHANNELS`].
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::{launch_error, DeviceRegion};
+use super::gemm::Matrix;
+use super::{launch_error, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -264,4 +268,201 @@ pub fn launch_patch_merging_c64(
 /// FLOPs of a fused PatchMerging as the unfused chain counts them.
 pub fn patch_merging_c64_flops(shape: &ConvBlockShape) -> f64 {
     PATCH_MERGING.flops(shape)
+}
+
+/// Channel counts (C) with a fused MLP kernel; hidden = 4 C. Other widths use two GEMMs.
+pub const MLP_CHANNELS: [usize; 2] = [MLPS[0].channels, MLPS[1].channels];
+
+/// One compiled fused MLP (the `Mlp<C, BM, STAGES>` instantiations in kernels/tinyvit.cu): its
+/// kernel, channels, rows per block and dynamic shared memory (the x/r tile, one hidden chunk,
+/// b2 and a ring of 64-unit weight chunks: 2 stages and 2 blocks per SM at 128 channels, 3
+/// stages and one block per SM at 160).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MlpKernel {
+    pub(crate) kernel: &'static str,
+    channels: usize,
+    rows_per_block: usize,
+    pub(crate) smem_bytes: u32,
+}
+
+/// Indexed like [`MLP_CHANNELS`].
+pub(crate) const MLPS: [MlpKernel; 2] = [
+    MlpKernel {
+        kernel: "tinyvit_mlp_c128",
+        channels: 128,
+        rows_per_block: 64,
+        smem_bytes: 99_328,
+    },
+    MlpKernel {
+        kernel: "tinyvit_mlp_c160",
+        channels: 160,
+        rows_per_block: 32,
+        smem_bytes: 150_400,
+    },
+];
+
+/// Rows and channels of a fused MLP: `[rows, channels]` in and out, hidden `4 x channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpShape {
+    /// Tokens (pixels).
+    pub rows: usize,
+    /// C, one of [`MLP_CHANNELS`].
+    pub channels: usize,
+}
+
+/// The operands of a fused MLP. Matrices are fp16 `[rows, C]` with 16-byte aligned rows (row
+/// stride a multiple of 8 elements, >= C; the batch stride is unused); weights fp16 in
+/// PyTorch `[out, in]` layout and biases f32, all 16-byte aligned. `output` must not overlap
+/// any operand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MlpArgs {
+    /// The MLP's input (its LayerNorm's output).
+    pub x: Matrix,
+    /// fc1.weight: `[4C, C]`.
+    pub fc1_weight: DeviceRegion,
+    /// fc1.bias: `[4C]` f32.
+    pub fc1_bias: DeviceRegion,
+    /// fc2.weight: `[C, 4C]`.
+    pub fc2_weight: DeviceRegion,
+    /// fc2.bias: `[C]` f32.
+    pub fc2_bias: DeviceRegion,
+    /// Added after fc2 (the block's residual stream).
+    pub residual: Matrix,
+    /// `residual + fc2(gelu(fc1(x)))`.
+    pub output: Matrix,
+}
+
+/// Mirrors `MlpParams` in kernels/tinyvit.cu.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct MlpParams {
+    x: u64,
+    w1: u64,
+    b1: u64,
+    w2: u64,
+    b2: u64,
+    r: u64,
+    y: u64,
+    ldx: i64,
+    ldr: i64,
+    ldy: i64,
+    m: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for MlpParams {}
+
+/// Whether `channels` has a fused MLP kernel.
+pub fn has_fused_mlp(channels: usize) -> bool {
+    MLP_CHANNELS.contains(&channels)
+}
+
+/// Validates a fused MLP launch: (kernel index, parameters, blocks).
+fn mlp_params(shape: &MlpShape, args: &MlpArgs) -> Result<(usize, MlpParams, u32)> {
+    let MlpShape { rows, channels: c } = *shape;
+    let index = MLPS
+        .iter()
+        .position(|spec| spec.channels == c)
+        .ok_or_else(|| {
+            launch_error(
+                "tinyvit_mlp",
+                format!("no fused MLP for {c} channels (have {MLP_CHANNELS:?})"),
+            )
+        })?;
+    let spec = MLPS[index];
+    let kernel = spec.kernel;
+    if rows == 0 {
+        return Err(launch_error(kernel, "empty shape: 0 rows"));
+    }
+    let m =
+        i32::try_from(rows).map_err(|_| launch_error(kernel, format!("{rows} rows exceed i32")))?;
+    // [rows, C] with 16-byte rows (the kernel copies x and r with 16-byte cp.async).
+    let matrix = |what: &str, a: &Matrix| -> Result<usize> {
+        if a.row_stride < c || a.row_stride % 8 != 0 {
+            return Err(launch_error(
+                kernel,
+                format!(
+                    "{what}: row stride {} must be >= {c} and a multiple of 8 elements",
+                    a.row_stride
+                ),
+            ));
+        }
+        let span = a.span_bytes(rows, c, 1);
+        a.region.check(kernel, what, span, 16)?;
+        Ok(span.unwrap_or(0))
+    };
+    let x = matrix("x", &args.x)?;
+    let r = matrix("residual", &args.residual)?;
+    let y = matrix("output", &args.output)?;
+    let hid = 4 * c;
+    let half = |n: usize| Some(n * HALF);
+    let float = |n: usize| Some(n * 4);
+    let operands = [
+        ("fc1 weight", &args.fc1_weight, half(hid * c)),
+        ("fc1 bias", &args.fc1_bias, float(hid)),
+        ("fc2 weight", &args.fc2_weight, half(c * hid)),
+        ("fc2 bias", &args.fc2_bias, float(c)),
+    ];
+    for (what, region, bytes) in operands {
+        region.check(kernel, what, bytes, 16)?;
+    }
+    let inputs = [
+        ("x", &args.x.region, x),
+        ("residual", &args.residual.region, r),
+    ]
+    .into_iter()
+    .chain(operands.map(|(what, region, bytes)| (what, region, bytes.unwrap_or(0))));
+    for (what, region, bytes) in inputs {
+        if overlaps(&args.output.region, y, region, bytes) {
+            return Err(launch_error(kernel, format!("output overlaps {what}")));
+        }
+    }
+    let blocks = u32::try_from(rows.div_ceil(spec.rows_per_block))
+        .map_err(|_| launch_error(kernel, "grid overflows"))?;
+    let params = MlpParams {
+        x: args.x.region.ptr,
+        w1: args.fc1_weight.ptr,
+        b1: args.fc1_bias.ptr,
+        w2: args.fc2_weight.ptr,
+        b2: args.fc2_bias.ptr,
+        r: args.residual.region.ptr,
+        y: args.output.region.ptr,
+        ldx: args.x.row_stride as i64,
+        ldr: args.residual.row_stride as i64,
+        ldy: args.output.row_stride as i64,
+        m,
+    };
+    Ok((index, params, blocks))
+}
+
+/// Checks a fused MLP's arguments exactly as [`launch_tinyvit_mlp`] does.
+pub fn check_tinyvit_mlp(shape: &MlpShape, args: &MlpArgs) -> Result<()> {
+    mlp_params(shape, args).map(|_| ())
+}
+
+/// TinyViT's `Mlp.forward` after its LayerNorm plus the block's residual, in one launch:
+/// `output = residual + fc2(gelu(fc1(x)))` with the hidden activations rounded to fp16. The
+/// result has the same bits as the two-GEMM chain (fc1 + GELU, then fc2 + residual after the
+/// activation) of [`crate::ops::gemm`]; see kernels/tinyvit.cu.
+pub fn launch_tinyvit_mlp(gpu: &Gpu, shape: &MlpShape, args: &MlpArgs) -> Result<()> {
+    let (index, params, blocks) = mlp_params(shape, args)?;
+    let spec = MLPS[index];
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: spec.smem_bytes,
+    };
+    let mut launch = gpu
+        .stream()
+        .launch_builder(&gpu.kernels().tinyvit_mlp[index]);
+    launch.arg(&params);
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(spec.kernel, e.to_string()))?;
+    Ok(())
+}
+
+/// FLOPs of a fused MLP: its two GEMMs, `2 x rows x C x 4C` each.
+pub fn tinyvit_mlp_flops(shape: &MlpShape) -> f64 {
+    let (rows, c) = (shape.rows as f64, shape.channels as f64);
+    2.0 * 2.0 * rows * c * 4.0 * c
 }

@@ -15,8 +15,8 @@
 //!   GELU), PatchMerging to 128x128x128.
 //! - layers.1..3: TinyViT blocks (window partition with zero padding, LayerNorm, qkv, attention
 //!   with the relative-position bias, proj, crop + residual; depthwise 3x3 local conv; LayerNorm,
-//!   fc1 + GELU, fc2 + residual), PatchMerging after layers.1 (-> 64x64x160) and layers.2
-//!   (stride 1, -> 64x64x320).
+//!   fc1 + GELU, fc2 + residual: one fused launch at 128 and 160 channels, two GEMMs at 320),
+//!   PatchMerging after layers.1 (-> 64x64x160) and layers.2 (stride 1, -> 64x64x320).
 //! - neck: 1x1 conv 320 -> 256, LayerNorm2d, 3x3 conv 256 -> 256, LayerNorm2d.
 
 use half::f16;
@@ -40,8 +40,9 @@ use crate::ops::norm::{
     LayerNormArgs,
 };
 use crate::ops::tinyvit::{
-    launch_mbconv, launch_patch_merging_c64, mbconv_flops, patch_merging_c64_flops, ConvBlockArgs,
-    ConvBlockShape, MBCONV_CHANNELS, MBCONV_HIDDEN, PATCH_MERGING_IN, PATCH_MERGING_OUT,
+    has_fused_mlp, launch_mbconv, launch_patch_merging_c64, launch_tinyvit_mlp, mbconv_flops,
+    patch_merging_c64_flops, tinyvit_mlp_flops, ConvBlockArgs, ConvBlockShape, MlpArgs, MlpShape,
+    MBCONV_CHANNELS, MBCONV_HIDDEN, PATCH_MERGING_IN, PATCH_MERGING_OUT,
 };
 use crate::ops::window::WindowGeometry;
 use crate::ops::DeviceRegion;
@@ -229,6 +230,16 @@ enum OpKind {
         weights: [(W, W); 3],
         out: T,
     },
+    /// A TinyViT block's MLP (fc1 + GELU + fc2 + residual) in one launch, for the widths with
+    /// a fused kernel; the hidden activations never reach the arena.
+    Mlp {
+        shape: MlpShape,
+        x: T,
+        /// fc1, fc2: (weight, bias) each.
+        weights: [(W, W); 2],
+        residual: T,
+        out: T,
+    },
 }
 
 impl OpKind {
@@ -249,6 +260,9 @@ impl OpKind {
                 _ => vec![x, y],
             },
             OpKind::Attention { qkv, out, .. } => vec![qkv, out],
+            OpKind::Mlp {
+                x, residual, out, ..
+            } => vec![x, residual, out],
         }
     }
 }
@@ -756,6 +770,26 @@ impl Walk<'_> {
             self.layer_norm_gather(&format!("{name}.mlp.norm"), x1, pixels, dim, LN_EPS, source)?;
         let hidden = dim * 4;
         let fc1 = self.linear(&format!("{name}.mlp.fc1"), hidden, dim)?;
+        if has_fused_mlp(dim) {
+            // fc1 + GELU + fc2 + `x + ...` in one launch (same bits as the two GEMMs below).
+            let fc2 = self.linear(&format!("{name}.mlp.fc2"), dim, hidden)?;
+            let out = self.tensor(format!("{name} out"), pixels * dim);
+            let shape = MlpShape {
+                rows: pixels,
+                channels: dim,
+            };
+            self.push(
+                OpKind::Mlp {
+                    shape,
+                    x: n2,
+                    weights: [fc1, fc2],
+                    residual: x2,
+                    out,
+                },
+                tinyvit_mlp_flops(&shape),
+            );
+            return Ok(out);
+        }
         let h = self.tensor(format!("{name}.mlp.fc1 out"), pixels * hidden);
         self.gemm_act(
             n2,
@@ -923,6 +957,11 @@ impl EncoderPlan {
     /// Kernel launches of one stage.
     pub fn launches(&self, stage: EncoderStage) -> usize {
         stage_ops(&self.ops, stage).count()
+    }
+
+    /// Names of the planned activations (the arena's tensors), in plan order.
+    pub fn activation_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|t| t.name.as_str())
     }
 
     /// Bytes of the device weights region.
@@ -1222,6 +1261,25 @@ impl Bound<'_> {
                 } else {
                     launch_mbconv(gpu, &shape, &args)
                 }
+            }
+            OpKind::Mlp {
+                shape,
+                x,
+                weights: [(w1, b1), (w2, b2)],
+                residual,
+                out,
+            } => {
+                let c = shape.channels;
+                let args = MlpArgs {
+                    x: Matrix::packed(self.t(x), c),
+                    fc1_weight: self.w(w1),
+                    fc1_bias: self.w(b1),
+                    fc2_weight: self.w(w2),
+                    fc2_bias: self.w(b2),
+                    residual: Matrix::packed(self.t(residual), c),
+                    output: Matrix::packed(self.t(out), c),
+                };
+                launch_tinyvit_mlp(gpu, &shape, &args)
             }
         }
     }
