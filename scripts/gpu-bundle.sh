@@ -2,7 +2,8 @@
 # Builds everything the GPU machine runs (it has no Rust toolchain) and stages it into .bundle/
 # (ignored by git, carried by the device tool): release GPU test executables, criterion bench
 # executables, the finesam CLI, and the official-code wheels the parity generator imports.
-# Then one device call runs scripts/gpu-run.sh. Keep .bundle under the 64 MiB carry limit.
+# Then one device call runs scripts/gpu-run.sh. Keep .bundle under the 64 MiB carry limit
+# (BUNDLE_ONLY below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,13 @@ done
 
 if ! ls .bundle/wheels/d_fine_project-1.0.0-*.whl .bundle/wheels/mobilesam_mirror-1.0.0-*.whl >/dev/null 2>&1; then
     python3 -m pip download -q --no-deps -d .bundle/wheels d-fine-project==1.0.0 mobilesam-mirror==1.0.0
+fi
+# Every executable embeds all kernel images (~2.5 MB): BUNDLE_ONLY (an extended regex of
+# executable names) keeps a device call's bundle under the carry limit.
+if [ -n "${BUNDLE_ONLY:-}" ]; then
+    for f in .bundle/bin/*; do
+        basename "$f" | grep -qE "^(${BUNDLE_ONLY})$" || rm -f "$f"
+    done
 fi
 strip .bundle/bin/* 2>/dev/null || true
 du -sh .bundle
