@@ -13,14 +13,14 @@
 // Three launches: mask_bounds (16 blocks per mask, one per row slice of the low-res logits:
 // boxes of the logits above the threshold), mask_layout (one block: the boxes mapped to frame
 // crops that provably hold every set pixel -> packet offsets, records, counts), mask_encode
-// (blocks over bands of crop rows; warps over 32-column chunks).
+// (blocks over bands of crop rows; a warp per 32-bit word).
 //
 // mask_encode is separable: the first interpolate's value at a 1024-space point (4 low-res
 // taps) is read by every frame pixel within a tap of it, so each band of crop rows evaluates
 // the 1024-space points its pixels read once into shared memory, then every pixel combines 4
-// of them with its column taps (registers) and row taps (a shared table). Same expressions as
-// evaluating each pixel on its own, so the same bits. At 1920x1080: ~0.5 first interpolations
-// per pixel instead of 4, and ~15 instructions per pixel for the second.
+// of them with its column and row taps (shared tables). Same expressions as evaluating each
+// pixel on its own, so the same bits. At 1920x1080: ~0.5-1 first interpolations per pixel
+// instead of 4, and ~30 instructions per pixel for the second.
 //
 // Floor (8 full-frame masks at 1920x1080): 16.6 M pixels x (4 shared loads + 6 FMAs) ~ 10 us
 // of issue on an H100/H200; the 2 MB of bits written and the 2 MB of logits read are noise.
@@ -228,46 +228,49 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
     }
 }
 
-// Dynamic shared memory of mask_encode (70.3 KiB, three blocks per SM), in this order:
-constexpr int kCacheFloats = 10240;  // upsampled (1024-space) logits the band reads
+// Dynamic shared memory of mask_encode (70.5 KiB, three blocks per SM), in this order:
+constexpr int kCacheFloats = 9216;   // upsampled (1024-space) logits the band reads
 constexpr int kStageRows = 8;        // low-res rows staged for the cache fill
 constexpr int kMaxColSlots = 1024;   // column slots (the SAM extent, or 2 per pixel below 512)
 constexpr int kMaxBandRows = 160;    // crop rows of a band (its rows + those its last word spills into)
-constexpr int kBandWordsMax = 1024;  // 32-bit words a band writes
-constexpr int kEncodeSmemBytes = (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxColSlots * 16 +
-                                 kMaxBandRows * 16 + (kBandWordsMax + 1) * 4;
-static_assert(kEncodeSmemBytes == 72196, "must match ENCODE_SMEM_BYTES in src/ops/mask.rs");
+constexpr int kMaxFrameCols = 2048;  // crop columns with tabled taps (wider crops compute them)
+constexpr int kEncodeSmemBytes = (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxColSlots * 8 +
+                                 kMaxBandRows * 16 + kMaxFrameCols * 8;
+static_assert(kEncodeSmemBytes == 72192, "must match ENCODE_SMEM_BYTES in src/ops/mask.rs");
+constexpr int kBandWordsMax = 1024;  // 32-bit words a band writes at most
 
-// A cache column's first-interpolate taps along x (low-res columns and weights), or a band
-// row's second-interpolate taps along y (cache rows as offsets, and weights).
-struct ColumnTaps {
-    int i0, i1;
-    float w0, w1;
+// Two taps along one axis, packed: indices i0 | i1 << 16 and the weight of i1 (the weight of i0
+// is 1 - w1, as `taps` computes it). For a cache column: low-res columns (first interpolate);
+// for a crop column: cache column slots (second interpolate).
+struct PackedTaps {
+    uint32_t index;
+    float w1;
 };
+__device__ __forceinline__ PackedTaps pack_taps(int i0, int i1, float w1) {
+    return PackedTaps{static_cast<uint32_t>(i0) | (static_cast<uint32_t>(i1) << 16), w1};
+}
+// A band row's second-interpolate taps along y: cache line offsets and weights.
 struct RowTaps {
     float w0, w1;
-    int line0, line1;  // offsets of the row's two cache lines
+    int line0, line1;
 };
 
 // Grid (x: blocks striding over a mask's bands, y: masks), 256 threads. A band is R crop rows
 // and owns the 32-bit words whose first bit lies in it (its last word may spill into the next
 // rows). Each word is 32 consecutive pixels of the crop (row-major), little-endian, LSB first.
 //
-// Once per block: the first interpolate's x taps of every column slot (the crop's columns are
-// the same for every band). Per band: (1) the low-res rows the band reads are staged in shared
-// memory by one coalesced pass, and the 1024-space logits its pixels read are computed from
-// them into `cache` (axis_slots per axis), a warp per cache line (y taps uniform), a lane per
-// column slot; (2) each warp takes 32-column chunks of the crop and walks the band's rows down
-// a chunk, so its lanes keep their column taps in registers; a ballot gives the chunk's 32
-// bits, which are OR-ed at their linear bit position into a shared bit buffer (a chunk
-// straddles two words unless the width is a multiple of 32); (3) the buffer is stored as the
-// band's words. Bands are short enough that every block of the mask gets one (a single mask
-// must still fill the GPU) and long enough to amortise the cache lines they share.
+// Once per block: the first interpolate's x taps of every cache column and the second's of
+// every crop column (the crop's columns are the same for every band). Per band: (1) the
+// low-res rows the band reads are staged in shared memory by one coalesced pass, and the
+// 1024-space logits its pixels read are computed from them into `cache` (axis_slots per
+// axis), a warp per cache line (y taps uniform), a lane per column slot; (2) a warp per word,
+// a lane per bit: 2 table reads, 4 cached values and 6 FMAs per pixel, one ballot and one
+// store per word. Bands are short enough that every block of the mask gets one (a single mask
+// must fill the GPU) and long enough to amortise the cache lines they share.
 //
-// Measured on an H200 before the column table and the parallel band size: one full-frame
-// 1920x1080 mask took ~44 us (90 bands for 396 blocks, each band latency-bound) and 32 took
-// ~430 us (~74 instructions per pixel, ~70 of them per cached value: taps, an integer
-// division, the low-res reads).
+// Measured on an H200 (1920x1080, full-frame masks from the random-weight decoder): the first
+// version (4 cached values per pixel, one pixel at a time per thread) took ~44 us for one mask
+// and ~430 us for 32; with the tables and the parallel band size, 25 us for one.
 extern "C" __global__ void __launch_bounds__(256, 3)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
@@ -275,9 +278,9 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
     extern __shared__ __align__(16) float encode_smem[];
     float* cache = encode_smem;
     float* staged = cache + kCacheFloats;
-    ColumnTaps* col_taps = reinterpret_cast<ColumnTaps*>(staged + kStageRows * kLowRes);
+    PackedTaps* col_taps = reinterpret_cast<PackedTaps*>(staged + kStageRows * kLowRes);
     RowTaps* row_taps = reinterpret_cast<RowTaps*>(col_taps + kMaxColSlots);
-    uint32_t* band_bits = reinterpret_cast<uint32_t*>(row_taps + kMaxBandRows);
+    PackedTaps* x_taps = reinterpret_cast<PackedTaps*>(row_taps + kMaxBandRows);
     const uint32_t k = blockIdx.y;
     if (k >= min(*mask_count, geometry.max_masks)) return;
     const MaskRecord r =
@@ -297,9 +300,14 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
     const AxisSlots cols = axis_slots(sx, r.x, r.x + width - 1, sam_w);
     for (int i = threadIdx.x; i < cols.count; i += blockDim.x) {
         const Taps t = taps(kLowScale, index_of(cols, sx, i, sam_w), kLowRes);
-        col_taps[i] = ColumnTaps{t.i0, t.i1, t.w0, t.w1};
+        col_taps[i] = pack_taps(t.i0, t.i1, t.w1);
     }
-    // Rows per band: at most what the cache, the row table and the bit buffer hold, and few
+    const bool tabled = width <= kMaxFrameCols;  // else each pixel computes its column taps
+    for (int i = threadIdx.x; tabled && i < width; i += blockDim.x) {
+        const Taps t = taps(sx, r.x + i, sam_w);
+        x_taps[i] = pack_taps(slot_of(cols, t, r.x + i, 0), slot_of(cols, t, r.x + i, 1), t.w1);
+    }
+    // Rows per band: at most what the cache, the row table and kBandWordsMax allow, and few
     // enough that each of the mask's blocks gets a band. A band of R rows reads at most
     // R + spill rows (its last word spills past it). One row always fits: at most 1024 column
     // slots (the SAM extent, or two per pixel below 512 pixels) x 4 row slots, or for crops
@@ -313,7 +321,6 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
     while (rows > 1 && slot_bound(sy, rows + spill) > line_budget) --rows;  // float slack
     const int bands = (height + rows - 1) / rows;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    const int chunks = (width + 31) / 32;
 
     for (int band = blockIdx.x; band < bands; band += gridDim.x) {
         // Linear pixels [p_first, p_end) of the band's words; rows [row_a, row_b] hold them.
@@ -325,7 +332,6 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
         const AxisSlots lines = axis_slots(sy, r.y + row_a, r.y + row_b, sam_h);
 
         __syncthreads();  // the previous band is done with the shared buffers
-        for (int i = threadIdx.x; i < word_end - word0 + 1; i += blockDim.x) band_bits[i] = 0;
         for (int i = threadIdx.x; i <= row_b - row_a; i += blockDim.x) {
             const int y = r.y + row_a + i;
             const Taps ty = taps(sy, y, sam_h);
@@ -353,51 +359,57 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
             const float* r1 = rows_src + (ty.i1 - rows_first) * kLowRes;
             float* out = cache + line * cols.count;
             for (int c = (task % 2) * 32 + lane; c < cols.count; c += 64) {
-                const ColumnTaps tx = col_taps[c];
-                out[c] = ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
-                         ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
+                const PackedTaps tx = col_taps[c];
+                const int i0 = tx.index & 0xffff, i1 = tx.index >> 16;
+                const float w1 = tx.w1, w0 = 1.f - w1;
+                out[c] = ty.w0 * (w0 * r0[i0] + w1 * r0[i1]) + ty.w1 * (w0 * r1[i0] + w1 * r1[i1]);
             }
         }
         __syncthreads();
 
-        // Warp tasks: (chunk, row) pairs chunk-major, a contiguous run per warp.
-        const int band_rows = row_b - row_a + 1, tasks = chunks * band_rows;
-        const int per_warp = (tasks + warps - 1) / warps;
-        int current_chunk = -1, c0 = 0, c1 = 0;
-        float wx0 = 0.f, wx1 = 0.f;
-        for (int t = warp * per_warp; t < min(tasks, (warp + 1) * per_warp); ++t) {
-            const int chunk = t / band_rows, row = row_a + t % band_rows;
-            const int column = chunk * 32 + lane;
-            if (chunk != current_chunk) {  // warp-uniform
-                current_chunk = chunk;
-                const int x = r.x + min(column, width - 1);
-                const Taps tx = taps(sx, x, sam_w);
-                c0 = slot_of(cols, tx, x, 0);
-                c1 = slot_of(cols, tx, x, 1);
-                wx0 = tx.w0;
-                wx1 = tx.w1;
-            }
-            const int p = row * width + column;  // linear pixel of this lane
+        // A warp per word, a lane per bit; the lane's crop pixel advances by 32 x warps each
+        // word (one wrap at most for crops at least that wide, else divide).
+        const int stride = warps * 32;
+        int cy = (word0 * 32 + threadIdx.x) / width;
+        int cx = word0 * 32 + threadIdx.x - cy * width;
+        for (int word = word0 + warp; word < word_end; word += warps) {
+            const int p = word * 32 + lane;
             bool set = false;
-            if (column < width && p >= p_first && p < p_end) {
-                const RowTaps ry = row_taps[row - row_a];
+            if (p < p_end) {
+                uint32_t index;
+                float wx1;
+                if (tabled) {
+                    const PackedTaps xt = x_taps[cx];
+                    index = xt.index;
+                    wx1 = xt.w1;
+                } else {
+                    const Taps t = taps(sx, r.x + cx, sam_w);
+                    const PackedTaps xt = pack_taps(slot_of(cols, t, r.x + cx, 0),
+                                                    slot_of(cols, t, r.x + cx, 1), t.w1);
+                    index = xt.index;
+                    wx1 = xt.w1;
+                }
+                const int c0 = index & 0xffff, c1 = index >> 16;
+                const float wx0 = 1.f - wx1;
+                const RowTaps ry = row_taps[cy - row_a];
                 const float* line0 = cache + ry.line0;
                 const float* line1 = cache + ry.line1;
                 const float logit = ry.w0 * (wx0 * line0[c0] + wx1 * line0[c1]) +
                                     ry.w1 * (wx0 * line1[c0] + wx1 * line1[c1]);
                 set = logit > threshold;
             }
-            const uint32_t chunk_bits = __ballot_sync(0xffffffffu, set);
-            if (lane == 0 && chunk_bits != 0) {
-                // Bit b of chunk_bits is linear pixel first + b; bits before p_first are 0.
-                const int first = row * width + chunk * 32 - p_first;
-                const uint32_t word_bits = first < 0 ? chunk_bits >> -first : chunk_bits;
-                const int at = max(first, 0), shift = at % 32;
-                atomicOr(&band_bits[at / 32], word_bits << shift);
-                if (shift != 0) atomicOr(&band_bits[at / 32 + 1], word_bits >> (32 - shift));
+            const uint32_t word_bits = __ballot_sync(0xffffffffu, set);
+            if (lane == 0) data[word] = word_bits;
+            if (width >= stride) {
+                cx += stride;
+                if (cx >= width) {
+                    cx -= width;
+                    ++cy;
+                }
+            } else {
+                cy = (p + stride) / width;
+                cx = p + stride - cy * width;
             }
         }
-        __syncthreads();
-        for (int i = threadIdx.x; i < word_end - word0; i += blockDim.x) data[word0 + i] = band_bits[i];
     }
 }

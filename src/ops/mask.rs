@@ -20,7 +20,7 @@ pub const BOUNDS_BYTES_PER_MASK: usize = 16 * BOUND_SLICES as usize;
 /// blocks of a mask stride over its bands of crop rows.
 const ENCODE_BLOCKS_PER_SM: u32 = 3;
 /// Dynamic shared memory of `mask_encode` (kEncodeSmemBytes in the kernel).
-pub(crate) const ENCODE_SMEM_BYTES: u32 = (10240 + 8 * 256) * 4 + 1024 * 16 + 160 * 16 + 1025 * 4;
+pub(crate) const ENCODE_SMEM_BYTES: u32 = (9216 + 8 * 256) * 4 + 1024 * 8 + 160 * 16 + 2048 * 8;
 
 /// Mirrors `MaskGeometry` in the kernel.
 #[derive(Debug, Clone, Copy)]
