@@ -471,7 +471,8 @@ fn stem_params(shape: &Conv2dShape, args: &DirectConvArgs) -> Result<(DirectConv
         shape.padding,
     );
     let (params, pixels) = direct_params(KERNEL, geometry, (ho, wo), args)?;
-    Ok((params, grid_blocks(KERNEL, Some(pixels))?))
+    // Two output pixels per thread.
+    Ok((params, grid_blocks(KERNEL, Some(pixels.div_ceil(2)))?))
 }
 
 /// Checks the stem's arguments exactly as [`launch_conv3x3_stem`] does.
