@@ -12,11 +12,8 @@
 // conv3x3_stem_nchw: the network stem, torch.nn.functional.conv2d(x, w, bias, stride, padding)
 //   with a 3x3 kernel + optional activation, reading the preprocessed NCHW fp16 image
 //   (3 channels) and writing NHWC fp16 [B, Ho, Wo, Cout] (pixel stride ldy), w in PyTorch
-//   layout [Cout, 3, 3, 3] fp16, bias fp32. Cout % 8 == 0, Cout <= 64. A thread computes two
-//   output pixels: 2 x 27 input taps in registers, weights broadcast from shared memory four
-//   at a time and shared by both pixels. Floor at TinyViT's stem (1024 -> 512, 32 channels):
-//   0.45 GFLOP = 226 M FMAs, ~7 us of issue on an H200; one pixel per thread with a shared load
-//   per FMA measured ~29 us (~40 us under ncu).
+//   layout [Cout, 3, 3, 3] fp16, bias fp32. Cout % 8 == 0, Cout <= 64. A thread computes one
+//   output pixel: 27 input taps in registers, weights broadcast from shared memory.
 #include "dense.cuh"
 
 using namespace finesam;
@@ -112,7 +109,6 @@ __device__ __forceinline__ void depthwise_body(const DirectConvParams& p) {
 
 constexpr int kStemCin = 3;
 constexpr int kStemTaps = kStemCin * 9;
-constexpr int kStemRow = 28;  // taps padded to whole float4s in shared memory
 constexpr int kStemMaxCout = 64;
 constexpr int kStemThreads = 256;
 
@@ -132,70 +128,50 @@ FINESAM_DEPTHWISE(7, 1)
 FINESAM_DEPTHWISE(7, 2)
 
 extern "C" __global__ void __launch_bounds__(kStemThreads) conv3x3_stem_nchw(const DirectConvParams p) {
-    // Weights as rows of 28 floats (27 taps + 1 pad) so a lane reads 4 taps per shared load.
-    __shared__ __align__(16) float s_w[kStemMaxCout * kStemRow];
+    __shared__ float s_w[kStemMaxCout * kStemTaps];
     __shared__ float s_bias[kStemMaxCout];
-    for (int i = threadIdx.x; i < p.c * kStemRow; i += blockDim.x) {
-        const int co = i / kStemRow, t = i % kStemRow;
-        s_w[i] = t < kStemTaps ? __half2float(p.w[co * kStemTaps + t]) : 0.f;
-    }
+    for (int i = threadIdx.x; i < p.c * kStemTaps; i += blockDim.x)
+        s_w[i] = __half2float(p.w[i]);
     for (int i = threadIdx.x; i < p.c; i += blockDim.x) s_bias[i] = p.bias ? p.bias[i] : 0.f;
     __syncthreads();
 
-    // Two output pixels per thread share every weight load (the kernel is issue-bound).
-    const long long first = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 2;
+    const long long pixel = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     const long long pixels = static_cast<long long>(p.batch) * p.ho * p.wo;
-    if (first >= pixels) return;
-    const bool second = first + 1 < pixels;
+    if (pixel >= pixels) return;
+    const int ox = static_cast<int>(pixel % p.wo);
+    const int oy = static_cast<int>((pixel / p.wo) % p.ho);
+    const int b = static_cast<int>(pixel / (static_cast<long long>(p.wo) * p.ho));
+
+    // The 27 taps in PyTorch's weight order (ci, ky, kx); zero outside the image.
+    float taps[kStemTaps];
     const long long plane = static_cast<long long>(p.h) * p.w_in;
+    const __half* image = p.x + b * kStemCin * plane;
+#pragma unroll
+    for (int ci = 0; ci < kStemCin; ++ci)
+#pragma unroll
+        for (int ky = 0; ky < 3; ++ky)
+#pragma unroll
+            for (int kx = 0; kx < 3; ++kx) {
+                const int iy = oy * p.stride - p.pad + ky;
+                const int ix = ox * p.stride - p.pad + kx;
+                const bool in = iy >= 0 && iy < p.h && ix >= 0 && ix < p.w_in;
+                taps[(ci * 3 + ky) * 3 + kx] =
+                    in ? __half2float(image[ci * plane + static_cast<long long>(iy) * p.w_in + ix])
+                       : 0.f;
+            }
 
-    // The 27 taps of each pixel in PyTorch's weight order (ci, ky, kx); zero outside the image.
-    float taps[2][kStemTaps];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        const long long pixel = second ? first + j : first;
-        const int ox = static_cast<int>(pixel % p.wo);
-        const int oy = static_cast<int>((pixel / p.wo) % p.ho);
-        const int b = static_cast<int>(pixel / (static_cast<long long>(p.wo) * p.ho));
-        const __half* image = p.x + b * kStemCin * plane;
-#pragma unroll
-        for (int ci = 0; ci < kStemCin; ++ci)
-#pragma unroll
-            for (int ky = 0; ky < 3; ++ky)
-#pragma unroll
-                for (int kx = 0; kx < 3; ++kx) {
-                    const int iy = oy * p.stride - p.pad + ky;
-                    const int ix = ox * p.stride - p.pad + kx;
-                    const bool in = iy >= 0 && iy < p.h && ix >= 0 && ix < p.w_in;
-                    taps[j][(ci * 3 + ky) * 3 + kx] =
-                        in ? __half2float(image[ci * plane + static_cast<long long>(iy) * p.w_in + ix])
-                           : 0.f;
-                }
-    }
-
+    __half* out = p.y + pixel * p.ldy;
 #pragma unroll 1
     for (int co = 0; co < p.c; co += 8) {
-        float acc[2][8];
+        float acc[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            const float4* wrow = reinterpret_cast<const float4*>(s_w + (co + e) * kStemRow);
-            float v0 = s_bias[co + e], v1 = v0;
-            // Taps in ascending order, as before: the same sums, bit for bit.
+            const float* wrow = s_w + (co + e) * kStemTaps;  // same address in every lane
+            float v = s_bias[co + e];
 #pragma unroll
-            for (int q = 0; q < kStemRow / 4; ++q) {
-                const float4 w = wrow[q];  // same address in every lane
-                const float wq[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    if (4 * q + i >= kStemTaps) break;
-                    v0 = fmaf(taps[0][4 * q + i], wq[i], v0);
-                    v1 = fmaf(taps[1][4 * q + i], wq[i], v1);
-                }
-            }
-            acc[0][e] = activate(v0, p.act);
-            acc[1][e] = activate(v1, p.act);
+            for (int t = 0; t < kStemTaps; ++t) v = fmaf(taps[t], wrow[t], v);
+            acc[e] = activate(v, p.act);
         }
-        *reinterpret_cast<uint4*>(p.y + first * p.ldy + co) = pack8(acc[0]);
-        if (second) *reinterpret_cast<uint4*>(p.y + (first + 1) * p.ldy + co) = pack8(acc[1]);
+        *reinterpret_cast<uint4*>(out + co) = pack8(acc);
     }
 }

@@ -471,8 +471,7 @@ fn stem_params(shape: &Conv2dShape, args: &DirectConvArgs) -> Result<(DirectConv
         shape.padding,
     );
     let (params, pixels) = direct_params(KERNEL, geometry, (ho, wo), args)?;
-    // Two output pixels per thread.
-    Ok((params, grid_blocks(KERNEL, Some(pixels.div_ceil(2)))?))
+    Ok((params, grid_blocks(KERNEL, Some(pixels))?))
 }
 
 /// Checks the stem's arguments exactly as [`launch_conv3x3_stem`] does.
