@@ -71,6 +71,17 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// d += a (16x8, row-major fragment) * b (8x8, column-major fragment): mma.sync.m16n8k8 with fp16
+// inputs and fp32 accumulators. Its A fragment is the m16n8k16 accumulator layout (lane 4g + q:
+// a0 = row g, cols 2q, 2q+1; a1 = row g + 8), so a product's fp32 result packs straight into it.
+__device__ __forceinline__ void mma16808(float (&d)[4], const uint32_t (&a)[2], uint32_t b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b0));
+}
+
 // Two floats -> one packed fp16 pair (an MMA operand register).
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);

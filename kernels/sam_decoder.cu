@@ -286,43 +286,134 @@ struct ImageToTokenParams {
 constexpr int kI2tTiles = 4096 / kI2tRows;  // 64-pixel tiles per prompt
 constexpr int kWLd = kCross + 8;            // out_proj row in shared memory, halves (conflict-free B loads)
 constexpr int kWBytes = kDim * kWLd * 2;    // 69,632
-constexpr int kXchBytes = 4 * kCrossHeads * 32 * 16;  // head fragments of the 4 row groups
-constexpr int kParamBytes = 3 * kDim * 4;             // out_proj bias, norm weight, norm bias
+constexpr int kParamBytes = 3 * kDim * 4;   // out_proj bias, norm weight, norm bias
+constexpr int kKLd = kCross + 8;            // token k row in shared memory, halves (as kWLd)
+constexpr int kHeadsAtOnce = 2;             // heads per step (4 spill beside out_proj's accumulators)
+
+// Halves between the rows (one per dim) of the transposed token v: the tokens padded to 8, then
+// to an odd multiple of 8, so the 8 rows x 4 words of a B-fragment load hit 32 distinct banks.
+// Mirrors `image_to_token_smem_bytes` in src/ops/sam_decoder.rs.
+__host__ __device__ constexpr int i2t_vt_ld(int tokens) { return ((tokens + 7) / 8 | 1) * 8; }
+constexpr int kI2tMaxSmem =
+    kWBytes + kParamBytes + (kMaxTokens + 7) / 8 * 8 * kKLd * 2 + kCross * i2t_vt_ld(kMaxTokens) * 2;
+// sm_90: 228 KB per SM, 1 KB reserved per block, 1 KB of static sum_s / var_s.
+static_assert(2 * (kI2tMaxSmem + 2048) <= 228 * 1024, "two blocks per SM at the most tokens");
+
+__device__ __forceinline__ uint32_t ld_shared32(const __half* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// One 8-token tile t of the online softmax of heads h0.. (kHeadsAtOnce of them) for the warp's 16
+// rows (head h = h0 + hh), FlashAttention-2 style: scores, probabilities and outputs stay in
+// registers.
+// Fragments (PTX ISA mma.m16n8k16 / m16n8k8, .f16, lane = 4 g + q):
+//   S = Q_h K_h^T (m16n8k16, rows x tokens, k = the head's 16 dims): A = qf[hh], a0 (row g; dims
+//     2q, 2q+1), a1 (row g + 8; same), a2 (row g; dims 8+2q, 9+2q), a3 (row g + 8; same);
+//     B (k x n, "col"): b0 = (dims 2q, 2q+1; token g), b1 = (dims 8+2q, 9+2q; token g), i.e.
+//     two halves of k row 8t + g each; C: c0, c1 = (row g; tokens 8t+2q, +1), c2, c3 = row g + 8.
+//   O_h += P V_h (m16n8k8, rows x dims, k = the 8 tokens), n-tile n = dims 8n..8n+7: A = P with
+//     a0 = (row g; tokens 2q, 2q+1) = (c0, c1), a1 = (row g + 8; same) = (c2, c3), the S
+//     accumulator layout; B: b0 = (tokens 2q, 2q+1; dim 8n + g), two halves of transposed v row
+//     8n + g; C: o[n] = (row g; dims 8n+2q, +1), (row g + 8; same).
+// m / l: running max (log2 units) and this lane's part of the row sums (quad-reduced at the end:
+// the max is quad-uniform, so the parts rescale alike). The first tile holds token 0, so its max
+// is finite and nothing accumulated needs rescaling.
+template <bool kFirst>
+__device__ __forceinline__ void i2t_attend_tile(const uint32_t (&qf)[kHeadsAtOnce][4], int h0,
+                                                const __half* k_s, const __half* vt_s, int vt_ld,
+                                                int t, int tokens, float scale_log2,
+                                                float (&m)[kHeadsAtOnce][2], float (&l)[kHeadsAtOnce][2],
+                                                float (&o)[kHeadsAtOnce][2][4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const bool live0 = t * 8 + 2 * q < tokens, live1 = t * 8 + 2 * q + 1 < tokens;
+#pragma unroll
+    for (int hh = 0; hh < kHeadsAtOnce; ++hh) {
+        const int h = h0 + hh;
+        float s[4] = {0.f, 0.f, 0.f, 0.f};
+        const __half* kr = k_s + (t * 8 + g) * kKLd + h * 16 + 2 * q;
+        mma16816(s, qf[hh], ld_shared32(kr), ld_shared32(kr + 8));
+        // Scale into log2 units; tokens past T (zero k rows) score -inf.
+        s[0] = live0 ? s[0] * scale_log2 : -INFINITY;
+        s[1] = live1 ? s[1] * scale_log2 : -INFINITY;
+        s[2] = live0 ? s[2] * scale_log2 : -INFINITY;
+        s[3] = live1 ? s[3] * scale_log2 : -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {  // row g, then row g + 8
+            float mx = fmaxf(s[2 * i], s[2 * i + 1]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float alpha = 0.f;
+            if constexpr (!kFirst) {
+                mx = fmaxf(m[hh][i], mx);
+                alpha = exp2f(m[hh][i] - mx);
+            }
+            m[hh][i] = mx;
+            s[2 * i] = exp2f(s[2 * i] - mx);
+            s[2 * i + 1] = exp2f(s[2 * i + 1] - mx);
+            const float part = s[2 * i] + s[2 * i + 1];
+            if constexpr (kFirst) {
+                l[hh][i] = part;
+            } else {
+                l[hh][i] = fmaf(l[hh][i], alpha, part);
+#pragma unroll
+                for (int n = 0; n < 2; ++n) {
+                    o[hh][n][2 * i] *= alpha;
+                    o[hh][n][2 * i + 1] *= alpha;
+                }
+            }
+        }
+        // P is rounded to fp16 for the product (the row sums keep the fp32 values).
+        const uint32_t pa[2] = {pack_half2(s[0], s[1]), pack_half2(s[2], s[3])};
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+            mma16808(o[hh][n], pa, ld_shared32(vt_s + (h * 16 + n * 8 + g) * vt_ld + t * 8 + 2 * q));
+    }
+}
 
 }  // namespace
 
 // Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
-// one pass (keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens)))). Persistent: each
-// block copies out_proj (64 KB) into shared memory once (cp.async, overlapping its first
-// attention) and then walks 64-pixel tiles of the prompts, reloading the tokens when the
-// prompt changes. Per tile, 8 warps; warp w owns rows 16 (w % 4).. and output columns
-// 128 (w / 4).. (the two warps of a row group each compute 4 of the 8 heads and swap the
-// results through shared memory). The attention output is formed directly as MMA A
-// fragments: lane (g, q) holds dims 2q, 2q+1, 8+2q, 9+2q of every head for rows g and g+8,
-// i.e. one m16n8k16 k-step per head (online softmax in fp32, scores summed over the quad).
-// out_proj runs on mma.sync with fp32 accumulators (B fragments from the padded shared copy:
-// the 8 rows x 4 words of a load hit 32 distinct banks); bias, residual and the LayerNorm
-// (two-pass mean / centred variance over the 256 columns, halves combined through shared
-// memory) stay in fp32 until the one fp16 store. Residual and output may alias: each element
-// is read and then written by the same thread. Dynamic shared memory: out_proj | fragment
-// exchange | bias, norm weight and bias | tokens (tokens x 512 B); two blocks per SM for box
-// prompts. (The first persistent version, parameters and q read from L2 in the epilogue and
-// per head, measured 54 us for 8 prompts on an H200 under ncu; the L2 round trips taken one
-// after another, not the math, bound it.)
+// one pass: keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens))), i.e. MobileSAM
+// TwoWayAttentionBlock's cross_attn_image_to_token (8 heads of 16) + residual + norm4.
+// Persistent: each block copies out_proj (64 KB) into shared memory once (cp.async, overlapping
+// its first attention) and then walks 64-pixel tiles of the prompts, reloading the tokens when
+// the prompt changes (k rows padded, v transposed: the B fragments below are 32-bit loads). Per
+// tile, 8 warps; warp w owns rows 16 (w % 4).. and output columns 128 (w / 4)... Each warp runs
+// the whole 8-head attention of its 16 rows on mma.sync (the two warps of a row group compute
+// the same attention: cheaper than trading fragments through shared memory with two barriers):
+// S = Q K^T per head and 8-token tile (m16n8k16), online softmax in fp32 on the accumulators
+// (quad shuffles, base-2 exponentials with log2(e) * scale folded in), O += P V (m16n8k8, P
+// rounded to fp16 as attention.cu does), normalised and packed straight into out_proj's A
+// fragments (one m16n8k16 k-step per head). Heads go in pairs, each pair's attention straight
+// into out_proj, so 128 registers hold it without spills (q rows prefetched into L1 so the
+// pairs' q loads do not each wait on L2). out_proj runs on mma.sync with fp32 accumulators (B
+// fragments from the padded shared copy: the 8 rows x 4 words of a load hit 32 distinct banks);
+// bias, residual and the LayerNorm (two-pass mean / centred variance over the 256 columns, halves
+// combined through shared memory) stay in fp32 until the one fp16 store. Residual and output may
+// alias: each element is read and then written by the same thread. Dynamic shared memory:
+// out_proj | bias, norm weight and bias | k (tokens padded to 8, x 272 B) | v transposed (128 x
+// i2t_vt_ld halves): 76,928 B for box prompts, 110,720 B at 69 tokens; two blocks per SM either
+// way. (The first persistent version, parameters and q read from L2 in the epilogue and per head,
+// measured 54 us for 8 prompts on an H200 under ncu; the L2 round trips taken one after another,
+// not the math, bound it. The scalar-FMA attention that followed, heads split between the two
+// warps of a row group, measured 55 us at issue rate 0.39: the attention was a third of the
+// instructions.)
 extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToTokenParams p) {
     extern __shared__ __align__(16) unsigned char i2t_smem[];
     __half* w_s = reinterpret_cast<__half*>(i2t_smem);
-    uint4* xch = reinterpret_cast<uint4*>(i2t_smem + kWBytes);
-    float* bias_s = reinterpret_cast<float*>(i2t_smem + kWBytes + kXchBytes);
+    float* bias_s = reinterpret_cast<float*>(i2t_smem + kWBytes);
     float* gamma_s = bias_s + kDim;
     float* beta_s = gamma_s + kDim;
-    __half* kv_s = reinterpret_cast<__half*>(i2t_smem + kWBytes + kXchBytes + kParamBytes);
+    const int t_pad = (p.tokens + 7) / 8 * 8;
+    const int vt_ld = i2t_vt_ld(p.tokens);
+    __half* k_s = reinterpret_cast<__half*>(i2t_smem + kWBytes + kParamBytes);
+    __half* vt_s = k_s + t_pad * kKLd;
     __shared__ float sum_s[kI2tRows][2], var_s[kI2tRows][2];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q = lane & 3;
     const int rg = warp & 3, half = warp >> 2;
-    constexpr int kKvChunks = 2 * kCross / 8;  // 16-byte chunks per token row
-    constexpr int kWChunks = kCross / 8;       // 16-byte chunks per out_proj row
+    constexpr int kKChunks = kCross / 8;  // 16-byte chunks per k (or v) row
+    constexpr int kWChunks = kCross / 8;  // 16-byte chunks per out_proj row
     for (int i = tid; i < kDim * kWChunks; i += blockDim.x) {
         const int n = i / kWChunks, c = i % kWChunks;
         cp_async16(smem_addr(w_s + n * kWLd + c * 8), p.w + n * kCross + c * 8, 16);
@@ -333,18 +424,41 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
         cp_async16(smem_addr(beta_s + 4 * tid), p.beta + 4 * tid, 16);
     }
     cp_async_commit();
+    const float scale_log2 = p.scale * 1.4426950408889634f;
+    const int t_tiles = t_pad / 8;
 
-    int loaded = -1;  // prompt whose tokens kv_s holds
     for (int tile = blockIdx.x; tile < p.batch * kI2tTiles; tile += gridDim.x) {
         const int b = tile / kI2tTiles;
-        if (b != loaded) {
+        const bool first = tile == static_cast<int>(blockIdx.x);
+        // Tokens are reloaded when the prompt changes (recomputed, not kept in a register).
+        if (first || b != (tile - static_cast<int>(gridDim.x)) / kI2tTiles) {
             __syncthreads();  // every warp is done with the previous prompt's tokens
             const __half* kv_src = p.kv + static_cast<long long>(b) * p.tokens * p.kv_stride;
-            for (int i = tid; i < p.tokens * kKvChunks; i += blockDim.x) {
-                const int j = i / kKvChunks, c = i % kKvChunks;
-                reinterpret_cast<uint4*>(kv_s)[i] = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+            // k rows as they are; rows T..t_pad zero (masked scores, but 0 * garbage could be NaN).
+            for (int i = tid; i < t_pad * kKChunks; i += blockDim.x) {
+                const int j = i / kKChunks, c = i % kKChunks;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (j < p.tokens) v = *reinterpret_cast<const uint4*>(kv_src + j * p.kv_stride + c * 8);
+                *reinterpret_cast<uint4*>(k_s + j * kKLd + c * 8) = v;
             }
-            loaded = b;
+            // v transposed, vt_s[dim][token]: a thread takes tokens 2jp, 2jp + 1 of 8 dims and
+            // writes 8 words; tokens past T are zero (their probabilities are exactly 0).
+            const int pairs = t_pad / 2;
+            for (int i = tid; i < pairs * kKChunks; i += blockDim.x) {
+                const int jp = i % pairs, c = i / pairs;
+                uint4 v0 = make_uint4(0u, 0u, 0u, 0u), v1 = v0;
+                const __half* src = kv_src + 2 * jp * p.kv_stride + kCross + c * 8;
+                if (2 * jp < p.tokens) v0 = *reinterpret_cast<const uint4*>(src);
+                if (2 * jp + 1 < p.tokens) v1 = *reinterpret_cast<const uint4*>(src + p.kv_stride);
+                const __half2* e0 = reinterpret_cast<const __half2*>(&v0);
+                const __half2* e1 = reinterpret_cast<const __half2*>(&v1);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    __half* dst = vt_s + (c * 8 + 2 * e) * vt_ld + 2 * jp;
+                    *reinterpret_cast<__half2*>(dst) = __lows2half2(e0[e], e1[e]);
+                    *reinterpret_cast<__half2*>(dst + vt_ld) = __highs2half2(e0[e], e1[e]);
+                }
+            }
             __syncthreads();
         }
 
@@ -356,91 +470,62 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
         const int lr = rg * 16 + g;  // local rows lr and lr + 8
         long long r_lo = (tile % kI2tTiles) * kI2tRows + lr, r_hi = r_lo + 8;
         const __half* qb = p.q + b * p.q_batch;
-        // The two warps of a row group split the heads (half 0: heads 0..3, half 1: 4..7) and swap
-        // their A fragments through shared memory, so no attention is computed twice.
-        constexpr int kHalfHeads = kCrossHeads / 2;
-        uint32_t mine[kHalfHeads][4];
-        // All of this warp's q values first (one L2 round trip, not one per head).
-        __half2 q_raw[kHalfHeads][2][2];
-#pragma unroll
-        for (int hh = 0; hh < kHalfHeads; ++hh)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const __half* row =
-                    qb + (r ? r_hi : r_lo) * p.q_stride + (half * kHalfHeads + hh) * 16 + 2 * q;
-                q_raw[hh][r][0] = *reinterpret_cast<const __half2*>(row);
-                q_raw[hh][r][1] = *reinterpret_cast<const __half2*>(row + 8);
-            }
-#pragma unroll
-        for (int hh = 0; hh < kHalfHeads; ++hh) {
-            const int h = half * kHalfHeads + hh;
-            const int d0 = h * 16 + 2 * q, d1 = d0 + 8;
-            float qv[2][4];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const float2 x0 = __half22float2(q_raw[hh][r][0]);
-                const float2 x1 = __half22float2(q_raw[hh][r][1]);
-                qv[r][0] = x0.x * p.scale;
-                qv[r][1] = x0.y * p.scale;
-                qv[r][2] = x1.x * p.scale;
-                qv[r][3] = x1.y * p.scale;
-            }
-            float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, o[2][4] = {};
-            for (int j = 0; j < p.tokens; ++j) {
-                const __half* kj = kv_s + j * 2 * kCross;
-                const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(kj + d0));
-                const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(kj + d1));
-                const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d0));
-                const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(kj + kCross + d1));
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    float s = qv[r][0] * k0.x + qv[r][1] * k0.y + qv[r][2] * k1.x + qv[r][3] * k1.y;
-                    s += __shfl_xor_sync(0xffffffffu, s, 1);
-                    s += __shfl_xor_sync(0xffffffffu, s, 2);
-                    const float m_new = fmaxf(m[r], s);
-                    const float corr = __expf(m[r] - m_new);
-                    const float e = __expf(s - m_new);
-                    m[r] = m_new;
-                    l[r] = l[r] * corr + e;
-                    o[r][0] = o[r][0] * corr + e * v0.x;
-                    o[r][1] = o[r][1] * corr + e * v0.y;
-                    o[r][2] = o[r][2] * corr + e * v1.x;
-                    o[r][3] = o[r][3] * corr + e * v1.y;
-                }
-            }
-            const float i0 = 1.f / l[0], i1 = 1.f / l[1];
-            mine[hh][0] = pack_half2(o[0][0] * i0, o[0][1] * i0);
-            mine[hh][1] = pack_half2(o[1][0] * i1, o[1][1] * i1);
-            mine[hh][2] = pack_half2(o[0][2] * i0, o[0][3] * i0);
-            mine[hh][3] = pack_half2(o[1][2] * i1, o[1][3] * i1);
-        }
-        // Exchange: xch[rg][h][lane], the same lane of either warp holding the same rows and dims.
-        // The barrier also publishes out_proj's shared copy (each thread waited for its own part)
-        // and orders these writes after the previous tile's reads.
-        cp_async_wait<0>();
-        __syncthreads();
-#pragma unroll
-        for (int hh = 0; hh < kHalfHeads; ++hh)
-            xch[(rg * kCrossHeads + half * kHalfHeads + hh) * 32 + lane] =
-                make_uint4(mine[hh][0], mine[hh][1], mine[hh][2], mine[hh][3]);
-        __syncthreads();
-
-        // out_proj: this warp's 128 columns, 16 n-tiles.
-        const int n0 = half * 128;
+        // Head pairs one after another, each attention straight into out_proj, so only a pair's
+        // q, softmax state and A fragments are live beside out_proj's 64 accumulators. The
+        // block's q rows (64 x 2 lines) are pulled into L1 first: the pairs' q loads then do
+        // not each wait on L2.
+        if (tid < 2 * kI2tRows)
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(qb + ((tile % kI2tTiles) * kI2tRows + tid / 2) *
+                                                                     p.q_stride + (tid % 2) * 64));
+        const int n0 = half * 128;  // this warp's 128 output columns, 16 n-tiles
         float acc[16][4];
 #pragma unroll
         for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 #pragma unroll
-        for (int h = 0; h < kCrossHeads; ++h) {
-            // Head h's A fragment (attention output of rows lr, lr + 8), from the exchange.
-            const uint4 f = xch[(rg * kCrossHeads + h) * 32 + lane];
-            const uint32_t a[4] = {f.x, f.y, f.z, f.w};
+        for (int h0 = 0; h0 < kCrossHeads; h0 += kHeadsAtOnce) {
+            // The A fragments of S = Q K^T: qf[hh] = (row g; dims 2q..), (row g + 8; 2q..),
+            // (row g; 8+2q..), (row g + 8; 8+2q..) of head h0 + hh.
+            uint32_t qf[kHeadsAtOnce][4];
 #pragma unroll
-            for (int j = 0; j < 16; ++j) {
-                const __half* wr = w_s + (n0 + j * 8 + g) * kWLd + h * 16 + 2 * q;
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(wr);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(wr + 8);
-                mma16816(acc[j], a, b0, b1);
+            for (int hh = 0; hh < kHeadsAtOnce; ++hh)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const __half* row = qb + (r ? r_hi : r_lo) * p.q_stride + (h0 + hh) * 16 + 2 * q;
+                    qf[hh][r] = *reinterpret_cast<const uint32_t*>(row);
+                    qf[hh][2 + r] = *reinterpret_cast<const uint32_t*>(row + 8);
+                }
+            float m[kHeadsAtOnce][2], l[kHeadsAtOnce][2], o[kHeadsAtOnce][2][4] = {};
+            i2t_attend_tile<true>(qf, h0, k_s, vt_s, vt_ld, 0, p.tokens, scale_log2, m, l, o);
+#pragma unroll 1
+            for (int t = 1; t < t_tiles; ++t)
+                i2t_attend_tile<false>(qf, h0, k_s, vt_s, vt_ld, t, p.tokens, scale_log2, m, l, o);
+            // The first tile publishes out_proj's shared copy and parameters (each thread
+            // waited for its own part); later tiles need no barrier here.
+            if (h0 == 0 && first) {
+                cp_async_wait<0>();
+                __syncthreads();
+            }
+#pragma unroll
+            for (int hh = 0; hh < kHeadsAtOnce; ++hh) {
+                float inv[2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    float sum = l[hh][i];
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                    inv[i] = 1.f / sum;  // >= 1: the row max's own term is exp2(0)
+                }
+                // out_proj's A fragment of head h: (row g; dims 2q..), (row g + 8; 2q..),
+                // (row g; 8+2q..), (row g + 8; 8+2q..), from O's n-tiles 0 (dims 0-7) and 1 (8-15).
+                const uint32_t a[4] = {pack_half2(o[hh][0][0] * inv[0], o[hh][0][1] * inv[0]),
+                                       pack_half2(o[hh][0][2] * inv[1], o[hh][0][3] * inv[1]),
+                                       pack_half2(o[hh][1][0] * inv[0], o[hh][1][1] * inv[0]),
+                                       pack_half2(o[hh][1][2] * inv[1], o[hh][1][3] * inv[1])};
+#pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    const __half* wr = w_s + (n0 + j * 8 + g) * kWLd + (h0 + hh) * 16 + 2 * q;
+                    mma16816(acc[j], a, ld_shared32(wr), ld_shared32(wr + 8));
+                }
             }
         }
 

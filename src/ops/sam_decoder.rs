@@ -365,10 +365,16 @@ pub struct ImageToTokenArgs {
 }
 
 /// Dynamic shared memory of `sam_image_to_token` for `tokens` tokens: out_proj padded to 136
-/// halves a row, the head-fragment exchange, bias and norm parameters, the tokens' k/v.
+/// halves a row, bias and norm parameters, the tokens' k (padded to 8 rows of 136 halves) and
+/// v transposed (128 rows of `i2t_vt_ld` halves: the tokens padded to an odd multiple of 8,
+/// for conflict-free fragment loads). Non-decreasing in `tokens`, so [`MAX_TOKENS`] bounds it.
 pub(crate) fn image_to_token_smem_bytes(tokens: usize) -> u32 {
-    (SAM_DIM * (CROSS_DIM + 8) * 2 + 4 * 8 * 32 * 16 + 3 * SAM_DIM * 4 + tokens * 2 * CROSS_DIM * 2)
-        as u32
+    let tiles = tokens.div_ceil(8);
+    let vt_ld = (tiles | 1) * 8;
+    (SAM_DIM * (CROSS_DIM + 8) * 2
+        + 3 * SAM_DIM * 4
+        + tiles * 8 * (CROSS_DIM + 8) * 2
+        + CROSS_DIM * vt_ld * 2) as u32
 }
 
 /// `y = LayerNorm(residual + out_proj(softmax(scale q k^T) v))` with q the image pixels and
@@ -469,7 +475,8 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         scale: a.scale,
         eps: a.eps,
     };
-    // Persistent blocks over the 64-pixel tiles (kI2tRows), two per SM when they fit.
+    // Persistent blocks over the 64-pixel tiles (kI2tRows), two per SM when they fit (on sm_90
+    // at every token count: at most 110,720 B of dynamic shared memory each).
     let tiles = (a.batch * EMBED_PIXELS / 64) as u32;
     let cfg = LaunchConfig {
         grid_dim: (tiles.min(2 * gpu.kernels().sm_count()), 1, 1),
