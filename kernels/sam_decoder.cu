@@ -372,6 +372,24 @@ __device__ __forceinline__ void i2t_attend_tile(const uint32_t (&qf)[kHeadsAtOnc
 
 }  // namespace
 
+// The totals of rows lr and lr + 8 over their 256 columns: each lane holds partial sums (lo,
+// hi) of its 2 x 16 values in this warp's column half; reduced over the quad, then the two
+// halves' warps combine through `s` (one barrier: every thread of the block must call it).
+__device__ __forceinline__ float2 i2t_row_totals(float lo, float hi, float (*s)[2], int lr,
+                                                 int half, int q) {
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        lo += __shfl_xor_sync(0xffffffffu, lo, o);
+        hi += __shfl_xor_sync(0xffffffffu, hi, o);
+    }
+    if (q == 0) {
+        s[lr][half] = lo;
+        s[lr + 8][half] = hi;
+    }
+    __syncthreads();
+    return make_float2(s[lr][0] + s[lr][1], s[lr + 8][0] + s[lr + 8][1]);
+}
+
 // Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
 // one pass: keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens))), i.e. MobileSAM
 // TwoWayAttentionBlock's cross_attn_image_to_token (8 heads of 16) + residual + norm4.
@@ -547,18 +565,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
             sum_lo += acc[j][0] + acc[j][1];
             sum_hi += acc[j][2] + acc[j][3];
         }
-#pragma unroll
-        for (int o = 1; o < 4; o <<= 1) {
-            sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, o);
-            sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, o);
-        }
-        if (q == 0) {
-            sum_s[lr][half] = sum_lo;
-            sum_s[lr + 8][half] = sum_hi;
-        }
-        __syncthreads();
-        const float mean_lo = (sum_s[lr][0] + sum_s[lr][1]) * (1.f / 256.f);
-        const float mean_hi = (sum_s[lr + 8][0] + sum_s[lr + 8][1]) * (1.f / 256.f);
+        const float2 sums = i2t_row_totals(sum_lo, sum_hi, sum_s, lr, half, q);
+        const float mean_lo = sums.x * (1.f / 256.f), mean_hi = sums.y * (1.f / 256.f);
         float var_lo = 0.f, var_hi = 0.f;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
@@ -570,18 +578,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
                 var_hi += acc[j][2 + e] * acc[j][2 + e];
             }
         }
-#pragma unroll
-        for (int o = 1; o < 4; o <<= 1) {
-            var_lo += __shfl_xor_sync(0xffffffffu, var_lo, o);
-            var_hi += __shfl_xor_sync(0xffffffffu, var_hi, o);
-        }
-        if (q == 0) {
-            var_s[lr][half] = var_lo;
-            var_s[lr + 8][half] = var_hi;
-        }
-        __syncthreads();
-        const float inv_lo = rsqrtf((var_s[lr][0] + var_s[lr][1]) * (1.f / 256.f) + p.eps);
-        const float inv_hi = rsqrtf((var_s[lr + 8][0] + var_s[lr + 8][1]) * (1.f / 256.f) + p.eps);
+        const float2 vars = i2t_row_totals(var_lo, var_hi, var_s, lr, half, q);
+        const float inv_lo = rsqrtf(vars.x * (1.f / 256.f) + p.eps);
+        const float inv_hi = rsqrtf(vars.y * (1.f / 256.f) + p.eps);
         __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {

@@ -51,6 +51,27 @@ fn header(gpu: &Gpu, width: u32, height: u32) -> DeviceBuffer {
     buffer
 }
 
+/// One eager decode of `batch` prompts; its low-res logits and IoU predictions.
+fn decode_and_read(
+    gpu: &Gpu,
+    decoder: &MaskDecoder,
+    plan: &DecodePlan,
+    embedding: &DeviceBuffer,
+    header: &DeviceBuffer,
+    batch: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    decoder
+        .decode(
+            gpu,
+            plan,
+            DeviceRegion::of(embedding),
+            DeviceRegion::of(header),
+            batch,
+        )
+        .unwrap();
+    plan.read_outputs(gpu, batch).unwrap()
+}
+
 fn rel_l2(ours: &[f32], reference: &[f32]) -> (f64, f64) {
     let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
     for (&a, &b) in ours.iter().zip(reference) {
@@ -238,16 +259,7 @@ fn decoder_matches_pytorch() {
                     "{image}/{set}"
                 );
             }
-            decoder
-                .decode(
-                    &gpu,
-                    &plan,
-                    DeviceRegion::of(&embedding),
-                    DeviceRegion::of(&frame_header),
-                    k,
-                )
-                .unwrap();
-            let (low, iou) = plan.read_outputs(&gpu, k).unwrap();
+            let (low, iou) = decode_and_read(&gpu, &decoder, &plan, &embedding, &frame_header, k);
             let (rel, max_abs) = rel_l2(&low, &reference_low);
             let iou_err = iou
                 .iter()
@@ -699,17 +711,14 @@ fn mask_embed_matches_the_f64_reference() {
     let masks_d = dense::upload(&gpu, &masks);
     let embedding_d = dense::upload(&gpu, &embedding);
     let y = dense::poisoned(&gpu, 2 * 4096 * 256);
-    launch_mask_embed(
-        &gpu,
-        &MaskEmbedArgs {
-            batch: 2,
-            mask: dense::region(&masks_d),
-            params: dense::region(&params_d),
-            embedding: dense::region(&embedding_d),
-            y: dense::region(&y),
-        },
-    )
-    .unwrap();
+    let args = |batch| MaskEmbedArgs {
+        batch,
+        mask: dense::region(&masks_d),
+        params: dense::region(&params_d),
+        embedding: dense::region(&embedding_d),
+        y: dense::region(&y),
+    };
+    launch_mask_embed(&gpu, &args(2)).unwrap();
     let got: Vec<f64> = dense::download_f16(&gpu, &y)
         .iter()
         .map(|v| v.to_f64())
@@ -740,17 +749,7 @@ fn mask_embed_matches_the_f64_reference() {
     );
 
     // A short mask buffer is a typed launch error.
-    let err = launch_mask_embed(
-        &gpu,
-        &MaskEmbedArgs {
-            batch: 3,
-            mask: dense::region(&masks_d),
-            params: dense::region(&params_d),
-            embedding: dense::region(&embedding_d),
-            y: dense::region(&y),
-        },
-    );
-    dense::expect_launch_error("short mask buffer", err);
+    dense::expect_launch_error("short mask buffer", launch_mask_embed(&gpu, &args(3)));
 }
 
 #[test]
@@ -825,16 +824,14 @@ fn a_constant_mask_embedding_decodes_as_no_mask() {
         }
         gpu.memset(plan.low_res().ptr, 0xFF, plan.low_res().bytes)
             .unwrap();
-        decoder
-            .decode(
-                &gpu,
-                &plan,
-                DeviceRegion::of(&embedding),
-                DeviceRegion::of(&frame_header),
-                5,
-            )
-            .unwrap();
-        outputs.push(plan.read_outputs(&gpu, 5).unwrap());
+        outputs.push(decode_and_read(
+            &gpu,
+            &decoder,
+            &plan,
+            &embedding,
+            &frame_header,
+            5,
+        ));
     }
     let (rel, max_abs) = rel_l2(&outputs[1].0, &outputs[0].0);
     let iou_err = outputs[1]
