@@ -66,6 +66,12 @@ pub struct Kernels {
 
 impl Kernels {
     pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+        let optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(Error::cuda("querying the shared-memory limit"))?;
+        let set_dynamic_smem = |f: &CudaFunction, bytes: u32| set_dynamic_smem(f, bytes, optin);
         let preprocess = load_module(ctx, "preprocess", images::PREPROCESS)?;
         let packet = load_module(ctx, "packet", images::PACKET)?;
         let mask = load_module(ctx, "mask", images::MASK)?;
@@ -119,11 +125,6 @@ impl Kernels {
             }
         }
         let assign_solve = function(&assign, "assign", "assign_solve")?;
-        let optin = ctx
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .map_err(Error::cuda("querying the shared-memory limit"))?;
         let assign_static = assign_solve
             .shared_size_bytes()
             .map_err(Error::cuda("querying assign_solve's shared memory"))?;
@@ -214,7 +215,17 @@ fn functions<const N: usize>(
     })
 }
 
-fn set_dynamic_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+/// Lets `f` take `bytes` of dynamic shared memory. A kernel that needs more than the GPU offers
+/// a block (`optin`: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89) is left at the
+/// default, so the rest of the library still loads; launching it then fails with a typed
+/// launch error naming the kernel.
+fn set_dynamic_smem(f: &CudaFunction, bytes: u32, optin: i32) -> Result<()> {
+    let static_bytes = f
+        .shared_size_bytes()
+        .map_err(Error::cuda("querying a kernel's static shared memory"))?;
+    if i64::from(bytes) + i64::from(static_bytes) > i64::from(optin) {
+        return Ok(());
+    }
     f.set_attribute(
         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         bytes as i32,
