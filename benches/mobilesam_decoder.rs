@@ -3,7 +3,8 @@
 //! <= 0.3 ms for 8 boxes, <= 0.6 ms for 32; eager PyTorch 6.6 / 11.7 ms on an H200), GPU time
 //! of CUDA-graph replays from CUDA events. Uses the fixture weights and the 1920x1080
 //! embedding when `$FINESAM_FIXTURES/mobilesam` exists (realistic mask areas), otherwise
-//! seeded random weights. Skips with a printed reason without a GPU.
+//! seeded random weights. `$FINESAM_BENCH_BOXES` (e.g. `8`) benches only those prompt counts.
+//! Skips with a printed reason without a GPU.
 
 use std::path::PathBuf;
 use std::time::Duration;
