@@ -8,7 +8,7 @@
 //! code from [`crate::ops::sam_decoder::label`].
 
 use crate::error::{Error, Result};
-use crate::ops::sam_decoder::{label, EMBED_SIDE, MASK_INPUT_PIXELS, SAM_DIM};
+use crate::ops::sam_decoder::{label, EMBED_SIDE, MASK_INPUT_PIXELS, MASK_INPUT_SIDE, SAM_DIM};
 
 /// Bytes in front of the prompt coordinates (the u32 count, padded).
 pub const PROMPT_HEADER_BYTES: usize = 16;
@@ -225,7 +225,8 @@ fn push_points(
 pub fn validate_mask_input(masks: &[f32], max: usize) -> Result<usize> {
     if masks.is_empty() || masks.len() % MASK_INPUT_PIXELS != 0 {
         return Err(Error::Prompt(format!(
-            "mask input has {} values: expected a whole number (>= 1) of 256 x 256 masks",
+            "mask input has {} values: expected a whole number (>= 1) of \
+             {MASK_INPUT_SIDE} x {MASK_INPUT_SIDE} masks",
             masks.len()
         )));
     }
@@ -240,8 +241,8 @@ pub fn validate_mask_input(masks: &[f32], max: usize) -> Result<usize> {
         return Err(Error::Prompt(format!(
             "mask input {mask} has value {} at row {}, column {}",
             masks[i],
-            pixel / 256,
-            pixel % 256
+            pixel / MASK_INPUT_SIDE,
+            pixel % MASK_INPUT_SIDE
         )));
     }
     Ok(count)
