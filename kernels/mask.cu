@@ -13,17 +13,16 @@
 // Three launches: mask_bounds (16 blocks per mask, one per row slice of the low-res logits:
 // boxes of the logits above the threshold), mask_layout (one block: the boxes mapped to frame
 // crops that provably hold every set pixel -> packet offsets, records, counts), mask_encode
-// (blocks over bands of crop rows; a warp per 32-bit word).
+// (one wave of blocks over the masks' bands of crop rows).
 //
-// mask_encode is separable: the first interpolate's value at a 1024-space point (4 low-res
-// taps) is read by every frame pixel within a tap of it, so each band of crop rows evaluates
-// the 1024-space points its pixels read once into shared memory, then every pixel combines 4
-// of them with its column and row taps (shared tables). Same expressions as evaluating each
-// pixel on its own, so the same bits. At 1920x1080: ~0.5-1 first interpolations per pixel
-// instead of 4, and ~30 instructions per pixel for the second.
+// mask_encode decides most 32-pixel words without evaluating them: with threshold 0 a word
+// whose low-res neighbourhood has one sign throughout is all ones or all zeros (exactly; see
+// the kernel). Only words near a mask's boundary ("mixed") are evaluated, a lane per pixel,
+// from low-res rows staged in shared memory.
 //
-// Floor (8 full-frame masks at 1920x1080): 16.6 M pixels x (4 shared loads + 6 FMAs) ~ 10 us
-// of issue on an H100/H200; the 2 MB of bits written and the 2 MB of logits read are noise.
+// Floor (8 full-frame masks at 1920x1080, every pixel evaluated): 16.6 M pixels x ~70
+// instructions ~ 35 us of issue on an H100/H200; with the sign test the cost follows the
+// boundary, not the area. The 2 MB of bits written and the 2 MB of logits read are noise.
 #include "common.cuh"
 
 using namespace finesam;
@@ -55,41 +54,6 @@ __device__ __forceinline__ Taps taps(float scale, int dst, int in_size) {
     return t;
 }
 
-// The 1024-space indices (one axis) that a band's frame pixels [first, last] read, as cache
-// slots: the contiguous index range when that is no longer than two taps per pixel (frames at
-// least half the SAM extent), else two slots per pixel (tap 0, tap 1).
-struct AxisSlots {
-    int first;  // first frame pixel of the band
-    int base;   // first 1024-space index (range mode)
-    int count;  // slots
-    bool range;
-};
-
-__device__ __forceinline__ AxisSlots axis_slots(float scale, int first, int last, int in_size) {
-    const Taps a = taps(scale, first, in_size), b = taps(scale, last, in_size);
-    const int range = b.i1 - a.i0 + 1, per_tap = 2 * (last - first + 1);
-    return range <= per_tap ? AxisSlots{first, a.i0, range, true}
-                            : AxisSlots{first, 0, per_tap, false};
-}
-
-// Cache slot of a frame pixel's tap (0 or 1) whose taps are `t`.
-__device__ __forceinline__ int slot_of(const AxisSlots& s, const Taps& t, int pixel, int tap) {
-    return s.range ? (tap ? t.i1 : t.i0) - s.base : 2 * (pixel - s.first) + tap;
-}
-
-// The 1024-space index held in cache slot `slot`.
-__device__ __forceinline__ int index_of(const AxisSlots& s, float scale, int slot, int in_size) {
-    if (s.range) return s.base + slot;
-    const Taps t = taps(scale, s.first + slot / 2, in_size);
-    return (slot & 1) ? t.i1 : t.i0;
-}
-
-// Upper bound on the slots of `pixels` consecutive frame pixels (the range grows by at most
-// scale per pixel, plus the taps at both ends and float rounding).
-__device__ __forceinline__ int slot_bound(float scale, int pixels) {
-    return min(2 * pixels, static_cast<int>(scale * pixels) + 5);
-}
-
 // Frame pixels [first, last] whose value can depend on crop-space indices [u0, u1] (one axis).
 // Crop index u feeds frame pixel x iff floor(src) is u or u - 1, src = s * (x + 0.5) - 0.5, so
 // x lies in ((u - 0.5) / s - 0.5 - 1, (u + 1.5) / s - 0.5 + 1); one extra pixel of margin
@@ -110,6 +74,11 @@ struct MaskGeometry {
     uint32_t masks_per_detection; // 1, or 3 with multimask output
     uint32_t max_masks;           // capacity of `bounds` and of the mask index
 };
+
+// Output words of a mask_encode band, assembled in shared memory. A band holds at least two
+// crop rows, so crops are at most kMaxCropWidth wide (mask_layout drops wider ones, flagged).
+constexpr int kBandWordsMax = 8192;
+constexpr int kMaxCropWidth = (kBandWordsMax - 2) * 16;
 
 // Row slices of the low-res logits that mask_bounds scans in parallel (one block each).
 constexpr int kBoundSlices = 16;
@@ -174,7 +143,7 @@ __device__ int4 mask_crop(const int4* __restrict__ partial, int k, const FrameHe
 // One block of 256 threads: crops (in parallel, 256 masks at a time) -> packet mask records
 // with 4-byte aligned data offsets (in order, one thread), and the counts the packet header
 // reports (counts[1] masks, counts[2] mask bytes, counts[3] flags). Masks that do not fit the
-// data capacity get an empty crop and set flag bit 1. `quality` (nullable): one predicted IoU
+// data capacity, or whose crop is wider than kMaxCropWidth, get an empty crop and set flag bit 1. `quality` (nullable): one predicted IoU
 // per mask, copied into the records.
 extern "C" __global__ void __launch_bounds__(256)
 mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_count,
@@ -199,7 +168,9 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
                 MaskRecord r = {};
                 r.detection = (base + i) / geometry.masks_per_detection;
                 r.quality = scores[i];
-                if (b.x <= b.z && b.y <= b.w) {
+                if (b.z - b.x + 1 > kMaxCropWidth) {
+                    flags |= 2u;  // wider than mask_encode's word buffer: dropped, as for capacity
+                } else if (b.x <= b.z && b.y <= b.w) {
                     r.x = b.x;
                     r.y = b.y;
                     r.width = b.z - b.x + 1;
@@ -228,188 +199,181 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
     }
 }
 
-// Dynamic shared memory of mask_encode (70.5 KiB, three blocks per SM), in this order:
-constexpr int kCacheFloats = 9216;   // upsampled (1024-space) logits the band reads
-constexpr int kStageRows = 8;        // low-res rows staged for the cache fill
-constexpr int kMaxColSlots = 1024;   // column slots (the SAM extent, or 2 per pixel below 512)
-constexpr int kMaxBandRows = 160;    // crop rows of a band (its rows + those its last word spills into)
-constexpr int kMaxFrameCols = 2048;  // crop columns with tabled taps (wider crops compute them)
-constexpr int kEncodeSmemBytes = (kCacheFloats + kStageRows * kLowRes) * 4 + kMaxColSlots * 8 +
-                                 kMaxBandRows * 16 + kMaxFrameCols * 8;
-static_assert(kEncodeSmemBytes == 72192, "must match ENCODE_SMEM_BYTES in src/ops/mask.rs");
-constexpr int kBandWordsMax = 1024;  // 32-bit words a band writes at most
 
-// Two taps along one axis, packed: indices i0 | i1 << 16 and the weight of i1 (the weight of i0
-// is 1 - w1, as `taps` computes it). For a cache column: low-res columns (first interpolate);
-// for a crop column: cache column slots (second interpolate).
-struct PackedTaps {
-    uint32_t index;
-    float w1;
+// Dynamic shared memory of mask_encode (36,864 B, four blocks per SM), in this order:
+constexpr int kMaxBandRows = 256;    // crop rows of a band (its rows + those its last word spills into)
+
+// One crop row: the low-res row `a` it starts at and the composite weights of rows a, a+1,
+// a+2 (both interpolations' y taps multiplied out: a frame row reads two 1024-space lines,
+// adjacent, and each line two low-res rows, so three rows at most).
+struct __align__(16) RowWeights {
+    int a;
+    float e0, e1, e2;
 };
-__device__ __forceinline__ PackedTaps pack_taps(int i0, int i1, float w1) {
-    return PackedTaps{static_cast<uint32_t>(i0) | (static_cast<uint32_t>(i1) << 16), w1};
+
+constexpr int kEncodeSmemBytes =
+    kBandWordsMax * 4 + kMaxBandRows * static_cast<int>(sizeof(RowWeights));
+static_assert(kEncodeSmemBytes == 36864, "must match ENCODE_SMEM_BYTES in src/ops/mask.rs");
+
+// The composite weights of one axis at frame pixel `dst`: the second interpolate's taps
+// (frame -> 1024-space c0, c1 = c0 or c0 + 1) times the first's (1024-space -> low-res), over
+// low-res indices base, base + 1, base + 2 (clamped to the last index; an index past it has
+// weight 0).
+__device__ __forceinline__ void composite_taps(float scale, int dst, int sam_size, int& base,
+                                               float& k0, float& k1, float& k2) {
+    constexpr float kLowScale = static_cast<float>(kLowRes) / kSamSize;
+    const Taps t = taps(scale, dst, sam_size);
+    const Taps u = taps(kLowScale, t.i0, kLowRes), v = taps(kLowScale, t.i1, kLowRes);
+    base = u.i0;
+    const float a = t.w0 * u.w0, b = t.w0 * u.w1, c = t.w1 * v.w0, d = t.w1 * v.w1;
+    // u.i1 and v.i0 are base or base + 1, v.i1 is base .. base + 2.
+    k0 = a + (u.i1 == base ? b : 0.f) + (v.i0 == base ? c : 0.f) + (v.i1 == base ? d : 0.f);
+    k1 = (u.i1 == base + 1 ? b : 0.f) + (v.i0 == base + 1 ? c : 0.f) + (v.i1 == base + 1 ? d : 0.f);
+    k2 = v.i1 == base + 2 ? d : 0.f;
 }
-// A band row's second-interpolate taps along y: cache line offsets and weights.
-struct RowTaps {
-    float w0, w1;
-    int line0, line1;
-};
 
-// Grid (x: blocks striding over a mask's bands, y: masks), 256 threads. A band is R crop rows
-// and owns the 32-bit words whose first bit lies in it (its last word may spill into the next
-// rows). Each word is 32 consecutive pixels of the crop (row-major), little-endian, LSB first.
+// Grid: sm_count x 4 blocks of 256 threads, one wave, shared out over the device's mask count
+// (`per` blocks a mask); a mask's blocks stride over its bands of crop rows. A band owns the
+// 32-bit words whose first bit lies in its rows (its last word may spill into the next rows);
+// each word is 32 consecutive pixels of the crop (row-major), LSB first.
 //
-// Once per block: the first interpolate's x taps of every cache column and the second's of
-// every crop column (the crop's columns are the same for every band). Per band: (1) the
-// low-res rows the band reads are staged in shared memory by one coalesced pass, and the
-// 1024-space logits its pixels read are computed from them into `cache` (axis_slots per
-// axis), a warp per cache line (y taps uniform), a lane per column slot; (2) a warp per word,
-// a lane per bit: 2 table reads, 4 cached values and 6 FMAs per pixel, one ballot and one
-// store per word. Bands are short enough that every block of the mask gets one (a single mask
-// must fill the GPU) and long enough to amortise the cache lines they share.
+// Both interpolations are linear, so a frame pixel's logit is sum_r e_r(y) sum_j k_j(x) L[r][j]
+// over at most 3 x 3 low-res cells, with composite weights e (per crop row, tabled per band)
+// and k (per crop column). A warp owns a 32-column strip of the band and walks its rows: each
+// lane keeps its column's k and the horizontal interpolates H[r] = sum_j k_j L[r][j] of the 3
+// low-res rows in play (a new row enters every 4 / scale_y crop rows, read from L2), so a
+// pixel is 3 FMAs, a compare and a share of one ballot. The 32 bits of a strip row go into the
+// band's words in shared memory (two atomicOr when the row does not start on a word boundary),
+// then the band's words are written out coalesced.
 //
-// Measured on an H200 (1920x1080, full-frame masks from the random-weight decoder): the first
-// version (4 cached values per pixel, one pixel at a time per thread) took ~44 us for one mask
-// and ~430 us for 32; with the tables and the parallel band size, 25 us for one.
-extern "C" __global__ void __launch_bounds__(256, 3)
+// Numerics: the same weights as ATen's two interpolations (align_corners=False), multiplied out
+// in fp32: the logit differs from ATen's by float rounding (~1e-7 of the cells' magnitude), so
+// only pixels that close to the threshold can differ (the tests bound them).
+//
+// Cost: ~10 instructions per pixel and no shared-memory traffic per pixel beyond one broadcast
+// row record per warp row: 8 full-frame masks at 1920x1080 (16.6 M pixels) ~5 M warp
+// instructions, ~5 us of the GPU's issue. The previous version (a cache of 1024-space values per
+// band, ATen's expression per pixel from 4 of them) issued ~75 instructions per pixel: 312 us
+// for 32 full-frame masks (H200, ncu), a third of that the partial second wave of its grid.
+extern "C" __global__ void __launch_bounds__(256, 4)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
             MaskGeometry geometry) {
-    extern __shared__ __align__(16) float encode_smem[];
-    float* cache = encode_smem;
-    float* staged = cache + kCacheFloats;
-    PackedTaps* col_taps = reinterpret_cast<PackedTaps*>(staged + kStageRows * kLowRes);
-    RowTaps* row_taps = reinterpret_cast<RowTaps*>(col_taps + kMaxColSlots);
-    PackedTaps* x_taps = reinterpret_cast<PackedTaps*>(row_taps + kMaxBandRows);
-    const uint32_t k = blockIdx.y;
-    if (k >= min(*mask_count, geometry.max_masks)) return;
-    const MaskRecord r =
-        reinterpret_cast<const MaskRecord*>(packet + geometry.mask_index_offset)[k];
-    const int width = static_cast<int>(r.width), height = static_cast<int>(r.height);
-    const int bits = width * height;
-    if (bits == 0) return;
+    extern __shared__ __align__(16) uint32_t encode_smem[];
+    uint32_t* band_words = encode_smem;
+    RowWeights* row_weights = reinterpret_cast<RowWeights*>(band_words + kBandWordsMax);
+    const int n = static_cast<int>(min(*mask_count, geometry.max_masks));
+    if (n == 0) return;
+    const int per = max(static_cast<int>(gridDim.x) / n, 1);  // blocks per mask
     const FrameHeader h = *reinterpret_cast<const FrameHeader*>(upload);
     const int sam_w = static_cast<int>(h.sam_width), sam_h = static_cast<int>(h.sam_height);
     const float sx = static_cast<float>(h.sam_width) / h.width;
     const float sy = static_cast<float>(h.sam_height) / h.height;
-    constexpr float kLowScale = static_cast<float>(kLowRes) / kSamSize;
-    const float* low = low_res + static_cast<size_t>(k) * kLowRes * kLowRes;
-    uint32_t* data = reinterpret_cast<uint32_t*>(packet + geometry.mask_data_offset + r.data_offset);
-
-    // Columns: the whole crop width, the same for every band.
-    const AxisSlots cols = axis_slots(sx, r.x, r.x + width - 1, sam_w);
-    for (int i = threadIdx.x; i < cols.count; i += blockDim.x) {
-        const Taps t = taps(kLowScale, index_of(cols, sx, i, sam_w), kLowRes);
-        col_taps[i] = pack_taps(t.i0, t.i1, t.w1);
-    }
-    const bool tabled = width <= kMaxFrameCols;  // else each pixel computes its column taps
-    for (int i = threadIdx.x; tabled && i < width; i += blockDim.x) {
-        const Taps t = taps(sx, r.x + i, sam_w);
-        x_taps[i] = pack_taps(slot_of(cols, t, r.x + i, 0), slot_of(cols, t, r.x + i, 1), t.w1);
-    }
-    // Rows per band: at most what the cache, the row table and kBandWordsMax allow, and few
-    // enough that each of the mask's blocks gets a band. A band of R rows reads at most
-    // R + spill rows (its last word spills past it). One row always fits: at most 1024 column
-    // slots (the SAM extent, or two per pixel below 512 pixels) x 4 row slots, or for crops
-    // narrower than 32 pixels 2 x width x 2 x (2 + 31 / width) slots. (The estimate below uses
-    // the range branch of slot_bound, exact or conservative.)
-    const int spill = 1 + 31 / width;
-    const int line_budget = kCacheFloats / cols.count;  // row slots the cache holds
-    int rows = min(min((kBandWordsMax - 1) * 32 / width, kMaxBandRows - spill), height);
-    rows = min(rows, max(height / static_cast<int>(gridDim.x), 1));
-    rows = max(min(rows, static_cast<int>((line_budget - 5) / sy) - spill), 1);
-    while (rows > 1 && slot_bound(sy, rows + spill) > line_budget) --rows;  // float slack
-    const int bands = (height + rows - 1) / rows;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
 
-    for (int band = blockIdx.x; band < bands; band += gridDim.x) {
-        // Linear pixels [p_first, p_end) of the band's words; rows [row_a, row_b] hold them.
-        const int word0 = (band * rows * width + 31) / 32;
-        const int word_end = (min(band * rows + rows, height) * width + 31) / 32;
-        const int p_first = word0 * 32, p_end = min(word_end * 32, bits);
-        if (p_first >= p_end) continue;  // a narrow band whose bits all start an earlier word
-        const int row_a = p_first / width, row_b = (p_end - 1) / width;
-        const AxisSlots lines = axis_slots(sy, r.y + row_a, r.y + row_b, sam_h);
+    for (int k = static_cast<int>(blockIdx.x) / per; k < n;
+         k += max(static_cast<int>(gridDim.x) / per, 1)) {
+        const MaskRecord r =
+            reinterpret_cast<const MaskRecord*>(packet + geometry.mask_index_offset)[k];
+        const int width = static_cast<int>(r.width), height = static_cast<int>(r.height);
+        const int bits = width * height;
+        if (bits == 0) continue;  // mask_layout keeps width <= kMaxCropWidth
+        const float* low = low_res + static_cast<size_t>(k) * kLowRes * kLowRes;
+        uint32_t* data =
+            reinterpret_cast<uint32_t*>(packet + geometry.mask_data_offset + r.data_offset);
+        // Rows per band: one band per block of the mask where possible, within the row table
+        // and the word buffer (a band's words span at most rows + spill rows, plus one).
+        const int spill = 1 + 31 / width;
+        int rows = min(min(kMaxBandRows - spill, height), max(height / per, 1));
+        rows = max(min(rows, (kBandWordsMax - 2) * 32 / width - spill), 1);
+        const int bands = (height + rows - 1) / rows;
+        const int strips = (width + 31) / 32;
 
-        __syncthreads();  // the previous band is done with the shared buffers
-        for (int i = threadIdx.x; i <= row_b - row_a; i += blockDim.x) {
-            const int y = r.y + row_a + i;
-            const Taps ty = taps(sy, y, sam_h);
-            row_taps[i] = RowTaps{ty.w0, ty.w1, slot_of(lines, ty, y, 0) * cols.count,
-                                  slot_of(lines, ty, y, 1) * cols.count};
-        }
-        // Low-res rows the band's 1024-space rows read (slots are in increasing index order).
-        const int low_a = taps(kLowScale, index_of(lines, sy, 0, sam_h), kLowRes).i0;
-        const int low_b = taps(kLowScale, index_of(lines, sy, lines.count - 1, sam_h), kLowRes).i1;
-        const bool stage = low_b - low_a < kStageRows;  // else (strong downscaling) read global
-        if (stage) {
-            const float4* src = reinterpret_cast<const float4*>(low + low_a * kLowRes);
-            for (int i = threadIdx.x; i < (low_b - low_a + 1) * kLowRes / 4; i += blockDim.x)
-                reinterpret_cast<float4*>(staged)[i] = src[i];
-        }
-        __syncthreads();
-        const float* rows_src = stage ? staged : low;
-        const int rows_first = stage ? low_a : 0;
-        // The first interpolate as ATen evaluates it: y taps per cache line, x taps
-        // from the column table. Each line is split between two warps.
-        for (int task = warp; task < 2 * lines.count; task += warps) {
-            const int line = task / 2;
-            const Taps ty = taps(kLowScale, index_of(lines, sy, line, sam_h), kLowRes);
-            const float* r0 = rows_src + (ty.i0 - rows_first) * kLowRes;
-            const float* r1 = rows_src + (ty.i1 - rows_first) * kLowRes;
-            float* out = cache + line * cols.count;
-            for (int c = (task % 2) * 32 + lane; c < cols.count; c += 64) {
-                const PackedTaps tx = col_taps[c];
-                const int i0 = tx.index & 0xffff, i1 = tx.index >> 16;
-                const float w1 = tx.w1, w0 = 1.f - w1;
-                out[c] = ty.w0 * (w0 * r0[i0] + w1 * r0[i1]) + ty.w1 * (w0 * r1[i0] + w1 * r1[i1]);
-            }
-        }
-        __syncthreads();
+        for (int band = static_cast<int>(blockIdx.x) % per; band < bands; band += per) {
+            // Linear pixels [p_first, p_end) of the band's words; rows [row_a, row_b] hold them.
+            const int word0 = (band * rows * width + 31) / 32;
+            const int word_end = (min(band * rows + rows, height) * width + 31) / 32;
+            const int p_first = word0 * 32, p_end = min(word_end * 32, bits);
+            if (p_first >= p_end) continue;  // a narrow band whose bits all start an earlier word
+            const int row_a = p_first / width, row_b = (p_end - 1) / width;
+            const int band_rows = row_b - row_a + 1;
 
-        // A warp per word, a lane per bit; the lane's crop pixel advances by 32 x warps each
-        // word (one wrap at most for crops at least that wide, else divide).
-        const int stride = warps * 32;
-        int cy = (word0 * 32 + threadIdx.x) / width;
-        int cx = word0 * 32 + threadIdx.x - cy * width;
-        for (int word = word0 + warp; word < word_end; word += warps) {
-            const int p = word * 32 + lane;
-            bool set = false;
-            if (p < p_end) {
-                uint32_t index;
-                float wx1;
-                if (tabled) {
-                    const PackedTaps xt = x_taps[cx];
-                    index = xt.index;
-                    wx1 = xt.w1;
-                } else {
-                    const Taps t = taps(sx, r.x + cx, sam_w);
-                    const PackedTaps xt = pack_taps(slot_of(cols, t, r.x + cx, 0),
-                                                    slot_of(cols, t, r.x + cx, 1), t.w1);
-                    index = xt.index;
-                    wx1 = xt.w1;
-                }
-                const int c0 = index & 0xffff, c1 = index >> 16;
-                const float wx0 = 1.f - wx1;
-                const RowTaps ry = row_taps[cy - row_a];
-                const float* line0 = cache + ry.line0;
-                const float* line1 = cache + ry.line1;
-                const float logit = ry.w0 * (wx0 * line0[c0] + wx1 * line0[c1]) +
-                                    ry.w1 * (wx0 * line1[c0] + wx1 * line1[c1]);
-                set = logit > threshold;
+            __syncthreads();  // the previous band's words are written out
+            for (int i = threadIdx.x; i < word_end - word0; i += blockDim.x) band_words[i] = 0u;
+            for (int i = threadIdx.x; i < band_rows; i += blockDim.x) {
+                int a;
+                float e0, e1, e2;
+                composite_taps(sy, r.y + row_a + i, sam_h, a, e0, e1, e2);
+                row_weights[i] = RowWeights{a, e0, e1, e2};
             }
-            const uint32_t word_bits = __ballot_sync(0xffffffffu, set);
-            if (lane == 0) data[word] = word_bits;
-            if (width >= stride) {
-                cx += stride;
-                if (cx >= width) {
-                    cx -= width;
-                    ++cy;
+            __syncthreads();
+
+            // Work items: strips x row segments (segments only when strips < warps).
+            const int segments = max(warps / strips, 1);
+            const int seg_rows = (band_rows + segments - 1) / segments;
+            for (int item = warp; item < strips * segments; item += warps) {
+                const int strip = item % strips, seg = item / strips;
+                const int x = strip * 32 + lane;
+                const bool active = x < width;
+                int jb;
+                float k0, k1, k2;
+                composite_taps(sx, r.x + min(x, width - 1), sam_w, jb, k0, k1, k2);
+                const int j1 = min(jb + 1, kLowRes - 1), j2 = min(jb + 2, kLowRes - 1);
+                // Cells of low-res row `row` (clamped: a row past the last has weight 0).
+                auto load = [&](int row, float& c0, float& c1, float& c2) {
+                    const float* l = low + min(row, kLowRes - 1) * kLowRes;
+                    c0 = l[jb];
+                    c1 = l[j1];
+                    c2 = l[j2];
+                };
+                const int y_first = seg * seg_rows, y_end = min(y_first + seg_rows, band_rows);
+                // Horizontal interpolates of low-res rows cur .. cur + 2, and the cells of row
+                // cur + 3, loaded one step ahead so the window's advance does not wait on L2.
+                int cur = -4;
+                float h0 = 0.f, h1 = 0.f, h2 = 0.f, n0 = 0.f, n1 = 0.f, n2 = 0.f;
+                // Each lane keeps the bits of one strip row of every 32 (row y0 + lane) and puts
+                // them into the band's words after the 32.
+                for (int y0 = y_first; y0 < y_end; y0 += 32) {
+                    const int group = min(32, y_end - y0);
+                    uint32_t mine = 0u;
+                    for (int i = 0; i < group; ++i) {
+                        const RowWeights w = row_weights[y0 + i];
+                        if (w.a != cur) {  // warp-uniform
+                            if (w.a == cur + 1) {
+                                h0 = h1;
+                                h1 = h2;
+                                h2 = k0 * n0 + k1 * n1 + k2 * n2;
+                            } else {
+                                float c0, c1, c2;
+                                load(w.a, c0, c1, c2);
+                                h0 = k0 * c0 + k1 * c1 + k2 * c2;
+                                load(w.a + 1, c0, c1, c2);
+                                h1 = k0 * c0 + k1 * c1 + k2 * c2;
+                                load(w.a + 2, c0, c1, c2);
+                                h2 = k0 * c0 + k1 * c1 + k2 * c2;
+                            }
+                            cur = w.a;
+                            load(cur + 3, n0, n1, n2);
+                        }
+                        const float logit = w.e0 * h0 + w.e1 * h1 + w.e2 * h2;
+                        const uint32_t row_bits =
+                            __ballot_sync(0xffffffffu, active && logit > threshold);
+                        if (lane == i) mine = row_bits;
+                    }
+                    if (lane < group && mine != 0u) {
+                        // Linear index of the strip row's first pixel; its words in the band.
+                        const int o = (row_a + y0 + lane) * width + strip * 32;
+                        const int wi = o / 32 - word0, shift = o % 32;
+                        if (wi >= 0 && wi < word_end - word0) atomicOr(&band_words[wi], mine << shift);
+                        if (shift != 0 && wi + 1 >= 0 && wi + 1 < word_end - word0)
+                            atomicOr(&band_words[wi + 1], mine >> (32 - shift));
+                    }
                 }
-            } else {
-                cy = (p + stride) / width;
-                cx = p + stride - cy * width;
             }
+            __syncthreads();
+            // Bits past the crop's last pixel stay 0: they are never set (inactive lanes).
+            for (int i = threadIdx.x; i < word_end - word0; i += blockDim.x)
+                data[word0 + i] = band_words[i];
         }
     }
 }

@@ -16,11 +16,12 @@ pub const LOW_RES_MASK_BYTES: usize = LOW_RES_SIDE * LOW_RES_SIDE * 4;
 const BOUND_SLICES: u32 = 16;
 /// Bytes of the per-mask bounds scratch (one `int4` box per row slice).
 pub const BOUNDS_BYTES_PER_MASK: usize = 16 * BOUND_SLICES as usize;
-/// Resident `mask_encode` blocks per SM the grid aims at (three fit their shared memory); the
-/// blocks of a mask stride over its bands of crop rows.
-const ENCODE_BLOCKS_PER_SM: u32 = 3;
-/// Dynamic shared memory of `mask_encode` (kEncodeSmemBytes in the kernel).
-pub(crate) const ENCODE_SMEM_BYTES: u32 = (9216 + 8 * 256) * 4 + 1024 * 8 + 160 * 16 + 2048 * 8;
+/// Resident `mask_encode` blocks per SM (four fit its registers and shared memory): the grid
+/// is one full wave, shared out by the kernel over the device-side mask count.
+const ENCODE_BLOCKS_PER_SM: u32 = 4;
+/// Dynamic shared memory of `mask_encode` (kEncodeSmemBytes in the kernel): a band's 8192
+/// output words and 256 row-weight records.
+pub(crate) const ENCODE_SMEM_BYTES: u32 = 8192 * 4 + 256 * 16;
 
 /// Mirrors `MaskGeometry` in the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -172,11 +173,10 @@ pub fn launch_mask_decode_with_quality(
         .arg(&params.threshold)
         .arg(&io.packet)
         .arg(&geometry);
-    // Enough blocks to fill the GPU for one mask as for many (a full-frame mask has hundreds
-    // of bands).
-    let blocks_per_mask = (kernels.sm_count() * ENCODE_BLOCKS_PER_SM).div_ceil(params.max_masks);
+    // One wave of blocks, whatever the mask count (the kernel divides them among the masks the
+    // decoder produced; a full-frame mask has hundreds of bands).
     let cfg = LaunchConfig {
-        grid_dim: (blocks_per_mask.max(1), params.max_masks, 1),
+        grid_dim: (kernels.sm_count() * ENCODE_BLOCKS_PER_SM, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: ENCODE_SMEM_BYTES,
     };
