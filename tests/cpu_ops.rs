@@ -1,6 +1,6 @@
 //! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
 //! selection, and the launchers' argument checks (which run before any GPU work), including the
-//! fused TinyViT MLP's.
+//! fused TinyViT MLP's and the mask decoder's fused token ops (`ops::sam_tokens`).
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -14,6 +14,10 @@ use finesam::ops::gemm::{
 };
 use finesam::ops::gemm_tune::{candidates, heuristic_choice, tile_cost, tuning_enabled};
 use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
+use finesam::ops::sam_tokens::{
+    check_token_linear, check_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
+    token_mlp_tile_rows, TokenLinearArgs, TokenMlpArgs, TOKEN_MAX_ROWS,
+};
 use finesam::ops::tinyvit::{
     check_tinyvit_mlp, has_fused_mlp, tinyvit_mlp_flops, MlpArgs, MlpShape, MLP_CHANNELS,
 };
@@ -867,4 +871,199 @@ fn tinyvit_mlp_checks() {
             ..good
         }
     ));
+}
+
+#[test]
+fn token_linear_checks() {
+    // Operands 1 MiB apart; 7 rows (one box prompt).
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 20), bytes);
+    let rows = 7;
+    for k in [128usize, 256] {
+        let good = TokenLinearArgs {
+            rows,
+            k,
+            x: at(0, rows * k * 2),
+            weight: at(1, 256 * k * 2),
+            bias: at(2, 1024),
+            residual: Some(at(3, rows * 512)),
+            norm: (at(4, 1024), at(5, 1024)),
+            eps: 1e-5,
+            y: at(6, rows * 512),
+        };
+        check_token_linear(&good).unwrap();
+        // In place over the residual, and no residual at all (block 0's self attention).
+        let in_place = TokenLinearArgs {
+            residual: Some(good.y),
+            ..good
+        };
+        check_token_linear(&in_place).unwrap();
+        check_token_linear(&TokenLinearArgs {
+            residual: None,
+            ..good
+        })
+        .unwrap();
+        let bad = [
+            TokenLinearArgs { k: 64, ..good },
+            TokenLinearArgs { k: 192, ..good },
+            TokenLinearArgs { rows: 0, ..good },
+            TokenLinearArgs {
+                rows: TOKEN_MAX_ROWS + 1,
+                ..good
+            },
+            TokenLinearArgs {
+                eps: f32::INFINITY,
+                ..good
+            },
+            TokenLinearArgs {
+                x: DeviceRegion::new(0, 1 << 20),
+                ..good
+            },
+            TokenLinearArgs {
+                x: DeviceRegion::new(BASE + 8, rows * k * 2),
+                ..good
+            },
+            TokenLinearArgs {
+                x: at(0, rows * k * 2 - 2),
+                ..good
+            },
+            TokenLinearArgs {
+                weight: at(1, 255 * k * 2),
+                ..good
+            },
+            TokenLinearArgs {
+                bias: DeviceRegion::new(BASE + (2 << 20) + 4, 1024),
+                ..good
+            },
+            TokenLinearArgs {
+                norm: (good.norm.0, at(5, 1020)),
+                ..good
+            },
+            TokenLinearArgs {
+                residual: Some(at(3, rows * 512 - 16)),
+                ..good
+            },
+            TokenLinearArgs {
+                y: at(6, rows * 512 - 16),
+                ..good
+            },
+            // The residual partly over y (in place means the same rows).
+            TokenLinearArgs {
+                residual: Some(DeviceRegion::new(good.y.ptr + 512, rows * 512)),
+                ..good
+            },
+            // y over x, the weight or a parameter.
+            TokenLinearArgs {
+                y: DeviceRegion::new(good.x.ptr + 256, rows * 512),
+                ..good
+            },
+            TokenLinearArgs {
+                y: good.weight,
+                ..good
+            },
+            TokenLinearArgs {
+                y: DeviceRegion::new(good.norm.1.ptr, rows * 512),
+                ..good
+            },
+        ];
+        for args in bad {
+            assert!(is_launch_error(check_token_linear(&args)), "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn token_mlp_checks() {
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 20), bytes);
+    let rows = 56;
+    assert_eq!(token_mlp_scratch_bytes(rows), 16 * rows * 256 * 4);
+    let good = TokenMlpArgs {
+        rows,
+        x: at(0, rows * 512),
+        lin1: (at(1, 2048 * 256 * 2), at(2, 2048 * 4)),
+        lin2: (at(3, 256 * 2048 * 2), at(4, 1024)),
+        norm: (at(5, 1024), at(6, 1024)),
+        eps: 1e-5,
+        scratch: at(7, token_mlp_scratch_bytes(rows)),
+        y: at(9, rows * 512),
+    };
+    check_token_mlp(&good).unwrap();
+    check_token_mlp(&TokenMlpArgs { y: good.x, ..good }).unwrap();
+    let bad = [
+        TokenMlpArgs { rows: 0, ..good },
+        TokenMlpArgs {
+            rows: rows + 1,
+            ..good
+        },
+        TokenMlpArgs { eps: -1e-5, ..good },
+        TokenMlpArgs {
+            x: DeviceRegion::new(BASE + 2, rows * 512),
+            ..good
+        },
+        TokenMlpArgs {
+            lin1: (at(1, 2047 * 256 * 2), good.lin1.1),
+            ..good
+        },
+        TokenMlpArgs {
+            lin1: (good.lin1.0, at(2, 2047 * 4)),
+            ..good
+        },
+        TokenMlpArgs {
+            lin2: (DeviceRegion::new(0, 1 << 20), good.lin2.1),
+            ..good
+        },
+        TokenMlpArgs {
+            norm: (DeviceRegion::new(BASE + (5 << 20) + 8, 1024), good.norm.1),
+            ..good
+        },
+        TokenMlpArgs {
+            scratch: at(7, token_mlp_scratch_bytes(rows) - 4),
+            ..good
+        },
+        TokenMlpArgs {
+            scratch: DeviceRegion::new(BASE + (7 << 20) + 4, token_mlp_scratch_bytes(rows)),
+            ..good
+        },
+        // y partly over x (in place means the same rows), over the scratch or a weight.
+        TokenMlpArgs {
+            y: DeviceRegion::new(good.x.ptr + 512, rows * 512),
+            ..good
+        },
+        TokenMlpArgs {
+            y: good.scratch,
+            ..good
+        },
+        TokenMlpArgs {
+            y: DeviceRegion::new(good.lin2.0.ptr, rows * 512),
+            ..good
+        },
+        // The scratch over x or a weight.
+        TokenMlpArgs {
+            scratch: DeviceRegion::new(good.x.ptr, token_mlp_scratch_bytes(rows)),
+            ..good
+        },
+        TokenMlpArgs {
+            scratch: DeviceRegion::new(good.lin1.0.ptr, token_mlp_scratch_bytes(rows)),
+            ..good
+        },
+    ];
+    for args in bad {
+        assert!(is_launch_error(check_token_mlp(&args)), "{args:?}");
+    }
+}
+
+#[test]
+fn token_mlp_row_tile_selection() {
+    // The smallest tile whose grid (16 chunks x row tiles) fits one CTA per SM, else the
+    // largest tile the device's shared memory per block allows.
+    let h100 = H100_SMS as usize;
+    let (sm90, sm86) = (227 * 1024, 99 * 1024);
+    let rows_of = |rows, smem| select_token_mlp_tile(rows, h100, smem).map(token_mlp_tile_rows);
+    assert_eq!(rows_of(7, sm90), Some(16)); // 1 box: 16 CTAs
+    assert_eq!(rows_of(56, sm90), Some(16)); // 8 boxes: 64 CTAs
+    assert_eq!(rows_of(128, sm90), Some(16)); // 128 CTAs
+    assert_eq!(rows_of(224, sm90), Some(32)); // 32 boxes: 112 CTAs
+    assert_eq!(rows_of(483, sm90), Some(64)); // 128 CTAs
+    assert_eq!(rows_of(2208, sm90), Some(64)); // 560 CTAs, the largest tile
+    assert_eq!(rows_of(2208, sm86), Some(16)); // sm_86 / sm_89: only the 16-row tile fits
+    assert_eq!(rows_of(7, 64 * 1024), None);
 }

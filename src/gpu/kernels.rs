@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm, tinyvit};
+use crate::ops::{conv, norm, sam_tokens, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -55,6 +55,12 @@ pub struct Kernels {
     pub(crate) sam_upscale_masks: CudaFunction,
     pub(crate) sam_image_to_token: CudaFunction,
     pub(crate) sam_mask_embed: CudaFunction,
+    pub(crate) sam_token_linear_ln: CudaFunction,
+    /// `sam_token_mlp_<rows>`, indexed like `sam_tokens::TOKEN_MLP_TILES`.
+    pub(crate) sam_token_mlp: [CudaFunction; sam_tokens::TOKEN_MLP_TILES.len()],
+    pub(crate) sam_token_mlp_norm: CudaFunction,
+    /// Shared memory a block may opt in to (bytes): which token MLP tiles can run.
+    pub(crate) smem_per_block_optin: usize,
     /// Streaming multiprocessors of the device (GEMM tile selection).
     pub(crate) sm_count: u32,
     /// Resident blocks per SM of each `gemm_<tile>` (driver occupancy; GEMM tile selection).
@@ -102,6 +108,17 @@ impl Kernels {
             &sam_image_to_token,
             crate::ops::sam_decoder::image_to_token_smem_bytes(crate::ops::sam_decoder::MAX_TOKENS),
         )?;
+        let tokens = load_module(ctx, "sam_tokens", images::SAM_TOKENS)?;
+        let sam_token_linear_ln = function(&tokens, "sam_tokens", "sam_token_linear_ln")?;
+        set_dynamic_smem(&sam_token_linear_ln, sam_tokens::TOKEN_LINEAR_SMEM_BYTES)?;
+        let sam_token_mlp = functions(
+            &tokens,
+            "sam_tokens",
+            sam_tokens::TOKEN_MLP_TILES.map(|t| t.kernel),
+        )?;
+        for (f, t) in sam_token_mlp.iter().zip(sam_tokens::TOKEN_MLP_TILES) {
+            set_dynamic_smem(f, t.smem_bytes)?;
+        }
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -171,6 +188,10 @@ impl Kernels {
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
             sam_image_to_token,
             sam_mask_embed: function(&sam, "sam_decoder", "sam_mask_embed")?,
+            sam_token_linear_ln,
+            sam_token_mlp,
+            sam_token_mlp_norm: function(&tokens, "sam_tokens", "sam_token_mlp_norm")?,
+            smem_per_block_optin: optin.max(0) as usize,
             sm_count,
             gemm_blocks_per_sm,
             assign_smem_limit: assign_smem_limit as usize,
@@ -180,6 +201,11 @@ impl Kernels {
     /// Streaming multiprocessors of the device, as the GEMM tile selection sees them.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+
+    /// Shared memory (bytes) a block may opt in to on this device.
+    pub fn smem_per_block_optin(&self) -> usize {
+        self.smem_per_block_optin
     }
 
     /// Resident blocks per SM of each GEMM tile (indexed by `GemmTile::index`).

@@ -10,7 +10,9 @@
 //! at load and added as the GEMM residual, so `keys + pe` is never materialised. In the first
 //! block the keys are the same for every prompt, so their projections run once (batch 1) and
 //! are shared (batch stride 0). Token side (`[K, T, 256]`, T = 5 + prompt points): `query_pe`
-//! is the initial tokens, so its projections for all layers are one GEMM per decode.
+//! is the initial tokens, so its projections for all layers are one GEMM per decode; each
+//! attention's out_proj + residual + LayerNorm is one launch (`ops::sam_tokens`), and so is each
+//! MLP + residual + norm3 (two: hidden-chunk partials, then their ordered sum and the norm).
 //! Output upscaling: the first ConvTranspose2d(k2 s2) is a GEMM with columns ordered (dy, dx,
 //! channel); one kernel then runs LayerNorm2d + GELU on its rows of 64 channels, the second
 //! ConvTranspose2d + GELU on tensor cores and the hypernetwork product in fp32, writing the
@@ -29,12 +31,14 @@ use crate::ops::attention::{
 use crate::ops::gemm::{
     launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix, Residual, ResidualOrder,
 };
-use crate::ops::norm::{launch_layer_norm, LayerNormArgs};
 use crate::ops::sam_decoder::{
     launch_image_to_token, launch_mask_embed, launch_prompt_encode, launch_upscale_masks,
     mask_params, masks_per_prompt, ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs,
     UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM,
     UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
+};
+use crate::ops::sam_tokens::{
+    launch_token_linear, launch_token_mlp, token_mlp_scratch_bytes, TokenLinearArgs, TokenMlpArgs,
 };
 use crate::ops::DeviceRegion;
 use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
@@ -680,7 +684,8 @@ struct Ids {
     queries: TensorId,
     tok_o: TensorId,
     tq: TensorId,
-    hid: TensorId,
+    /// The token MLP's f32 partial products per hidden chunk (blocks 0 and 1).
+    mlp_partials: TensorId,
     post: [TensorId; 2],
     head: [TensorId; 3],
     head_bias: [TensorId; 3],
@@ -760,7 +765,7 @@ impl DecodePlan {
         // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
         // span 0..=6. With mask inputs the per-prompt keys are written at step 0 and block 0
         // projects them into `g` at step 1; the mask inputs are staged before the decode, so
-        // they span it all.
+        // they span it all. The token MLP's partials serve blocks 0 and 1 (steps 1..=3).
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
@@ -779,7 +784,7 @@ impl DecodePlan {
             queries: all(&mut p, "queries", rows * D * 2)?,
             tok_o: all(&mut p, "token_attention", rows * D * 2)?,
             tq: all(&mut p, "token_q", rows * CROSS * 2)?,
-            hid: all(&mut p, "mlp_hidden", rows * MLP * 2)?,
+            mlp_partials: p.request("mlp_partials", token_mlp_scratch_bytes(rows), 1, 3)?,
             post: [
                 all(&mut p, "post_mlp0", rows * POST_N[0] * 2)?,
                 all(&mut p, "post_mlp1", rows * POST_N[1] * 2)?,
@@ -858,8 +863,9 @@ impl DecodePlan {
         gpu.synchronize()?;
         // No GEMM tuning and no split-K (H200, 2026-11-27): with both, decodes took 211 / 523 /
         // 1431 us for 1 / 8 / 32 prompts instead of 226 / 523 / 1422, and split-K's other
-        // rounding of the MLP moved one marginal multimask mask (2.7 % of the frame, mostly
-        // near-threshold pixels) to IoU 0.979, below the parity criterion.
+        // rounding of the MLP's second GEMM (the MLP is `launch_token_mlp` now) moved one
+        // marginal multimask mask (2.7 % of the frame, mostly near-threshold pixels) to IoU
+        // 0.979, below the parity criterion.
         Ok(plan)
     }
 
@@ -1089,23 +1095,28 @@ impl DecodePlan {
                 },
             )
         };
-        let ln = |x: DeviceRegion, n_rows: usize, norm: (DeviceRegion, DeviceRegion)| {
-            launch_layer_norm(
+        let queries = r(ids.queries);
+        // queries = LayerNorm(x @ out^T + b (+ queries)): an attention's out_proj, residual and
+        // norm in one launch (x = the attention output, k columns).
+        let out_norm = |k: usize,
+                        out: (DeviceRegion, DeviceRegion),
+                        residual: bool,
+                        norm: (DeviceRegion, DeviceRegion)| {
+            launch_token_linear(
                 gpu,
-                &LayerNormArgs {
-                    rows: n_rows,
-                    channels: D,
+                &TokenLinearArgs {
+                    rows,
+                    k,
+                    x: r(ids.tok_o),
+                    weight: out.0,
+                    bias: out.1,
+                    residual: residual.then_some(queries),
+                    norm,
                     eps: LN_EPS,
-                    x,
-                    residual: None,
-                    sum: None,
-                    gamma: norm.0,
-                    beta: norm.1,
-                    y: x,
+                    y: queries,
                 },
             )
         };
-        let queries = r(ids.queries);
         // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
         // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
         // out_proj with the queries as residual and the LayerNorm.
@@ -1137,19 +1148,7 @@ impl DecodePlan {
             let k = pixels_of(g, k_col, stride, shared);
             let v = pixels_of(g, k_col + CROSS, stride, shared);
             attention(t, PIXELS, CROSS / HEADS_N, scale16, q, k, v, o)?;
-            gemm(
-                gpu,
-                rows,
-                D,
-                CROSS,
-                (r(ids.tok_o), CROSS),
-                (out.0, 0),
-                (queries, D),
-                Some(out.1),
-                Activation::None,
-                Some((queries, D, 0)),
-            )?;
-            ln(queries, rows, norm)
+            out_norm(CROSS, out, true, norm)
         };
         for (l, lw) in w.layers.iter().enumerate() {
             if !run([DecodePart::Block0, DecodePart::Block1][l]) {
@@ -1167,20 +1166,9 @@ impl DecodePlan {
                 |which: usize| tokens_of(qkv_id, qkv_col + which * D, qkv_stride, D / HEADS_N);
             let o = tokens_of(ids.tok_o, 0, D, D / HEADS_N);
             attention(t, t, D / HEADS_N, scale32, qkv(0), qkv(1), qkv(2), o)?;
-            let res = (l == 1).then_some((queries, D, 0));
-            gemm(
-                gpu,
-                rows,
-                D,
-                D,
-                (r(ids.tok_o), D),
-                (lw.self_out.0, 0),
-                (queries, D),
-                Some(lw.self_out.1),
-                Activation::None,
-                res,
-            )?;
-            ln(queries, rows, lw.norms[0])?;
+            // Block 0 (skip_first_layer_pe) replaces the queries by the attention output: no
+            // residual.
+            out_norm(D, lw.self_out, l == 1, lw.norms[0])?;
 
             // Token -> image. Block 0 without mask inputs reads the shared projection of the
             // embedding; otherwise the block first projects its own (per-prompt) keys. Block 0
@@ -1228,32 +1216,20 @@ impl DecodePlan {
                 lw.norms[1],
             )?;
 
-            // MLP (ReLU: TwoWayTransformer's default activation).
-            gemm(
+            // MLP (ReLU: TwoWayTransformer's default activation) + residual + norm3, in place.
+            launch_token_mlp(
                 gpu,
-                rows,
-                MLP,
-                D,
-                (queries, D),
-                (lw.lin1.0, 0),
-                (r(ids.hid), MLP),
-                Some(lw.lin1.1),
-                Activation::Relu,
-                None,
+                &TokenMlpArgs {
+                    rows,
+                    x: queries,
+                    lin1: lw.lin1,
+                    lin2: lw.lin2,
+                    norm: lw.norms[2],
+                    eps: LN_EPS,
+                    scratch: r(ids.mlp_partials),
+                    y: queries,
+                },
             )?;
-            gemm(
-                gpu,
-                rows,
-                D,
-                MLP,
-                (r(ids.hid), MLP),
-                (lw.lin2.0, 0),
-                (queries, D),
-                Some(lw.lin2.1),
-                Activation::None,
-                Some((queries, D, 0)),
-            )?;
-            ln(queries, rows, lw.norms[2])?;
 
             // Image -> token: queries are the image pixels. One GEMM gives its token k/v and
             // what else reads these queries next (block 1's qkv, or the final attention's q).
