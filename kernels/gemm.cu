@@ -171,6 +171,51 @@ __device__ __forceinline__ void store_tile(const GemmParams& p, const float* s_c
     __half* y = p.y + batch * p.bsy;
     const __half* res = p.residual ? p.residual + batch * p.bsr : nullptr;
     constexpr int kChunksPerRow = BN / 8;
+    // Common case (16-byte rows, no window scatter, a whole tile): every thread first loads
+    // all its residual chunks and biases, then stores; one dependent L2 trip per thread instead
+    // of one per chunk (the loop below cannot hoist them: y may alias the residual, which is
+    // fine here as each element is read and written by the same thread).
+    constexpr int kIters = BM * kChunksPerRow / T::kThreads;
+    static_assert(BM * kChunksPerRow % T::kThreads == 0, "whole store iterations");
+    const bool bias_vec = (reinterpret_cast<uintptr_t>(p.bias) & 15) == 0;  // null too
+    if (p.vec_out && p.win == 0 && bias_vec && m0 + BM <= p.m && n0 + BN <= p.n) {
+        // A thread's chunks all lie in the same 8 columns (kThreads is a multiple of the
+        // chunks per row), so it needs one 8-float bias.
+        static_assert(T::kThreads % kChunksPerRow == 0, "one column chunk per thread");
+        const int c = (tid % kChunksPerRow) * 8;
+        float b[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (p.bias) {
+            const float4 b0 = *reinterpret_cast<const float4*>(p.bias + n0 + c);
+            const float4 b1 = *reinterpret_cast<const float4*>(p.bias + n0 + c + 4);
+            b[0] = b0.x; b[1] = b0.y; b[2] = b0.z; b[3] = b0.w;
+            b[4] = b1.x; b[5] = b1.y; b[6] = b1.z; b[7] = b1.w;
+        }
+        uint4 rv[kIters];
+#pragma unroll
+        for (int it = 0; it < kIters; ++it) {
+            const int r = (tid + it * T::kThreads) / kChunksPerRow;
+            rv[it] = res ? *reinterpret_cast<const uint4*>(res + (m0 + r) * p.ldr + n0 + c)
+                         : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int it = 0; it < kIters; ++it) {
+            const int idx = tid + it * T::kThreads;
+            const int r = idx / kChunksPerRow;
+            const int swap = (idx >> 2) & 1;  // as below: conflict-free float4 reads
+            const float* src = s_c + r * T::kLdc + c;
+            const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
+            const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
+            const float4 lo = swap ? second : first;
+            const float4 hi = swap ? first : second;
+            float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float rf[8];
+            unpack8(rv[it], rf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = epilogue(v[e], b[e], rf[e], p);
+            *reinterpret_cast<uint4*>(y + (m0 + r) * p.ldy + n0 + c) = pack8(v);
+        }
+        return;
+    }
     for (int idx = tid; idx < BM * kChunksPerRow; idx += T::kThreads) {
         const int r = idx / kChunksPerRow;
         const int c = (idx - r * kChunksPerRow) * 8;

@@ -200,7 +200,7 @@ mask_layout(const int4* __restrict__ partial, const uint32_t* __restrict__ mask_
 }
 
 
-// Dynamic shared memory of mask_encode (36,864 B, four blocks per SM), in this order:
+// Dynamic shared memory of mask_encode (36,864 B), in this order:
 constexpr int kMaxBandRows = 256;    // crop rows of a band (its rows + those its last word spills into)
 
 // One crop row: the low-res row `a` it starts at and the composite weights of rows a, a+1,
@@ -232,17 +232,68 @@ __device__ __forceinline__ void composite_taps(float scale, int dst, int sam_siz
     k2 = v.i1 == base + 2 ? d : 0.f;
 }
 
-// Grid: sm_count x 4 blocks of 256 threads, one wave, shared out over the device's mask count
+// Crop columns a lane evaluates side by side (the row record, window test and loop are shared).
+constexpr int kColumnsPerLane = 2;
+
+// One crop column of a lane: its composite x weights over low-res columns jb .. jb + 2, the
+// horizontal interpolates h of the low-res rows in play (cur .. cur + 2) and the cells of row
+// cur + 3, loaded one step ahead so the window's advance does not wait on L2.
+struct Column {
+    const float* cells;  // low-res column jb of row 0
+    int d1, d2;          // offsets of columns jb + 1, jb + 2 (clamped to the last column)
+    float k0, k1, k2, h0, h1, h2, n0, n1, n2;
+    bool active;         // inside the crop
+
+    __device__ __forceinline__ void init(float sx, int crop_x, int x, int width, int sam_w,
+                                         const float* low) {
+        active = x < width;
+        int jb;
+        composite_taps(sx, crop_x + min(x, width - 1), sam_w, jb, k0, k1, k2);
+        cells = low + jb;
+        d1 = min(jb + 1, kLowRes - 1) - jb;
+        d2 = min(jb + 2, kLowRes - 1) - jb;
+        h0 = h1 = h2 = n0 = n1 = n2 = 0.f;
+    }
+    // Cells of low-res row `row` (clamped: a row past the last has weight 0).
+    __device__ __forceinline__ void load(int row, float& c0, float& c1, float& c2) const {
+        const float* l = cells + min(row, kLowRes - 1) * kLowRes;
+        c0 = l[0];
+        c1 = l[d1];
+        c2 = l[d2];
+    }
+    // The window moves from low-res row `cur` to `a` (> cur).
+    __device__ __forceinline__ void advance(int a, int cur) {
+        if (a == cur + 1) {
+            h0 = h1;
+            h1 = h2;
+            h2 = k0 * n0 + k1 * n1 + k2 * n2;
+        } else {
+            float c0, c1, c2;
+            load(a, c0, c1, c2);
+            h0 = k0 * c0 + k1 * c1 + k2 * c2;
+            load(a + 1, c0, c1, c2);
+            h1 = k0 * c0 + k1 * c1 + k2 * c2;
+            load(a + 2, c0, c1, c2);
+            h2 = k0 * c0 + k1 * c1 + k2 * c2;
+        }
+        load(a + 3, n0, n1, n2);
+    }
+    __device__ __forceinline__ bool above(const RowWeights& w, float threshold) const {
+        return active && w.e0 * h0 + w.e1 * h1 + w.e2 * h2 > threshold;
+    }
+};
+
+// Grid: sm_count x 3 blocks of 256 threads, one wave, shared out over the device's mask count
 // (`per` blocks a mask); a mask's blocks stride over its bands of crop rows. A band owns the
 // 32-bit words whose first bit lies in its rows (its last word may spill into the next rows);
 // each word is 32 consecutive pixels of the crop (row-major), LSB first.
 //
 // Both interpolations are linear, so a frame pixel's logit is sum_r e_r(y) sum_j k_j(x) L[r][j]
 // over at most 3 x 3 low-res cells, with composite weights e (per crop row, tabled per band)
-// and k (per crop column). A warp owns a 32-column strip of the band and walks its rows: each
-// lane keeps its column's k and the horizontal interpolates H[r] = sum_j k_j L[r][j] of the 3
-// low-res rows in play (a new row enters every 4 / scale_y crop rows, read from L2), so a
-// pixel is 3 FMAs, a compare and a share of one ballot. The 32 bits of a strip row go into the
+// and k (per crop column). A warp owns a 64-column strip of the band and walks its rows: each
+// lane keeps, for its two columns, k and the horizontal interpolates H[r] = sum_j k_j L[r][j]
+// of the 3 low-res rows in play (a new row enters every 4 / scale_y crop rows, read from L2),
+// so a pixel is 3 FMAs, a compare and a share of one ballot. The 32 bits of a strip row go into the
 // band's words in shared memory (two atomicOr when the row does not start on a word boundary),
 // then the band's words are written out coalesced.
 //
@@ -255,7 +306,7 @@ __device__ __forceinline__ void composite_taps(float scale, int dst, int sam_siz
 // instructions, ~5 us of the GPU's issue. The previous version (a cache of 1024-space values per
 // band, ATen's expression per pixel from 4 of them) issued ~75 instructions per pixel: 312 us
 // for 32 full-frame masks (H200, ncu), a third of that the partial second wave of its grid.
-extern "C" __global__ void __launch_bounds__(256, 4)
+extern "C" __global__ void __launch_bounds__(256, 3)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
             MaskGeometry geometry) {
@@ -287,7 +338,7 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
         int rows = min(min(kMaxBandRows - spill, height), max(height / per, 1));
         rows = max(min(rows, (kBandWordsMax - 2) * 32 / width - spill), 1);
         const int bands = (height + rows - 1) / rows;
-        const int strips = (width + 31) / 32;
+        const int strips = (width + 32 * kColumnsPerLane - 1) / (32 * kColumnsPerLane);
 
         for (int band = static_cast<int>(blockIdx.x) % per; band < bands; band += per) {
             // Linear pixels [p_first, p_end) of the band's words; rows [row_a, row_b] hold them.
@@ -308,65 +359,50 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
             }
             __syncthreads();
 
-            // Work items: strips x row segments (segments only when strips < warps).
+            // Work items: strips of 64 columns (two per lane: x and x + 32) x row segments
+            // (segments only when strips < warps).
             const int segments = max(warps / strips, 1);
             const int seg_rows = (band_rows + segments - 1) / segments;
             for (int item = warp; item < strips * segments; item += warps) {
                 const int strip = item % strips, seg = item / strips;
-                const int x = strip * 32 + lane;
-                const bool active = x < width;
-                int jb;
-                float k0, k1, k2;
-                composite_taps(sx, r.x + min(x, width - 1), sam_w, jb, k0, k1, k2);
-                const int j1 = min(jb + 1, kLowRes - 1), j2 = min(jb + 2, kLowRes - 1);
-                // Cells of low-res row `row` (clamped: a row past the last has weight 0).
-                auto load = [&](int row, float& c0, float& c1, float& c2) {
-                    const float* l = low + min(row, kLowRes - 1) * kLowRes;
-                    c0 = l[jb];
-                    c1 = l[j1];
-                    c2 = l[j2];
-                };
+                Column col[kColumnsPerLane];
+#pragma unroll
+                for (int c = 0; c < kColumnsPerLane; ++c)
+                    col[c].init(sx, r.x, strip * 32 * kColumnsPerLane + c * 32 + lane, width, sam_w, low);
                 const int y_first = seg * seg_rows, y_end = min(y_first + seg_rows, band_rows);
-                // Horizontal interpolates of low-res rows cur .. cur + 2, and the cells of row
-                // cur + 3, loaded one step ahead so the window's advance does not wait on L2.
-                int cur = -4;
-                float h0 = 0.f, h1 = 0.f, h2 = 0.f, n0 = 0.f, n1 = 0.f, n2 = 0.f;
+                int cur = -4;  // low-res row of h0 (warp-uniform)
                 // Each lane keeps the bits of one strip row of every 32 (row y0 + lane) and puts
                 // them into the band's words after the 32.
                 for (int y0 = y_first; y0 < y_end; y0 += 32) {
                     const int group = min(32, y_end - y0);
-                    uint32_t mine = 0u;
+                    uint32_t mine[kColumnsPerLane] = {};
                     for (int i = 0; i < group; ++i) {
                         const RowWeights w = row_weights[y0 + i];
                         if (w.a != cur) {  // warp-uniform
-                            if (w.a == cur + 1) {
-                                h0 = h1;
-                                h1 = h2;
-                                h2 = k0 * n0 + k1 * n1 + k2 * n2;
-                            } else {
-                                float c0, c1, c2;
-                                load(w.a, c0, c1, c2);
-                                h0 = k0 * c0 + k1 * c1 + k2 * c2;
-                                load(w.a + 1, c0, c1, c2);
-                                h1 = k0 * c0 + k1 * c1 + k2 * c2;
-                                load(w.a + 2, c0, c1, c2);
-                                h2 = k0 * c0 + k1 * c1 + k2 * c2;
-                            }
+#pragma unroll
+                            for (int c = 0; c < kColumnsPerLane; ++c) col[c].advance(w.a, cur);
                             cur = w.a;
-                            load(cur + 3, n0, n1, n2);
                         }
-                        const float logit = w.e0 * h0 + w.e1 * h1 + w.e2 * h2;
-                        const uint32_t row_bits =
-                            __ballot_sync(0xffffffffu, active && logit > threshold);
-                        if (lane == i) mine = row_bits;
+#pragma unroll
+                        for (int c = 0; c < kColumnsPerLane; ++c) {
+                            const uint32_t row_bits =
+                                __ballot_sync(0xffffffffu, col[c].above(w, threshold));
+                            if (lane == i) mine[c] = row_bits;
+                        }
                     }
-                    if (lane < group && mine != 0u) {
-                        // Linear index of the strip row's first pixel; its words in the band.
-                        const int o = (row_a + y0 + lane) * width + strip * 32;
-                        const int wi = o / 32 - word0, shift = o % 32;
-                        if (wi >= 0 && wi < word_end - word0) atomicOr(&band_words[wi], mine << shift);
-                        if (shift != 0 && wi + 1 >= 0 && wi + 1 < word_end - word0)
-                            atomicOr(&band_words[wi + 1], mine >> (32 - shift));
+                    if (lane < group) {
+#pragma unroll
+                        for (int c = 0; c < kColumnsPerLane; ++c) {
+                            if (mine[c] == 0u) continue;
+                            // Linear index of the strip row's first pixel; its words in the band.
+                            const int o = (row_a + y0 + lane) * width +
+                                          (strip * kColumnsPerLane + c) * 32;
+                            const int wi = o / 32 - word0, shift = o % 32;
+                            if (wi >= 0 && wi < word_end - word0)
+                                atomicOr(&band_words[wi], mine[c] << shift);
+                            if (shift != 0 && wi + 1 >= 0 && wi + 1 < word_end - word0)
+                                atomicOr(&band_words[wi + 1], mine[c] >> (32 - shift));
+                        }
                     }
                 }
             }

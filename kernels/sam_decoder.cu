@@ -405,7 +405,8 @@ __device__ __forceinline__ float2 i2t_row_totals(float lo, float hi, float (*s)[
 // fragments (one m16n8k16 k-step per head). Heads go in pairs, each pair's attention straight
 // into out_proj, so 128 registers hold it without spills (q rows prefetched into L1 so the
 // pairs' q loads do not each wait on L2). out_proj runs on mma.sync with fp32 accumulators (B
-// fragments from the padded shared copy: the 8 rows x 4 words of a load hit 32 distinct banks);
+// fragments from the padded shared copy by ldmatrix.x4, two n-tiles a load: its 8 row addresses
+// per matrix hit 32 distinct banks; 4 LDS.32 a pair before, which throttled the MIO queue);
 // bias, residual and the LayerNorm (two-pass mean / centred variance over the 256 columns, halves
 // combined through shared memory) stay in fp32 until the one fp16 store. Residual and output may
 // alias: each element is read and then written by the same thread. Dynamic shared memory:
@@ -539,10 +540,16 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
                                        pack_half2(o[hh][0][2] * inv[1], o[hh][0][3] * inv[1]),
                                        pack_half2(o[hh][1][0] * inv[0], o[hh][1][1] * inv[0]),
                                        pack_half2(o[hh][1][2] * inv[1], o[hh][1][3] * inv[1])};
+                // B fragments of n-tiles 2jj and 2jj + 1 in one ldmatrix.x4: lanes 8m..8m+7
+                // address the 8 rows (n) of matrix m = (n-tile 2jj + m / 2, dims 8 (m % 2)..).
+                const int m_tile = lane >> 4, m_dims = ((lane >> 3) & 1) * 8;
 #pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    const __half* wr = w_s + (n0 + j * 8 + g) * kWLd + (h0 + hh) * 16 + 2 * q;
-                    mma16816(acc[j], a, ld_shared32(wr), ld_shared32(wr + 8));
+                for (int jj = 0; jj < 8; ++jj) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, smem_addr(w_s + (n0 + (2 * jj + m_tile) * 8 + (lane & 7)) * kWLd +
+                                             (h0 + hh) * 16 + m_dims));
+                    mma16816(acc[2 * jj], a, b[0], b[1]);
+                    mma16816(acc[2 * jj + 1], a, b[2], b[3]);
                 }
             }
         }

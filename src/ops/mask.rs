@@ -16,9 +16,9 @@ pub const LOW_RES_MASK_BYTES: usize = LOW_RES_SIDE * LOW_RES_SIDE * 4;
 const BOUND_SLICES: u32 = 16;
 /// Bytes of the per-mask bounds scratch (one `int4` box per row slice).
 pub const BOUNDS_BYTES_PER_MASK: usize = 16 * BOUND_SLICES as usize;
-/// Resident `mask_encode` blocks per SM (four fit its registers and shared memory): the grid
-/// is one full wave, shared out by the kernel over the device-side mask count.
-const ENCODE_BLOCKS_PER_SM: u32 = 4;
+/// Resident `mask_encode` blocks per SM (three fit its registers, `__launch_bounds__(256, 3)`):
+/// the grid is one full wave, shared out by the kernel over the device-side mask count.
+const ENCODE_BLOCKS_PER_SM: u32 = 3;
 /// Dynamic shared memory of `mask_encode` (kEncodeSmemBytes in the kernel): a band's 8192
 /// output words and 256 row-weight records.
 pub(crate) const ENCODE_SMEM_BYTES: u32 = 8192 * 4 + 256 * 16;
