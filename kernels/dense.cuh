@@ -88,4 +88,31 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// Row totals for mma.sync tiles whose rows are spread over several warps: each lane holds
+// partial sums of rows `row` and `row + 8` (an m16 fragment's g and g + 8); they are reduced
+// over the quad, and the quads' totals (lane q == 0 writes, `writer`) are staged in `s`
+// ([rows][SLOTS], one slot per warp sharing the rows) and summed in slot order, so every
+// thread gets the same bits. One barrier: every thread of the block must call it.
+template <int SLOTS>
+__device__ __forceinline__ float2 quad_row_totals(float lo, float hi, float (*s)[SLOTS], int row,
+                                                  int slot, bool writer) {
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        lo += __shfl_xor_sync(0xffffffffu, lo, o);
+        hi += __shfl_xor_sync(0xffffffffu, hi, o);
+    }
+    if (writer) {
+        s[row][slot] = lo;
+        s[row + 8][slot] = hi;
+    }
+    __syncthreads();
+    float2 t = make_float2(s[row][0], s[row + 8][0]);
+#pragma unroll
+    for (int w = 1; w < SLOTS; ++w) {
+        t.x += s[row][w];
+        t.y += s[row + 8][w];
+    }
+    return t;
+}
+
 }  // namespace finesam

@@ -162,6 +162,21 @@ struct ALoader<ITERS, THREADS, true> {
     }
 };
 
+// The 8 staged fp32 values of chunk `idx` (row r, columns c..c+7) of the tile in s_c. Lanes 4-7
+// of each quarter-warp read their two float4 halves in the opposite order, so the 8 lanes of
+// one load instruction cover all 32 banks (no 2-way conflict).
+template <class T>
+__device__ __forceinline__ void load_staged8(const float* s_c, int r, int c, int idx, float (&v)[8]) {
+    const int swap = (idx >> 2) & 1;
+    const float* src = s_c + r * T::kLdc + c;
+    const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
+    const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
+    const float4 lo = swap ? second : first;
+    const float4 hi = swap ? first : second;
+    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
+    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
+}
+
 // The fused epilogue of one BM x BN tile whose alpha * acc values are staged (fp32) in s_c:
 // bias, residual, activation, then 16-byte (or element) stores, rows scattered for windows.
 template <class T>
@@ -201,13 +216,8 @@ __device__ __forceinline__ void store_tile(const GemmParams& p, const float* s_c
         for (int it = 0; it < kIters; ++it) {
             const int idx = tid + it * T::kThreads;
             const int r = idx / kChunksPerRow;
-            const int swap = (idx >> 2) & 1;  // as below: conflict-free float4 reads
-            const float* src = s_c + r * T::kLdc + c;
-            const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
-            const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
-            const float4 lo = swap ? second : first;
-            const float4 hi = swap ? first : second;
-            float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float v[8];
+            load_staged8<T>(s_c, r, c, idx, v);
             float rf[8];
             unpack8(rv[it], rf);
 #pragma unroll
@@ -235,15 +245,8 @@ __device__ __forceinline__ void store_tile(const GemmParams& p, const float* s_c
             if (py >= p.map_h || px >= p.map_w) continue;  // a padding token: not stored
             out_row = (static_cast<long long>(img) * p.map_h + py) * p.map_w + px;
         }
-        // Lanes 4-7 of each quarter-warp read their two float4 halves in the opposite order,
-        // so the 8 lanes of one load instruction cover all 32 banks (no 2-way conflict).
-        const int swap = (idx >> 2) & 1;
-        const float* src = s_c + r * T::kLdc + c;
-        const float4 first = *reinterpret_cast<const float4*>(src + 4 * swap);
-        const float4 second = *reinterpret_cast<const float4*>(src + 4 - 4 * swap);
-        const float4 lo = swap ? second : first;
-        const float4 hi = swap ? first : second;
-        float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        float v[8];
+        load_staged8<T>(s_c, r, c, idx, v);
         __half* yrow = y + out_row * p.ldy + gn;
         const __half* rrow = res ? res + out_row * p.ldr + gn : nullptr;
         if (p.vec_out && gn + 8 <= p.n) {

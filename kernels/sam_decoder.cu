@@ -372,23 +372,6 @@ __device__ __forceinline__ void i2t_attend_tile(const uint32_t (&qf)[kHeadsAtOnc
 
 }  // namespace
 
-// The totals of rows lr and lr + 8 over their 256 columns: each lane holds partial sums (lo,
-// hi) of its 2 x 16 values in this warp's column half; reduced over the quad, then the two
-// halves' warps combine through `s` (one barrier: every thread of the block must call it).
-__device__ __forceinline__ float2 i2t_row_totals(float lo, float hi, float (*s)[2], int lr,
-                                                 int half, int q) {
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        lo += __shfl_xor_sync(0xffffffffu, lo, o);
-        hi += __shfl_xor_sync(0xffffffffu, hi, o);
-    }
-    if (q == 0) {
-        s[lr][half] = lo;
-        s[lr + 8][half] = hi;
-    }
-    __syncthreads();
-    return make_float2(s[lr][0] + s[lr][1], s[lr + 8][0] + s[lr + 8][1]);
-}
 
 // Image -> token cross attention of a two-way block, its out_proj, the residual and norm4 in
 // one pass: keys = LayerNorm(keys + out_proj(attn(q = pixels, k/v = tokens))), i.e. MobileSAM
@@ -572,7 +555,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
             sum_lo += acc[j][0] + acc[j][1];
             sum_hi += acc[j][2] + acc[j][3];
         }
-        const float2 sums = i2t_row_totals(sum_lo, sum_hi, sum_s, lr, half, q);
+        const float2 sums = quad_row_totals(sum_lo, sum_hi, sum_s, lr, half, q == 0);
         const float mean_lo = sums.x * (1.f / 256.f), mean_hi = sums.y * (1.f / 256.f);
         float var_lo = 0.f, var_hi = 0.f;
 #pragma unroll
@@ -585,7 +568,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
                 var_hi += acc[j][2 + e] * acc[j][2 + e];
             }
         }
-        const float2 vars = i2t_row_totals(var_lo, var_hi, var_s, lr, half, q);
+        const float2 vars = quad_row_totals(var_lo, var_hi, var_s, lr, half, q == 0);
         const float inv_lo = rsqrtf(vars.x * (1.f / 256.f) + p.eps);
         const float inv_hi = rsqrtf(vars.y * (1.f / 256.f) + p.eps);
         __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;

@@ -99,30 +99,6 @@ struct TokenLinearParams {
     float eps;
 };
 
-// The totals over the CTA's 8 warps of two per-lane row values (rows g and g + 8 of the tile):
-// quad shuffles, then the warps' parts summed in warp order through `s` (one barrier; every
-// thread must call it).
-__device__ __forceinline__ float2 lin_row_totals(float lo, float hi, float (*s)[kWarps], int g,
-                                                 int q2, int warp) {
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        lo += __shfl_xor_sync(0xffffffffu, lo, o);
-        hi += __shfl_xor_sync(0xffffffffu, hi, o);
-    }
-    if (q2 == 0) {
-        s[g][warp] = lo;
-        s[g + 8][warp] = hi;
-    }
-    __syncthreads();
-    float2 t = make_float2(0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-        t.x += s[g][w];
-        t.y += s[g + 8][w];
-    }
-    return t;
-}
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(TokenLinearParams p) {
@@ -225,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(To
         lo += acc[j][0] + acc[j][1];
         hi += acc[j][2] + acc[j][3];
     }
-    const float2 sums = lin_row_totals(lo, hi, sum_s, L.g, L.q2, warp);
+    const float2 sums = quad_row_totals(lo, hi, sum_s, L.g, warp, L.q2 == 0);
     const float mean_lo = sums.x * (1.f / kDim), mean_hi = sums.y * (1.f / kDim);
     lo = hi = 0.f;
 #pragma unroll
@@ -237,7 +213,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(To
         lo += acc[j][0] * acc[j][0] + acc[j][1] * acc[j][1];
         hi += acc[j][2] * acc[j][2] + acc[j][3] * acc[j][3];
     }
-    const float2 vars = lin_row_totals(lo, hi, var_s, L.g, L.q2, warp);
+    const float2 vars = quad_row_totals(lo, hi, var_s, L.g, warp, L.q2 == 0);
     const float inv_lo = rsqrtf(vars.x * (1.f / kDim) + p.eps);
     const float inv_hi = rsqrtf(vars.y * (1.f / kDim) + p.eps);
 #pragma unroll
@@ -258,6 +234,21 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(To
 // Token MLP: partial products per hidden chunk, then the ordered reduction + LayerNorm
 
 namespace {
+
+// One k16 step of a warp's 16 x (8 NT) tile: A by ldmatrix.x4 at a_addr, B of n-tile pairs
+// 2j, 2j + 1 by ldmatrix.x4 from weight rows LD halves apart (16 rows per pair) at b_addr.
+template <int NT, int LD>
+__device__ __forceinline__ void mma_k16(float (&acc)[NT][4], uint32_t a_addr, uint32_t b_addr) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_addr);
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+        uint32_t b[4];
+        ldmatrix_x4(b, b_addr + j * 16 * LD * 2);
+        mma16816(acc[2 * j], a, b[0], b[1]);
+        mma16816(acc[2 * j + 1], a, b[2], b[3]);
+    }
+}
 
 constexpr int kHidden = 2048;
 constexpr int kChunk = 128;                  // hidden units per CTA
@@ -369,17 +360,8 @@ __device__ __forceinline__ void token_mlp_body(const TokenMlpParams& p) {
             // lin1: acc1 += x[:, 64s..] W1[chunk rows, 64s..]^T.
             const uint32_t b_base = smem_addr(slot + (wn * kEN1 * 8 + L.b_row) * kLdW1 + L.b_col);
 #pragma unroll
-            for (int kk = 0; kk < kW1Step; kk += 16) {
-                uint32_t a[4];
-                ldmatrix_x4(a, xa + (s * kW1Step + kk) * 2);
-#pragma unroll
-                for (int j = 0; j < kEN1 / 2; ++j) {
-                    uint32_t b[4];
-                    ldmatrix_x4(b, b_base + (j * 16 * kLdW1 + kk) * 2);
-                    mma16816(acc1[2 * j], a, b[0], b[1]);
-                    mma16816(acc1[2 * j + 1], a, b[2], b[3]);
-                }
-            }
+            for (int kk = 0; kk < kW1Step; kk += 16)
+                mma_k16<kEN1, kLdW1>(acc1, xa + (s * kW1Step + kk) * 2, b_base + kk * 2);
             if (s == kW1Steps - 1) {
                 // h = fp16(relu(acc1 + b1)), the unfused lin1 GEMM's epilogue and rounding.
 #pragma unroll
@@ -397,17 +379,8 @@ __device__ __forceinline__ void token_mlp_body(const TokenMlpParams& p) {
             const int k0 = (s - kW1Steps) * kW2Step;
             const uint32_t b_base = smem_addr(slot + (wn * kEN2 * 8 + L.b_row) * kLdW2 + L.b_col);
 #pragma unroll
-            for (int kk = 0; kk < kW2Step; kk += 16) {
-                uint32_t a[4];
-                ldmatrix_x4(a, ha + (k0 + kk) * 2);
-#pragma unroll
-                for (int j = 0; j < kEN2 / 2; ++j) {
-                    uint32_t b[4];
-                    ldmatrix_x4(b, b_base + (j * 16 * kLdW2 + kk) * 2);
-                    mma16816(acc2[2 * j], a, b[0], b[1]);
-                    mma16816(acc2[2 * j + 1], a, b[2], b[3]);
-                }
-            }
+            for (int kk = 0; kk < kW2Step; kk += 16)
+                mma_k16<kEN2, kLdW2>(acc2, ha + (k0 + kk) * 2, b_base + kk * 2);
         }
     }
 

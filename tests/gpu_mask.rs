@@ -40,6 +40,17 @@ fn buffers(gpu: &Gpu, layout: &PacketLayout, max_masks: usize) -> Buffers {
     }
 }
 
+/// GPU, a packet with room for 64 detections and 8 MiB of mask data, buffers for 8 masks.
+fn frame_test_setup() -> (Gpu, PacketLayout, Buffers) {
+    let gpu = Gpu::new(0).unwrap();
+    let layout = PacketLayout {
+        detection_capacity: 64,
+        mask_data_capacity: 8 << 20,
+    };
+    let b = buffers(&gpu, &layout, 8);
+    (gpu, layout, b)
+}
+
 /// Runs the decoder for `masks` (each 256x256 logits) on a `width x height` frame and returns
 /// the downloaded packet bytes.
 #[allow(clippy::too_many_arguments)]
@@ -167,14 +178,9 @@ fn masks_match_the_reference_at_frame_resolution() {
     if !gpu_available("masks_match_the_reference_at_frame_resolution") {
         return;
     }
-    let gpu = Gpu::new(0).unwrap();
-    let layout = PacketLayout {
-        detection_capacity: 64,
-        mask_data_capacity: 8 << 20,
-    };
-    let b = buffers(&gpu, &layout, 8);
+    let (gpu, layout, b) = frame_test_setup();
     let mut rng = Rng::new(0xa5c);
-    // 3840 wide: crops wider than mask_encode's column-tap table (2048) compute their taps.
+    // 3840 wide: bands of fewer rows (a band's words must fit mask_encode's word buffer).
     for (width, height, count) in [
         (1920, 1080, 4),
         (1037, 771, 3),
@@ -253,12 +259,7 @@ fn noisy_and_special_logits_match_the_reference() {
     if !gpu_available("noisy_and_special_logits_match_the_reference") {
         return;
     }
-    let gpu = Gpu::new(0).unwrap();
-    let layout = PacketLayout {
-        detection_capacity: 64,
-        mask_data_capacity: 8 << 20,
-    };
-    let b = buffers(&gpu, &layout, 8);
+    let (gpu, layout, b) = frame_test_setup();
     let mut rng = Rng::new(0x5eed);
     // Narrow crops (words wrapping rows) and wide ones, up- and downscaled.
     for (width, height) in [(1920, 1080), (777, 1333), (30, 17), (2500, 300)] {

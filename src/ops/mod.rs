@@ -67,6 +67,27 @@ impl DeviceRegion {
     }
 }
 
+/// Launches `function` (the kernel `kernel`, for error messages) with its one by-value
+/// parameter struct on the GPU's stream.
+///
+/// # Safety
+/// `params` must mirror the kernel's parameter struct, and every buffer it points to must have
+/// been checked to cover what the kernel reads and writes under `cfg`.
+pub(crate) unsafe fn launch_with_params<P: cudarc::driver::DeviceRepr>(
+    gpu: &crate::gpu::Gpu,
+    kernel: &'static str,
+    function: &cudarc::driver::CudaFunction,
+    cfg: cudarc::driver::LaunchConfig,
+    params: &P,
+) -> Result<()> {
+    use cudarc::driver::PushKernelArg;
+    let mut launch = gpu.stream().launch_builder(function);
+    launch.arg(params);
+    // SAFETY: the caller's contract (above).
+    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(kernel, e.to_string()))?;
+    Ok(())
+}
+
 /// An `Error::Launch` for `kernel`.
 pub(crate) fn launch_error(kernel: &'static str, message: impl Into<String>) -> Error {
     Error::Launch {

@@ -3,9 +3,9 @@
 //! hypernetwork mask product and the multimask slice. The transformer itself is GEMMs,
 //! LayerNorms and attentions from the other launchers (see `models::mobilesam::decoder`).
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, DeviceRegion};
+use super::{launch_error, launch_with_params, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -124,13 +124,8 @@ pub fn launch_prompt_encode(gpu: &Gpu, a: &PromptEncodeArgs) -> Result<()> {
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu
-        .stream()
-        .launch_builder(&gpu.kernels().sam_prompt_encode);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
+    unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_prompt_encode, cfg, &params) }
 }
 
 /// Mirrors `UpscaleMaskParams` in the kernel.
@@ -289,13 +284,8 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu
-        .stream()
-        .launch_builder(&gpu.kernels().sam_upscale_masks);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
+    unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_upscale_masks, cfg, &params) }
 }
 
 /// Mirrors `ImageToTokenParams` in the kernel.
@@ -483,13 +473,8 @@ pub fn launch_image_to_token(gpu: &Gpu, a: &ImageToTokenArgs) -> Result<()> {
         block_dim: (256, 1, 1),
         shared_mem_bytes: image_to_token_smem_bytes(a.tokens),
     };
-    let mut launch = gpu
-        .stream()
-        .launch_builder(&gpu.kernels().sam_image_to_token);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
+    unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_image_to_token, cfg, &params) }
 }
 
 /// Side of a low-res mask input (`4 x` the embedding side, `PromptEncoder.mask_input_size`).
@@ -599,9 +584,6 @@ pub fn launch_mask_embed(gpu: &Gpu, a: &MaskEmbedArgs) -> Result<()> {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu.stream().launch_builder(&gpu.kernels().sam_mask_embed);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
+    unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_mask_embed, cfg, &params) }
 }

@@ -10,9 +10,9 @@
 //! Rows are `prompts x tokens`; all fp16 tensors are packed row-major and 16-byte aligned;
 //! biases, gamma and beta are f32. Errors are `Error::Launch` naming the kernel and the problem.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, overlaps, DeviceRegion};
+use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -288,13 +288,16 @@ pub fn launch_token_linear(gpu: &Gpu, args: &TokenLinearArgs) -> Result<()> {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: TOKEN_LINEAR_SMEM_BYTES,
     };
-    let mut launch = gpu
-        .stream()
-        .launch_builder(&gpu.kernels().sam_token_linear_ln);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, e.to_string()))?;
-    Ok(())
+    unsafe {
+        launch_with_params(
+            gpu,
+            KERNEL,
+            &gpu.kernels().sam_token_linear_ln,
+            cfg,
+            &params,
+        )
+    }
 }
 
 fn token_mlp_params(a: &TokenMlpArgs) -> Result<(TokenMlpParams, TokenMlpNormParams)> {
@@ -413,10 +416,8 @@ pub fn launch_token_mlp(gpu: &Gpu, args: &TokenMlpArgs) -> Result<()> {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: t.smem_bytes,
     };
-    let mut launch = gpu.stream().launch_builder(&kernels.sam_token_mlp[tile]);
-    launch.arg(&mlp);
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(t.kernel, e.to_string()))?;
+    unsafe { launch_with_params(gpu, t.kernel, &kernels.sam_token_mlp[tile], cfg, &mlp) }?;
 
     const NORM: &str = "sam_token_mlp_norm";
     let cfg = LaunchConfig {
@@ -424,9 +425,6 @@ pub fn launch_token_mlp(gpu: &Gpu, args: &TokenMlpArgs) -> Result<()> {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut launch = gpu.stream().launch_builder(&kernels.sam_token_mlp_norm);
-    launch.arg(&norm);
     // SAFETY: as above.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(NORM, e.to_string()))?;
-    Ok(())
+    unsafe { launch_with_params(gpu, NORM, &kernels.sam_token_mlp_norm, cfg, &norm) }
 }
