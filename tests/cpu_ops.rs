@@ -1,6 +1,7 @@
 //! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
 //! selection, and the launchers' argument checks (which run before any GPU work), including the
-//! fused TinyViT MLP's and the mask decoder's fused token ops (`ops::sam_tokens`).
+//! fused TinyViT MLP's, the mask decoder's fused token ops (`ops::sam_tokens`) and its
+//! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing).
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -14,6 +15,10 @@ use finesam::ops::gemm::{
 };
 use finesam::ops::gemm_tune::{candidates, heuristic_choice, tile_cost, tuning_enabled};
 use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
+use finesam::ops::sam_cross_attention::{
+    check_cross_attention, cross_attention_workspace, plan_cross_attention, CrossAttentionArgs,
+    CrossAttentionWorkspace, CrossRows, CROSS_MAX_CHUNKS, CROSS_STAGE_KEYS,
+};
 use finesam::ops::sam_tokens::{
     check_token_linear, check_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
     token_mlp_tile_rows, TokenLinearArgs, TokenMlpArgs, TOKEN_MAX_ROWS,
@@ -1066,4 +1071,223 @@ fn token_mlp_row_tile_selection() {
     assert_eq!(rows_of(2208, sm90), Some(64)); // 560 CTAs, the largest tile
     assert_eq!(rows_of(2208, sm86), Some(16)); // sm_86 / sm_89: only the 16-row tile fits
     assert_eq!(rows_of(7, 64 * 1024), None);
+}
+
+#[test]
+fn cross_attention_plans_fill_the_gpu_without_empty_chunks() {
+    let sms = H100_SMS as usize;
+    // T = 7 on 132 SMs: ~2 CTAs per SM, at most 32 chunks.
+    let chunks = |prompts, tokens| {
+        plan_cross_attention(prompts, tokens, 4096, sms)
+            .unwrap()
+            .chunks
+    };
+    assert_eq!(chunks(1, 7), 32);
+    assert_eq!(chunks(8, 7), 32);
+    assert_eq!(chunks(16, 7), 16);
+    assert_eq!(chunks(32, 7), 8);
+    // The merge budget: 256 / T chunks, at least 4.
+    assert_eq!(chunks(1, 11), 22); // 23 wanted: 3 stages each -> 22 chunks
+    assert_eq!(chunks(1, 69), 4);
+    assert_eq!(chunks(32, 69), 4);
+    // Many prompts: one chunk, no workspace.
+    let many = plan_cross_attention(1000, 7, 4096, sms).unwrap();
+    assert_eq!((many.chunks, many.workspace_bytes()), (1, 0));
+    for prompts in [1usize, 2, 3, 7, 8, 9, 31, 32, 33, 100, 264, 265, 4096] {
+        for tokens in [1usize, 7, 11, 16, 17, 69, 80] {
+            for keys in [64usize, 192, 4096, 4160] {
+                let p = plan_cross_attention(prompts, tokens, keys, sms).unwrap();
+                let tiles = keys / CROSS_STAGE_KEYS;
+                assert!(p.chunks >= 1 && p.chunks <= CROSS_MAX_CHUNKS.min(tiles));
+                // Every chunk has work and together they cover every stage.
+                assert!((p.chunks - 1) * p.tiles_per_chunk < tiles, "{p:?}");
+                assert!(p.chunks * p.tiles_per_chunk >= tiles, "{p:?}");
+                if p.chunks > 1 {
+                    assert_eq!(p.counter_slots, prompts);
+                    assert_eq!(p.partial_bytes, prompts * p.chunks * tokens * 144 * 4);
+                } else {
+                    assert_eq!((p.counter_slots, p.partial_bytes), (0, 0));
+                }
+            }
+        }
+    }
+    // The workspace serves every batch size up to the maximum.
+    for (max, tokens) in [(1usize, 7usize), (8, 7), (32, 7), (32, 69), (300, 11)] {
+        let (slots, bytes) = cross_attention_workspace(max, tokens, 4096, sms).unwrap();
+        for prompts in 1..=max {
+            let p = plan_cross_attention(prompts, tokens, 4096, sms).unwrap();
+            assert!(p.counter_slots <= slots);
+            let counters = (slots * 4).div_ceil(16) * 16;
+            assert!(p.chunks == 1 || counters + p.partial_bytes <= bytes);
+        }
+    }
+    assert_eq!(cross_attention_workspace(1, 7, 64, sms).unwrap(), (0, 0));
+    // Shape errors.
+    for (prompts, tokens, keys) in [
+        (0, 7, 4096),
+        (1, 0, 4096),
+        (1, 81, 4096),
+        (1, 7, 0),
+        (1, 7, 100),
+    ] {
+        assert!(matches!(
+            plan_cross_attention(prompts, tokens, keys, sms),
+            Err(Error::Launch { .. })
+        ));
+    }
+}
+
+#[test]
+fn cross_attention_checks() {
+    let sms = H100_SMS as usize;
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 26), bytes);
+    let (prompts, tokens, keys) = (8usize, 7usize, 4096usize);
+    let (slots, ws_bytes) = cross_attention_workspace(prompts, tokens, keys, sms).unwrap();
+    // Block 1's layout: keys projection [q | k | v] rows of 384, k at 128, v at 256.
+    let g = at(1, prompts * keys * 384 * 2);
+    let col = |r: DeviceRegion, c: usize| DeviceRegion::new(r.ptr + 2 * c as u64, r.bytes - 2 * c);
+    let good = CrossAttentionArgs {
+        prompts,
+        tokens,
+        keys,
+        scale: 0.25,
+        q: CrossRows {
+            region: at(0, prompts * tokens * 256),
+            token_stride: 128,
+            batch_stride: tokens * 128,
+        },
+        k: col(g, 128),
+        v: col(g, 256),
+        kv_token_stride: 384,
+        kv_batch_stride: keys * 384,
+        o: CrossRows {
+            region: at(2, prompts * tokens * 256),
+            token_stride: 128,
+            batch_stride: tokens * 128,
+        },
+        workspace: Some(CrossAttentionWorkspace {
+            ptr: at(3, 0).ptr,
+            bytes: ws_bytes,
+            counter_slots: slots,
+        }),
+    };
+    let plan = check_cross_attention(&good, sms).unwrap();
+    assert_eq!(plan.chunks, 32);
+    // Shared keys (batch stride 0) and no workspace (one chunk).
+    check_cross_attention(
+        &CrossAttentionArgs {
+            kv_batch_stride: 0,
+            k: col(at(1, keys * 768), 128),
+            v: col(at(1, keys * 768), 256),
+            ..good
+        },
+        sms,
+    )
+    .unwrap();
+    let one = check_cross_attention(
+        &CrossAttentionArgs {
+            workspace: None,
+            ..good
+        },
+        sms,
+    )
+    .unwrap();
+    assert_eq!((one.chunks, one.tiles_per_chunk), (1, 64));
+    let ws = good.workspace.unwrap();
+    let bad = [
+        CrossAttentionArgs { prompts: 0, ..good },
+        CrossAttentionArgs { tokens: 81, ..good },
+        CrossAttentionArgs { keys: 4000, ..good },
+        CrossAttentionArgs { scale: 0.0, ..good },
+        CrossAttentionArgs {
+            scale: f32::NAN,
+            ..good
+        },
+        // k one row short.
+        CrossAttentionArgs {
+            k: DeviceRegion::new(good.k.ptr, good.k.bytes - 384 * 2 * 2),
+            ..good
+        },
+        // Misaligned v, null q.
+        CrossAttentionArgs {
+            v: DeviceRegion::new(good.v.ptr + 8, good.v.bytes - 8),
+            ..good
+        },
+        CrossAttentionArgs {
+            q: CrossRows {
+                region: DeviceRegion::new(0, 1 << 20),
+                ..good.q
+            },
+            ..good
+        },
+        // Strides: not a multiple of 8, shorter than a row, output rows overlapping.
+        CrossAttentionArgs {
+            kv_token_stride: 388,
+            ..good
+        },
+        CrossAttentionArgs {
+            q: CrossRows {
+                token_stride: 64,
+                ..good.q
+            },
+            ..good
+        },
+        CrossAttentionArgs {
+            o: CrossRows {
+                batch_stride: 0,
+                ..good.o
+            },
+            ..good
+        },
+        // The output over q, and over the keys.
+        CrossAttentionArgs {
+            o: CrossRows {
+                region: good.q.region,
+                ..good.o
+            },
+            ..good
+        },
+        CrossAttentionArgs {
+            o: CrossRows {
+                region: good.k,
+                ..good.o
+            },
+            ..good
+        },
+        // Workspace: short, too few counters, misaligned, over the output.
+        CrossAttentionArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                bytes: ws.bytes - 4,
+                ..ws
+            }),
+            ..good
+        },
+        CrossAttentionArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                counter_slots: prompts - 1,
+                ..ws
+            }),
+            ..good
+        },
+        CrossAttentionArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                ptr: ws.ptr + 4,
+                ..ws
+            }),
+            ..good
+        },
+        CrossAttentionArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                ptr: good.o.region.ptr,
+                ..ws
+            }),
+            ..good
+        },
+    ];
+    for args in bad {
+        assert!(
+            is_launch_error(check_cross_attention(&args, sms).map(|_| ())),
+            "{args:?}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm, sam_tokens, tinyvit};
+use crate::ops::{conv, norm, sam_cross_attention, sam_tokens, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -59,6 +59,9 @@ pub struct Kernels {
     /// `sam_token_mlp_<rows>`, indexed like `sam_tokens::TOKEN_MLP_TILES`.
     pub(crate) sam_token_mlp: [CudaFunction; sam_tokens::TOKEN_MLP_TILES.len()],
     pub(crate) sam_token_mlp_norm: CudaFunction,
+    /// `sam_cross_attention_q<tiles>`, indexed like `sam_cross_attention::CROSS_ATTENTION_VARIANTS`.
+    pub(crate) sam_cross_attention:
+        [CudaFunction; sam_cross_attention::CROSS_ATTENTION_VARIANTS.len()],
     /// Shared memory a block may opt in to (bytes): which token MLP tiles can run.
     pub(crate) smem_per_block_optin: usize,
     /// Streaming multiprocessors of the device (GEMM tile selection).
@@ -118,6 +121,18 @@ impl Kernels {
         )?;
         for (f, t) in sam_token_mlp.iter().zip(sam_tokens::TOKEN_MLP_TILES) {
             set_dynamic_smem(f, t.smem_bytes)?;
+        }
+        let cross = load_module(ctx, "sam_cross_attention", images::SAM_CROSS_ATTENTION)?;
+        let sam_cross_attention = functions(
+            &cross,
+            "sam_cross_attention",
+            sam_cross_attention::CROSS_ATTENTION_VARIANTS.map(|(name, _)| name),
+        )?;
+        for (f, (_, bytes)) in sam_cross_attention
+            .iter()
+            .zip(sam_cross_attention::CROSS_ATTENTION_VARIANTS)
+        {
+            set_dynamic_smem(f, bytes)?;
         }
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -191,6 +206,7 @@ impl Kernels {
             sam_token_linear_ln,
             sam_token_mlp,
             sam_token_mlp_norm: function(&tokens, "sam_tokens", "sam_token_mlp_norm")?,
+            sam_cross_attention,
             smem_per_block_optin: optin.max(0) as usize,
             sm_count,
             gemm_blocks_per_sm,

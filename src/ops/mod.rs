@@ -9,6 +9,7 @@ pub mod mask;
 pub mod norm;
 pub mod packet;
 pub mod preprocess;
+pub mod sam_cross_attention;
 pub mod sam_decoder;
 pub mod sam_tokens;
 pub mod tinyvit;

@@ -25,11 +25,13 @@ use super::prompt::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Arena, ArenaPlanner, DeviceBuffer, DevicePtr, Gpu, TensorId};
-use crate::ops::attention::{
-    launch_attention, Attention, AttentionPlan, AttentionWorkspace, HeadsTensor, WorkspaceNeed,
-};
+use crate::ops::attention::{launch_attention, Attention, HeadsTensor};
 use crate::ops::gemm::{
     launch_gemm, Activation, Epilogue, GemmArgs, GemmProblem, Matrix, Residual, ResidualOrder,
+};
+use crate::ops::sam_cross_attention::{
+    cross_attention_workspace, launch_cross_attention, CrossAttentionArgs, CrossAttentionWorkspace,
+    CrossRows,
 };
 use crate::ops::sam_decoder::{
     launch_image_to_token, launch_mask_embed, launch_prompt_encode, launch_upscale_masks,
@@ -695,7 +697,8 @@ struct Ids {
     low_res: TensorId,
     iou: TensorId,
     mask_count: TensorId,
-    /// The attention key-split workspace and its arrival counters.
+    /// The token->image attention's key-split workspace and its arrival counters (the self
+    /// attention, 5..=69 keys, never splits its keys).
     workspace: Option<(TensorId, usize)>,
 }
 
@@ -716,35 +719,6 @@ pub struct DecodePlan {
     tokens: usize,
     arena: Arena,
     ids: Ids,
-}
-
-/// The split-key attention plan of `batch` prompts (shape only).
-fn attention_plan(
-    sm_count: usize,
-    batch: usize,
-    q_len: usize,
-    kv_len: usize,
-    d: usize,
-) -> Result<AttentionPlan> {
-    // Planning reads shapes only; a fake aligned address with unlimited bytes passes the checks.
-    let t = |tokens: usize, hd: usize| {
-        HeadsTensor::contiguous(256, usize::MAX / 4, tokens, HEADS_N, hd)
-    };
-    let a = Attention {
-        batch,
-        heads: HEADS_N,
-        q_len,
-        kv_len,
-        head_dim: d,
-        scale: 1.0,
-        q: t(q_len, d),
-        k: t(kv_len, d),
-        v: t(kv_len, d),
-        o: t(q_len, d),
-        bias: None,
-        workspace: None,
-    };
-    a.plan(sm_count)
 }
 
 impl DecodePlan {
@@ -769,14 +743,9 @@ impl DecodePlan {
         let mut p = ArenaPlanner::new();
         let all = |p: &mut ArenaPlanner, name: &str, bytes: usize| p.request(name, bytes, 0, 6);
         let sm = gpu.kernels().sm_count() as usize;
-        // One workspace serves the token->image and self attentions of decodes of any batch
-        // up to the plan's (a smaller batch may split its keys more).
-        let mut need = WorkspaceNeed::default();
-        for batch in 1..=b {
-            need.add(&attention_plan(sm, batch, t, PIXELS, CROSS / HEADS_N)?);
-            need.add(&attention_plan(sm, batch, t, t, D / HEADS_N)?);
-        }
-        let ws = need.bytes();
+        // One workspace serves the three token->image attentions of decodes of any batch up
+        // to the plan's (a smaller batch may split its keys more).
+        let (counter_slots, ws) = cross_attention_workspace(b, t, PIXELS, sm)?;
         let ids = Ids {
             prompts: all(&mut p, "prompts", PROMPT_HEADER_BYTES + b * points * 12)?,
             tokens: all(&mut p, "tokens", rows * D * 2)?,
@@ -822,7 +791,7 @@ impl DecodePlan {
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
             workspace: if ws > 0 {
-                Some((all(&mut p, "attention_workspace", ws)?, need.counter_slots))
+                Some((all(&mut p, "cross_attention_workspace", ws)?, counter_slots))
             } else {
                 None
             },
@@ -834,8 +803,9 @@ impl DecodePlan {
             arena,
             ids,
         };
-        // Once per plan: zero the attention workspace (the kernel keeps it zeroed) and the
-        // prompt count, and upload the per-prompt head bias tables (GEMM residuals).
+        // Once per plan: zero the cross-attention workspace (the kernel keeps its counters
+        // zeroed) and the prompt count, and upload the per-prompt head bias tables (GEMM
+        // residuals).
         if let Some((ws, _)) = plan.ids.workspace {
             gpu.memset(plan.arena.ptr(ws), 0, plan.arena.bytes(ws))?;
         }
@@ -990,11 +960,13 @@ impl DecodePlan {
         let ids = &self.ids;
         let r = |id: TensorId| self.region(id);
         let at = |id: TensorId, col: usize| offset(self.region(id), col);
-        let workspace = ids.workspace.map(|(id, counter_slots)| AttentionWorkspace {
-            ptr: self.arena.ptr(id),
-            bytes: self.arena.bytes(id),
-            counter_slots,
-        });
+        let workspace = ids
+            .workspace
+            .map(|(id, counter_slots)| CrossAttentionWorkspace {
+                ptr: self.arena.ptr(id),
+                bytes: self.arena.bytes(id),
+                counter_slots,
+            });
         let prompts = r(ids.prompts);
         let pe_w = pe_cols::WIDTH;
         let pe_res = |col: usize| Some((at(ids.pe, col), pe_w, 0usize));
@@ -1066,32 +1038,27 @@ impl DecodePlan {
             token_stride: stride,
             head_stride: hd,
         };
-        let pixels_of = |region: DeviceRegion, col: usize, stride: usize, shared: bool| {
-            let o = offset(region, col);
-            HeadsTensor {
-                ptr: o.ptr,
-                bytes: o.bytes,
-                batch_stride: if shared { 0 } else { PIXELS * stride },
-                token_stride: stride,
-                head_stride: CROSS / HEADS_N,
-            }
+        let cross_rows = |id: TensorId, col: usize, stride: usize| CrossRows {
+            region: at(id, col),
+            token_stride: stride,
+            batch_stride: t * stride,
         };
-        let attention = |q_len, kv_len, hd, scale, q, k, v, o| {
+        let self_attention = |q, k, v, o| {
             launch_attention(
                 gpu,
                 &Attention {
                     batch: b,
                     heads: HEADS_N,
-                    q_len,
-                    kv_len,
-                    head_dim: hd,
-                    scale,
+                    q_len: t,
+                    kv_len: t,
+                    head_dim: D / HEADS_N,
+                    scale: scale32,
                     q,
                     k,
                     v,
                     o,
                     bias: None,
-                    workspace,
+                    workspace: None,
                 },
             )
         };
@@ -1118,8 +1085,8 @@ impl DecodePlan {
             )
         };
         // Token -> image: q from the tokens (+ its pe slice), k/v at columns k_col and
-        // k_col + 128 of a keys projection (row stride, shared over prompts or not), then
-        // out_proj with the queries as residual and the LayerNorm.
+        // k_col + 128 of a keys projection (row stride, shared over prompts or not) in
+        // `sam_cross_attention`, then out_proj with the queries as residual and the LayerNorm.
         // q_proj None: q was computed by block 1's post-MLP GEMM (the final attention).
         let token_to_image = |q_proj: Option<((DeviceRegion, DeviceRegion), usize)>,
                               (g, stride, k_col, shared): (DeviceRegion, usize, usize, bool),
@@ -1140,14 +1107,26 @@ impl DecodePlan {
                         Activation::None,
                         pe_res(q_col),
                     )?;
-                    tokens_of(ids.tq, 0, CROSS, CROSS / HEADS_N)
+                    cross_rows(ids.tq, 0, CROSS)
                 }
-                None => tokens_of(ids.post[1], 2 * CROSS, POST_N[1], CROSS / HEADS_N),
+                None => cross_rows(ids.post[1], 2 * CROSS, POST_N[1]),
             };
-            let o = tokens_of(ids.tok_o, 0, CROSS, CROSS / HEADS_N);
-            let k = pixels_of(g, k_col, stride, shared);
-            let v = pixels_of(g, k_col + CROSS, stride, shared);
-            attention(t, PIXELS, CROSS / HEADS_N, scale16, q, k, v, o)?;
+            launch_cross_attention(
+                gpu,
+                &CrossAttentionArgs {
+                    prompts: b,
+                    tokens: t,
+                    keys: PIXELS,
+                    scale: scale16,
+                    q,
+                    k: offset(g, k_col),
+                    v: offset(g, k_col + CROSS),
+                    kv_token_stride: stride,
+                    kv_batch_stride: if shared { 0 } else { PIXELS * stride },
+                    o: cross_rows(ids.tok_o, 0, CROSS),
+                    workspace,
+                },
+            )?;
             out_norm(CROSS, out, true, norm)
         };
         for (l, lw) in w.layers.iter().enumerate() {
@@ -1165,7 +1144,7 @@ impl DecodePlan {
             let qkv =
                 |which: usize| tokens_of(qkv_id, qkv_col + which * D, qkv_stride, D / HEADS_N);
             let o = tokens_of(ids.tok_o, 0, D, D / HEADS_N);
-            attention(t, t, D / HEADS_N, scale32, qkv(0), qkv(1), qkv(2), o)?;
+            self_attention(qkv(0), qkv(1), qkv(2), o)?;
             // Block 0 (skip_first_layer_pe) replaces the queries by the attention output: no
             // residual.
             out_norm(D, lw.self_out, l == 1, lw.norms[0])?;
