@@ -88,14 +88,28 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// bar.sync on named barrier `id` (1..4) for `threads` threads. The ids are spelled out as
+// constants so ptxas reserves 5 barriers, not all 16 (a register id reserves every one).
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+    switch (id) {
+        case 1: asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory"); break;
+        case 2: asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); break;
+        case 3: asm volatile("bar.sync 3, %0;" ::"r"(threads) : "memory"); break;
+        default: asm volatile("bar.sync 4, %0;" ::"r"(threads) : "memory"); break;
+    }
+}
+
 // Row totals for mma.sync tiles whose rows are spread over several warps: each lane holds
 // partial sums of rows `row` and `row + 8` (an m16 fragment's g and g + 8); they are reduced
 // over the quad, and the quads' totals (lane q == 0 writes, `writer`) are staged in `s`
 // ([rows][SLOTS], one slot per warp sharing the rows) and summed in slot order, so every
-// thread gets the same bits. One barrier: every thread of the block must call it.
+// thread gets the same bits. One barrier: every thread of the block must call it, or, with
+// `barrier` in 1..4, the `barrier_threads` threads (the warps sharing these rows) that sync on
+// that named barrier.
 template <int SLOTS>
 __device__ __forceinline__ float2 quad_row_totals(float lo, float hi, float (*s)[SLOTS], int row,
-                                                  int slot, bool writer) {
+                                                  int slot, bool writer, int barrier = 0,
+                                                  int barrier_threads = 0) {
 #pragma unroll
     for (int o = 1; o < 4; o <<= 1) {
         lo += __shfl_xor_sync(0xffffffffu, lo, o);
@@ -105,7 +119,10 @@ __device__ __forceinline__ float2 quad_row_totals(float lo, float hi, float (*s)
         s[row][slot] = lo;
         s[row + 8][slot] = hi;
     }
-    __syncthreads();
+    if (barrier > 0)
+        named_barrier_sync(barrier, barrier_threads);
+    else
+        __syncthreads();
     float2 t = make_float2(s[row][0], s[row + 8][0]);
 #pragma unroll
     for (int w = 1; w < SLOTS; ++w) {

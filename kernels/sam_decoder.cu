@@ -198,18 +198,21 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
         float acc[16][4];
 #pragma unroll
         for (int j = 0; j < 16; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        // Fragments by ldmatrix.x4 (rows 144 B apart: the 8 rows of a matrix hit distinct bank
+        // quads). A: lanes 0-15 rows 0-15 at k, lanes 16-31 the same rows at k + 8. B: lanes
+        // 8m..8m+7 the rows (n) of n-tile 2jj + m / 2 at k + 8 (m % 2): two n-tiles a load.
+        const uint32_t a_addr = smem_addr(&a_s[wr + (lane & 15)][(lane >> 4) * 8]);
+        const uint32_t b_addr = smem_addr(&w_s[(lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
 #pragma unroll
         for (int kk = 0; kk < kUp1; kk += 16) {
             uint32_t a[4];
-            a[0] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 2 * q]);
-            a[1] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 2 * q]);
-            a[2] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g][kk + 8 + 2 * q]);
-            a[3] = *reinterpret_cast<const uint32_t*>(&a_s[wr + g + 8][kk + 8 + 2 * q]);
+            ldmatrix_x4(a, a_addr + kk * 2);
 #pragma unroll
-            for (int j = 0; j < 16; ++j) {
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 2 * q]);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&w_s[j * 8 + g][kk + 8 + 2 * q]);
-                mma16816(acc[j], a, b0, b1);
+            for (int jj = 0; jj < 8; ++jj) {
+                uint32_t bf[4];
+                ldmatrix_x4(bf, b_addr + (jj * 16 * kUpLd + kk) * 2);
+                mma16816(acc[2 * jj], a, bf[0], bf[1]);
+                mma16816(acc[2 * jj + 1], a, bf[2], bf[3]);
             }
         }
 
@@ -547,15 +550,17 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
             const int n = n0 + j * 8 + 2 * q;
             const float2 rl = __half22float2(*reinterpret_cast<const __half2*>(res + r_lo * 256 + n));
             const float2 rh = __half22float2(*reinterpret_cast<const __half2*>(res + r_hi * 256 + n));
-            const float b0 = bias_s[n], b1 = bias_s[n + 1];
-            acc[j][0] += b0 + rl.x;
-            acc[j][1] += b1 + rl.y;
-            acc[j][2] += b0 + rh.x;
-            acc[j][3] += b1 + rh.y;
+            const float2 bias = *reinterpret_cast<const float2*>(bias_s + n);
+            acc[j][0] += bias.x + rl.x;
+            acc[j][1] += bias.y + rl.y;
+            acc[j][2] += bias.x + rh.x;
+            acc[j][3] += bias.y + rh.y;
             sum_lo += acc[j][0] + acc[j][1];
             sum_hi += acc[j][2] + acc[j][3];
         }
-        const float2 sums = quad_row_totals(sum_lo, sum_hi, sum_s, lr, half, q == 0);
+        // Only the two warps of a row group (rg, both column halves) exchange row totals: they
+        // sync on named barrier 1 + rg, not the whole block.
+        const float2 sums = quad_row_totals(sum_lo, sum_hi, sum_s, lr, half, q == 0, 1 + rg, 64);
         const float mean_lo = sums.x * (1.f / 256.f), mean_hi = sums.y * (1.f / 256.f);
         float var_lo = 0.f, var_hi = 0.f;
 #pragma unroll
@@ -568,18 +573,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) sam_image_to_token(ImageToT
                 var_hi += acc[j][2 + e] * acc[j][2 + e];
             }
         }
-        const float2 vars = quad_row_totals(var_lo, var_hi, var_s, lr, half, q == 0);
+        const float2 vars = quad_row_totals(var_lo, var_hi, var_s, lr, half, q == 0, 1 + rg, 64);
         const float inv_lo = rsqrtf(vars.x * (1.f / 256.f) + p.eps);
         const float inv_hi = rsqrtf(vars.y * (1.f / 256.f) + p.eps);
         __half* y = p.y + static_cast<size_t>(b) * 4096 * 256;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
             const int n = n0 + j * 8 + 2 * q;
-            const float g0 = gamma_s[n], g1 = gamma_s[n + 1], c0 = beta_s[n], c1 = beta_s[n + 1];
+            const float2 gm = *reinterpret_cast<const float2*>(gamma_s + n);
+            const float2 bt = *reinterpret_cast<const float2*>(beta_s + n);
             *reinterpret_cast<__half2*>(y + r_lo * 256 + n) =
-                __floats2half2_rn(acc[j][0] * inv_lo * g0 + c0, acc[j][1] * inv_lo * g1 + c1);
+                __floats2half2_rn(acc[j][0] * inv_lo * gm.x + bt.x, acc[j][1] * inv_lo * gm.y + bt.y);
             *reinterpret_cast<__half2*>(y + r_hi * 256 + n) =
-                __floats2half2_rn(acc[j][2] * inv_hi * g0 + c0, acc[j][3] * inv_hi * g1 + c1);
+                __floats2half2_rn(acc[j][2] * inv_hi * gm.x + bt.x, acc[j][3] * inv_hi * gm.y + bt.y);
         }
     }
 }
