@@ -10,6 +10,7 @@ pub mod norm;
 pub mod packet;
 pub mod preprocess;
 pub mod sam_decoder;
+pub mod sam_heads;
 pub mod sam_tokens;
 pub mod tinyvit;
 pub mod window;
