@@ -1,7 +1,8 @@
 //! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
 //! selection, and the launchers' argument checks (which run before any GPU work), including the
-//! fused TinyViT MLP's, the mask decoder's fused token ops (`ops::sam_tokens`) and its
-//! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing).
+//! fused TinyViT MLP's, the mask decoder's fused token ops (`ops::sam_tokens`), its
+//! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing) and
+//! its head MLPs (`ops::sam_heads`).
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -18,6 +19,9 @@ use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
 use finesam::ops::sam_cross_attention::{
     check_cross_attention, cross_attention_workspace, plan_cross_attention, CrossAttentionArgs,
     CrossAttentionWorkspace, CrossRows, CROSS_MAX_CHUNKS, CROSS_STAGE_KEYS,
+};
+use finesam::ops::sam_heads::{
+    check_heads, heads_output_bytes, HeadsArgs, HEADS_MAX_PROMPTS, HEADS_MAX_TOKENS,
 };
 use finesam::ops::sam_tokens::{
     check_token_linear, check_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
@@ -1290,4 +1294,106 @@ fn cross_attention_checks() {
             "{args:?}"
         );
     }
+}
+
+#[test]
+fn heads_checks() {
+    // Operands 1 MiB apart; 8 box prompts (7 tokens) in a plan of 32.
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 20), bytes);
+    let (prompts, tokens, stride) = (8, 7, 32);
+    let big = 5 * 256 * 256 * 2;
+    assert_eq!(heads_output_bytes(stride), 5 * stride * 32 * 2);
+    let good = HeadsArgs {
+        prompts,
+        tokens,
+        queries: at(0, prompts * tokens * 512),
+        layers: [
+            (at(1, big), at(2, 5 * 256 * 4)),
+            (at(3, big), at(4, 5 * 256 * 4)),
+            (at(5, 5 * 32 * 256 * 2), at(6, 5 * 32 * 4)),
+        ],
+        stride,
+        y: at(7, heads_output_bytes(stride)),
+    };
+    check_heads(&good).unwrap();
+    // 69 tokens (64 points), one prompt, stride = prompts, the largest launch.
+    check_heads(&HeadsArgs {
+        prompts: 1,
+        tokens: 69,
+        queries: at(0, 69 * 512),
+        stride: 1,
+        ..good
+    })
+    .unwrap();
+    let with_layer = |l: usize, layer: (DeviceRegion, DeviceRegion)| {
+        let mut layers = good.layers;
+        layers[l] = layer;
+        HeadsArgs { layers, ..good }
+    };
+    let bad = [
+        HeadsArgs { prompts: 0, ..good },
+        HeadsArgs {
+            prompts: HEADS_MAX_PROMPTS + 1,
+            stride: HEADS_MAX_PROMPTS + 1,
+            ..good
+        },
+        HeadsArgs { tokens: 4, ..good },
+        HeadsArgs {
+            tokens: HEADS_MAX_TOKENS + 1,
+            ..good
+        },
+        HeadsArgs { stride: 7, ..good },
+        // One token more than the queries hold; misaligned; null.
+        HeadsArgs { tokens: 8, ..good },
+        HeadsArgs {
+            queries: DeviceRegion::new(BASE + 8, prompts * tokens * 512),
+            ..good
+        },
+        HeadsArgs {
+            queries: DeviceRegion::new(0, 1 << 20),
+            ..good
+        },
+        with_layer(0, (at(1, big - 2), good.layers[0].1)),
+        with_layer(1, (good.layers[1].0, at(4, 5 * 256 * 4 - 4))),
+        with_layer(2, (at(5, 5 * 4 * 256 * 2), good.layers[2].1)),
+        with_layer(2, (good.layers[2].0, at(6, 5 * 4 * 4))),
+        with_layer(
+            0,
+            (
+                DeviceRegion::new(BASE + (1 << 20) + 4, big),
+                good.layers[0].1,
+            ),
+        ),
+        HeadsArgs {
+            y: at(7, heads_output_bytes(stride) - 2),
+            ..good
+        },
+        HeadsArgs {
+            y: DeviceRegion::new(BASE + (7 << 20) + 2, heads_output_bytes(stride)),
+            ..good
+        },
+        // y over the queries, a weight or a bias.
+        HeadsArgs {
+            y: DeviceRegion::new(good.queries.ptr + 512, heads_output_bytes(stride)),
+            ..good
+        },
+        HeadsArgs {
+            y: good.layers[1].0,
+            ..good
+        },
+        HeadsArgs {
+            y: DeviceRegion::new(good.layers[2].1.ptr, heads_output_bytes(stride)),
+            ..good
+        },
+    ];
+    for args in bad {
+        assert!(is_launch_error(check_heads(&args)), "{args:?}");
+    }
+    // Adjacent is not overlapping: y right after the queries.
+    let after_x = BASE + (prompts * tokens * 512) as u64;
+    check_heads(&HeadsArgs {
+        y: DeviceRegion::new(after_x, heads_output_bytes(stride)),
+        ..good
+    })
+    .unwrap();
 }

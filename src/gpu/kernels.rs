@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm, sam_cross_attention, sam_tokens, tinyvit};
+use crate::ops::{conv, norm, sam_cross_attention, sam_heads, sam_tokens, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -62,6 +62,7 @@ pub struct Kernels {
     /// `sam_cross_attention_q<tiles>`, indexed like `sam_cross_attention::CROSS_ATTENTION_VARIANTS`.
     pub(crate) sam_cross_attention:
         [CudaFunction; sam_cross_attention::CROSS_ATTENTION_VARIANTS.len()],
+    pub(crate) sam_heads: CudaFunction,
     /// Shared memory a block may opt in to (bytes): which token MLP tiles can run.
     pub(crate) smem_per_block_optin: usize,
     /// Streaming multiprocessors of the device (GEMM tile selection).
@@ -134,6 +135,9 @@ impl Kernels {
         {
             set_dynamic_smem(f, bytes)?;
         }
+        let heads = load_module(ctx, "sam_heads", images::SAM_HEADS)?;
+        let sam_heads = function(&heads, "sam_heads", "sam_heads")?;
+        set_dynamic_smem(&sam_heads, sam_heads::HEADS_SMEM_BYTES)?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -207,6 +211,7 @@ impl Kernels {
             sam_token_mlp,
             sam_token_mlp_norm: function(&tokens, "sam_tokens", "sam_token_mlp_norm")?,
             sam_cross_attention,
+            sam_heads,
             smem_per_block_optin: optin.max(0) as usize,
             sm_count,
             gemm_blocks_per_sm,

@@ -39,6 +39,7 @@ use crate::ops::sam_decoder::{
     UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM,
     UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
+use crate::ops::sam_heads::{heads_output_bytes, launch_heads, HeadsArgs};
 use crate::ops::sam_tokens::{
     launch_token_linear, launch_token_mlp, token_mlp_scratch_bytes, TokenLinearArgs, TokenMlpArgs,
 };
@@ -124,7 +125,7 @@ pub enum DecodePart {
     /// Final token->image attention with its keys projection, which also computes the first
     /// ConvTranspose2d (one GEMM 4096 x 256 -> [k | v | convT 1] = 512 per prompt).
     Final,
-    /// IoU head + 4 hypernetwork MLPs (3 batched GEMMs).
+    /// IoU head + 4 hypernetwork MLPs (one kernel, `sam_heads`).
     Heads,
     /// LayerNorm2d + GELU + second ConvTranspose2d + GELU + mask product (one kernel).
     UpscaleMasks,
@@ -158,8 +159,6 @@ impl DecodePart {
 /// validation can be tested without a GPU).
 pub struct PreparedWeights {
     store: WeightStoreBuilder,
-    /// Per head layer: `[5][N]` biases (IoU head then the 4 hypernetwork MLPs).
-    head_bias: [Vec<f32>; 3],
 }
 
 impl PreparedWeights {
@@ -359,7 +358,8 @@ impl PreparedWeights {
         s.add_f16("up2.w", &[4 * UP2, UP1], &convt(&w3, UP1, UP2))?;
         s.add_f32("up2.b", &[4 * UP2], &b3.repeat(4))?;
 
-        // Heads, batched: index 0 the IoU head (output padded 4 -> 32), 1..5 the hypernetworks.
+        // Heads, stacked for `sam_heads`: index 0 the IoU head (last layer padded 4 -> 32 rows
+        // and biases with zeros), 1..5 the hypernetworks.
         let mut head_w: [Vec<f32>; 3] = Default::default();
         let mut head_bias: [Vec<f32>; 3] = Default::default();
         for h in 0..HEADS {
@@ -378,13 +378,13 @@ impl PreparedWeights {
                 head_bias[layer].extend(b);
             }
         }
-        s.add_f16("heads.w1", &[HEADS, HEAD_HIDDEN, D], &head_w[0])?;
-        s.add_f16("heads.w2", &[HEADS, HEAD_HIDDEN, HEAD_HIDDEN], &head_w[1])?;
-        s.add_f16("heads.w3", &[HEADS, UP2, HEAD_HIDDEN], &head_w[2])?;
-        Ok(PreparedWeights {
-            store: s,
-            head_bias,
-        })
+        s.add_f16("heads.l1.w", &[HEADS, HEAD_HIDDEN, D], &head_w[0])?;
+        s.add_f32("heads.l1.b", &[HEADS, HEAD_HIDDEN], &head_bias[0])?;
+        s.add_f16("heads.l2.w", &[HEADS, HEAD_HIDDEN, HEAD_HIDDEN], &head_w[1])?;
+        s.add_f32("heads.l2.b", &[HEADS, HEAD_HIDDEN], &head_bias[1])?;
+        s.add_f16("heads.l3.w", &[HEADS, UP2, HEAD_HIDDEN], &head_w[2])?;
+        s.add_f32("heads.l3.b", &[HEADS, UP2], &head_bias[2])?;
+        Ok(PreparedWeights { store: s })
     }
 
     /// Bytes the device weights region will take.
@@ -555,7 +555,6 @@ struct FinalWeights {
 /// The loaded prompt encoder and mask decoder.
 pub struct MaskDecoder {
     weights: DeviceWeights,
-    head_bias: [Vec<f32>; 3],
     gauss: DeviceRegion,
     labels: DeviceRegion,
     output_tokens: DeviceRegion,
@@ -565,7 +564,8 @@ pub struct MaskDecoder {
     mask: MaskInputWeights,
     up1_ln: (DeviceRegion, DeviceRegion),
     up2: (DeviceRegion, DeviceRegion),
-    heads_w: [DeviceRegion; 3],
+    /// The head MLPs' (weight, bias) per layer, stacked over the 5 MLPs.
+    heads: [(DeviceRegion, DeviceRegion); 3],
 }
 
 impl MaskDecoder {
@@ -629,8 +629,7 @@ impl MaskDecoder {
             },
             up1_ln: norm("up1.ln")?,
             up2: lin("up2")?,
-            heads_w: [r("heads.w1")?, r("heads.w2")?, r("heads.w3")?],
-            head_bias: prepared.head_bias,
+            heads: [lin("heads.l1")?, lin("heads.l2")?, lin("heads.l3")?],
             weights,
         })
     }
@@ -642,7 +641,7 @@ impl MaskDecoder {
 
     /// Plans the arena for `config` and allocates it (the only allocation the plan keeps).
     pub fn plan(&self, gpu: &Gpu, config: DecodeConfig) -> Result<DecodePlan> {
-        DecodePlan::new(gpu, self, config)
+        DecodePlan::new(gpu, config)
     }
 
     /// Issues the prompt encoder and mask decoder for the first `batch` prompts of the plan's
@@ -689,8 +688,8 @@ struct Ids {
     /// The token MLP's f32 partial products per hidden chunk (blocks 0 and 1).
     mlp_partials: TensorId,
     post: [TensorId; 2],
-    head: [TensorId; 3],
-    head_bias: [TensorId; 3],
+    /// The head MLPs' output `[5][max][32]` fp16 (IoU head first), read by the upscaling.
+    heads: TensorId,
     block0: Block0Keys,
     keys: TensorId,
     g: TensorId,
@@ -722,7 +721,7 @@ pub struct DecodePlan {
 }
 
 impl DecodePlan {
-    fn new(gpu: &Gpu, decoder: &MaskDecoder, config: DecodeConfig) -> Result<DecodePlan> {
+    fn new(gpu: &Gpu, config: DecodeConfig) -> Result<DecodePlan> {
         let b = config.max_prompts;
         if b == 0 || b > 4096 {
             return Err(Error::Plan(format!("max_prompts {b} must be 1..=4096")));
@@ -758,16 +757,7 @@ impl DecodePlan {
                 all(&mut p, "post_mlp0", rows * POST_N[0] * 2)?,
                 all(&mut p, "post_mlp1", rows * POST_N[1] * 2)?,
             ],
-            head: [
-                all(&mut p, "head1", HEADS * b * HEAD_HIDDEN * 2)?,
-                all(&mut p, "head2", HEADS * b * HEAD_HIDDEN * 2)?,
-                all(&mut p, "head3", HEADS * b * UP2 * 2)?,
-            ],
-            head_bias: [
-                all(&mut p, "head1_bias", HEADS * b * HEAD_HIDDEN * 2)?,
-                all(&mut p, "head2_bias", HEADS * b * HEAD_HIDDEN * 2)?,
-                all(&mut p, "head3_bias", HEADS * b * UP2 * 2)?,
-            ],
+            heads: all(&mut p, "heads", heads_output_bytes(b))?,
             block0: if config.mask_input {
                 Block0Keys::MaskInput(all(&mut p, "mask_input", b * MASK_INPUT_PIXELS * 4)?)
             } else {
@@ -804,8 +794,7 @@ impl DecodePlan {
             ids,
         };
         // Once per plan: zero the cross-attention workspace (the kernel keeps its counters
-        // zeroed) and the prompt count, and upload the per-prompt head bias tables (GEMM
-        // residuals).
+        // zeroed) and the prompt count.
         if let Some((ws, _)) = plan.ids.workspace {
             gpu.memset(plan.arena.ptr(ws), 0, plan.arena.bytes(ws))?;
         }
@@ -817,18 +806,6 @@ impl DecodePlan {
         // Mask inputs of prompts never staged are zeros (finite), not arena leftovers.
         if let Block0Keys::MaskInput(id) = plan.ids.block0 {
             gpu.memset(plan.arena.ptr(id), 0, plan.arena.bytes(id))?;
-        }
-        for (layer, bias) in decoder.head_bias.iter().enumerate() {
-            let n = bias.len() / HEADS;
-            let table: Vec<f16> = bias
-                .chunks_exact(n)
-                .flat_map(|row| std::iter::repeat_n(row, b).flatten())
-                .map(|&v| f16::from_f32(v))
-                .collect();
-            gpu.upload(
-                plan.arena.ptr(plan.ids.head_bias[layer]),
-                bytemuck::cast_slice(&table),
-            )?;
         }
         gpu.synchronize()?;
         // No GEMM tuning and no split-K (H200, 2026-11-27): with both, decodes took 211 / 523 /
@@ -1280,46 +1257,20 @@ impl DecodePlan {
             token_to_image(None, (r(ids.g), FINAL_N, 0, false), f.out, f.norm)?;
         }
 
-        // Heads: 5 MLPs batched (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5); the
-        // per-MLP biases come in as residual tables (the GEMM bias is shared by the batch).
+        // Heads: the 5 MLPs (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5) in one
+        // launch, output [5][max][32] as the upscaling reads it.
         if run(DecodePart::Heads) {
-            let mut x = Matrix::packed(queries, D)
-                .with_row_stride(t * D)
-                .with_batch_stride(D);
-            for layer in 0..3 {
-                let n = if layer == 2 { UP2 } else { HEAD_HIDDEN };
-                let y = Matrix::packed(r(ids.head[layer]), n).with_batch_stride(max * n);
-                let res = Matrix::packed(r(ids.head_bias[layer]), n).with_batch_stride(max * n);
-                let wm = Matrix::packed(w.heads_w[layer], D).with_batch_stride(n * D);
-                let act = if layer == 2 {
-                    Activation::None
-                } else {
-                    Activation::Relu
-                };
-                launch_gemm(
-                    gpu,
-                    &GemmProblem {
-                        m: b,
-                        n,
-                        k: D,
-                        batch: HEADS,
-                    },
-                    &GemmArgs {
-                        x,
-                        w: wm,
-                        y,
-                        epilogue: Epilogue {
-                            activation: act,
-                            residual: Some(Residual {
-                                matrix: res,
-                                order: ResidualOrder::BeforeActivation,
-                            }),
-                            ..Epilogue::default()
-                        },
-                    },
-                )?;
-                x = y;
-            }
+            launch_heads(
+                gpu,
+                &HeadsArgs {
+                    prompts: b,
+                    tokens: t,
+                    queries,
+                    layers: w.heads,
+                    stride: max,
+                    y: r(ids.heads),
+                },
+            )?;
         }
 
         // Output upscaling: the first ConvTranspose2d came with the final keys projection
@@ -1337,7 +1288,7 @@ impl DecodePlan {
                     eps: LN2D_EPS,
                     w2: w.up2.0,
                     b2: w.up2.1,
-                    heads: r(ids.head[2]),
+                    heads: r(ids.heads),
                     count: prompts,
                     low_res: r(ids.low_res),
                     iou: r(ids.iou),
