@@ -88,12 +88,6 @@ __device__ __forceinline__ int swz(int row, int chunk) {
     return row * kWidth + ((chunk & 8) | ((chunk ^ row) & 7)) * 8;
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 template <int QT>
 constexpr int smem_bytes() {
     return (QT * 16 * kWidth + 2 * 2 * kTileHalves) * 2;

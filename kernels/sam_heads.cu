@@ -82,35 +82,6 @@ struct HeadsParams {
     int prompts, tokens, stride;
 };
 
-// ldmatrix lane offsets (as gemm.cu, sam_tokens.cu): A x4 rows (lane & 15), k half (lane >> 4);
-// B x4 rows (lane & 7) + 8 (lane >> 4) (two n8 tiles), k half (lane >> 3) & 1.
-struct Lanes {
-    int a_row, a_col, b_row, b_col, g, q2;
-    __device__ __forceinline__ Lanes() {
-        const int lane = threadIdx.x & 31;
-        a_row = lane & 15;
-        a_col = (lane >> 4) * 8;
-        b_row = (lane & 7) + ((lane >> 4) << 3);
-        b_col = ((lane >> 3) & 1) * 8;
-        g = lane >> 2;
-        q2 = (lane & 3) * 2;
-    }
-};
-
-// One k16 step of a warp's 16 x (8 NT) tile: A by ldmatrix.x4 at a_addr, B of n-tile pairs
-// 2j, 2j + 1 by ldmatrix.x4 from weight rows LD halves apart (16 rows per pair) at b_addr.
-template <int NT, int LD>
-__device__ __forceinline__ void mma_k16(float (&acc)[NT][4], uint32_t a_addr, uint32_t b_addr) {
-    uint32_t a[4];
-    ldmatrix_x4(a, a_addr);
-#pragma unroll
-    for (int j = 0; j < NT / 2; ++j) {
-        uint32_t b[4];
-        ldmatrix_x4(b, b_addr + j * 16 * LD * 2);
-        mma16816(acc[2 * j], a, b[0], b[1]);
-        mma16816(acc[2 * j + 1], a, b[2], b[3]);
-    }
-}
 
 }  // namespace
 
@@ -151,13 +122,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_heads(HeadsParams 
         const size_t row = ok ? static_cast<size_t>(p0 + r) * p.tokens + mlp : 0;
         cp_async16(smem_addr(x_s + r * kLdX + c), p.x + row * kDim + c, ok ? 16 : 0);
     }
-    load_step(0);
-    cp_async_commit();
-#pragma unroll
-    for (int s = 1; s < kStages - 1; ++s) {
-        load_step(s);
-        cp_async_commit();
-    }
+    ring_fill<kStages>(load_step);
 
     // This thread's bias values (their latency hides behind the ring): layers 1 and 2 at columns
     // 32 warp + 8 j + q2, layer 3 (warps 0, 1) at 16 warp + 8 j + q2.
@@ -182,13 +147,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_heads(HeadsParams 
 
 #pragma unroll 1
     for (int s = 0; s < kSteps; ++s) {
-        // Step s has landed (this thread's copies; the barrier publishes everyone's and means
-        // every warp is done with step s - 1, whose slot the next copy reuses). At s = 8 every
-        // warp's layer-1 columns are in h_s (and x_s is free); at s = 16 layer 2's are in x_s.
-        cp_async_wait<kStages - 2>();
-        __syncthreads();
-        if (s + kStages - 1 < kSteps) load_step(s + kStages - 1);
-        cp_async_commit();  // always (possibly empty): keeps the group count exact
+        // At s = 8 the ring step's barrier also means every warp's layer-1 columns are in h_s
+        // (and x_s is free); at s = 16 layer 2's are in x_s.
+        ring_advance<kStages>(s, kSteps, load_step);
         const __half* slot = reinterpret_cast<const __half*>(heads_smem + (s % kStages) * kStageBytes);
         if (s < 2 * kLayerSteps) {
             // Layers 1, 2: acc += in[:, 32 ks..] W[n0.., 32 ks..]^T.

@@ -60,21 +60,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kStages = 4;      // cp.async ring depth
 constexpr int kStageBytes = kDim * 40 * 2;  // one ring slot: 256 rows of 40 halves (20,480 B)
 
-// ldmatrix lane offsets (as gemm.cu): A x4 rows (lane & 15), k half (lane >> 4); B x4 rows
-// (lane & 7) + 8 (lane >> 4) (two n8 tiles), k half (lane >> 3) & 1.
-struct Lanes {
-    int a_row, a_col, b_row, b_col, g, q2;
-    __device__ __forceinline__ Lanes() {
-        const int lane = threadIdx.x & 31;
-        a_row = lane & 15;
-        a_col = (lane >> 4) * 8;
-        b_row = (lane & 7) + ((lane >> 4) << 3);
-        b_col = ((lane >> 3) & 1) * 8;
-        g = lane >> 2;
-        q2 = (lane & 3) * 2;
-    }
-};
-
 // ---------------------------------------------------------------------------------------------
 // Token linear + residual + LayerNorm
 
@@ -170,26 +155,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(To
     const uint32_t a_base = smem_addr(x_s + L.a_row * ldx + L.a_col);
 #pragma unroll 1
     for (int s = 0; s < steps; ++s) {
-        // Step s has landed (this thread's copies; the barrier publishes everyone's and means
-        // every warp is done with step s - 1, whose slot the next copy reuses).
-        cp_async_wait<kStages - 2>();
-        __syncthreads();
-        if (s + kStages - 1 < steps) load_step(s + kStages - 1);
-        cp_async_commit();  // always (possibly empty): keeps the group count exact
+        ring_advance<kStages>(s, steps, load_step);
         const __half* slot = reinterpret_cast<const __half*>(lin_smem + (s % kStages) * kStageBytes);
         const uint32_t b_base = smem_addr(slot + (n0 + L.b_row) * kLinLdW + L.b_col);
 #pragma unroll
-        for (int kk = 0; kk < kLinKStep; kk += 16) {
-            uint32_t a[4];
-            ldmatrix_x4(a, a_base + (s * kLinKStep + kk) * 2);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                uint32_t b[4];
-                ldmatrix_x4(b, b_base + (j * 16 * kLinLdW + kk) * 2);
-                mma16816(acc[2 * j], a, b[0], b[1]);
-                mma16816(acc[2 * j + 1], a, b[2], b[3]);
-            }
-        }
+        for (int kk = 0; kk < kLinKStep; kk += 16)
+            mma_k16<4, kLinLdW>(acc, a_base + (s * kLinKStep + kk) * 2, b_base + kk * 2);
     }
 
     // Epilogue: v = acc + bias + residual in fp32, LayerNorm over the 256 columns of each row.
@@ -239,20 +210,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_linear_ln(To
 
 namespace {
 
-// One k16 step of a warp's 16 x (8 NT) tile: A by ldmatrix.x4 at a_addr, B of n-tile pairs
-// 2j, 2j + 1 by ldmatrix.x4 from weight rows LD halves apart (16 rows per pair) at b_addr.
-template <int NT, int LD>
-__device__ __forceinline__ void mma_k16(float (&acc)[NT][4], uint32_t a_addr, uint32_t b_addr) {
-    uint32_t a[4];
-    ldmatrix_x4(a, a_addr);
-#pragma unroll
-    for (int j = 0; j < NT / 2; ++j) {
-        uint32_t b[4];
-        ldmatrix_x4(b, b_addr + j * 16 * LD * 2);
-        mma16816(acc[2 * j], a, b[0], b[1]);
-        mma16816(acc[2 * j + 1], a, b[2], b[3]);
-    }
-}
 
 constexpr int kHidden = 2048;
 constexpr int kChunk = 128;                  // hidden units per CTA
@@ -329,13 +286,7 @@ __device__ __forceinline__ void token_mlp_body(const TokenMlpParams& p) {
         const bool ok = row0 + r < p.rows;
         cp_async16(smem_addr(x_s + r * kLdX + c), p.x + (ok ? (row0 + r) * kDim + c : 0), ok ? 16 : 0);
     }
-    load_step(0);
-    cp_async_commit();
-#pragma unroll
-    for (int s = 1; s < kStages - 1; ++s) {
-        load_step(s);
-        cp_async_commit();
-    }
+    ring_fill<kStages>(load_step);
     // lin1's bias for this warp's columns.
     float2 b1[kEN1];
 #pragma unroll
@@ -353,12 +304,9 @@ __device__ __forceinline__ void token_mlp_body(const TokenMlpParams& p) {
 
 #pragma unroll
     for (int s = 0; s < kMlpSteps; ++s) {
-        // Step s has landed; every warp is past step s - 1 (its slot is free for step s + 3)
-        // and, at s = kW1Steps, every warp's h columns are in shared memory.
-        cp_async_wait<kStages - 2>();
-        __syncthreads();
-        if (s + kStages - 1 < kMlpSteps) load_step(s + kStages - 1);
-        cp_async_commit();
+        // At s = kW1Steps the ring step's barrier also means every warp's h columns are in
+        // shared memory.
+        ring_advance<kStages>(s, kMlpSteps, load_step);
         const __half* slot = reinterpret_cast<const __half*>(mlp_smem_raw + (s % kStages) * kStageBytes);
         if (s < kW1Steps) {
             // lin1: acc1 += x[:, 64s..] W1[chunk rows, 64s..]^T.

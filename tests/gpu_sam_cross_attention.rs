@@ -24,7 +24,9 @@ mod common;
 mod dense;
 
 use common::{gpu_available, Rng};
-use dense::{download_f16, errors, expect_launch_error, poisoned, random_f16, region, upload};
+use dense::{
+    check_elements, download_f16, expect_launch_error, poisoned, random_f16, region, upload,
+};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_cross_attention::{
     cross_attention_workspace, launch_cross_attention, CrossAttentionArgs, CrossAttentionWorkspace,
@@ -267,25 +269,14 @@ fn counters_zero(gpu: &Gpu, ws: &CrossAttentionWorkspace, what: &str) {
 
 fn check(what: &str, out: &[f16], reference: &[f64], mag: &[f64]) {
     let values: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
-    let (rel, max_abs) = errors(&values, reference);
-    let mut worst = 0f64;
-    for (i, ((&g, &r), &a)) in values.iter().zip(reference).zip(mag).enumerate() {
-        let bound = ROUNDING * (r.abs() + a) + 1e-4 * a + 1e-6;
-        let ratio = if g.is_finite() {
-            (g - r).abs() / bound
-        } else {
-            f64::INFINITY
-        };
-        assert!(
-            ratio <= 1.0,
-            "{what}: element {i} (row {}, column {}) = {g}, reference {r}, bound {bound:.2e}",
-            i / W,
-            i % W
-        );
-        worst = worst.max(ratio);
-    }
-    println!("{what}: max abs {max_abs:.2e}, rel L2 {rel:.2e}, worst error / bound {worst:.2}");
-    assert!(rel <= REL_L2, "{what}: rel L2 {rel:.3e} > {REL_L2:e}");
+    check_elements(
+        what,
+        &values,
+        reference,
+        |i, r| ROUNDING * (r.abs() + mag[i]) + 1e-4 * mag[i] + 1e-6,
+        |i| format!("element {i} (row {}, column {})", i / W, i % W),
+        REL_L2,
+    );
 }
 
 fn bits(v: &[f16]) -> Vec<u16> {

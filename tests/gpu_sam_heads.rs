@@ -25,7 +25,10 @@ mod common;
 mod dense;
 
 use common::{gpu_available, Rng};
-use dense::{download_f16, errors, expect_launch_error, poisoned, random_f16, random_f32, region};
+use dense::{
+    assert_runs_identical, check_elements, differing_bits, download_f16, expect_launch_error,
+    poisoned, random_f16, random_f32, region,
+};
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_heads::{
     heads_output_bytes, launch_heads, HeadsArgs, HEAD_HIDDEN as D, HEAD_MLPS as MLPS,
@@ -170,9 +173,7 @@ fn run_case(
 }
 
 fn check(what: &str, out: &[f16], reference: &[Vec<f64>], prompts: usize) {
-    let mut values = Vec::new();
-    let mut refs = Vec::new();
-    let mut worst = 0f64;
+    let (mut values, mut refs, mut names) = (Vec::new(), Vec::new(), Vec::new());
     for (r, (row, want)) in out.chunks_exact(OUT).zip(reference).enumerate() {
         let (mlp, p) = (r / prompts, r % prompts);
         for (c, (&g, &want)) in row.iter().zip(want).enumerate() {
@@ -184,24 +185,22 @@ fn check(what: &str, out: &[f16], reference: &[Vec<f64>], prompts: usize) {
                 );
                 continue;
             }
-            let bound = ROUNDING * want.abs() + SLACK;
-            let ratio = if g.is_finite() {
-                (g - want).abs() / bound
-            } else {
-                f64::INFINITY
-            };
-            assert!(
-                ratio <= 1.0,
-                "{what}: mlp {mlp} prompt {p} column {c} = {g}, reference {want}, bound {bound:.2e}"
-            );
-            worst = worst.max(ratio);
             values.push(g);
             refs.push(want);
+            names.push((mlp, p, c));
         }
     }
-    let (rel, max_abs) = errors(&values, &refs);
-    println!("{what}: max abs {max_abs:.2e}, rel L2 {rel:.2e}, worst error / bound {worst:.2}");
-    assert!(rel <= REL_L2, "{what}: rel L2 {rel:.3e} > {REL_L2:e}");
+    check_elements(
+        what,
+        &values,
+        &refs,
+        |_, r| ROUNDING * r.abs() + SLACK,
+        |i| {
+            let (mlp, p, c) = names[i];
+            format!("mlp {mlp} prompt {p} column {c}")
+        },
+        REL_L2,
+    );
 }
 
 /// `[MAX_PROMPTS, tokens, 256]` seeded queries (LayerNorm outputs: O(1), either sign).
@@ -233,14 +232,14 @@ fn heads_match_reference() {
             match &largest {
                 None => largest = Some(out),
                 Some(l) => {
-                    let differing = (0..MLPS)
-                        .flat_map(|mlp| {
-                            let a = &out[mlp * prompts * OUT..(mlp + 1) * prompts * OUT];
-                            let b = &l[mlp * MAX_PROMPTS * OUT..][..prompts * OUT];
-                            a.iter().zip(b).map(|(u, v)| u.to_bits() != v.to_bits())
+                    let differing: usize = (0..MLPS)
+                        .map(|mlp| {
+                            differing_bits(
+                                &out[mlp * prompts * OUT..(mlp + 1) * prompts * OUT],
+                                &l[mlp * MAX_PROMPTS * OUT..][..prompts * OUT],
+                            )
                         })
-                        .filter(|&d| d)
-                        .count();
+                        .sum();
                     assert_eq!(
                         differing, 0,
                         "{what}: {differing} values differ from the {MAX_PROMPTS}-prompt launch"
@@ -267,15 +266,7 @@ fn heads_are_deterministic() {
         runs.push(run_case(&gpu, &w, &x, 32, 69, "heads repeat"));
         run_case(&gpu, &w, &x7, 8 + i, 7, "heads in between");
     }
-    for (i, run) in runs.iter().enumerate().skip(1) {
-        let differing = run
-            .iter()
-            .zip(&runs[0])
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        println!("heads: run {i}: {differing} values differ from run 0");
-        assert_eq!(differing, 0, "heads: run {i} differs");
-    }
+    assert_runs_identical("heads", &runs);
 }
 
 #[test]

@@ -26,8 +26,8 @@ mod dense;
 
 use common::{gpu_available, Rng};
 use dense::{
-    download_f16, errors, expect_launch_error, layer_norm_row, poisoned, random_f16, random_f32,
-    region, upload,
+    assert_runs_identical, check_elements, differing_bits, download_f16, expect_launch_error,
+    layer_norm_row, poisoned, random_f16, random_f32, region, upload,
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_tokens::{
@@ -97,31 +97,16 @@ fn rows_then_poison(gpu: &Gpu, values: &[f16]) -> DeviceBuffer {
 /// bits equal the first rows of the largest case's output.
 fn check(what: &str, out: &[f16], reference: &[f64], slack: f64, largest: Option<&[f16]>) {
     let values: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
-    let (rel, max_abs) = errors(&values, reference);
-    let mut worst = 0f64;
-    for (i, (&g, &r)) in values.iter().zip(reference).enumerate() {
-        let bound = ROUNDING * r.abs() + slack;
-        let ratio = if g.is_finite() {
-            (g - r).abs() / bound
-        } else {
-            f64::INFINITY
-        };
-        assert!(
-            ratio <= 1.0,
-            "{what}: element {i} (row {}, column {}) = {g}, reference {r}, bound {bound:.2e}",
-            i / D,
-            i % D
-        );
-        worst = worst.max(ratio);
-    }
-    println!("{what}: max abs {max_abs:.2e}, rel L2 {rel:.2e}, worst error / bound {worst:.2}");
-    assert!(rel <= REL_L2, "{what}: rel L2 {rel:.3e} > {REL_L2:e}");
+    check_elements(
+        what,
+        &values,
+        reference,
+        |_, r| ROUNDING * r.abs() + slack,
+        |i| format!("element {i} (row {}, column {})", i / D, i % D),
+        REL_L2,
+    );
     if let Some(largest) = largest {
-        let differing = out
-            .iter()
-            .zip(largest)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let differing = differing_bits(out, largest);
         assert_eq!(
             differing, 0,
             "{what}: {differing} values differ from the same rows of the {MAX_ROWS}-row launch"
@@ -395,17 +380,8 @@ fn token_ops_are_deterministic() {
         linear_runs.push(read_rows(&gpu, &out, rows, "token linear repeat"));
     }
     runs.push(read_rows(&gpu, &y, rows, "token mlp after"));
-    for (what, runs) in [("token mlp", &runs), ("token linear", &linear_runs)] {
-        for (i, run) in runs.iter().enumerate().skip(1) {
-            let differing = run
-                .iter()
-                .zip(&runs[0])
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            println!("{what}: run {i}: {differing} values differ from run 0");
-            assert_eq!(differing, 0, "{what}: run {i} differs");
-        }
-    }
+    assert_runs_identical("token mlp", &runs);
+    assert_runs_identical("token linear", &linear_runs);
 }
 
 #[test]

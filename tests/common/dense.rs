@@ -217,3 +217,51 @@ pub fn mask_downscaling_reference(params: &[f32], mask: &[f32]) -> Vec<f64> {
     }
     out
 }
+
+/// Asserts every GPU value lies within `bound(i, reference)` of its reference (a non-finite GPU
+/// value never does; `label(i)` names element i in the failure message) and the relative L2
+/// error is at most `rel_l2`; prints max abs error, rel L2 and the worst error / bound.
+pub fn check_elements(
+    what: &str,
+    gpu: &[f64],
+    reference: &[f64],
+    bound: impl Fn(usize, f64) -> f64,
+    label: impl Fn(usize) -> String,
+    rel_l2: f64,
+) {
+    let (rel, max_abs) = errors(gpu, reference);
+    let mut worst = 0f64;
+    for (i, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
+        let b = bound(i, r);
+        let ratio = if g.is_finite() {
+            (g - r).abs() / b
+        } else {
+            f64::INFINITY
+        };
+        assert!(
+            ratio <= 1.0,
+            "{what}: {} = {g}, reference {r}, bound {b:.2e}",
+            label(i)
+        );
+        worst = worst.max(ratio);
+    }
+    println!("{what}: max abs {max_abs:.2e}, rel L2 {rel:.2e}, worst error / bound {worst:.2}");
+    assert!(rel <= rel_l2, "{what}: rel L2 {rel:.3e} > {rel_l2:e}");
+}
+
+/// How many values differ bitwise between `a` and `b`.
+pub fn differing_bits(a: &[f16], b: &[f16]) -> usize {
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count()
+}
+
+/// Asserts (and prints) that every run is bitwise equal to the first.
+pub fn assert_runs_identical(what: &str, runs: &[Vec<f16>]) {
+    for (i, run) in runs.iter().enumerate().skip(1) {
+        let differing = differing_bits(run, &runs[0]);
+        println!("{what}: run {i}: {differing} values differ from run 0");
+        assert_eq!(differing, 0, "{what}: run {i} differs");
+    }
+}
