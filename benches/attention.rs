@@ -10,6 +10,9 @@
 //! Mask decoder (transformer.py): 7 tokens (5 output + 2 box corners) per box, 4096 image
 //! tokens, cross attention at dim 128 / 8 heads (D = 16), token self-attention D = 32.
 
+mod common;
+
+use common::{filled, gpu_duration};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -20,25 +23,6 @@ use finesam::ops::attention::{
 };
 use finesam::ops::window::{launch_window_partition, launch_window_unpartition, WindowGeometry};
 use finesam::Gpu;
-use half::f16;
-
-fn gpu_duration(ms_per_rep: f64, iters: u64) -> Duration {
-    Duration::from_secs_f64(ms_per_rep * 1e-3 * iters as f64)
-}
-
-/// A device buffer of `elements` fp16 values, non-trivial (never benchmark on zeros).
-fn filled(gpu: &Gpu, elements: usize, amplitude: f32) -> DeviceBuffer {
-    let values: Vec<f16> = (0..elements)
-        .map(|i| {
-            let h = (i as u32).wrapping_mul(2654435761) >> 8;
-            f16::from_f32(amplitude * ((h % 2001) as f32 / 1000.0 - 1.0))
-        })
-        .collect();
-    let buf = gpu.alloc(elements * 2).expect("alloc");
-    gpu.upload(buf.ptr(), bytemuck::cast_slice(&values))
-        .expect("upload");
-    buf
-}
 
 struct Case {
     name: &'static str,

@@ -9,6 +9,9 @@
 //! copy bandwidth (H200: ~4.3 TB/s). Bytes below are the compulsory traffic: every operand read
 //! once and the output written once.
 
+mod common;
+
+use common::{criterion_gpu_case, f32_buffer, region, upload};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -23,16 +26,11 @@ use finesam::ops::gemm::{
 };
 use finesam::ops::norm::{launch_layer_norm, LayerNormArgs};
 use finesam::ops::tinyvit::{launch_tinyvit_mlp, tinyvit_mlp_flops, MlpArgs, MlpShape};
-use finesam::ops::DeviceRegion;
 use finesam::{Gpu, Result};
 use half::f16;
 
 /// Repetitions per printed measurement.
 const REPS: usize = 50;
-
-fn gpu_duration(ms_per_rep: f64, iters: u64) -> Duration {
-    Duration::from_secs_f64(ms_per_rep * 1e-3 * iters as f64)
-}
 
 /// A device buffer of `n` fp16 values in about [-1, 1] (never benchmark on zeros).
 fn f16_buffer(gpu: &Gpu, n: usize, seed: usize) -> DeviceBuffer {
@@ -43,20 +41,6 @@ fn f16_buffer(gpu: &Gpu, n: usize, seed: usize) -> DeviceBuffer {
         })
         .collect();
     upload(gpu, bytemuck::cast_slice(&values))
-}
-
-fn f32_buffer(gpu: &Gpu, n: usize, value: f32) -> DeviceBuffer {
-    upload(gpu, bytemuck::cast_slice(&vec![value; n]))
-}
-
-fn upload(gpu: &Gpu, bytes: &[u8]) -> DeviceBuffer {
-    let buffer = gpu.alloc(bytes.len()).expect("device allocation");
-    gpu.upload(buffer.ptr(), bytes).expect("upload");
-    buffer
-}
-
-fn region(buffer: &DeviceBuffer) -> DeviceRegion {
-    DeviceRegion::of(buffer)
 }
 
 /// Times `work`, prints the achieved rates, and registers it with criterion.
@@ -80,12 +64,7 @@ fn bench_case(
         flops * 1e-9,
         bytes * 1e-6
     );
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let ms = gpu.time_ms(iters as usize, &mut work).expect("timing");
-            gpu_duration(ms, iters)
-        })
-    });
+    criterion_gpu_case(c, gpu, name, work);
 }
 
 /// Prints the time of each tile for a GEMM-shaped launch (`launch(tile)`).

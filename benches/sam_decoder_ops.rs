@@ -22,6 +22,9 @@
 //! re-reads per 16-prompt tile are not counted). Repeated launches find the weights (at most
 //! 2 MiB) in L2, so these rates may exceed HBM bandwidth (~3.0 TB/s H100, ~4.3 TB/s H200).
 
+mod common;
+
+use common::{criterion_gpu_case, f32_buffer, filled, region};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -39,7 +42,6 @@ use finesam::ops::sam_tokens::{
 };
 use finesam::ops::DeviceRegion;
 use finesam::{Gpu, Result};
-use half::f16;
 
 /// Repetitions per printed measurement.
 const REPS: usize = 200;
@@ -51,36 +53,6 @@ const KEYS: usize = 4096;
 const KV_STRIDE: usize = 384;
 const K_COL: usize = 128;
 const LN_EPS: f32 = 1e-5;
-
-fn gpu_duration(ms_per_rep: f64, iters: u64) -> Duration {
-    Duration::from_secs_f64(ms_per_rep * 1e-3 * iters as f64)
-}
-
-/// A device buffer of `elements` fp16 values, non-trivial (never benchmark on zeros).
-fn filled(gpu: &Gpu, elements: usize, amplitude: f32) -> DeviceBuffer {
-    let values: Vec<f16> = (0..elements)
-        .map(|i| {
-            let h = (i as u32).wrapping_mul(2654435761) >> 8;
-            f16::from_f32(amplitude * ((h % 2001) as f32 / 1000.0 - 1.0))
-        })
-        .collect();
-    upload(gpu, bytemuck::cast_slice(&values))
-}
-
-/// A device buffer of `n` f32 values all `value`.
-fn f32_buffer(gpu: &Gpu, n: usize, value: f32) -> DeviceBuffer {
-    upload(gpu, bytemuck::cast_slice(&vec![value; n]))
-}
-
-fn upload(gpu: &Gpu, bytes: &[u8]) -> DeviceBuffer {
-    let buffer = gpu.alloc(bytes.len()).expect("device allocation");
-    gpu.upload(buffer.ptr(), bytes).expect("upload");
-    buffer
-}
-
-fn region(buffer: &DeviceBuffer) -> DeviceRegion {
-    DeviceRegion::of(buffer)
-}
 
 /// `buffer` from half `column` on.
 fn from_column(buffer: &DeviceBuffer, column: usize) -> DeviceRegion {
@@ -100,12 +72,7 @@ fn bench_case(
     gpu.synchronize().expect("sync");
     let ms = gpu.time_ms(REPS, &mut work).expect("timing");
     println!("{name:<44} {:>8.2} us  {}", ms * 1e3, rates(ms * 1e-3));
-    c.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let ms = gpu.time_ms(iters as usize, &mut work).expect("timing");
-            gpu_duration(ms, iters)
-        })
-    });
+    criterion_gpu_case(c, gpu, name, work);
 }
 
 fn cross_attention(c: &mut Criterion, gpu: &Gpu) {

@@ -11,9 +11,9 @@
 //! for several batch sizes with [`cross_attention_workspace`]. Errors are `Error::Launch`
 //! naming the kernel and the problem.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, overlaps, DeviceRegion};
+use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::{DevicePtr, Gpu};
 
@@ -407,12 +407,16 @@ pub fn launch_cross_attention(gpu: &Gpu, args: &CrossAttentionArgs) -> Result<Cr
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem,
     };
-    let mut launch = gpu
-        .stream()
-        .launch_builder(&kernels.sam_cross_attention[variant]);
-    launch.arg(&params);
     // SAFETY: parameters mirror the kernel's; every buffer was bounds-, alignment- and
     // overlap-checked above, the workspace against the plan.
-    unsafe { launch.launch(cfg) }.map_err(|e| launch_error(KERNEL, format!("{name}: {e}")))?;
+    unsafe {
+        launch_with_params(
+            gpu,
+            name,
+            &kernels.sam_cross_attention[variant],
+            cfg,
+            &params,
+        )
+    }?;
     Ok(plan)
 }
