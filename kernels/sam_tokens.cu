@@ -8,6 +8,13 @@
 //   cross attention (norm2) and of the final attention (norm_final_attn).
 // - sam_token_mlp_{16,32,64} + sam_token_mlp_norm: y = LayerNorm(x + lin2(relu(lin1(x)))) with
 //   D 256, hidden 2048: `queries = norm3(queries + mlp(queries))`, MLPBlock lin1 -> ReLU -> lin2.
+// - sam_head_fold: the per-head token factors of the folded cross attentions (docs/MOBILESAM.md,
+//   "Folded cross attentions"): y[row * 8 + h, c] = scale * sum_{d < 16} x[row, 16h + d] *
+//   M[16h + d, c] (c < 256) and optionally yb[row * 8 + h] = scale * sum_d x[row, 16h + d] *
+//   bias[16h + d], for up to two (x, M) pairs per launch. With M the token->image k_proj weight
+//   this is Qf (q folded through k_proj: scores = Qf . (keys + pe) up to a per-row constant the
+//   softmax drops); with the image->token q_proj weight and bias, Kf and kb; with the transposed
+//   image->token out_proj weight, Vf (v folded through out_proj).
 //
 // fp16 x, W ([out, in] as nn.Linear stores it), residual and y; f32 biases, gamma and beta; fp32
 // accumulation on mma.sync.m16n8k16 and an fp32 LayerNorm (mean, then the variance of the
@@ -376,7 +383,63 @@ __device__ __forceinline__ float norm_row_total(float v, float (*s)[2], int loca
     return s[local][0] + s[local][1];
 }
 
+// Mirrors `HeadFoldParams` in src/ops/sam_tokens.rs: up to two folds (blockIdx.y picks one).
+struct HeadFold {
+    const __half* x;    // token rows of 128 halves (8 heads x 16), row stride x_stride
+    const __half* m;    // [128][256]
+    const float* bias;  // [128] or null
+    __half* y;          // [rows * 8][256]
+    float* yb;          // [rows * 8] when bias is set
+    long long x_stride; // halves
+    float scale;
+};
+struct HeadFoldParams {
+    HeadFold fold[2];
+    int rows;
+};
+
+constexpr int kFoldRows = 8;          // token rows per CTA (M is read once per CTA)
+constexpr int kFoldWidth = 128;       // 8 heads x 16 dims
+constexpr int kFoldHeadDim = 16;
+
 }  // namespace
+
+// One CTA per 8 token rows and fold; thread c computes column c of every (row, head): M's column
+// is read once per CTA (16 coalesced halves per head), x from shared memory in fp32. Each output
+// is one fp32 chain over the head's 16 dims in order, rounded to fp16 once.
+extern "C" __global__ void __launch_bounds__(kThreads) sam_head_fold(HeadFoldParams p) {
+    __shared__ float xs[kFoldRows][kFoldWidth];
+    const HeadFold f = p.fold[blockIdx.y];
+    const int row0 = blockIdx.x * kFoldRows;
+    const int n = min(kFoldRows, p.rows - row0);
+    for (int i = threadIdx.x; i < n * kFoldWidth; i += kThreads) {
+        const int r = i / kFoldWidth, c = i % kFoldWidth;
+        xs[r][c] = __half2float(f.x[(row0 + r) * f.x_stride + c]);
+    }
+    __syncthreads();
+    const int c = threadIdx.x;
+#pragma unroll 1
+    for (int h = 0; h < 8; ++h) {
+        float w[kFoldHeadDim];
+#pragma unroll
+        for (int d = 0; d < kFoldHeadDim; ++d)
+            w[d] = __half2float(f.m[(h * kFoldHeadDim + d) * kDim + c]);
+        for (int r = 0; r < n; ++r) {
+            float acc = 0.f;
+#pragma unroll
+            for (int d = 0; d < kFoldHeadDim; ++d) acc = fmaf(xs[r][h * kFoldHeadDim + d], w[d], acc);
+            f.y[(static_cast<long long>(row0 + r) * 8 + h) * kDim + c] = __float2half_rn(f.scale * acc);
+        }
+    }
+    if (f.bias != nullptr && threadIdx.x < n * 8) {
+        const int r = threadIdx.x / 8, h = threadIdx.x % 8;
+        float acc = 0.f;
+#pragma unroll
+        for (int d = 0; d < kFoldHeadDim; ++d)
+            acc = fmaf(xs[r][h * kFoldHeadDim + d], f.bias[h * kFoldHeadDim + d], acc);
+        f.yb[static_cast<long long>(row0 + r) * 8 + h] = f.scale * acc;
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(kThreads, 2) sam_token_mlp_16(TokenMlpParams p) {
     token_mlp_body<16>(p);

@@ -17,6 +17,11 @@
 //!   such flip moves the row's outputs by <= ulp(h) |w2| (~1e-4 here) times rstd x gamma (~2).
 //!   Also rel L2 <= 1e-3 for both.
 //!
+//! - head fold (`sam_head_fold`): slack 1e-5 (one fp32 chain of 16 products, then the fp16
+//!   rounding); rows 1, 7, 56 and 61 (a partial CTA), two folds per launch (one with the bias
+//!   dots, f32, checked to 1e-5 relative + 1e-6) and x read with a row stride (384, as the
+//!   decoder's post-MLP buffers).
+//!
 //! The launcher's argument checks run without a GPU in tests/cpu_ops.rs; here the launchers
 //! themselves reject bad arguments with `Error::Launch` before launching anything.
 
@@ -31,8 +36,9 @@ use dense::{
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_tokens::{
-    launch_token_linear, launch_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
-    token_mlp_tile_rows, TokenLinearArgs, TokenMlpArgs, TOKEN_DIM as D, TOKEN_MLP_HIDDEN as HID,
+    launch_head_fold, launch_token_linear, launch_token_mlp, select_token_mlp_tile,
+    token_mlp_scratch_bytes, token_mlp_tile_rows, HeadFold, TokenLinearArgs, TokenMlpArgs,
+    TOKEN_DIM as D, TOKEN_MLP_HIDDEN as HID,
 };
 use finesam::ops::DeviceRegion;
 use finesam::Gpu;
@@ -331,6 +337,136 @@ fn token_mlp_matches_reference() {
             }
         }
     }
+}
+
+#[test]
+fn head_fold_matches_reference() {
+    if !gpu_available("head_fold_matches_reference") {
+        return;
+    }
+    let gpu = Gpu::new(0).unwrap();
+    const W: usize = 128;
+    const STRIDE: usize = 384;
+    let mut rng = Rng::new(0xf01d);
+    for rows in [1usize, 7, 56, 61] {
+        // Fold 0: x packed (stride 128) with a bias; fold 1: x at column 128 of 384-wide rows.
+        let (x0h, x0) = random_f16(&mut rng, rows * W, -4.0, 4.0);
+        let (x1h, x1) = random_f16(&mut rng, rows * STRIDE, -4.0, 4.0);
+        let (m0h, m0) = random_f16(&mut rng, W * D, -0.25, 0.25);
+        let (m1h, m1) = random_f16(&mut rng, W * D, -0.25, 0.25);
+        let (b0f, b0) = random_f32(&mut rng, W, -1.0, 1.0);
+        let scales = [0.25f64, 1.0];
+        let (x0d, x1d) = (upload(&gpu, &x0h), upload(&gpu, &x1h));
+        let (m0d, m1d, b0d) = (upload(&gpu, &m0h), upload(&gpu, &m1h), upload(&gpu, &b0f));
+        let y0 = poisoned(&gpu, (rows * 8 + TAIL_ROWS) * D);
+        let y1 = poisoned(&gpu, (rows * 8 + TAIL_ROWS) * D);
+        let yb = upload(&gpu, &vec![f32::NAN; rows * 8 + 4]);
+        let x1_region = DeviceRegion::new(x1d.ptr() + 2 * W as u64, (rows * STRIDE - W) * 2);
+        let folds = [
+            HeadFold {
+                x: region(&x0d),
+                x_stride: W,
+                weight: region(&m0d),
+                bias: Some((region(&b0d), region(&yb))),
+                scale: scales[0] as f32,
+                y: region(&y0),
+            },
+            HeadFold {
+                x: x1_region,
+                x_stride: STRIDE,
+                weight: region(&m1d),
+                bias: None,
+                scale: scales[1] as f32,
+                y: region(&y1),
+            },
+        ];
+        launch_head_fold(&gpu, rows, &folds).unwrap();
+        let reference = |x: &[f64], stride: usize, col: usize, m: &[f64], scale: f64| {
+            let mut out = vec![0f64; rows * 8 * D];
+            for r in 0..rows {
+                for h in 0..8 {
+                    for c in 0..D {
+                        let mut acc = 0f64;
+                        for d in 0..16 {
+                            acc += x[r * stride + col + 16 * h + d] * m[(16 * h + d) * D + c];
+                        }
+                        out[(r * 8 + h) * D + c] = scale * acc;
+                    }
+                }
+            }
+            out
+        };
+        let what0 = format!("head fold {rows} rows, packed x");
+        let what1 = format!("head fold {rows} rows, strided x");
+        let out0 = read_rows(&gpu, &y0, rows * 8, &what0);
+        let out1 = read_rows(&gpu, &y1, rows * 8, &what1);
+        for (what, out, reference) in [
+            (&what0, &out0, reference(&x0, W, 0, &m0, scales[0])),
+            (&what1, &out1, reference(&x1, STRIDE, W, &m1, scales[1])),
+        ] {
+            let values: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
+            check_elements(
+                what,
+                &values,
+                &reference,
+                |_, r| ROUNDING * r.abs() + 1e-5,
+                |i| format!("row {} head {} column {}", i / D / 8, i / D % 8, i % D),
+                REL_L2,
+            );
+        }
+        let mut bias_out = vec![0f32; rows * 8 + 4];
+        gpu.download(bytemuck::cast_slice_mut(&mut bias_out), yb.ptr())
+            .unwrap();
+        gpu.synchronize().unwrap();
+        assert!(
+            bias_out[rows * 8..].iter().all(|v| v.is_nan()),
+            "bias dots written past the end"
+        );
+        let bias_ref: Vec<f64> = (0..rows * 8)
+            .map(|i| {
+                let (r, h) = (i / 8, i % 8);
+                scales[0]
+                    * (0..16)
+                        .map(|d| x0[r * W + 16 * h + d] * b0[16 * h + d])
+                        .sum::<f64>()
+            })
+            .collect();
+        let bias_gpu: Vec<f64> = bias_out[..rows * 8].iter().map(|&v| v as f64).collect();
+        check_elements(
+            &format!("head fold {rows} rows, bias dots"),
+            &bias_gpu,
+            &bias_ref,
+            |_, r| 1e-5 * r.abs() + 1e-6,
+            |i| format!("row {} head {}", i / 8, i % 8),
+            REL_L2,
+        );
+    }
+    // Bad arguments are rejected before launching.
+    let x = poisoned(&gpu, 7 * 128);
+    let m = poisoned(&gpu, 128 * D);
+    let y = poisoned(&gpu, 56 * D);
+    let fold = HeadFold {
+        x: region(&x),
+        x_stride: 128,
+        weight: region(&m),
+        bias: None,
+        scale: 1.0,
+        y: region(&y),
+    };
+    expect_launch_error("short y", launch_head_fold(&gpu, 8, &[fold]));
+    expect_launch_error("no folds", launch_head_fold(&gpu, 7, &[]));
+    expect_launch_error(
+        "narrow stride",
+        launch_head_fold(
+            &gpu,
+            7,
+            &[HeadFold {
+                x_stride: 64,
+                ..fold
+            }],
+        ),
+    );
+    launch_head_fold(&gpu, 7, &[fold]).unwrap();
 }
 
 #[test]

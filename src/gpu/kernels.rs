@@ -59,6 +59,7 @@ pub struct Kernels {
     /// `sam_token_mlp_<rows>`, indexed like `sam_tokens::TOKEN_MLP_TILES`.
     pub(crate) sam_token_mlp: [CudaFunction; sam_tokens::TOKEN_MLP_TILES.len()],
     pub(crate) sam_token_mlp_norm: CudaFunction,
+    pub(crate) sam_head_fold: CudaFunction,
     /// `sam_cross_attention_q<tiles>`, indexed like `sam_cross_attention::CROSS_ATTENTION_VARIANTS`.
     pub(crate) sam_cross_attention:
         [CudaFunction; sam_cross_attention::CROSS_ATTENTION_VARIANTS.len()],
@@ -210,6 +211,7 @@ impl Kernels {
             sam_token_linear_ln,
             sam_token_mlp,
             sam_token_mlp_norm: function(&tokens, "sam_tokens", "sam_token_mlp_norm")?,
+            sam_head_fold: function(&tokens, "sam_tokens", "sam_head_fold")?,
             sam_cross_attention,
             sam_heads,
             smem_per_block_optin: optin.max(0) as usize,

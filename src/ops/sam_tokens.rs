@@ -6,6 +6,9 @@
 //! - [`launch_token_mlp`]: `y = LayerNorm(x + lin2(relu(lin1(x))))` (256 -> 2048 -> 256) in two
 //!   launches: per-chunk partial products of the hidden dimension into a scratch buffer, then
 //!   their fixed-order sum + bias + residual + LayerNorm (deterministic; no atomics).
+//! - [`launch_head_fold`]: the per-head token factors of the folded cross attentions,
+//!   `y[row * 8 + h] = scale * x[row, head h] @ M[head h rows]` (16 -> 256 per head), and
+//!   optionally `scale * x[row, head h] . bias[head h]`; one or two folds per launch.
 //!
 //! Rows are `prompts x tokens`; all fp16 tensors are packed row-major and 16-byte aligned;
 //! biases, gamma and beta are f32. Errors are `Error::Launch` naming the kernel and the problem.
@@ -134,6 +137,53 @@ pub struct TokenMlpArgs {
     pub y: DeviceRegion,
 }
 
+/// Heads and head width of the cross attentions a [`HeadFold`] expands (8 x 16 = 128).
+pub const FOLD_HEADS: usize = 8;
+pub const FOLD_HEAD_DIM: usize = 16;
+/// Token rows per `sam_head_fold` CTA.
+const FOLD_ROWS: usize = 8;
+
+/// One fold of [`launch_head_fold`]: for every token row and head h,
+/// `y[row * 8 + h, c] = scale * sum_{d < 16} x[row, 16h + d] * weight[16h + d, c]` (c < 256,
+/// fp32, rounded to fp16 once) and, with `bias`, `yb[row * 8 + h] = scale * sum_d
+/// x[row, 16h + d] * bias[16h + d]` (f32).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadFold {
+    /// fp16 token rows of 128 halves (8 heads x 16) at `x_stride` halves apart.
+    pub x: DeviceRegion,
+    /// Halves between rows (>= 128).
+    pub x_stride: usize,
+    /// fp16 `[128, 256]` row-major: row 16h + d is head h's dim d.
+    pub weight: DeviceRegion,
+    /// f32 `[128]` and the f32 `[rows * 8]` output of the bias dots, or None.
+    pub bias: Option<(DeviceRegion, DeviceRegion)>,
+    pub scale: f32,
+    /// fp16 `[rows * 8, 256]` output; must not overlap x or the weight.
+    pub y: DeviceRegion,
+}
+
+/// Mirrors `HeadFold` in the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+struct HeadFoldRaw {
+    x: u64,
+    m: u64,
+    bias: u64,
+    y: u64,
+    yb: u64,
+    x_stride: i64,
+    scale: f32,
+    pad: u32,
+}
+
+/// Mirrors `HeadFoldParams` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct HeadFoldParams {
+    fold: [HeadFoldRaw; 2],
+    rows: i32,
+}
+
 /// Mirrors `TokenLinearParams` in the kernel.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
@@ -180,6 +230,7 @@ struct TokenMlpNormParams {
 unsafe impl DeviceRepr for TokenLinearParams {}
 unsafe impl DeviceRepr for TokenMlpParams {}
 unsafe impl DeviceRepr for TokenMlpNormParams {}
+unsafe impl DeviceRepr for HeadFoldParams {}
 
 fn check_rows_eps(kernel: &'static str, rows: usize, eps: f32) -> Result<()> {
     if rows == 0 || rows > TOKEN_MAX_ROWS {
@@ -427,4 +478,83 @@ pub fn launch_token_mlp(gpu: &Gpu, args: &TokenMlpArgs) -> Result<()> {
     };
     // SAFETY: as above.
     unsafe { launch_with_params(gpu, NORM, &kernels.sam_token_mlp_norm, cfg, &norm) }
+}
+
+fn head_fold_params(rows: usize, folds: &[HeadFold]) -> Result<HeadFoldParams> {
+    const KERNEL: &str = "sam_head_fold";
+    if rows == 0 || rows > TOKEN_MAX_ROWS {
+        return Err(launch_error(
+            KERNEL,
+            format!("rows {rows} must be in 1..={TOKEN_MAX_ROWS}"),
+        ));
+    }
+    if folds.is_empty() || folds.len() > 2 {
+        return Err(launch_error(
+            KERNEL,
+            format!("{} folds given, 1 or 2 per launch", folds.len()),
+        ));
+    }
+    let width = FOLD_HEADS * FOLD_HEAD_DIM;
+    let mut raw = [HeadFoldRaw::default(); 2];
+    for (f, r) in folds.iter().zip(raw.iter_mut()) {
+        if f.x_stride < width {
+            return Err(launch_error(
+                KERNEL,
+                format!("x row stride {} is below {width} halves", f.x_stride),
+            ));
+        }
+        if !f.scale.is_finite() {
+            return Err(launch_error(
+                KERNEL,
+                format!("scale {} is not finite", f.scale),
+            ));
+        }
+        let x_bytes = ((rows - 1) * f.x_stride + width) * 2;
+        let w_bytes = width * TOKEN_DIM * 2;
+        let y_bytes = rows * FOLD_HEADS * TOKEN_DIM * 2;
+        f.x.check(KERNEL, "x", Some(x_bytes), 2)?;
+        f.weight.check(KERNEL, "weight", Some(w_bytes), 2)?;
+        f.y.check(KERNEL, "y", Some(y_bytes), 2)?;
+        check_disjoint(KERNEL, &f.y, y_bytes, "x", &f.x, x_bytes)?;
+        check_disjoint(KERNEL, &f.y, y_bytes, "the weight", &f.weight, w_bytes)?;
+        if let Some((bias, yb)) = &f.bias {
+            bias.check(KERNEL, "bias", Some(width * 4), 4)?;
+            yb.check(KERNEL, "bias output", Some(rows * FOLD_HEADS * 4), 4)?;
+            check_disjoint(KERNEL, yb, rows * FOLD_HEADS * 4, "y", &f.y, y_bytes)?;
+            check_disjoint(KERNEL, yb, rows * FOLD_HEADS * 4, "x", &f.x, x_bytes)?;
+        }
+        *r = HeadFoldRaw {
+            x: f.x.ptr,
+            m: f.weight.ptr,
+            bias: f.bias.map_or(0, |b| b.0.ptr),
+            y: f.y.ptr,
+            yb: f.bias.map_or(0, |b| b.1.ptr),
+            x_stride: f.x_stride as i64,
+            scale: f.scale,
+            pad: 0,
+        };
+    }
+    Ok(HeadFoldParams {
+        fold: raw,
+        rows: rows as i32,
+    })
+}
+
+/// Checks [`launch_head_fold`]'s arguments exactly as the launch does, without a GPU.
+pub fn check_head_fold(rows: usize, folds: &[HeadFold]) -> Result<()> {
+    head_fold_params(rows, folds).map(|_| ())
+}
+
+/// Expands `rows` token rows per head through a `[128, 256]` weight for one or two folds in one
+/// launch (see [`HeadFold`]).
+pub fn launch_head_fold(gpu: &Gpu, rows: usize, folds: &[HeadFold]) -> Result<()> {
+    const KERNEL: &str = "sam_head_fold";
+    let params = head_fold_params(rows, folds)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(FOLD_ROWS) as u32, folds.len() as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_head_fold, cfg, &params) }
 }
