@@ -88,11 +88,15 @@ pub struct FoldedImageToTokenArgs {
     pub y: DeviceRegion,
 }
 
-/// `Y = LayerNorm(X + sum_r softmax_t((X + PE) Kf^T + kb) Vf + bo)` per prompt: a two-way
-/// block's image -> token attention with q folded into the tokens, out_proj, residual and norm4.
-/// One CTA per SM walks a contiguous range of the prompts' 64-pixel tiles.
-pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Result<()> {
-    const KERNEL: &str = "sam_folded_image_to_token";
+const KERNEL: &str = "sam_folded_image_to_token";
+
+/// The argument checks of [`launch_folded_image_to_token`] (no GPU needed): `Error::Launch`
+/// naming the problem, or the number of 64-pixel tiles.
+pub fn check_folded_image_to_token(a: &FoldedImageToTokenArgs) -> Result<usize> {
+    folded_params(a).map(|(_, tiles)| tiles)
+}
+
+fn folded_params(a: &FoldedImageToTokenArgs) -> Result<(FoldedI2tParams, usize)> {
     if a.prompts == 0 || a.prompts > 65535 || a.tokens == 0 || a.tokens > FOLDED_MAX_TOKENS {
         return Err(launch_error(
             KERNEL,
@@ -197,6 +201,14 @@ pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Re
         pixels: a.pixels as i32,
         eps: a.eps,
     };
+    Ok((params, tiles))
+}
+
+/// `Y = LayerNorm(X + sum_r softmax_t((X + PE) Kf^T + kb) Vf + bo)` per prompt: a two-way
+/// block's image -> token attention with q folded into the tokens, out_proj, residual and norm4.
+/// One CTA per SM walks a contiguous range of the prompts' 64-pixel tiles ([`folded_grid`]).
+pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Result<()> {
+    let (params, tiles) = folded_params(a)?;
     let cfg = LaunchConfig {
         grid_dim: (folded_grid(tiles, gpu.kernels().sm_count()), 1, 1),
         block_dim: (128, 1, 1),
