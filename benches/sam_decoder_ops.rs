@@ -16,6 +16,10 @@
 //!   residual + LayerNorm, in place, rows 7, 56, 224.
 //! - `launch_heads` (kernels/sam_heads.cu): the IoU head and 4 hypernetwork MLPs, 8 and 32
 //!   prompts of 7 tokens.
+//! - `launch_folded_image_to_token` (kernels/sam_folded_i2t.cu): image -> token attention with
+//!   q folded into the tokens + out_proj + residual + norm4, 8 and 32 prompts, T = 7, N = 4096,
+//!   per-prompt X in place. Prints TFLOP/s of the two products (2 x 2 x N x 8T x 256 per prompt)
+//!   and GB/s of X read + Y written (4 MiB per prompt; PE, L2-resident, not counted).
 //!
 //! Token linear / MLP / heads print GB/s of compulsory bytes: every weight and bias read once,
 //! the rows read and written once (the MLP's f32 partial-product scratch and the heads' weight
@@ -32,6 +36,9 @@ use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_cross_attention::{
     cross_attention_workspace, launch_cross_attention, plan_cross_attention, CrossAttentionArgs,
     CrossAttentionWorkspace, CrossRows, CROSS_HEADS, CROSS_HEAD_DIM, CROSS_WIDTH,
+};
+use finesam::ops::sam_folded_i2t::{
+    launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_DIM, FOLDED_HEADS,
 };
 use finesam::ops::sam_heads::{
     heads_output_bytes, launch_heads, HeadsArgs, HEAD_HIDDEN, HEAD_MLPS, HEAD_OUT,
@@ -263,6 +270,55 @@ fn heads(c: &mut Criterion, gpu: &Gpu) {
     }
 }
 
+fn folded_image_to_token(c: &mut Criterion, gpu: &Gpu) {
+    const MAX_PROMPTS: usize = 32;
+    let (d, rows) = (FOLDED_DIM, FOLDED_HEADS * TOKENS);
+    let plane = KEYS * d;
+    // X (in place, so each launch normalises the previous output: values stay O(1)), PE,
+    // Kf (scores within ~+-50), Vf; kb, bo, beta 0.1, gamma 1.
+    let x = filled(gpu, MAX_PROMPTS * plane, 1.0);
+    let pe = filled(gpu, plane, 1.0);
+    let kf = filled(gpu, MAX_PROMPTS * rows * d, 0.1);
+    let vf = filled(gpu, MAX_PROMPTS * rows * d, 0.5);
+    let kb = f32_buffer(gpu, MAX_PROMPTS * rows, 0.1);
+    let bias = f32_buffer(gpu, d, 0.1);
+    let gamma = f32_buffer(gpu, d, 1.0);
+    for prompts in [8usize, 32] {
+        let args = FoldedImageToTokenArgs {
+            prompts,
+            tokens: TOKENS,
+            pixels: KEYS,
+            x: region(&x),
+            x_batch: plane,
+            pe: region(&pe),
+            kf: region(&kf),
+            kb: region(&kb),
+            kb_batch: rows,
+            vf: region(&vf),
+            f_batch: rows * d,
+            out_bias: region(&bias),
+            norm: (region(&gamma), region(&bias)),
+            eps: LN_EPS,
+            y: region(&x),
+        };
+        let flops = (prompts * 2 * 2 * KEYS * rows * d) as f64;
+        let bytes = (prompts * 2 * plane * 2) as f64;
+        bench_case(
+            c,
+            gpu,
+            &format!("folded_image_to_token_b{prompts}_t{TOKENS}_n{KEYS}_in_place"),
+            |s| {
+                format!(
+                    "{:>6.2} TFLOP/s  {:>6.0} GB/s X + Y",
+                    flops / s * 1e-12,
+                    bytes / s * 1e-9
+                )
+            },
+            || launch_folded_image_to_token(gpu, &args),
+        );
+    }
+}
+
 fn sam_decoder_ops(c: &mut Criterion) {
     if let Err(e) = Gpu::probe() {
         eprintln!("skipping sam decoder op benchmarks: {e}");
@@ -273,6 +329,7 @@ fn sam_decoder_ops(c: &mut Criterion) {
     cross_attention(c, &gpu);
     token_ops(c, &gpu);
     heads(c, &gpu);
+    folded_image_to_token(c, &gpu);
 }
 
 criterion_group! {

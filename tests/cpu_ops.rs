@@ -2,7 +2,8 @@
 //! selection, and the launchers' argument checks (which run before any GPU work), including the
 //! fused TinyViT MLP's, the mask decoder's fused token ops (`ops::sam_tokens`), its
 //! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing) and
-//! its head MLPs (`ops::sam_heads`).
+//! its head MLPs (`ops::sam_heads`) and the folded image->token attention
+//! (`ops::sam_folded_i2t`).
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -19,6 +20,9 @@ use finesam::ops::norm::{check_layer_norm, variant_index, LayerNormArgs};
 use finesam::ops::sam_cross_attention::{
     check_cross_attention, cross_attention_workspace, plan_cross_attention, CrossAttentionArgs,
     CrossAttentionWorkspace, CrossRows, CROSS_MAX_CHUNKS, CROSS_STAGE_KEYS,
+};
+use finesam::ops::sam_folded_i2t::{
+    check_folded_image_to_token, folded_grid, FoldedImageToTokenArgs,
 };
 use finesam::ops::sam_heads::{
     check_heads, heads_output_bytes, HeadsArgs, HEADS_MAX_PROMPTS, HEADS_MAX_TOKENS,
@@ -1396,4 +1400,179 @@ fn heads_checks() {
         ..good
     })
     .unwrap();
+}
+
+#[test]
+fn folded_image_to_token_checks() {
+    // Operands 64 MiB apart: 8 prompts, T 7, N 4096, per-prompt X in place.
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 26), bytes);
+    let (prompts, tokens, pixels) = (8usize, 7usize, 4096usize);
+    let plane = pixels * 256;
+    let rows = 8 * tokens;
+    let good = FoldedImageToTokenArgs {
+        prompts,
+        tokens,
+        pixels,
+        x: at(0, prompts * plane * 2),
+        x_batch: plane,
+        pe: at(1, plane * 2),
+        kf: at(2, prompts * rows * 512),
+        kb: at(3, prompts * rows * 4),
+        kb_batch: rows,
+        vf: at(4, prompts * rows * 512),
+        f_batch: rows * 256,
+        out_bias: at(5, 1024),
+        norm: (at(6, 1024), at(7, 1024)),
+        eps: 1e-5,
+        y: at(0, prompts * plane * 2),
+    };
+    assert_eq!(check_folded_image_to_token(&good).unwrap(), prompts * 64);
+    // Shared X (x_batch 0) with a separate Y; 64 pixels.
+    let shared = FoldedImageToTokenArgs {
+        x: at(0, plane * 2),
+        x_batch: 0,
+        y: at(8, prompts * plane * 2),
+        ..good
+    };
+    check_folded_image_to_token(&shared).unwrap();
+    check_folded_image_to_token(&FoldedImageToTokenArgs {
+        pixels: 64,
+        ..shared
+    })
+    .unwrap();
+    let bad = [
+        ("0 tokens", FoldedImageToTokenArgs { tokens: 0, ..good }),
+        ("9 tokens", FoldedImageToTokenArgs { tokens: 9, ..good }),
+        ("0 prompts", FoldedImageToTokenArgs { prompts: 0, ..good }),
+        (
+            "65536 prompts",
+            FoldedImageToTokenArgs {
+                prompts: 65536,
+                ..good
+            },
+        ),
+        ("0 pixels", FoldedImageToTokenArgs { pixels: 0, ..good }),
+        (
+            "pixels not a multiple of 64",
+            FoldedImageToTokenArgs {
+                pixels: 4000,
+                ..good
+            },
+        ),
+        (
+            "X batch stride not a multiple of 8",
+            FoldedImageToTokenArgs {
+                x_batch: plane + 4,
+                ..good
+            },
+        ),
+        (
+            "Kf batch stride not a multiple of 8",
+            FoldedImageToTokenArgs {
+                f_batch: rows * 256 + 2,
+                ..good
+            },
+        ),
+        (
+            "eps NaN",
+            FoldedImageToTokenArgs {
+                eps: f32::NAN,
+                ..good
+            },
+        ),
+        (
+            "short X",
+            FoldedImageToTokenArgs {
+                x: at(0, prompts * plane * 2 - 2),
+                ..good
+            },
+        ),
+        (
+            "short PE",
+            FoldedImageToTokenArgs {
+                pe: at(1, plane * 2 - 16),
+                ..good
+            },
+        ),
+        (
+            "short Kf",
+            FoldedImageToTokenArgs {
+                kf: at(2, prompts * rows * 512 - 2),
+                ..good
+            },
+        ),
+        (
+            "short Vf",
+            FoldedImageToTokenArgs {
+                vf: at(4, prompts * rows * 512 - 2),
+                ..good
+            },
+        ),
+        (
+            "short kb",
+            FoldedImageToTokenArgs {
+                kb: at(3, prompts * rows * 4 - 4),
+                ..good
+            },
+        ),
+        (
+            "short norm weight",
+            FoldedImageToTokenArgs {
+                norm: (at(6, 1020), at(7, 1024)),
+                ..good
+            },
+        ),
+        (
+            "short Y",
+            FoldedImageToTokenArgs {
+                y: at(8, prompts * plane * 2 - 2),
+                ..shared
+            },
+        ),
+        (
+            "misaligned Kf",
+            FoldedImageToTokenArgs {
+                kf: DeviceRegion::new(BASE + (2 << 26) + 8, prompts * rows * 512),
+                ..good
+            },
+        ),
+        (
+            "null PE",
+            FoldedImageToTokenArgs {
+                pe: DeviceRegion::new(0, plane * 2),
+                ..good
+            },
+        ),
+        (
+            "Y over a shared X",
+            FoldedImageToTokenArgs {
+                y: at(0, prompts * plane * 2),
+                ..shared
+            },
+        ),
+        (
+            "Y one row past X (not in place)",
+            FoldedImageToTokenArgs {
+                y: DeviceRegion::new(BASE + 512, prompts * plane * 2),
+                ..good
+            },
+        ),
+        (
+            "Y over PE",
+            FoldedImageToTokenArgs {
+                y: at(1, prompts * plane * 2),
+                ..shared
+            },
+        ),
+    ];
+    for (what, args) in bad {
+        match check_folded_image_to_token(&args) {
+            Err(Error::Launch { message, .. }) => println!("{what}: {message}"),
+            other => panic!("{what}: expected Error::Launch, got {other:?}"),
+        }
+    }
+    // One CTA per SM, at most one per tile.
+    assert_eq!(folded_grid(1, H100_SMS), 1);
+    assert_eq!(folded_grid(8 * 64, H100_SMS), H100_SMS);
+    assert_eq!(folded_grid(100, 0), 1);
 }

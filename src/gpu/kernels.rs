@@ -54,6 +54,7 @@ pub struct Kernels {
     pub(crate) sam_prompt_encode: CudaFunction,
     pub(crate) sam_upscale_masks: CudaFunction,
     pub(crate) sam_image_to_token: CudaFunction,
+    pub(crate) sam_folded_image_to_token: CudaFunction,
     pub(crate) sam_mask_embed: CudaFunction,
     pub(crate) sam_token_linear_ln: CudaFunction,
     /// `sam_token_mlp_<rows>`, indexed like `sam_tokens::TOKEN_MLP_TILES`.
@@ -112,6 +113,13 @@ impl Kernels {
         set_dynamic_smem(
             &sam_image_to_token,
             crate::ops::sam_decoder::image_to_token_smem_bytes(crate::ops::sam_decoder::MAX_TOKENS),
+        )?;
+        let folded = load_module(ctx, "sam_folded_i2t", images::SAM_FOLDED_I2T)?;
+        let sam_folded_image_to_token =
+            function(&folded, "sam_folded_i2t", "sam_folded_image_to_token")?;
+        set_dynamic_smem(
+            &sam_folded_image_to_token,
+            crate::ops::sam_folded_i2t::FOLDED_I2T_SMEM_BYTES,
         )?;
         let tokens = load_module(ctx, "sam_tokens", images::SAM_TOKENS)?;
         let sam_token_linear_ln = function(&tokens, "sam_tokens", "sam_token_linear_ln")?;
@@ -207,6 +215,7 @@ impl Kernels {
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
             sam_image_to_token,
+            sam_folded_image_to_token,
             sam_mask_embed: function(&sam, "sam_decoder", "sam_mask_embed")?,
             sam_token_linear_ln,
             sam_token_mlp,
