@@ -9,6 +9,11 @@
 //!   split workspace the plan asks for. Prints TFLOP/s of useful flops (4 x prompts x 8 heads x
 //!   T x 4096 x 16) and GB/s of k/v bytes read (4096 keys x 256 halves = 2 MiB per prompt, once
 //!   when shared).
+//! - `launch_folded_token_to_image` (kernels/sam_folded_t2i.cu): the same attention with the key
+//!   projection folded into the queries (Qf rows of 256 per token and head, K = X + PE, V = X,
+//!   Wv/bv applied per head), T = 7, 8 and 32 prompts, 4096 keys, X per prompt. Prints TFLOP/s
+//!   of the padded flops the kernel issues (2 x 2 x prompts x 64 rows x 4096 x 256) and GB/s of
+//!   X bytes read (2 MiB per prompt; PE's 2 MiB are L2 hits after the first prompt).
 //! - `launch_token_linear` (kernels/sam_tokens.cu `sam_token_linear_ln`): out_proj + residual +
 //!   LayerNorm, K = 256 (the token self-attention's), rows 7, 56, 224 (1, 8, 32 prompts of 7
 //!   tokens), residual in place in the output as the decoder runs it.
@@ -39,6 +44,10 @@ use finesam::ops::sam_cross_attention::{
 };
 use finesam::ops::sam_folded_i2t::{
     launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_DIM, FOLDED_HEADS,
+};
+use finesam::ops::sam_folded_t2i::{
+    folded_token_to_image_workspace, launch_folded_token_to_image, plan_folded_token_to_image,
+    FoldedTokenToImageArgs, FOLDED_OUT,
 };
 use finesam::ops::sam_heads::{
     heads_output_bytes, launch_heads, HeadsArgs, HEAD_HIDDEN, HEAD_MLPS, HEAD_OUT,
@@ -155,6 +164,73 @@ fn cross_attention(c: &mut Criterion, gpu: &Gpu) {
                 || launch_cross_attention(gpu, &args).map(|_| ()),
             );
         }
+    }
+}
+
+fn folded_token_to_image(c: &mut Criterion, gpu: &Gpu) {
+    const MAX_PROMPTS: usize = 32;
+    let sm = gpu.kernels().sm_count() as usize;
+    let (slots, ws_bytes) =
+        folded_token_to_image_workspace(MAX_PROMPTS, TOKENS, KEYS, sm).expect("workspace size");
+    let ws_buffer = (ws_bytes > 0).then(|| {
+        let buffer = gpu.alloc(ws_bytes).expect("device allocation");
+        gpu.memset(buffer.ptr(), 0, ws_bytes).expect("memset");
+        buffer
+    });
+    let workspace = ws_buffer.as_ref().map(|b| CrossAttentionWorkspace {
+        ptr: b.ptr(),
+        bytes: ws_bytes,
+        counter_slots: slots,
+    });
+    let rows = TOKENS * FOLDED_HEADS;
+    // Qf in [-0.5, 0.5], x and pe in [-2, 2]: scores of std ~2; Wv in [-1/16, 1/16].
+    let qf = filled(gpu, MAX_PROMPTS * rows * FOLDED_DIM, 0.5);
+    let x = filled(gpu, MAX_PROMPTS * KEYS * FOLDED_DIM, 2.0);
+    let pe = filled(gpu, KEYS * FOLDED_DIM, 2.0);
+    let wv = filled(gpu, FOLDED_OUT * FOLDED_DIM, 1.0 / 16.0);
+    let bv = f32_buffer(gpu, FOLDED_OUT, 0.01);
+    let o = gpu
+        .alloc(MAX_PROMPTS * TOKENS * FOLDED_OUT * 2)
+        .expect("device allocation");
+    for prompts in [8usize, 32] {
+        let args = FoldedTokenToImageArgs {
+            prompts,
+            tokens: TOKENS,
+            keys: KEYS,
+            scale: (CROSS_HEAD_DIM as f32).powf(-0.5),
+            qf: region(&qf),
+            qf_batch_stride: rows * FOLDED_DIM,
+            x: region(&x),
+            x_batch_stride: KEYS * FOLDED_DIM,
+            pe: region(&pe),
+            wv: region(&wv),
+            bv: region(&bv),
+            o: CrossRows {
+                region: region(&o),
+                token_stride: FOLDED_OUT,
+                batch_stride: TOKENS * FOLDED_OUT,
+            },
+            workspace,
+        };
+        let plan = plan_folded_token_to_image(prompts, TOKENS, KEYS, sm).expect("plan");
+        let flops = (2 * 2 * prompts * 64 * KEYS * FOLDED_DIM) as f64;
+        let x_bytes = (prompts * KEYS * FOLDED_DIM * 2) as f64;
+        let name = format!("folded_t2i_b{prompts}_t{TOKENS}_k{KEYS}_per_prompt_x");
+        bench_case(
+            c,
+            gpu,
+            &name,
+            |s| {
+                format!(
+                    "{:>6.2} TFLOP/s  {:>6.0} GB/s x  ({} chunks x {} stages)",
+                    flops / s * 1e-12,
+                    x_bytes / s * 1e-9,
+                    plan.chunks,
+                    plan.tiles_per_chunk
+                )
+            },
+            || launch_folded_token_to_image(gpu, &args),
+        );
     }
 }
 
@@ -327,6 +403,7 @@ fn sam_decoder_ops(c: &mut Criterion) {
     let gpu = Gpu::new(0).expect("GPU opens");
     println!("device: {}", gpu.name());
     cross_attention(c, &gpu);
+    folded_token_to_image(c, &gpu);
     token_ops(c, &gpu);
     heads(c, &gpu);
     folded_image_to_token(c, &gpu);

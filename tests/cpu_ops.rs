@@ -1,9 +1,9 @@
 //! CPU tests of the dense ops' host-side logic: BatchNorm folding, weight layouts, GEMM tile
 //! selection, and the launchers' argument checks (which run before any GPU work), including the
 //! fused TinyViT MLP's, the mask decoder's fused token ops (`ops::sam_tokens`), its
-//! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing) and
-//! its head MLPs (`ops::sam_heads`) and the folded image->token attention
-//! (`ops::sam_folded_i2t`).
+//! token->image attention (`ops::sam_cross_attention`: key-chunk planning, workspace sizing), its
+//! folded variant (`ops::sam_folded_t2i`), its head MLPs (`ops::sam_heads`) and the folded
+//! image->token attention (`ops::sam_folded_i2t`).
 
 use finesam::ops::conv::{
     check_conv2d, check_conv3x3_stem, check_depthwise_conv2d, conv_weight_ohwi,
@@ -23,6 +23,10 @@ use finesam::ops::sam_cross_attention::{
 };
 use finesam::ops::sam_folded_i2t::{
     check_folded_image_to_token, folded_grid, FoldedImageToTokenArgs,
+};
+use finesam::ops::sam_folded_t2i::{
+    check_folded_token_to_image, folded_token_to_image_workspace, plan_folded_token_to_image,
+    FoldedTokenToImageArgs,
 };
 use finesam::ops::sam_heads::{
     check_heads, heads_output_bytes, HeadsArgs, HEADS_MAX_PROMPTS, HEADS_MAX_TOKENS,
@@ -1575,4 +1579,178 @@ fn folded_image_to_token_checks() {
     assert_eq!(folded_grid(1, H100_SMS), 1);
     assert_eq!(folded_grid(8 * 64, H100_SMS), H100_SMS);
     assert_eq!(folded_grid(100, 0), 1);
+}
+
+#[test]
+fn folded_token_to_image_plans_and_checks() {
+    let sms = H100_SMS as usize;
+    // About one CTA per SM, at most 32 chunks, no empty chunk.
+    let plan = |prompts, keys| plan_folded_token_to_image(prompts, 7, keys, sms).unwrap();
+    assert_eq!(
+        (plan(8, 4096).chunks, plan(8, 4096).tiles_per_chunk),
+        (16, 4)
+    );
+    assert_eq!(
+        (plan(32, 4096).chunks, plan(32, 4096).tiles_per_chunk),
+        (4, 16)
+    );
+    assert_eq!(plan(1, 4096).chunks, 32);
+    assert_eq!(plan(1, 192).chunks, 3);
+    assert_eq!((plan(1, 64).chunks, plan(1, 64).workspace_bytes()), (1, 0));
+    assert_eq!(plan(200, 4096).chunks, 1);
+    let p = plan(8, 4096);
+    assert_eq!(
+        (p.counter_slots, p.partial_bytes),
+        (8, 8 * 16 * 7 * 144 * 4)
+    );
+    let (slots, ws_bytes) = folded_token_to_image_workspace(32, 7, 4096, sms).unwrap();
+    for prompts in 1..=32 {
+        let p = plan(prompts, 4096);
+        assert!(p.counter_slots <= slots && p.workspace_bytes() <= ws_bytes);
+    }
+    for (prompts, tokens, keys) in [(0, 7, 4096), (1, 0, 4096), (1, 9, 4096), (1, 7, 100)] {
+        assert!(matches!(
+            plan_folded_token_to_image(prompts, tokens, keys, sms),
+            Err(Error::Launch { .. })
+        ));
+    }
+
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 26), bytes);
+    let (prompts, tokens, keys) = (8usize, 7usize, 4096usize);
+    let (slots, ws_bytes) = folded_token_to_image_workspace(prompts, tokens, keys, sms).unwrap();
+    let good = FoldedTokenToImageArgs {
+        prompts,
+        tokens,
+        keys,
+        scale: 0.25,
+        qf: at(0, prompts * tokens * 8 * 256 * 2),
+        qf_batch_stride: tokens * 8 * 256,
+        x: at(1, prompts * keys * 256 * 2),
+        x_batch_stride: keys * 256,
+        pe: at(2, keys * 256 * 2),
+        wv: at(3, 128 * 256 * 2),
+        bv: at(4, 128 * 4),
+        o: CrossRows {
+            region: at(5, prompts * tokens * 128 * 2),
+            token_stride: 128,
+            batch_stride: tokens * 128,
+        },
+        workspace: Some(CrossAttentionWorkspace {
+            ptr: at(6, 0).ptr,
+            bytes: ws_bytes,
+            counter_slots: slots,
+        }),
+    };
+    let good_plan = check_folded_token_to_image(&good, sms).unwrap();
+    assert_eq!(good_plan.chunks, 16);
+    // Shared X (batch stride 0, one prompt's rows), and no workspace (one chunk).
+    check_folded_token_to_image(
+        &FoldedTokenToImageArgs {
+            x: at(1, keys * 256 * 2),
+            x_batch_stride: 0,
+            ..good
+        },
+        sms,
+    )
+    .unwrap();
+    let one = check_folded_token_to_image(
+        &FoldedTokenToImageArgs {
+            workspace: None,
+            ..good
+        },
+        sms,
+    )
+    .unwrap();
+    assert_eq!((one.chunks, one.tiles_per_chunk), (1, 64));
+    let ws = good.workspace.unwrap();
+    let bad = [
+        FoldedTokenToImageArgs { tokens: 0, ..good },
+        FoldedTokenToImageArgs { tokens: 9, ..good },
+        FoldedTokenToImageArgs { keys: 4000, ..good },
+        FoldedTokenToImageArgs { prompts: 0, ..good },
+        FoldedTokenToImageArgs {
+            scale: f32::INFINITY,
+            ..good
+        },
+        // Short buffers: x one key row short, qf one row short, pe, wv, bv.
+        FoldedTokenToImageArgs {
+            x: DeviceRegion::new(good.x.ptr, good.x.bytes - 512),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            qf: DeviceRegion::new(good.qf.ptr, good.qf.bytes - 512),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            pe: DeviceRegion::new(good.pe.ptr, good.pe.bytes - 2),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            wv: DeviceRegion::new(good.wv.ptr, good.wv.bytes - 2),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            bv: DeviceRegion::new(good.bv.ptr, 508),
+            ..good
+        },
+        // Misaligned x, odd batch stride, short output token stride.
+        FoldedTokenToImageArgs {
+            x: DeviceRegion::new(good.x.ptr + 8, good.x.bytes - 8),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            qf_batch_stride: good.qf_batch_stride + 4,
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            o: CrossRows {
+                token_stride: 120,
+                ..good.o
+            },
+            ..good
+        },
+        // Overlapping output: prompts' rows over each other, over x, over the workspace.
+        FoldedTokenToImageArgs {
+            o: CrossRows {
+                batch_stride: 0,
+                ..good.o
+            },
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            o: CrossRows {
+                region: good.x,
+                ..good.o
+            },
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                ptr: good.o.region.ptr,
+                ..ws
+            }),
+            ..good
+        },
+        // Workspace: short, too few counters.
+        FoldedTokenToImageArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                bytes: good_plan.workspace_bytes() - 4,
+                ..ws
+            }),
+            ..good
+        },
+        FoldedTokenToImageArgs {
+            workspace: Some(CrossAttentionWorkspace {
+                counter_slots: prompts - 1,
+                ..ws
+            }),
+            ..good
+        },
+    ];
+    for args in bad {
+        assert!(
+            is_launch_error(check_folded_token_to_image(&args, sms).map(|_| ())),
+            "{args:?}"
+        );
+    }
 }

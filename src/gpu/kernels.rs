@@ -9,7 +9,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmTile;
-use crate::ops::{conv, norm, sam_cross_attention, sam_heads, sam_tokens, tinyvit};
+use crate::ops::{conv, norm, sam_cross_attention, sam_folded_t2i, sam_heads, sam_tokens, tinyvit};
 
 mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -65,6 +65,8 @@ pub struct Kernels {
     pub(crate) sam_cross_attention:
         [CudaFunction; sam_cross_attention::CROSS_ATTENTION_VARIANTS.len()],
     pub(crate) sam_heads: CudaFunction,
+    /// `sam_folded_t2i` (224 KB of dynamic shared memory: sm_90 only).
+    pub(crate) sam_folded_t2i: CudaFunction,
     /// Shared memory a block may opt in to (bytes): which token MLP tiles can run.
     pub(crate) smem_per_block_optin: usize,
     /// Streaming multiprocessors of the device (GEMM tile selection).
@@ -147,6 +149,9 @@ impl Kernels {
         let heads = load_module(ctx, "sam_heads", images::SAM_HEADS)?;
         let sam_heads = function(&heads, "sam_heads", "sam_heads")?;
         set_dynamic_smem(&sam_heads, sam_heads::HEADS_SMEM_BYTES)?;
+        let folded = load_module(ctx, "sam_folded_t2i", images::SAM_FOLDED_T2I)?;
+        let sam_folded_t2i = function(&folded, "sam_folded_t2i", "sam_folded_t2i")?;
+        set_dynamic_smem(&sam_folded_t2i, sam_folded_t2i::FOLDED_T2I_SMEM_BYTES)?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(Error::cuda("querying the SM count"))?
@@ -223,6 +228,7 @@ impl Kernels {
             sam_head_fold: function(&tokens, "sam_tokens", "sam_head_fold")?,
             sam_cross_attention,
             sam_heads,
+            sam_folded_t2i,
             smem_per_block_optin: optin.max(0) as usize,
             sm_count,
             gemm_blocks_per_sm,

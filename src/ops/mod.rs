@@ -12,6 +12,7 @@ pub mod preprocess;
 pub mod sam_cross_attention;
 pub mod sam_decoder;
 pub mod sam_folded_i2t;
+pub mod sam_folded_t2i;
 pub mod sam_heads;
 pub mod sam_tokens;
 pub mod tinyvit;

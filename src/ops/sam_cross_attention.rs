@@ -152,7 +152,7 @@ struct CrossAttentionParams {
 unsafe impl DeviceRepr for CrossAttentionParams {}
 
 /// One u32 arrival counter per prompt, padded to 16 bytes.
-fn counters_bytes(slots: usize) -> usize {
+pub(crate) fn counters_bytes(slots: usize) -> usize {
     (slots * 4).div_ceil(16) * 16
 }
 
