@@ -45,7 +45,7 @@ pub const FOLDED_MAX_PROMPTS: usize = 65_535;
 pub const FOLDED_MAX_CHUNKS: usize = 32;
 /// Dynamic shared memory: 3 stages x (X + K tiles of 64 x 256 halves) + 32 KB for Q / the
 /// score exchange / the fp16 A rows (static_assert in the kernel). Only sm_90 offers it.
-pub(crate) const FOLDED_T2I_SMEM_BYTES: u32 = 229_376;
+pub const FOLDED_T2I_SMEM_BYTES: u32 = 229_376;
 
 const THREADS: u32 = 256;
 /// One CTA per SM (224 KB of shared memory each).

@@ -39,9 +39,17 @@ use crate::ops::sam_decoder::{
     UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM,
     UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
+use crate::ops::sam_folded_i2t::{
+    launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_I2T_SMEM_BYTES,
+};
+use crate::ops::sam_folded_t2i::{
+    folded_token_to_image_workspace, launch_folded_token_to_image, FoldedTokenToImageArgs,
+    FOLDED_T2I_SMEM_BYTES,
+};
 use crate::ops::sam_heads::{heads_output_bytes, launch_heads, HeadsArgs};
 use crate::ops::sam_tokens::{
-    launch_token_linear, launch_token_mlp, token_mlp_scratch_bytes, TokenLinearArgs, TokenMlpArgs,
+    launch_head_fold, launch_token_linear, launch_token_mlp, token_mlp_scratch_bytes, HeadFold,
+    TokenLinearArgs, TokenMlpArgs,
 };
 use crate::ops::DeviceRegion;
 use crate::weights::{DeviceWeights, WeightStoreBuilder, WeightsFile};
@@ -71,6 +79,10 @@ const HEAD_HIDDEN: usize = 256;
 /// nn.LayerNorm default and LayerNorm2d eps.
 const LN_EPS: f32 = 1e-5;
 const LN2D_EPS: f32 = 1e-6;
+/// Most tokens per prompt for which the cross attentions run folded (on devices with the shared
+/// memory of sm_90): their projections of the 4096 image rows are replaced by per-token factors
+/// (cheaper while 8 T is below ~128; box prompts have T = 7). See docs/MOBILESAM.md.
+pub const FOLD_MAX_TOKENS: usize = 8;
 
 /// Column offsets of the token positional projections (`query_pe @ W^T` for every projection
 /// that sees `queries + query_pe`), one GEMM per decode. Zero columns stand where the GEMM
@@ -190,6 +202,8 @@ impl PreparedWeights {
         }
         s.add_f32("mask.params", &[mask_params::LEN], &packed)?;
         let dense_pe = dense_positional_encoding(&gauss);
+        // `key_pe` itself, for the folded cross attentions (they read keys + pe).
+        s.add_f16("pe.image", &[PIXELS, D], &dense_pe)?;
 
         let linear = |prefix: &str| -> Result<(Vec<f32>, Vec<f32>)> {
             Ok((
@@ -302,6 +316,14 @@ impl PreparedWeights {
             );
             s.add_f16(&format!("l{l}.keys.pe"), &[PIXELS, KEYS_N], &table)?;
             s.add_f16(&format!("l{l}.i2t.out.w"), &[D, CROSS], &wo2)?;
+            // The folded image->token attention expands v through out_proj per head: W_o^T.
+            let mut wo2_t = vec![0f32; CROSS * D];
+            for (o, row) in wo2.chunks_exact(CROSS).enumerate() {
+                for (i, &w) in row.iter().enumerate() {
+                    wo2_t[i * D + o] = w;
+                }
+            }
+            s.add_f16(&format!("l{l}.i2t.out.wt"), &[CROSS, D], &wo2_t)?;
             s.add_f32(&format!("l{l}.i2t.out.b"), &[D], &bo2)?;
             add_linear(
                 &mut s,
@@ -533,6 +555,8 @@ struct LayerWeights {
     /// The post-MLP token GEMM (`POST_N[l]` columns).
     post: (DeviceRegion, DeviceRegion),
     i2t_out: (DeviceRegion, DeviceRegion),
+    /// out_proj's weight transposed, `[128, 256]` fp16 (the folded image->token values).
+    i2t_out_t: DeviceRegion,
 }
 
 /// What mask-input plans use instead of block 0's folded biases.
@@ -559,6 +583,8 @@ pub struct MaskDecoder {
     labels: DeviceRegion,
     output_tokens: DeviceRegion,
     pe_tokens: (DeviceRegion, DeviceRegion),
+    /// The dense positional encoding `[4096, 256]` fp16 (`key_pe`).
+    pe_image: DeviceRegion,
     layers: [LayerWeights; 2],
     last: FinalWeights,
     mask: MaskInputWeights,
@@ -608,6 +634,7 @@ impl MaskDecoder {
                 lin2: lin(&format!("l{l}.lin2"))?,
                 post: lin(&format!("l{l}.post"))?,
                 i2t_out: lin(&format!("l{l}.i2t.out"))?,
+                i2t_out_t: r(&format!("l{l}.i2t.out.wt"))?,
             })
         };
         Ok(MaskDecoder {
@@ -615,6 +642,7 @@ impl MaskDecoder {
             labels: r("prompt.labels")?,
             output_tokens: r("prompt.output_tokens")?,
             pe_tokens: lin("pe_tokens")?,
+            pe_image: r("pe.image")?,
             layers: [layer(0)?, layer(1)?],
             last: FinalWeights {
                 keys: lin("final.keys")?,
@@ -699,6 +727,22 @@ struct Ids {
     /// The token->image attention's key-split workspace and its arrival counters (the self
     /// attention, 5..=69 keys, never splits its keys).
     workspace: Option<(TensorId, usize)>,
+    /// The folded cross attentions' operands (plans of at most [`FOLD_MAX_TOKENS`] tokens).
+    fold: Option<FoldIds>,
+}
+
+/// Arena tensors of the folded cross attentions (docs/MOBILESAM.md, "Folded cross attentions").
+#[derive(Debug, Clone, Copy)]
+struct FoldIds {
+    /// Token->image: q folded through k_proj, `[rows * 8, 256]` fp16 (row (b T + t) 8 + h).
+    qf: TensorId,
+    /// Image->token: k folded through q_proj (`[rows * 8, 256]` fp16) and its bias dots
+    /// (`[rows * 8]` f32); v folded through out_proj (`[rows * 8, 256]` fp16).
+    kf: TensorId,
+    kb: TensorId,
+    vf: TensorId,
+    /// The folded token->image attention's key-split workspace and its counter slots.
+    workspace: Option<(TensorId, usize)>,
 }
 
 /// Where block 0's keys come from.
@@ -716,6 +760,8 @@ enum Block0Keys {
 pub struct DecodePlan {
     config: DecodeConfig,
     tokens: usize,
+    /// The cross attentions run folded (tokens <= [`FOLD_MAX_TOKENS`]).
+    folded: bool,
     arena: Arena,
     ids: Ids,
 }
@@ -733,6 +779,10 @@ impl DecodePlan {
         let t = OUTPUT_TOKENS + points;
         let c = masks_per_prompt(config.multimask);
         let rows = b * t;
+        // Both folded kernels take one CTA of ~200-224 KB of shared memory per SM (sm_90).
+        let optin = gpu.kernels().smem_per_block_optin();
+        let folded = t <= FOLD_MAX_TOKENS
+            && FOLDED_I2T_SMEM_BYTES.max(FOLDED_T2I_SMEM_BYTES) as usize <= optin;
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
         // 4 final keys projection (+ the first ConvTranspose2d) and attention, 6 upscale 2 +
         // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
@@ -761,7 +811,8 @@ impl DecodePlan {
             block0: if config.mask_input {
                 Block0Keys::MaskInput(all(&mut p, "mask_input", b * MASK_INPUT_PIXELS * 4)?)
             } else {
-                Block0Keys::Shared(p.request("keys_proj_shared", PIXELS * KEYS_N * 2, 0, 1)?)
+                let cols = if folded { KEYS_N - CROSS } else { KEYS_N };
+                Block0Keys::Shared(p.request("keys_proj_shared", PIXELS * cols * 2, 0, 1)?)
             },
             keys: p.request(
                 "keys",
@@ -770,13 +821,17 @@ impl DecodePlan {
                 4,
             )?,
             // Block 1's [q_i2t | k | v] (with mask inputs block 0's first), then the final
-            // [k | v | convT 1] (read to the end).
-            g: p.request(
-                "keys_proj",
-                b * PIXELS * KEYS_N.max(FINAL_N) * 2,
-                if config.mask_input { 1 } else { 2 },
-                6,
-            )?,
+            // [k | v | convT 1] (read to the end). Folded: the first ConvTranspose2d alone.
+            g: if folded {
+                p.request("convt1", b * PIXELS * 4 * UP1 * 2, 4, 6)?
+            } else {
+                p.request(
+                    "keys_proj",
+                    b * PIXELS * KEYS_N.max(FINAL_N) * 2,
+                    if config.mask_input { 1 } else { 2 },
+                    6,
+                )?
+            },
             low_res: all(&mut p, "low_res", b * c * PIXELS * 16 * 4)?,
             iou: all(&mut p, "iou", b * c * 4)?,
             mask_count: all(&mut p, "mask_count", 4)?,
@@ -785,17 +840,37 @@ impl DecodePlan {
             } else {
                 None
             },
+            fold: if folded {
+                let (fold_slots, fold_ws) = folded_token_to_image_workspace(b, t, PIXELS, sm)?;
+                Some(FoldIds {
+                    qf: all(&mut p, "fold_q", rows * HEADS_N * D * 2)?,
+                    kf: all(&mut p, "fold_k", rows * HEADS_N * D * 2)?,
+                    kb: all(&mut p, "fold_k_bias", rows * HEADS_N * 4)?,
+                    vf: all(&mut p, "fold_v", rows * HEADS_N * D * 2)?,
+                    workspace: if fold_ws > 0 {
+                        Some((all(&mut p, "fold_workspace", fold_ws)?, fold_slots))
+                    } else {
+                        None
+                    },
+                })
+            } else {
+                None
+            },
         };
         let arena = Arena::allocate(gpu, p.plan())?;
         let plan = DecodePlan {
             config,
             tokens: t,
+            folded,
             arena,
             ids,
         };
         // Once per plan: zero the cross-attention workspace (the kernel keeps its counters
         // zeroed) and the prompt count.
-        if let Some((ws, _)) = plan.ids.workspace {
+        for (ws, _) in [plan.ids.workspace, plan.ids.fold.and_then(|f| f.workspace)]
+            .into_iter()
+            .flatten()
+        {
             gpu.memset(plan.arena.ptr(ws), 0, plan.arena.bytes(ws))?;
         }
         gpu.memset(
@@ -826,6 +901,11 @@ impl DecodePlan {
         self.tokens
     }
 
+    /// Whether the cross attentions run folded (at most [`FOLD_MAX_TOKENS`] tokens per prompt).
+    pub fn folded(&self) -> bool {
+        self.folded
+    }
+
     /// Masks per prompt (1, or 3 with multimask).
     pub fn masks_per_prompt(&self) -> usize {
         masks_per_prompt(self.config.multimask)
@@ -834,6 +914,16 @@ impl DecodePlan {
     /// Bytes of the plan's arena.
     pub fn arena_bytes(&self) -> usize {
         self.arena.peak_bytes()
+    }
+
+    /// First column of `[q_i2t | k_t2i | v_t2i]` the shared block-0 keys projection computes:
+    /// folded plans need no q_i2t.
+    fn shared_first_col(&self) -> usize {
+        if self.folded {
+            CROSS
+        } else {
+            0
+        }
     }
 
     fn region(&self, id: TensorId) -> DeviceRegion {
@@ -977,19 +1067,21 @@ impl DecodePlan {
             )?;
             match ids.block0 {
                 // Block 0's keys are the embedding for every prompt: project once.
+                // Folded plans skip q_i2t (the folded image->token attention reads the keys).
                 Block0Keys::Shared(g0) => {
                     let l0 = &w.layers[0];
+                    let first = self.shared_first_col();
                     gemm(
                         gpu,
                         PIXELS,
-                        KEYS_N,
+                        KEYS_N - first,
                         D,
                         (embedding, D),
-                        (l0.keys.0, 0),
-                        (r(g0), KEYS_N),
-                        Some(l0.keys.1),
+                        (offset(l0.keys.0, first * D), 0),
+                        (r(g0), KEYS_N - first),
+                        Some(offset_bytes(l0.keys.1, first * 4)),
                         Activation::None,
-                        Some((l0.keys_pe, KEYS_N, 0)),
+                        Some((offset(l0.keys_pe, first), KEYS_N, 0)),
                     )?;
                 }
                 // Each prompt's keys: embedding + mask_downscaling(mask).
@@ -1106,6 +1198,84 @@ impl DecodePlan {
             )?;
             out_norm(CROSS, out, true, norm)
         };
+        // Folded token -> image (plans of <= FOLD_MAX_TOKENS tokens): q rows (x, stride) ->
+        // Qf = scale q_h W_k,h (one fold launch), then softmax(Qf (keys + pe)^T) keys W_v^T + b_v
+        // over the per-prompt keys, then out_proj + residual + norm. `kv` is the keys-side
+        // projection's k_proj weight, v_proj weight and v bias.
+        let folded_token_to_image = |(q, q_stride): (DeviceRegion, usize),
+                                     (wk, wv, bv): (DeviceRegion, DeviceRegion, DeviceRegion),
+                                     out: (DeviceRegion, DeviceRegion),
+                                     norm: (DeviceRegion, DeviceRegion)|
+         -> Result<()> {
+            let Some(f) = ids.fold else {
+                return Err(Error::Plan("folded attention in an unfolded plan".into()));
+            };
+            launch_head_fold(
+                gpu,
+                rows,
+                &[HeadFold {
+                    x: q,
+                    x_stride: q_stride,
+                    weight: wk,
+                    bias: None,
+                    scale: scale16,
+                    y: r(f.qf),
+                }],
+            )?;
+            launch_folded_token_to_image(
+                gpu,
+                &FoldedTokenToImageArgs {
+                    prompts: b,
+                    tokens: t,
+                    keys: PIXELS,
+                    scale: 1.0,
+                    qf: r(f.qf),
+                    qf_batch_stride: HEADS_N * t * D,
+                    x: r(ids.keys),
+                    x_batch_stride: PIXELS * D,
+                    pe: w.pe_image,
+                    wv,
+                    bv,
+                    o: cross_rows(ids.tok_o, 0, CROSS),
+                    workspace: f
+                        .workspace
+                        .map(|(id, counter_slots)| CrossAttentionWorkspace {
+                            ptr: self.arena.ptr(id),
+                            bytes: self.arena.bytes(id),
+                            counter_slots,
+                        }),
+                },
+            )?;
+            out_norm(CROSS, out, true, norm)
+        };
+        // Folded image -> token: keys = norm4(x + softmax_t((x + pe) Kf^T + kb) Vf + b_o) over
+        // the factors of one `launch_head_fold` (x: the shared embedding or the keys in place).
+        let folded_image_to_token = |(x, x_batch): (DeviceRegion, usize),
+                                     f: FoldIds,
+                                     bias: DeviceRegion,
+                                     norm: (DeviceRegion, DeviceRegion)|
+         -> Result<()> {
+            launch_folded_image_to_token(
+                gpu,
+                &FoldedImageToTokenArgs {
+                    prompts: b,
+                    tokens: t,
+                    pixels: PIXELS,
+                    x,
+                    x_batch,
+                    pe: w.pe_image,
+                    kf: r(f.kf),
+                    kb: r(f.kb),
+                    kb_batch: HEADS_N * t,
+                    vf: r(f.vf),
+                    f_batch: HEADS_N * t * D,
+                    out_bias: bias,
+                    norm,
+                    eps: LN_EPS,
+                    y: r(ids.keys),
+                },
+            )
+        };
         for (l, lw) in w.layers.iter().enumerate() {
             if !run([DecodePart::Block0, DecodePart::Block1][l]) {
                 continue;
@@ -1138,8 +1308,11 @@ impl DecodePlan {
             } else {
                 (lw.keys.1, lw.i2t_out)
             };
+            let folded_t2i = ids.fold.filter(|_| shared.is_none());
             let (g, shared) = if let Some(g0) = shared {
                 (r(g0), true)
+            } else if folded_t2i.is_some() {
+                (r(ids.keys), false)
             } else {
                 let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
                 let gy = Matrix::packed(r(ids.g), KEYS_N).with_batch_stride(PIXELS * KEYS_N);
@@ -1165,12 +1338,39 @@ impl DecodePlan {
             } else {
                 pe_cols::T2I_Q1
             };
-            token_to_image(
-                Some((lw.t2i_q, q_col)),
-                (g, KEYS_N, CROSS, shared),
-                lw.t2i_out,
-                lw.norms[1],
-            )?;
+            if folded_t2i.is_some() {
+                // Folded: q (with its pe slice) -> Qf = q_h W_k,h -> attention over keys + pe.
+                gemm(
+                    gpu,
+                    rows,
+                    CROSS,
+                    D,
+                    (queries, D),
+                    (lw.t2i_q.0, 0),
+                    (r(ids.tq), CROSS),
+                    Some(lw.t2i_q.1),
+                    Activation::None,
+                    pe_res(q_col),
+                )?;
+                folded_token_to_image(
+                    (r(ids.tq), CROSS),
+                    (
+                        offset(lw.keys.0, CROSS * D),
+                        offset(lw.keys.0, 2 * CROSS * D),
+                        offset_bytes(keys_b, 2 * CROSS * 4),
+                    ),
+                    lw.t2i_out,
+                    lw.norms[1],
+                )?;
+            } else {
+                let first = if shared { self.shared_first_col() } else { 0 };
+                token_to_image(
+                    Some((lw.t2i_q, q_col)),
+                    (g, KEYS_N - first, CROSS - first, shared),
+                    lw.t2i_out,
+                    lw.norms[1],
+                )?;
+            }
 
             // MLP (ReLU: TwoWayTransformer's default activation) + residual + norm3, in place.
             launch_token_mlp(
@@ -1213,6 +1413,35 @@ impl DecodePlan {
             } else {
                 (r(ids.keys), PIXELS * D)
             };
+            if let Some(f) = ids.fold {
+                // Folded: Kf = scale W_q,h^T k_h (+ the bias dots), Vf = W_o,h v_h in one
+                // launch, then the attention, out_proj bias, residual and norm4 in one kernel.
+                let post = r(ids.post[l]);
+                launch_head_fold(
+                    gpu,
+                    rows,
+                    &[
+                        HeadFold {
+                            x: post,
+                            x_stride: POST_N[l],
+                            weight: lw.keys.0,
+                            bias: Some((keys_b, r(f.kb))),
+                            scale: scale16,
+                            y: r(f.kf),
+                        },
+                        HeadFold {
+                            x: offset(post, CROSS),
+                            x_stride: POST_N[l],
+                            weight: lw.i2t_out_t,
+                            bias: None,
+                            scale: 1.0,
+                            y: r(f.vf),
+                        },
+                    ],
+                )?;
+                folded_image_to_token((residual, residual_batch), f, i2t_out.1, lw.norms[3])?;
+                continue;
+            }
             launch_image_to_token(
                 gpu,
                 &ImageToTokenArgs {
@@ -1235,7 +1464,36 @@ impl DecodePlan {
         }
 
         // Final token -> image attention.
-        if run(DecodePart::Final) {
+        if run(DecodePart::Final) && ids.fold.is_some() {
+            // Folded: Qf from the final q (block 1's post-MLP GEMM), the attention over the
+            // final keys, then the first ConvTranspose2d alone (rows 256.. of the final keys
+            // weight: [k | v | convT 1]).
+            let f = &w.last;
+            folded_token_to_image(
+                (at(ids.post[1], 2 * CROSS), POST_N[1]),
+                (
+                    f.keys.0,
+                    offset(f.keys.0, CROSS * D),
+                    offset_bytes(f.keys.1, CROSS * 4),
+                ),
+                f.out,
+                f.norm,
+            )?;
+            let up_w = offset(f.keys.0, FINAL_UP1 * D);
+            let up_b = offset_bytes(f.keys.1, FINAL_UP1 * 4);
+            gemm(
+                gpu,
+                b * PIXELS,
+                4 * UP1,
+                D,
+                (r(ids.keys), D),
+                (up_w, 0),
+                (r(ids.g), 4 * UP1),
+                Some(up_b),
+                Activation::None,
+                None,
+            )?;
+        } else if run(DecodePart::Final) {
             let f = &w.last;
             let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
             let gy = Matrix::packed(r(ids.g), FINAL_N).with_batch_stride(PIXELS * FINAL_N);
@@ -1282,8 +1540,12 @@ impl DecodePlan {
                     batch: b,
                     stride: max,
                     multimask: self.config.multimask,
-                    up1: at(ids.g, FINAL_UP1),
-                    up1_ld: FINAL_N,
+                    up1: if self.folded {
+                        r(ids.g)
+                    } else {
+                        at(ids.g, FINAL_UP1)
+                    },
+                    up1_ld: if self.folded { 4 * UP1 } else { FINAL_N },
                     ln: w.up1_ln,
                     eps: LN2D_EPS,
                     w2: w.up2.0,
