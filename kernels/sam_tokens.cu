@@ -398,45 +398,43 @@ struct HeadFoldParams {
     int rows;
 };
 
-constexpr int kFoldRows = 8;          // token rows per CTA (M is read once per CTA)
-constexpr int kFoldWidth = 128;       // 8 heads x 16 dims
+constexpr int kFoldRows = 8;          // token rows per CTA (its weights are read once per CTA)
 constexpr int kFoldHeadDim = 16;
 
 }  // namespace
 
-// One CTA per 8 token rows and fold; thread c computes column c of every (row, head): M's column
-// is read once per CTA (16 coalesced halves per head), x from shared memory in fp32. Each output
-// is one fp32 chain over the head's 16 dims in order, rounded to fp16 once.
+// One CTA per 8 token rows, fold (blockIdx.y) and head (blockIdx.z); thread c computes column c
+// of the head's output for the 8 rows. Every load is issued before any use (one L2 round trip:
+// the 16 weights of column c and the rows' 16 head dims), so the launch costs about one latency.
+// Each output is one fp32 chain over the head's 16 dims in order, rounded to fp16 once.
 extern "C" __global__ void __launch_bounds__(kThreads) sam_head_fold(HeadFoldParams p) {
-    __shared__ float xs[kFoldRows][kFoldWidth];
+    __shared__ float xs[kFoldRows][kFoldHeadDim];
     const HeadFold f = p.fold[blockIdx.y];
+    const int h = blockIdx.z;
     const int row0 = blockIdx.x * kFoldRows;
     const int n = min(kFoldRows, p.rows - row0);
-    for (int i = threadIdx.x; i < n * kFoldWidth; i += kThreads) {
-        const int r = i / kFoldWidth, c = i % kFoldWidth;
-        xs[r][c] = __half2float(f.x[(row0 + r) * f.x_stride + c]);
+    const int c = threadIdx.x;
+    float w[kFoldHeadDim];
+#pragma unroll
+    for (int d = 0; d < kFoldHeadDim; ++d)
+        w[d] = __half2float(f.m[(h * kFoldHeadDim + d) * kDim + c]);
+    if (threadIdx.x < kFoldRows * kFoldHeadDim) {
+        const int r = threadIdx.x / kFoldHeadDim, d = threadIdx.x % kFoldHeadDim;
+        xs[r][d] = r < n ? __half2float(f.x[(row0 + r) * f.x_stride + h * kFoldHeadDim + d]) : 0.f;
     }
     __syncthreads();
-    const int c = threadIdx.x;
-#pragma unroll 1
-    for (int h = 0; h < 8; ++h) {
-        float w[kFoldHeadDim];
+    for (int r = 0; r < n; ++r) {
+        float acc = 0.f;
 #pragma unroll
-        for (int d = 0; d < kFoldHeadDim; ++d)
-            w[d] = __half2float(f.m[(h * kFoldHeadDim + d) * kDim + c]);
-        for (int r = 0; r < n; ++r) {
-            float acc = 0.f;
-#pragma unroll
-            for (int d = 0; d < kFoldHeadDim; ++d) acc = fmaf(xs[r][h * kFoldHeadDim + d], w[d], acc);
-            f.y[(static_cast<long long>(row0 + r) * 8 + h) * kDim + c] = __float2half_rn(f.scale * acc);
-        }
+        for (int d = 0; d < kFoldHeadDim; ++d) acc = fmaf(xs[r][d], w[d], acc);
+        f.y[(static_cast<long long>(row0 + r) * 8 + h) * kDim + c] = __float2half_rn(f.scale * acc);
     }
-    if (f.bias != nullptr && threadIdx.x < n * 8) {
-        const int r = threadIdx.x / 8, h = threadIdx.x % 8;
+    if (f.bias != nullptr && threadIdx.x < n) {
+        const int r = threadIdx.x;
         float acc = 0.f;
 #pragma unroll
         for (int d = 0; d < kFoldHeadDim; ++d)
-            acc = fmaf(xs[r][h * kFoldHeadDim + d], f.bias[h * kFoldHeadDim + d], acc);
+            acc = fmaf(xs[r][d], f.bias[h * kFoldHeadDim + d], acc);
         f.yb[static_cast<long long>(row0 + r) * 8 + h] = f.scale * acc;
     }
 }

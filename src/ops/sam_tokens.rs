@@ -551,7 +551,11 @@ pub fn launch_head_fold(gpu: &Gpu, rows: usize, folds: &[HeadFold]) -> Result<()
     const KERNEL: &str = "sam_head_fold";
     let params = head_fold_params(rows, folds)?;
     let cfg = LaunchConfig {
-        grid_dim: (rows.div_ceil(FOLD_ROWS) as u32, folds.len() as u32, 1),
+        grid_dim: (
+            rows.div_ceil(FOLD_ROWS) as u32,
+            folds.len() as u32,
+            FOLD_HEADS as u32,
+        ),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
