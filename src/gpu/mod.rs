@@ -1,5 +1,6 @@
-//! The GPU core: one device, one stream, the embedded kernel modules, counted device memory and
-//! counted host<->device copies, CUDA graphs and event timers.
+//! The GPU core: one device, its stream (plus a side stream for work that may overlap, joined
+//! back by [`Gpu::fork_join`]), the embedded kernel modules, counted device memory and counted
+//! host<->device copies, CUDA graphs and event timers.
 //!
 //! Everything that touches device memory or moves bytes across PCIe goes through [`Gpu`], so the
 //! runtime can prove its two promises: no device allocation after warm-up, and exactly one
@@ -10,7 +11,7 @@ pub mod graph;
 pub mod kernels;
 pub mod memory;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream};
@@ -75,6 +76,10 @@ impl AtomicCounters {
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Where the `side` part of [`Gpu::fork_join`] is issued.
+    side: Arc<CudaStream>,
+    /// Whether launches go to `side` now (only inside `fork_join`).
+    on_side: AtomicBool,
     kernels: Kernels,
     counters: Arc<AtomicCounters>,
     name: String,
@@ -114,11 +119,16 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(Error::cuda("creating the stream"))?;
+        let side = ctx
+            .new_stream()
+            .map_err(Error::cuda("creating the side stream"))?;
         let kernels = Kernels::load(&ctx)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
         Ok(Gpu {
             ctx,
             stream,
+            side,
+            on_side: AtomicBool::new(false),
             kernels,
             counters: Arc::new(AtomicCounters::default()),
             name,
@@ -150,9 +160,41 @@ impl Gpu {
         Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
-    /// The stream all work is issued on.
+    /// The stream work is issued on: the GPU's stream, or inside the `side` closure of
+    /// [`Gpu::fork_join`] the side stream.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        if self.on_side.load(Ordering::Relaxed) {
+            &self.side
+        } else {
+            &self.stream
+        }
+    }
+
+    /// Issues `side` on the side stream and then `main` on the stream, so the two may run
+    /// concurrently: the side work starts after everything issued before the call and the
+    /// stream waits for it before anything issued after the call (two events; inside a graph
+    /// capture they become the graph's fork and join edges). The two closures must not write
+    /// memory the other reads or writes. The side stream is joined back even when a closure
+    /// fails, so a capture stays well-formed. One `Gpu` issues from one thread at a time.
+    pub fn fork_join<T>(
+        &self,
+        side: impl FnOnce() -> Result<()>,
+        main: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if self.on_side.load(Ordering::Relaxed) {
+            return Err(Error::Plan("fork_join inside a fork_join side".into()));
+        }
+        self.side
+            .join(&self.stream)
+            .map_err(Error::cuda("forking the side stream"))?;
+        self.on_side.store(true, Ordering::Relaxed);
+        let side_result = side();
+        self.on_side.store(false, Ordering::Relaxed);
+        let main_result = side_result.and_then(|()| main());
+        self.stream
+            .join(&self.side)
+            .map_err(Error::cuda("joining the side stream"))?;
+        main_result
     }
 
     /// A snapshot of the allocation and copy counters.

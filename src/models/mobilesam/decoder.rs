@@ -1038,64 +1038,75 @@ impl DecodePlan {
         let pe_w = pe_cols::WIDTH;
         let pe_res = |col: usize| Some((at(ids.pe, col), pe_w, 0usize));
         if run(DecodePart::Prompt) {
-            launch_prompt_encode(
-                gpu,
-                &PromptEncodeArgs {
-                    batch: b,
-                    points: t - OUTPUT_TOKENS,
-                    count: prompts,
-                    prompts: offset_bytes(prompts, PROMPT_HEADER_BYTES),
-                    header,
-                    gauss: w.gauss,
-                    label_embed: w.labels,
-                    output_tokens: w.output_tokens,
-                    tokens: r(ids.tokens),
+            // Block 0's keys (the shared projection of the embedding, or the per-prompt mask
+            // embeddings) depend on the image only: side stream, beside the token work.
+            gpu.fork_join(
+                || {
+                    match ids.block0 {
+                        // Block 0's keys are the embedding for every prompt: project once.
+                        // Folded plans skip q_i2t (the folded image->token attention reads
+                        // the keys).
+                        Block0Keys::Shared(g0) => {
+                            let l0 = &w.layers[0];
+                            let first = self.shared_first_col();
+                            gemm(
+                                gpu,
+                                PIXELS,
+                                KEYS_N - first,
+                                D,
+                                (embedding, D),
+                                (offset(l0.keys.0, first * D), 0),
+                                (r(g0), KEYS_N - first),
+                                Some(offset_bytes(l0.keys.1, first * 4)),
+                                Activation::None,
+                                Some((offset(l0.keys_pe, first), KEYS_N, 0)),
+                            )?;
+                        }
+                        // Each prompt's keys: embedding + mask_downscaling(mask).
+                        Block0Keys::MaskInput(mask) => launch_mask_embed(
+                            gpu,
+                            &MaskEmbedArgs {
+                                batch: b,
+                                mask: r(mask),
+                                params: w.mask.params,
+                                embedding,
+                                y: r(ids.keys),
+                            },
+                        )?,
+                    }
+                    Ok(())
                 },
-            )?;
-            // query_pe projections for every layer, and block 0's qkv projection.
-            gemm(
-                gpu,
-                rows,
-                pe_w,
-                D,
-                (r(ids.tokens), D),
-                (w.pe_tokens.0, 0),
-                (r(ids.pe), pe_w),
-                Some(w.pe_tokens.1),
-                Activation::None,
-                None,
-            )?;
-            match ids.block0 {
-                // Block 0's keys are the embedding for every prompt: project once.
-                // Folded plans skip q_i2t (the folded image->token attention reads the keys).
-                Block0Keys::Shared(g0) => {
-                    let l0 = &w.layers[0];
-                    let first = self.shared_first_col();
+                || {
+                    launch_prompt_encode(
+                        gpu,
+                        &PromptEncodeArgs {
+                            batch: b,
+                            points: t - OUTPUT_TOKENS,
+                            count: prompts,
+                            prompts: offset_bytes(prompts, PROMPT_HEADER_BYTES),
+                            header,
+                            gauss: w.gauss,
+                            label_embed: w.labels,
+                            output_tokens: w.output_tokens,
+                            tokens: r(ids.tokens),
+                        },
+                    )?;
+                    // query_pe projections for every layer, and block 0's qkv projection.
                     gemm(
                         gpu,
-                        PIXELS,
-                        KEYS_N - first,
+                        rows,
+                        pe_w,
                         D,
-                        (embedding, D),
-                        (offset(l0.keys.0, first * D), 0),
-                        (r(g0), KEYS_N - first),
-                        Some(offset_bytes(l0.keys.1, first * 4)),
+                        (r(ids.tokens), D),
+                        (w.pe_tokens.0, 0),
+                        (r(ids.pe), pe_w),
+                        Some(w.pe_tokens.1),
                         Activation::None,
-                        Some((offset(l0.keys_pe, first), KEYS_N, 0)),
+                        None,
                     )?;
-                }
-                // Each prompt's keys: embedding + mask_downscaling(mask).
-                Block0Keys::MaskInput(mask) => launch_mask_embed(
-                    gpu,
-                    &MaskEmbedArgs {
-                        batch: b,
-                        mask: r(mask),
-                        params: w.mask.params,
-                        embedding,
-                        y: r(ids.keys),
-                    },
-                )?,
-            }
+                    Ok(())
+                },
+            )?;
         }
 
         let scale16 = 1.0 / (CROSS as f32 / HEADS_N as f32).sqrt();
@@ -1465,33 +1476,40 @@ impl DecodePlan {
 
         // Final token -> image attention.
         if run(DecodePart::Final) && ids.fold.is_some() {
-            // Folded: Qf from the final q (block 1's post-MLP GEMM), the attention over the
-            // final keys, then the first ConvTranspose2d alone (rows 256.. of the final keys
-            // weight: [k | v | convT 1]).
+            // Folded: the first ConvTranspose2d alone (rows 256.. of the final keys weight
+            // [k | v | convT 1]) on the side stream, while the main stream runs the attention:
+            // Qf from the final q (block 1's post-MLP GEMM), the attention over the final keys,
+            // out_proj + norm. Both only read the keys; they write `g` and the token tensors.
             let f = &w.last;
-            folded_token_to_image(
-                (at(ids.post[1], 2 * CROSS), POST_N[1]),
-                (
-                    f.keys.0,
-                    offset(f.keys.0, CROSS * D),
-                    offset_bytes(f.keys.1, CROSS * 4),
-                ),
-                f.out,
-                f.norm,
-            )?;
             let up_w = offset(f.keys.0, FINAL_UP1 * D);
             let up_b = offset_bytes(f.keys.1, FINAL_UP1 * 4);
-            gemm(
-                gpu,
-                b * PIXELS,
-                4 * UP1,
-                D,
-                (r(ids.keys), D),
-                (up_w, 0),
-                (r(ids.g), 4 * UP1),
-                Some(up_b),
-                Activation::None,
-                None,
+            gpu.fork_join(
+                || {
+                    gemm(
+                        gpu,
+                        b * PIXELS,
+                        4 * UP1,
+                        D,
+                        (r(ids.keys), D),
+                        (up_w, 0),
+                        (r(ids.g), 4 * UP1),
+                        Some(up_b),
+                        Activation::None,
+                        None,
+                    )
+                },
+                || {
+                    folded_token_to_image(
+                        (at(ids.post[1], 2 * CROSS), POST_N[1]),
+                        (
+                            f.keys.0,
+                            offset(f.keys.0, CROSS * D),
+                            offset_bytes(f.keys.1, CROSS * 4),
+                        ),
+                        f.out,
+                        f.norm,
+                    )
+                },
             )?;
         } else if run(DecodePart::Final) {
             let f = &w.last;
