@@ -102,6 +102,153 @@ constexpr int kChunks = 2;
 constexpr int kBlockRows = kChunkRows * kChunks;
 constexpr int kUpLd = kUp1 + 8;                 // 72 halves = 36 words: fragment loads conflict-free
 
+// Mirrors `ConvT1Params` in src/ops/sam_decoder.rs.
+struct ConvT1Params {
+    const __half* x;         // [rows, 256] the final keys
+    const __half* w;         // [256, 256] first ConvTranspose2d as GEMM rows (dy, dx, channel)
+    const float* bias;       // [256] (the 64 channel biases repeated per sub-pixel)
+    const float* ln_gamma;   // [64] LayerNorm2d
+    const float* ln_beta;    // [64]
+    __half* y;               // [rows, 256] GELU(LayerNorm2d(x W^T + b)) per 64-column group
+    int rows;                // a multiple of 64
+    float eps;
+};
+
+constexpr int kCt1Ld = kDim + 8;                  // 264 halves: ldmatrix rows conflict-free
+constexpr int kCt1Rows = 64;                      // rows per tile
+constexpr int kCt1Smem = (kDim + 2 * kCt1Rows) * kCt1Ld * 2 + (kDim + 2 * kUp1) * 4;  // 204,288
+
+}  // namespace
+
+// The first ConvTranspose2d of output_upscaling (a GEMM: keys [rows, 256] x W^T, columns
+// (dy, dx, channel)) with its bias, the LayerNorm2d(64, eps 1e-6) of every sub-pixel and the
+// GELU, fused: y = GELU(LN2d(x W^T + b)) in fp16, what `sam_upscale_masks` would otherwise
+// compute from the stored pre-norm output (with `normalized` set it only copies it).
+// Persistent CTAs of 8 warps over 64-row tiles; the whole weight (128 KB) stays in shared memory,
+// the x tiles stream through two cp.async buffers. Warp w owns rows 32 (w % 2).. of a tile (two
+// m16 tiles) and columns 64 (w / 2).. = sub-pixel w / 2's 64 channels (8 n8 tiles), so the
+// LayerNorm of a row's 64 channels is in-lane sums plus two quad shuffles on the fp32
+// accumulators (no fp16 rounding before the norm, unlike the unfused path).
+// Floor (H200, 32 prompts, 131072 rows): 17.2 GFLOP (~29 us at ~600 TFLOP/s mma.sync), 64 MB
+// read + 64 MB written (~28 us at ~4.5 TB/s); shared-memory reads per tile 8 warps x 16 k-steps x
+// 6 ldmatrix.x4 x 512 B = 393 KB, ~3.1k cycles at 128 B/clk: ~1.6 us per tile, 15.5 tiles per
+// SM: ~25 us. Estimate ~30-35 us (the GEMM it replaces: 99 us, plus the LayerNorm pass of
+// sam_upscale_masks).
+extern "C" __global__ void __launch_bounds__(256, 1) sam_convt1_ln_gelu(ConvT1Params p) {
+    extern __shared__ __align__(16) unsigned char ct1_smem[];
+    __half* w_s = reinterpret_cast<__half*>(ct1_smem);
+    __half* x_s = w_s + kDim * kCt1Ld;  // 2 buffers of kCt1Rows rows
+    float* bias_s = reinterpret_cast<float*>(x_s + 2 * kCt1Rows * kCt1Ld);
+    float* gamma_s = bias_s + kDim;
+    float* beta_s = gamma_s + kUp1;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, q2 = (lane & 3) * 2;
+    const int wm = warp & 1, wn = warp >> 1;
+    const int tiles = p.rows / kCt1Rows;
+
+    // The weight once (256 rows x 32 chunks of 16 B), then the first tile: one group.
+    for (int i = tid; i < kDim * (kDim / 8); i += blockDim.x) {
+        const int r = i / (kDim / 8), c = (i % (kDim / 8)) * 8;
+        cp_async16(smem_addr(w_s + r * kCt1Ld + c), p.w + r * kDim + c, 16);
+    }
+    auto load_tile = [&](int tile, int buf) {
+        const __half* src = p.x + static_cast<size_t>(tile) * kCt1Rows * kDim;
+        __half* dst = x_s + buf * kCt1Rows * kCt1Ld;
+        for (int i = tid; i < kCt1Rows * (kDim / 8); i += blockDim.x) {
+            const int r = i / (kDim / 8), c = (i % (kDim / 8)) * 8;
+            cp_async16(smem_addr(dst + r * kCt1Ld + c), src + r * kDim + c, 16);
+        }
+    };
+    if (blockIdx.x < tiles) load_tile(blockIdx.x, 0);
+    cp_async_commit();
+    bias_s[tid] = p.bias[tid];
+    if (tid < kUp1) {
+        gamma_s[tid] = p.ln_gamma[tid];
+        beta_s[tid] = p.ln_beta[tid];
+    }
+
+    int buf = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
+        // Prefetch the next tile into the other buffer (free: the barrier at the end of the
+        // previous iteration), then wait for this one.
+        if (tile + gridDim.x < tiles) load_tile(tile + gridDim.x, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+
+        float acc[2][8][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+        const __half* xt = x_s + buf * kCt1Rows * kCt1Ld;
+        const uint32_t a_addr = smem_addr(xt + (wm * 32 + (lane & 15)) * kCt1Ld + (lane >> 4) * 8);
+        const uint32_t b_addr =
+            smem_addr(w_s + (wn * 64 + (lane >> 4) * 8 + (lane & 7)) * kCt1Ld + ((lane >> 3) & 1) * 8);
+#pragma unroll 4
+        for (int kk = 0; kk < kDim; kk += 16) {
+            uint32_t a[2][4];
+            ldmatrix_x4(a[0], a_addr + kk * 2);
+            ldmatrix_x4(a[1], a_addr + (16 * kCt1Ld + kk) * 2);
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+                uint32_t bf[4];
+                ldmatrix_x4(bf, b_addr + (jj * 16 * kCt1Ld + kk) * 2);
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    mma16816(acc[mt][2 * jj], a[mt], bf[0], bf[1]);
+                    mma16816(acc[mt][2 * jj + 1], a[mt], bf[2], bf[3]);
+                }
+            }
+        }
+
+        // Bias, LayerNorm2d over the sub-pixel's 64 channels (this lane: 16 of a row's values,
+        // the quad the rest), GELU, fp16 store. Half h: row g (h 0) or g + 8 (h 1).
+        const size_t row0 = static_cast<size_t>(tile) * kCt1Rows + wm * 32;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float v[16];
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        v[2 * j + e] = acc[mt][j][2 * h + e] + bias_s[wn * 64 + j * 8 + q2 + e];
+                        sum += v[2 * j + e];
+                    }
+                }
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                const float mean = sum * (1.f / kUp1);
+                float var = 0.f;
+#pragma unroll
+                for (int i = 0; i < 16; ++i) {
+                    v[i] -= mean;
+                    var += v[i] * v[i];
+                }
+                var += __shfl_xor_sync(0xffffffffu, var, 1);
+                var += __shfl_xor_sync(0xffffffffu, var, 2);
+                const float inv = rsqrtf(var * (1.f / kUp1) + p.eps);
+                __half* out = p.y + (row0 + mt * 16 + h * 8 + g) * kDim + wn * 64 + q2;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int ch = j * 8 + q2;
+                    const float y0 = gelu(fmaf(v[2 * j] * inv, gamma_s[ch], beta_s[ch]));
+                    const float y1 = gelu(fmaf(v[2 * j + 1] * inv, gamma_s[ch + 1], beta_s[ch + 1]));
+                    *reinterpret_cast<uint32_t*>(out + j * 8) = pack_half2(y0, y1);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before it is refilled
+    }
+    cp_async_wait<0>();
+}
+
+namespace {
+static_assert(kCt1Smem == 204288, "mirrored in src/ops/sam_decoder.rs");
+
 // Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
 struct UpscaleMaskParams {
     const __half* up1;       // [batch * 4096, 256] (row stride up1_ld): first ConvTranspose2d + bias,
@@ -118,6 +265,7 @@ struct UpscaleMaskParams {
     float eps;
     int batch, stride, first, masks;
     int up1_ld;              // halves between the up1 rows of consecutive embedding pixels (>= 256)
+    int normalized;          // up1 holds GELU(LayerNorm2d(.)) (sam_convt1_ln_gelu): copy it
 };
 
 }  // namespace
@@ -169,6 +317,10 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
             const uint4 raw = reinterpret_cast<const uint4*>(
                 p.up1 + (static_cast<size_t>(b) * (kUpRows / 4) + (row >> 2)) * p.up1_ld + (row & 3) * kUp1)[l8];
             float v[8];
+            if (p.normalized) {  // sam_convt1_ln_gelu stored GELU(LayerNorm2d(.)) already
+                *reinterpret_cast<uint4*>(&a_s[r][l8 * 8]) = raw;
+                continue;
+            }
             unpack8(raw, v);
             float sum = 0.f;
 #pragma unroll

@@ -54,6 +54,8 @@ pub struct Kernels {
     pub(crate) sam_prompt_encode: CudaFunction,
     pub(crate) sam_upscale_masks: CudaFunction,
     pub(crate) sam_image_to_token: CudaFunction,
+    /// `sam_convt1_ln_gelu` (200 KB of dynamic shared memory: sm_90 only).
+    pub(crate) sam_convt1_ln_gelu: CudaFunction,
     pub(crate) sam_folded_image_to_token: CudaFunction,
     pub(crate) sam_mask_embed: CudaFunction,
     pub(crate) sam_token_linear_ln: CudaFunction,
@@ -112,6 +114,11 @@ impl Kernels {
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
         let sam_image_to_token = function(&sam, "sam_decoder", "sam_image_to_token")?;
+        let sam_convt1_ln_gelu = function(&sam, "sam_decoder", "sam_convt1_ln_gelu")?;
+        set_dynamic_smem(
+            &sam_convt1_ln_gelu,
+            crate::ops::sam_decoder::CONVT1_SMEM_BYTES,
+        )?;
         set_dynamic_smem(
             &sam_image_to_token,
             crate::ops::sam_decoder::image_to_token_smem_bytes(crate::ops::sam_decoder::MAX_TOKENS),
@@ -220,6 +227,7 @@ impl Kernels {
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
             sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
             sam_image_to_token,
+            sam_convt1_ln_gelu,
             sam_folded_image_to_token,
             sam_mask_embed: function(&sam, "sam_decoder", "sam_mask_embed")?,
             sam_token_linear_ln,

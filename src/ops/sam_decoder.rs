@@ -5,7 +5,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, launch_with_params, DeviceRegion};
+use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -148,6 +148,7 @@ struct UpscaleMaskParams {
     first: i32,
     masks: i32,
     up1_ld: i32,
+    normalized: i32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -170,6 +171,9 @@ pub struct UpscaleMaskArgs {
     pub up1: DeviceRegion,
     /// Elements between the rows of `up1` (256 when packed; a multiple of 8).
     pub up1_ld: usize,
+    /// `up1` already holds `GELU(LayerNorm2d(.))` ([`launch_convt1_ln_gelu`]): the kernel
+    /// copies it instead of normalising (`ln` and `eps` are then unused but still checked).
+    pub normalized: bool,
     /// `[64]` f32 LayerNorm2d weight and bias.
     pub ln: (DeviceRegion, DeviceRegion),
     /// LayerNorm2d eps.
@@ -277,6 +281,7 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
         first: i32::from(a.multimask),
         masks: c as i32,
         up1_ld: a.up1_ld as i32,
+        normalized: i32::from(a.normalized),
     };
     // 256 rows of 64 channels per block (kBlockRows in the kernel).
     let cfg = LaunchConfig {
@@ -286,6 +291,120 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
     };
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
     unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_upscale_masks, cfg, &params) }
+}
+
+/// Mirrors `ConvT1Params` in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+struct ConvT1Params {
+    x: u64,
+    w: u64,
+    bias: u64,
+    ln_gamma: u64,
+    ln_beta: u64,
+    y: u64,
+    rows: i32,
+    eps: f32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout.
+unsafe impl DeviceRepr for ConvT1Params {}
+
+/// Dynamic shared memory of `sam_convt1_ln_gelu`: the weight and two x tiles of rows padded to
+/// 264 halves, bias, gamma, beta (static_assert in the kernel).
+pub(crate) const CONVT1_SMEM_BYTES: u32 = 204_288;
+/// Rows per `sam_convt1_ln_gelu` tile: `rows` must be a multiple of it.
+pub const CONVT1_TILE_ROWS: usize = 64;
+
+/// Operands of [`launch_convt1_ln_gelu`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvT1Args {
+    /// Rows (prompts x 4096 pixels), a positive multiple of [`CONVT1_TILE_ROWS`].
+    pub rows: usize,
+    /// fp16 `[rows, 256]` (the final keys), packed.
+    pub x: DeviceRegion,
+    /// fp16 `[256, 256]`: the first ConvTranspose2d as GEMM rows `(dy, dx, channel)`.
+    pub weight: DeviceRegion,
+    /// f32 `[256]`: its bias, repeated per sub-pixel.
+    pub bias: DeviceRegion,
+    /// `[64]` f32 LayerNorm2d weight and bias, and its eps.
+    pub ln: (DeviceRegion, DeviceRegion),
+    pub eps: f32,
+    /// fp16 `[rows, 256]` output; must not overlap x.
+    pub y: DeviceRegion,
+}
+
+fn convt1_params(a: &ConvT1Args) -> Result<ConvT1Params> {
+    const KERNEL: &str = "sam_convt1_ln_gelu";
+    if a.rows == 0 || a.rows % CONVT1_TILE_ROWS != 0 || a.rows > i32::MAX as usize / SAM_DIM {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "rows {} must be a positive multiple of {CONVT1_TILE_ROWS}",
+                a.rows
+            ),
+        ));
+    }
+    if !(a.eps.is_finite() && a.eps >= 0.0) {
+        return Err(launch_error(
+            KERNEL,
+            format!("eps {} must be finite and >= 0", a.eps),
+        ));
+    }
+    let bytes = a.rows * SAM_DIM * 2;
+    a.x.check(KERNEL, "x", Some(bytes), 16)?;
+    a.weight
+        .check(KERNEL, "weight", Some(SAM_DIM * SAM_DIM * 2), 16)?;
+    a.bias.check(KERNEL, "bias", Some(SAM_DIM * 4), 4)?;
+    a.ln.0
+        .check(KERNEL, "LayerNorm2d weight", Some(UPSCALE1_CHANNELS * 4), 4)?;
+    a.ln.1
+        .check(KERNEL, "LayerNorm2d bias", Some(UPSCALE1_CHANNELS * 4), 4)?;
+    a.y.check(KERNEL, "y", Some(bytes), 16)?;
+    if overlaps(&a.y, bytes, &a.x, bytes) {
+        return Err(launch_error(KERNEL, "the output overlaps x"));
+    }
+    Ok(ConvT1Params {
+        x: a.x.ptr,
+        w: a.weight.ptr,
+        bias: a.bias.ptr,
+        ln_gamma: a.ln.0.ptr,
+        ln_beta: a.ln.1.ptr,
+        y: a.y.ptr,
+        rows: a.rows as i32,
+        eps: a.eps,
+    })
+}
+
+/// Checks [`launch_convt1_ln_gelu`]'s arguments exactly as the launch does, without a GPU.
+pub fn check_convt1_ln_gelu(args: &ConvT1Args) -> Result<()> {
+    convt1_params(args).map(|_| ())
+}
+
+/// `y = GELU(LayerNorm2d(x W^T + b))` per 64-channel sub-pixel: the first ConvTranspose2d of
+/// `output_upscaling` with its norm and activation, for [`launch_upscale_masks`] with
+/// `normalized` set. Persistent: one CTA per SM (the weight stays in shared memory).
+pub fn launch_convt1_ln_gelu(gpu: &Gpu, args: &ConvT1Args) -> Result<()> {
+    const KERNEL: &str = "sam_convt1_ln_gelu";
+    let params = convt1_params(args)?;
+    let kernels = gpu.kernels();
+    if CONVT1_SMEM_BYTES as usize > kernels.smem_per_block_optin() {
+        return Err(launch_error(
+            KERNEL,
+            format!(
+                "needs {CONVT1_SMEM_BYTES} B of shared memory per block, the device allows {}",
+                kernels.smem_per_block_optin()
+            ),
+        ));
+    }
+    let tiles = args.rows / CONVT1_TILE_ROWS;
+    let cfg = LaunchConfig {
+        grid_dim: (tiles.min(kernels.sm_count() as usize).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: CONVT1_SMEM_BYTES,
+    };
+    // SAFETY: parameters mirror the kernel's; every buffer was checked above.
+    unsafe { launch_with_params(gpu, KERNEL, &kernels.sam_convt1_ln_gelu, cfg, &params) }
 }
 
 /// Mirrors `ImageToTokenParams` in the kernel.

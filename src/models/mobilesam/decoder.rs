@@ -34,10 +34,10 @@ use crate::ops::sam_cross_attention::{
     CrossRows,
 };
 use crate::ops::sam_decoder::{
-    launch_image_to_token, launch_mask_embed, launch_prompt_encode, launch_upscale_masks,
-    mask_params, masks_per_prompt, ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs,
-    UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM,
-    UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
+    launch_convt1_ln_gelu, launch_image_to_token, launch_mask_embed, launch_prompt_encode,
+    launch_upscale_masks, mask_params, masks_per_prompt, ConvT1Args, ImageToTokenArgs,
+    MaskEmbedArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS,
+    OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
 use crate::ops::sam_folded_i2t::{
     launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_I2T_SMEM_BYTES,
@@ -1477,25 +1477,24 @@ impl DecodePlan {
         // Final token -> image attention.
         if run(DecodePart::Final) && ids.fold.is_some() {
             // Folded: the first ConvTranspose2d alone (rows 256.. of the final keys weight
-            // [k | v | convT 1]) on the side stream, while the main stream runs the attention:
-            // Qf from the final q (block 1's post-MLP GEMM), the attention over the final keys,
-            // out_proj + norm. Both only read the keys; they write `g` and the token tensors.
+            // [k | v | convT 1]) with its LayerNorm2d and GELU (`sam_convt1_ln_gelu`) on the side
+            // stream, while the main stream runs the attention: Qf from the final q (block 1's
+            // post-MLP GEMM), the attention over the final keys, out_proj + norm. Both only read
+            // the keys; they write `g` and the token tensors.
             let f = &w.last;
-            let up_w = offset(f.keys.0, FINAL_UP1 * D);
-            let up_b = offset_bytes(f.keys.1, FINAL_UP1 * 4);
             gpu.fork_join(
                 || {
-                    gemm(
+                    launch_convt1_ln_gelu(
                         gpu,
-                        b * PIXELS,
-                        4 * UP1,
-                        D,
-                        (r(ids.keys), D),
-                        (up_w, 0),
-                        (r(ids.g), 4 * UP1),
-                        Some(up_b),
-                        Activation::None,
-                        None,
+                        &ConvT1Args {
+                            rows: b * PIXELS,
+                            x: r(ids.keys),
+                            weight: offset(f.keys.0, FINAL_UP1 * D),
+                            bias: offset_bytes(f.keys.1, FINAL_UP1 * 4),
+                            ln: w.up1_ln,
+                            eps: LN2D_EPS,
+                            y: r(ids.g),
+                        },
                     )
                 },
                 || {
@@ -1564,6 +1563,7 @@ impl DecodePlan {
                         at(ids.g, FINAL_UP1)
                     },
                     up1_ld: if self.folded { 4 * UP1 } else { FINAL_N },
+                    normalized: self.folded,
                     ln: w.up1_ln,
                     eps: LN2D_EPS,
                     w2: w.up2.0,
