@@ -53,9 +53,10 @@
 // tiles, 240 registers, occupancy 6.2 %, issue slots 25 % busy, latency-bound with one warp per
 // scheduler; ~3,400 instructions per warp per 16 rows, half of them the epilogue): T 7, 4096
 // pixels, in place: 28.7 us at 8 prompts (65 TFLOP/s), 102 us at 32 prompts (73 TFLOP/s,
-// 1308 GB/s). This layout (8 warps, 243 registers, 2 warps per scheduler; fewer epilogue
+// 1308 GB/s). This layout (8 warps, 242 registers, 2 warps per scheduler; fewer epilogue
 // instructions: residual + bias as the O accumulators' start, stmatrix, two-chain sums; the
-// softmax in one FFMA per score): estimate ~14 us at 8 prompts, ~50 us at 32 prompts. Not yet
+// softmax in one FFMA per score, per-unit addresses computed once: ~2,400 instructions per warp
+// per 16 rows): estimate ~14 us at 8 prompts, ~50 us at 32 prompts. Not yet
 // measured.
 #include "dense.cuh"
 #include "mma.cuh"
@@ -143,11 +144,11 @@ __device__ __forceinline__ void load_rows(__half* dst, const __half* src, int va
     }
 }
 
-// cp.async of one warp's 16 rows of 256 halves (one 512-B row per instruction).
-__device__ __forceinline__ void load_slab(__half* dst, const __half* src, int lane) {
+// cp.async of one warp's 16 rows of 256 halves (one 512-B row per instruction); `dst` and `src`
+// are the lane's chunk of the first row.
+__device__ __forceinline__ void load_slab(uint32_t dst, const __half* src) {
 #pragma unroll
-    for (int row = 0; row < kUnit; ++row)
-        cp_async16(smem_addr(dst + row * kLd + lane * 8), src + row * kDim + lane * 8, 16);
+    for (int row = 0; row < kUnit; ++row) cp_async16(dst + row * kLd * 2, src + row * kDim, 16);
 }
 
 }  // namespace
@@ -181,13 +182,16 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         load_rows(vf_s, p.vf + b * p.f_batch, R);
         if (tid < kRows) kb_s[tid] = tid < R ? p.kb[b * p.kb_batch + tid] : 0.f;
     };
-    auto unit_row0 = [&](int u) {  // the unit's first pixel row of its prompt
-        return static_cast<long long>(u % units_per_prompt) * kUnit;
+    // A unit's prompt and first pixel row (of its prompt).
+    auto unit_prompt = [&](int u) { return u / units_per_prompt; };
+    auto unit_row0 = [&](int u, int b) {
+        return static_cast<long long>(u - b * units_per_prompt) * kUnit;
     };
-    auto load_x = [&](int u) {
-        load_slab(xs, p.x + (u / units_per_prompt) * p.x_batch + unit_row0(u) * kDim, lane);
+    const uint32_t xs_lane = smem_addr(xs + lane * 8), ps_lane = smem_addr(ps + lane * 8);
+    auto load_x = [&](int b, long long row0) {
+        load_slab(xs_lane, p.x + b * p.x_batch + row0 * kDim + lane * 8);
     };
-    auto load_pe = [&](int u) { load_slab(ps, p.pe + unit_row0(u) * kDim, lane); };
+    auto load_pe = [&](long long row0) { load_slab(ps_lane, p.pe + row0 * kDim + lane * 8); };
 
     // Prologue: parameters, the first prompt's tokens (the whole CTA), the warp's first unit.
     if (tid < kDim / 4) {
@@ -197,9 +201,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
     load_tokens(start / units_per_prompt);
     int u = start + warp;  // warp w takes units start + w, start + w + 8, ...
+    int ub = unit_prompt(u);
+    long long urow = unit_row0(u, ub);
     if (u < end) {
-        load_x(u);
-        load_pe(u);
+        load_x(ub, urow);
+        load_pe(urow);
     }
     cp_async_commit();
 
@@ -231,6 +237,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             cp_async_wait<0>();
             __syncwarp();
             const int nu = u + kWarps;  // the warp's next unit (possibly the next prompt's)
+            const int nb = unit_prompt(nu);
+            const long long nrow = unit_row0(nu, nb);
 
             // S = (X + PE) Kf^T over the 256 dims; n-tile t = token t (tokens < T, in pairs).
             float sc[kMaxTokens][4];
@@ -255,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             }
             // The PE slab is free: prefetch the next unit's PE under the rest of this one.
             __syncwarp();
-            if (nu < end) load_pe(nu);
+            if (nu < end) load_pe(nrow);
             cp_async_commit();
 
             // + kb, softmax over the tokens of each head (lane-local: heads 2q + e, rows g,
@@ -383,16 +391,17 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             }
             __syncwarp();
             // The warp's 16 finished rows, one 512-B row per store instruction.
-            __half* y = p.y + (static_cast<long long>(u / units_per_prompt) * p.pixels +
-                               unit_row0(u)) * kDim;
+            __half* y = p.y + (static_cast<long long>(ub) * p.pixels + urow) * kDim;
 #pragma unroll
             for (int r = 0; r < kUnit; ++r)
                 *reinterpret_cast<uint4*>(y + r * kDim + lane * 8) =
                     *reinterpret_cast<const uint4*>(xs + r * kLd + lane * 8);
             // The X slab is free: prefetch the next unit's X.
             __syncwarp();
-            if (nu < end) load_x(nu);
+            if (nu < end) load_x(nb, nrow);
             cp_async_commit();
+            ub = nb;
+            urow = nrow;
         }
         s = e;
     }
