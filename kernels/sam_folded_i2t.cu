@@ -14,36 +14,50 @@
 //   p[t*8+h] = softmax over t < T of s[t*8+h]        (per head h)
 //   Y[b,j,:] = LayerNorm(X[b,j,:] + sum_r p[r] Vf[b,r,:] + bo) * gamma + beta
 // x + pe is added in fp16 (one rounding, __hadd2 on the MMA operand fragments); scores, the
-// softmax, O and the LayerNorm (mean, then the centred variance, biased) are fp32; P is rounded to
-// fp16 for the second product (after normalisation); Y is rounded to fp16 once.
+// softmax (log2 domain: s log2e + kb log2e, one FFMA), O and the LayerNorm (mean, then the centred
+// variance, biased) are fp32; O's accumulators start at the residual x + bo; P is rounded to fp16
+// for the second product (after normalisation); Y is rounded to fp16 once.
 //
-// Layout. A CTA of 4 warps owns one prompt's 64-pixel tile at a time; warp w owns rows
-// 16w..16w+15 and all 256 output columns, so the LayerNorm's row totals are quad shuffles only.
-// Rows r of Kf / Vf are padded to 64 (8 tokens; padded Kf rows and Vf rows are zero, padded
+// Layout. A CTA of 8 independent warps; a warp's unit of work is 16 pixels of one prompt (rows
+// of its private X and PE slabs) against all 256 output columns, so the LayerNorm's row totals are
+// quad shuffles only and no barrier but __syncwarp is needed within a prompt. Rows r of Kf / Vf
+// (shared by the CTA) are padded to 64 (8 tokens; padded Kf rows and Vf rows are zero, padded
 // tokens score -inf: their p is exactly 0). Fragments (mma.sync.m16n8k16, lane = 4g + q):
-//   S = (X + PE) Kf^T: 16 k-steps over the 256 dims; A = ldmatrix.x4 of the X tile + ldmatrix.x4
-//     of the PE tile, added as half2; B = Kf rows (the n dimension) by ldmatrix.x4, two tokens a
+//   S = (X + PE) Kf^T: 16 k-steps over the 256 dims; A = ldmatrix.x4 of the X slab + ldmatrix.x4
+//     of the PE slab, added as half2; B = Kf rows (the n dimension) by ldmatrix.x4, two tokens a
 //     load. n-tile t is token t: its accumulator holds, in lane 4g + q, rows g and g + 8 of heads
 //     2q and 2q + 1, so each head's softmax over t is lane-local (no shuffles).
 //   O = P Vf: the k-step over r in [16k, 16k + 16) is tokens 2k, 2k + 1, whose A fragment is
 //     (c0, c1 | c2, c3) of S n-tiles 2k and 2k + 1 packed to fp16 (FlashAttention-2 register
 //     reuse); B = Vf rows (the k dimension) by ldmatrix.x4.trans, two 8-column n-tiles a load;
-//     32 n-tiles = 128 fp32 accumulators per lane.
-// Epilogue: + bo + the residual X (from the X tile in shared memory), two-pass LayerNorm with quad
-// shuffles, the fp16 result written back over the warp's own X rows in shared memory (each value
-// read, then written, by the same lane) and stored to Y as whole 512-B rows (16-byte stores).
+//     32 n-tiles = 128 fp32 accumulators per lane, initialised from ldmatrix.x4 of the X slab
+//     (an A fragment of 16 columns is the C fragment of two n-tiles) + bo.
+// Epilogue: two-pass LayerNorm with quad shuffles, the fp16 result written over the warp's X slab
+// by stmatrix.x4 (the residual's fragment layout) and stored to Y as whole 512-B rows (16-byte
+// stores).
 //
-// Persistent: grid = one CTA per SM (206,080 B of dynamic shared memory), each CTA a contiguous
-// range of the prompts' 64-pixel tiles (so Kf / Vf / kb are reloaded only where its range crosses
-// a prompt); the next tile's X and PE are prefetched by cp.async into the second stage while the
-// current one is computed. Y may be X itself (per-prompt X, x_batch = N * 256): a CTA reads a
-// tile's rows before writing them and tiles never share rows.
+// Persistent: grid = one CTA per SM (206,080 B of dynamic shared memory, 256 threads), each CTA
+// a contiguous range of the prompts' 16-pixel units, warp w taking units start + w, start + w + 8,
+// ... (Kf / Vf / kb are reloaded only where the range crosses a prompt, behind two CTA barriers).
+// Each warp's slabs are single-buffered but prefetched early: the next unit's PE as soon as S is
+// done, its X as soon as Y is stored; the other 7 warps (2 per scheduler) cover the latency. Y may
+// be X itself (per-prompt X, x_batch = N * 256): a warp reads a unit's rows before writing them
+// and units never share rows.
 //
 // Floor (per prompt at N = 4096, T = 8): 2 x (N x 64 x 256 x 2) = 268 MFLOP (8.6 GFLOP at 32
 // prompts: ~25 us at ~350 TFLOP/s of mma.sync); bytes: X read 2 MB + Y written 2 MB per prompt
 // (128 MB at 32 prompts: ~30 us at ~4.5 TB/s on an H200), PE 2 MB L2-resident. Target: <= 40 us
 // at 32 prompts, <= 12 us at 8 prompts on an H200 (sam_image_to_token with its q projection
-// GEMM: ~120 + ~50 us at 32 prompts). Not yet measured.
+// GEMM: ~120 + ~50 us at 32 prompts).
+// Measured (H200, 2026-11-27) with the previous layout (one 4-warp CTA per SM on 64-pixel
+// tiles, 240 registers, occupancy 6.2 %, issue slots 25 % busy, latency-bound with one warp per
+// scheduler; ~3,400 instructions per warp per 16 rows, half of them the epilogue): T 7, 4096
+// pixels, in place: 28.7 us at 8 prompts (65 TFLOP/s), 102 us at 32 prompts (73 TFLOP/s,
+// 1308 GB/s). This layout (8 warps, 242 registers, 2 warps per scheduler; fewer epilogue
+// instructions: residual + bias as the O accumulators' start, stmatrix, two-chain sums; the
+// softmax in one FFMA per score, per-unit addresses computed once: ~2,400 instructions per warp
+// per 16 rows): estimate ~14 us at 8 prompts, ~50 us at 32 prompts. Not yet
+// measured.
 #include "dense.cuh"
 #include "mma.cuh"
 
@@ -55,20 +69,21 @@ constexpr int kDim = 256;                  // transformer_dim: X, PE, Kf, Vf, Y 
 constexpr int kHeads = 8;
 constexpr int kMaxTokens = 8;
 constexpr int kRows = kHeads * kMaxTokens;  // Kf / Vf rows, padded: 64
-constexpr int kTile = 64;                   // pixels per tile: 4 warps x 16 rows
-constexpr int kThreads = 128;
+constexpr int kUnit = 16;                   // pixels per warp unit
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
 constexpr int kLd = kDim + 8;               // halves per shared row (conflict-free ldmatrix)
-constexpr int kMatBytes = kTile * kLd * 2;  // one [64][264] fp16 tile: 33,792 B
+constexpr int kMatBytes = kRows * kLd * 2;  // one [64][264] fp16 matrix: 33,792 B
+constexpr int kSlabBytes = kUnit * kLd * 2; // one warp's [16][264] fp16 slab: 8,448 B
 constexpr int kChunks = kDim / 8;           // 16-byte chunks per row
-static_assert(kRows == kTile, "Kf / Vf tiles share the X tile shape");
 
-// Dynamic shared memory: Kf | Vf | X stage 0, 1 | PE stage 0, 1 | kb [64] | bo, gamma, beta
-// [256] f32. Mirrors `FOLDED_I2T_SMEM_BYTES` in src/ops/sam_folded_i2t.rs.
+// Dynamic shared memory: Kf | Vf | X slabs [8 warps] | PE slabs [8 warps] | kb [64] | bo, gamma,
+// beta [256] f32. Mirrors `FOLDED_I2T_SMEM_BYTES` in src/ops/sam_folded_i2t.rs.
 constexpr int kKfOff = 0;
 constexpr int kVfOff = kKfOff + kMatBytes;
 constexpr int kXOff = kVfOff + kMatBytes;
-constexpr int kPeOff = kXOff + 2 * kMatBytes;
-constexpr int kKbOff = kPeOff + 2 * kMatBytes;
+constexpr int kPeOff = kXOff + kWarps * kSlabBytes;
+constexpr int kKbOff = kPeOff + kWarps * kSlabBytes;
 constexpr int kParamOff = kKbOff + kRows * 4;
 constexpr int kSmemBytes = kParamOff + 3 * kDim * 4;
 static_assert(kSmemBytes == 206080, "mirror FOLDED_I2T_SMEM_BYTES");
@@ -95,15 +110,45 @@ __device__ __forceinline__ uint32_t hadd2_u32(uint32_t a, uint32_t b) {
     return *reinterpret_cast<uint32_t*>(&r);
 }
 
-// cp.async of 64 rows of 256 halves (row stride 256 in global, kLd in shared); rows at or past
-// `valid` are zero-filled without reading.
+__device__ __forceinline__ float2 half2_u32_to_float2(uint32_t a) {
+    return __half22float2(*reinterpret_cast<__half2*>(&a));
+}
+
+// The inverse of ldmatrix_x4: four 8x8 fp16 matrices from their fragment layout to the rows
+// addressed by lanes 8m..8m+7 (stmatrix on sm_90, four 32-bit shared stores per lane before).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                            uint32_t r3, __half* row_g, int col) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    (void)row_g;
+    (void)col;
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(addr),
+                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+#else
+    (void)addr;
+    *reinterpret_cast<uint32_t*>(row_g + col) = r0;
+    *reinterpret_cast<uint32_t*>(row_g + 8 * kLd + col) = r1;
+    *reinterpret_cast<uint32_t*>(row_g + col + 8) = r2;
+    *reinterpret_cast<uint32_t*>(row_g + 8 * kLd + col + 8) = r3;
+#endif
+}
+
+// cp.async of 64 rows of 256 halves by the whole CTA (row stride 256 in global, kLd in shared);
+// rows at or past `valid` are zero-filled without reading.
 __device__ __forceinline__ void load_rows(__half* dst, const __half* src, int valid) {
-    for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
+    for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
         const int row = i / kChunks, c = i % kChunks;
         const bool live = row < valid;
         cp_async16(smem_addr(dst + row * kLd + c * 8), live ? src + row * kDim + c * 8 : src,
                    live ? 16 : 0);
     }
+}
+
+// cp.async of one warp's 16 rows of 256 halves (one 512-B row per instruction); `dst` and `src`
+// are the lane's chunk of the first row.
+__device__ __forceinline__ void load_slab(uint32_t dst, const __half* src) {
+#pragma unroll
+    for (int row = 0; row < kUnit; ++row) cp_async16(dst + row * kLd * 2, src + row * kDim, 16);
 }
 
 }  // namespace
@@ -113,8 +158,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     extern __shared__ __align__(16) unsigned char fi2t_smem[];
     __half* kf_s = reinterpret_cast<__half*>(fi2t_smem + kKfOff);
     __half* vf_s = reinterpret_cast<__half*>(fi2t_smem + kVfOff);
-    __half* x_s = reinterpret_cast<__half*>(fi2t_smem + kXOff);
-    __half* pe_s = reinterpret_cast<__half*>(fi2t_smem + kPeOff);
     float* kb_s = reinterpret_cast<float*>(fi2t_smem + kKbOff);
     float* bo_s = reinterpret_cast<float*>(fi2t_smem + kParamOff);
     float* gamma_s = bo_s + kDim;
@@ -123,10 +166,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int q = lane & 3;
     const Lanes L;
+    // The warp's private slabs: its unit's X rows (the residual, then Y) and PE rows.
+    __half* xs = reinterpret_cast<__half*>(fi2t_smem + kXOff + warp * kSlabBytes);
+    __half* ps = reinterpret_cast<__half*>(fi2t_smem + kPeOff + warp * kSlabBytes);
     const int T = p.tokens, R = kHeads * T;
-    const int tiles_per_prompt = p.pixels / kTile;
-    const int total = p.prompts * tiles_per_prompt;
-    // Contiguous, balanced tile ranges: prompts change at most a few times per CTA.
+    const int units_per_prompt = p.pixels / kUnit;
+    const int total = p.prompts * units_per_prompt;
+    // Contiguous, balanced unit ranges: prompts change at most a few times per CTA.
     const int start = static_cast<int>(static_cast<long long>(total) * blockIdx.x / gridDim.x);
     const int end = static_cast<int>(static_cast<long long>(total) * (blockIdx.x + 1) / gridDim.x);
     if (start >= end) return;
@@ -136,182 +182,228 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         load_rows(vf_s, p.vf + b * p.f_batch, R);
         if (tid < kRows) kb_s[tid] = tid < R ? p.kb[b * p.kb_batch + tid] : 0.f;
     };
-    auto load_tile = [&](int tile, int stage) {
-        const int b = tile / tiles_per_prompt;
-        const long long row0 = static_cast<long long>(tile % tiles_per_prompt) * kTile;
-        load_rows(x_s + stage * kTile * kLd, p.x + b * p.x_batch + row0 * kDim, kTile);
-        load_rows(pe_s + stage * kTile * kLd, p.pe + row0 * kDim, kTile);
+    // A unit's prompt and first pixel row (of its prompt).
+    auto unit_prompt = [&](int u) { return u / units_per_prompt; };
+    auto unit_row0 = [&](int u, int b) {
+        return static_cast<long long>(u - b * units_per_prompt) * kUnit;
     };
+    const uint32_t xs_lane = smem_addr(xs + lane * 8), ps_lane = smem_addr(ps + lane * 8);
+    auto load_x = [&](int b, long long row0) {
+        load_slab(xs_lane, p.x + b * p.x_batch + row0 * kDim + lane * 8);
+    };
+    auto load_pe = [&](long long row0) { load_slab(ps_lane, p.pe + row0 * kDim + lane * 8); };
 
-    // Prologue: parameters, the first prompt's tokens and the first tile, one group.
+    // Prologue: parameters, the first prompt's tokens (the whole CTA), the warp's first unit.
     if (tid < kDim / 4) {
         cp_async16(smem_addr(bo_s + 4 * tid), p.bo + 4 * tid, 16);
         cp_async16(smem_addr(gamma_s + 4 * tid), p.gamma + 4 * tid, 16);
         cp_async16(smem_addr(beta_s + 4 * tid), p.beta + 4 * tid, 16);
     }
-    load_tokens(start / tiles_per_prompt);
-    load_tile(start, 0);
+    load_tokens(start / units_per_prompt);
+    int u = start + warp;  // warp w takes units start + w, start + w + 8, ...
+    int ub = unit_prompt(u);
+    long long urow = unit_row0(u, ub);
+    if (u < end) {
+        load_x(ub, urow);
+        load_pe(urow);
+    }
     cp_async_commit();
 
     const int pairs = (T + 1) / 2;  // token pairs: Kf ldmatrix.x4 loads and O k-steps
     const float log2e = 1.4426950408889634f;
-    for (int tile = start; tile < end; ++tile) {
-        const int stage = (tile - start) & 1;
-        const int b = tile / tiles_per_prompt;
-        // Tile `tile` has landed (this thread's copies; the barrier publishes everyone's) and
-        // every warp is done with tile - 1, whose stage the prefetch below refills.
-        cp_async_wait<0>();
-        __syncthreads();
-        if (tile != start && b != (tile - 1) / tiles_per_prompt) {
-            // A new prompt: its tokens replace the old ones (no warp reads them any more).
+    const uint32_t xa = smem_addr(xs + L.a_row * kLd + L.a_col);  // A / C fragment rows
+    const uint32_t pa = smem_addr(ps + L.a_row * kLd + L.a_col);
+    const uint32_t kfa = smem_addr(kf_s + L.b_row * kLd + L.b_col);
+    const uint32_t vfa =
+        smem_addr(vf_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8);
+    __half* const x_g = xs + L.g * kLd;  // row g of the slab (pre-sm_90 fragment stores)
+
+    // Segments: the CTA's units of one prompt. Kf / Vf / kb are shared by the 8 warps, so a
+    // prompt change is CTA-wide; everything else is warp-private (the warp's own slabs).
+    for (int s = start; s < end;) {
+        const int b = s / units_per_prompt;
+        const int e = min(end, (b + 1) * units_per_prompt);
+        if (s != start) {
+            __syncthreads();  // every warp is done with the previous prompt's tokens
             load_tokens(b);
             cp_async_commit();
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the tokens (and the parameters) are visible to every warp
+
+        for (; u < e; u += kWarps) {
+            // Unit u's X and PE have landed: this lane's copies by the wait, the warp's by the
+            // __syncwarp (which also orders the previous unit's slab reads before them).
             cp_async_wait<0>();
-            __syncthreads();
-        }
-        if (tile + 1 < end) load_tile(tile + 1, stage ^ 1);
-        cp_async_commit();
+            __syncwarp();
+            const int nu = u + kWarps;  // the warp's next unit (possibly the next prompt's)
+            const int nb = unit_prompt(nu);
+            const long long nrow = unit_row0(nu, nb);
 
-        __half* xt = x_s + stage * kTile * kLd;
-        const __half* pt = pe_s + stage * kTile * kLd;
-        const int r0 = warp * 16;  // the warp's first row in the tile
-
-        // S = (X + PE) Kf^T over the 256 dims; n-tile t = token t (only tokens < T, in pairs).
-        float s[kMaxTokens][4];
+            // S = (X + PE) Kf^T over the 256 dims; n-tile t = token t (tokens < T, in pairs).
+            float sc[kMaxTokens][4];
 #pragma unroll
-        for (int t = 0; t < kMaxTokens; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
-        const uint32_t xa = smem_addr(xt + (r0 + L.a_row) * kLd + L.a_col);
-        const uint32_t pa = smem_addr(pt + (r0 + L.a_row) * kLd + L.a_col);
-        const uint32_t kfa = smem_addr(kf_s + L.b_row * kLd + L.b_col);
+            for (int t = 0; t < kMaxTokens; ++t) sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.f;
 #pragma unroll 4
-        for (int kk = 0; kk < kDim / 16; ++kk) {
-            uint32_t ax[4], ap[4], a[4];
-            ldmatrix_x4(ax, xa + kk * 32);
-            ldmatrix_x4(ap, pa + kk * 32);
+            for (int kk = 0; kk < kDim / 16; ++kk) {
+                uint32_t ax[4], ap[4], a[4];
+                ldmatrix_x4(ax, xa + kk * 32);
+                ldmatrix_x4(ap, pa + kk * 32);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = hadd2_u32(ax[i], ap[i]);
+                for (int i = 0; i < 4; ++i) a[i] = hadd2_u32(ax[i], ap[i]);
 #pragma unroll
-            for (int j = 0; j < kMaxTokens / 2; ++j) {
-                if (j < pairs) {
-                    uint32_t bf[4];
-                    ldmatrix_x4(bf, kfa + (j * 16 * kLd + kk * 16) * 2);
-                    mma16816(s[2 * j], a, bf[0], bf[1]);
-                    mma16816(s[2 * j + 1], a, bf[2], bf[3]);
+                for (int j = 0; j < kMaxTokens / 2; ++j) {
+                    if (j < pairs) {
+                        uint32_t bf[4];
+                        ldmatrix_x4(bf, kfa + (j * 16 * kLd + kk * 16) * 2);
+                        mma16816(sc[2 * j], a, bf[0], bf[1]);
+                        mma16816(sc[2 * j + 1], a, bf[2], bf[3]);
+                    }
                 }
             }
-        }
+            // The PE slab is free: prefetch the next unit's PE under the rest of this one.
+            __syncwarp();
+            if (nu < end) load_pe(nrow);
+            cp_async_commit();
 
-        // + kb, softmax over the tokens of each head (lane-local: heads 2q + e, rows g, g + 8),
-        // normalised; tokens past T get p = 0.
+            // + kb, softmax over the tokens of each head (lane-local: heads 2q + e, rows g,
+            // g + 8), normalised, in the log2 domain; tokens past T get p = 0.
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            float kbv[kMaxTokens];
+            for (int e2 = 0; e2 < 2; ++e2) {
+                float kbl[kMaxTokens];
 #pragma unroll
-            for (int t = 0; t < kMaxTokens; ++t) kbv[t] = kb_s[t * kHeads + 2 * q + e];
+                for (int t = 0; t < kMaxTokens; ++t)
+                    kbl[t] = kb_s[t * kHeads + 2 * q + e2] * log2e;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int c = 2 * i + e;  // accumulator slot: row g (i 0) or g + 8, head 2q + e
-                float mx = s[0][c] + kbv[0];
+                for (int i = 0; i < 2; ++i) {
+                    const int c = 2 * i + e2;  // accumulator slot: row g or g + 8, head 2q + e2
 #pragma unroll
-                for (int t = 1; t < kMaxTokens; ++t)
-                    if (t < T) mx = fmaxf(mx, s[t][c] + kbv[t]);
-                const float mxl = mx * log2e;
-                float sum = 0.f;
+                    for (int t = 0; t < kMaxTokens; ++t) sc[t][c] = fmaf(sc[t][c], log2e, kbl[t]);
+                    float mx = sc[0][c];
 #pragma unroll
-                for (int t = 0; t < kMaxTokens; ++t) {
-                    const float v = t < T ? exp2f(fmaf(s[t][c] + kbv[t], log2e, -mxl)) : 0.f;
-                    s[t][c] = v;
-                    sum += v;
-                }
-                const float inv = 1.f / sum;  // >= 1 term of exp2(~0)
+                    for (int t = 1; t < kMaxTokens; ++t)
+                        if (t < T) mx = fmaxf(mx, sc[t][c]);
+                    float sum = 0.f;
 #pragma unroll
-                for (int t = 0; t < kMaxTokens; ++t) s[t][c] *= inv;
-            }
-        }
-
-        // O = P Vf: k-step k = tokens 2k, 2k + 1 (A from S n-tiles 2k, 2k + 1), 32 n-tiles.
-        float o[kDim / 8][4];
+                    for (int t = 0; t < kMaxTokens; ++t) {
+                        const float v = t < T ? exp2f(sc[t][c] - mx) : 0.f;
+                        sc[t][c] = v;
+                        sum += v;
+                    }
+                    const float inv = 1.f / sum;  // >= 1 term of exp2(0)
 #pragma unroll
-        for (int n = 0; n < kDim / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-        const uint32_t vfa =
-            smem_addr(vf_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8);
-#pragma unroll
-        for (int k = 0; k < kMaxTokens / 2; ++k) {
-            if (k < pairs) {
-                const uint32_t a[4] = {pack_half2(s[2 * k][0], s[2 * k][1]),
-                                       pack_half2(s[2 * k][2], s[2 * k][3]),
-                                       pack_half2(s[2 * k + 1][0], s[2 * k + 1][1]),
-                                       pack_half2(s[2 * k + 1][2], s[2 * k + 1][3])};
-#pragma unroll
-                for (int n2 = 0; n2 < kDim / 16; ++n2) {
-                    uint32_t bf[4];
-                    ldmatrix_x4_trans(bf, vfa + (k * 16 * kLd + n2 * 16) * 2);
-                    mma16816(o[2 * n2], a, bf[0], bf[1]);
-                    mma16816(o[2 * n2 + 1], a, bf[2], bf[3]);
+                    for (int t = 0; t < kMaxTokens; ++t) sc[t][c] *= inv;
                 }
             }
-        }
-
-        // + bo + residual X; LayerNorm over the 256 columns (quad shuffles: the warp owns them).
-        const int g = L.g;
-        __half* x_lo = xt + (r0 + g) * kLd;
-        __half* x_hi = x_lo + 8 * kLd;
-        float sum_lo = 0.f, sum_hi = 0.f;
+            // P as the O A fragments: k-step k = tokens 2k, 2k + 1 (S n-tiles 2k, 2k + 1).
+            uint32_t pf[kMaxTokens / 2][4];
 #pragma unroll
-        for (int n = 0; n < kDim / 8; ++n) {
-            const int c = n * 8 + L.q2;
-            const float2 rl = __half22float2(*reinterpret_cast<const __half2*>(x_lo + c));
-            const float2 rh = __half22float2(*reinterpret_cast<const __half2*>(x_hi + c));
-            const float2 bias = *reinterpret_cast<const float2*>(bo_s + c);
-            o[n][0] += bias.x + rl.x;
-            o[n][1] += bias.y + rl.y;
-            o[n][2] += bias.x + rh.x;
-            o[n][3] += bias.y + rh.y;
-            sum_lo += o[n][0] + o[n][1];
-            sum_hi += o[n][2] + o[n][3];
-        }
-#pragma unroll
-        for (int m = 1; m < 4; m <<= 1) {
-            sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, m);
-            sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, m);
-        }
-        const float mean_lo = sum_lo * (1.f / kDim), mean_hi = sum_hi * (1.f / kDim);
-        float var_lo = 0.f, var_hi = 0.f;
-#pragma unroll
-        for (int n = 0; n < kDim / 8; ++n) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                o[n][e] -= mean_lo;
-                o[n][2 + e] -= mean_hi;
-                var_lo += o[n][e] * o[n][e];
-                var_hi += o[n][2 + e] * o[n][2 + e];
+            for (int k = 0; k < kMaxTokens / 2; ++k) {
+                pf[k][0] = pack_half2(sc[2 * k][0], sc[2 * k][1]);
+                pf[k][1] = pack_half2(sc[2 * k][2], sc[2 * k][3]);
+                pf[k][2] = pack_half2(sc[2 * k + 1][0], sc[2 * k + 1][1]);
+                pf[k][3] = pack_half2(sc[2 * k + 1][2], sc[2 * k + 1][3]);
             }
-        }
+
+            // O starts at the residual X + bo (ldmatrix.x4 of X columns 16m.. is the C fragment
+            // of n-tiles 2m, 2m + 1), then O += P Vf over 32 n-tiles.
+            float o[kDim / 8][4];
 #pragma unroll
-        for (int m = 1; m < 4; m <<= 1) {
-            var_lo += __shfl_xor_sync(0xffffffffu, var_lo, m);
-            var_hi += __shfl_xor_sync(0xffffffffu, var_hi, m);
-        }
-        const float inv_lo = rsqrtf(var_lo * (1.f / kDim) + p.eps);
-        const float inv_hi = rsqrtf(var_hi * (1.f / kDim) + p.eps);
+            for (int m = 0; m < kDim / 16; ++m) {
+                uint32_t xr[4];
+                ldmatrix_x4(xr, xa + m * 32);
 #pragma unroll
-        for (int n = 0; n < kDim / 8; ++n) {
-            const int c = n * 8 + L.q2;
-            const float2 gm = *reinterpret_cast<const float2*>(gamma_s + c);
-            const float2 bt = *reinterpret_cast<const float2*>(beta_s + c);
-            *reinterpret_cast<__half2*>(x_lo + c) =
-                __floats2half2_rn(o[n][0] * inv_lo * gm.x + bt.x, o[n][1] * inv_lo * gm.y + bt.y);
-            *reinterpret_cast<__half2*>(x_hi + c) =
-                __floats2half2_rn(o[n][2] * inv_hi * gm.x + bt.x, o[n][3] * inv_hi * gm.y + bt.y);
+                for (int h = 0; h < 2; ++h) {
+                    const int n = 2 * m + h;
+                    const float2 bias = *reinterpret_cast<const float2*>(bo_s + n * 8 + L.q2);
+                    const float2 rl = half2_u32_to_float2(xr[2 * h]);
+                    const float2 rh = half2_u32_to_float2(xr[2 * h + 1]);
+                    o[n][0] = rl.x + bias.x;
+                    o[n][1] = rl.y + bias.y;
+                    o[n][2] = rh.x + bias.x;
+                    o[n][3] = rh.y + bias.y;
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < kMaxTokens / 2; ++k) {
+                if (k < pairs) {
+#pragma unroll
+                    for (int n2 = 0; n2 < kDim / 16; ++n2) {
+                        uint32_t bf[4];
+                        ldmatrix_x4_trans(bf, vfa + (k * 16 * kLd + n2 * 16) * 2);
+                        mma16816(o[2 * n2], pf[k], bf[0], bf[1]);
+                        mma16816(o[2 * n2 + 1], pf[k], bf[2], bf[3]);
+                    }
+                }
+            }
+
+            // LayerNorm over the 256 columns (quad shuffles: the warp owns them); partial sums
+            // in two chains per row.
+            float sum_lo[2] = {0.f, 0.f}, sum_hi[2] = {0.f, 0.f};
+#pragma unroll
+            for (int n = 0; n < kDim / 8; ++n) {
+                sum_lo[n & 1] += o[n][0] + o[n][1];
+                sum_hi[n & 1] += o[n][2] + o[n][3];
+            }
+            float s_lo = sum_lo[0] + sum_lo[1], s_hi = sum_hi[0] + sum_hi[1];
+#pragma unroll
+            for (int msk = 1; msk < 4; msk <<= 1) {
+                s_lo += __shfl_xor_sync(0xffffffffu, s_lo, msk);
+                s_hi += __shfl_xor_sync(0xffffffffu, s_hi, msk);
+            }
+            const float mean_lo = s_lo * (1.f / kDim), mean_hi = s_hi * (1.f / kDim);
+            float var_lo[2] = {0.f, 0.f}, var_hi[2] = {0.f, 0.f};
+#pragma unroll
+            for (int n = 0; n < kDim / 8; ++n) {
+#pragma unroll
+                for (int e2 = 0; e2 < 2; ++e2) {
+                    o[n][e2] -= mean_lo;
+                    o[n][2 + e2] -= mean_hi;
+                    var_lo[n & 1] = fmaf(o[n][e2], o[n][e2], var_lo[n & 1]);
+                    var_hi[n & 1] = fmaf(o[n][2 + e2], o[n][2 + e2], var_hi[n & 1]);
+                }
+            }
+            float v_lo = var_lo[0] + var_lo[1], v_hi = var_hi[0] + var_hi[1];
+#pragma unroll
+            for (int msk = 1; msk < 4; msk <<= 1) {
+                v_lo += __shfl_xor_sync(0xffffffffu, v_lo, msk);
+                v_hi += __shfl_xor_sync(0xffffffffu, v_hi, msk);
+            }
+            const float inv_lo = rsqrtf(v_lo * (1.f / kDim) + p.eps);
+            const float inv_hi = rsqrtf(v_hi * (1.f / kDim) + p.eps);
+            // Y in fp16 over the warp's X slab (every lane's residual reads are done: the
+            // ldmatrix results fed O), by stmatrix in the fragment layout the residual came in.
+            __syncwarp();
+#pragma unroll
+            for (int m = 0; m < kDim / 16; ++m) {
+                uint32_t yr[4];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int n = 2 * m + h, c = n * 8 + L.q2;
+                    const float2 gm = *reinterpret_cast<const float2*>(gamma_s + c);
+                    const float2 bt = *reinterpret_cast<const float2*>(beta_s + c);
+                    yr[2 * h] = pack_half2(fmaf(o[n][0] * inv_lo, gm.x, bt.x),
+                                           fmaf(o[n][1] * inv_lo, gm.y, bt.y));
+                    yr[2 * h + 1] = pack_half2(fmaf(o[n][2] * inv_hi, gm.x, bt.x),
+                                               fmaf(o[n][3] * inv_hi, gm.y, bt.y));
+                }
+                stmatrix_x4(xa + m * 32, yr[0], yr[1], yr[2], yr[3], x_g, m * 16 + L.q2);
+            }
+            __syncwarp();
+            // The warp's 16 finished rows, one 512-B row per store instruction.
+            __half* y = p.y + (static_cast<long long>(ub) * p.pixels + urow) * kDim;
+#pragma unroll
+            for (int r = 0; r < kUnit; ++r)
+                *reinterpret_cast<uint4*>(y + r * kDim + lane * 8) =
+                    *reinterpret_cast<const uint4*>(xs + r * kLd + lane * 8);
+            // The X slab is free: prefetch the next unit's X.
+            __syncwarp();
+            if (nu < end) load_x(nb, nrow);
+            cp_async_commit();
+            ub = nb;
+            urow = nrow;
         }
-        __syncwarp();
-        // The warp's 16 finished rows, one 512-B row per store instruction.
-        __half* y = p.y + (static_cast<long long>(b) * p.pixels +
-                           static_cast<long long>(tile % tiles_per_prompt) * kTile + r0) * kDim;
-#pragma unroll 4
-        for (int r = 0; r < 16; ++r)
-            *reinterpret_cast<uint4*>(y + r * kDim + lane * 8) =
-                *reinterpret_cast<const uint4*>(xt + (r0 + r) * kLd + lane * 8);
+        s = e;
     }
     cp_async_wait<0>();
 }

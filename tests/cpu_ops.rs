@@ -1575,8 +1575,9 @@ fn folded_image_to_token_checks() {
             other => panic!("{what}: expected Error::Launch, got {other:?}"),
         }
     }
-    // One CTA per SM, at most one per tile.
-    assert_eq!(folded_grid(1, H100_SMS), 1);
+    // One CTA per SM, at most one per 16-pixel unit (4 a tile).
+    assert_eq!(folded_grid(1, H100_SMS), 4);
+    assert_eq!(folded_grid(33, H100_SMS), H100_SMS);
     assert_eq!(folded_grid(8 * 64, H100_SMS), H100_SMS);
     assert_eq!(folded_grid(100, 0), 1);
 }

@@ -17,10 +17,18 @@ pub const FOLDED_HEADS: usize = 8;
 pub const FOLDED_MAX_TOKENS: usize = 8;
 /// Pixels per tile: `pixels` must be a multiple of it.
 pub const FOLDED_TILE: usize = 64;
+/// Pixels of one warp's unit of work in `sam_folded_image_to_token` (a CTA's 8 warps each take
+/// 16-pixel units of its contiguous range in turn).
+pub const FOLDED_UNIT: usize = 16;
+/// Warps of a `sam_folded_image_to_token` CTA.
+pub const FOLDED_I2T_WARPS: usize = 8;
 /// Dynamic shared memory of `sam_folded_image_to_token`: Kf and Vf (64 rows of 264 halves
-/// each), two stages of the X and PE tiles (the same shape), kb (64 f32) and bo, gamma, beta
-/// (256 f32 each). Mirrors `kSmemBytes` in the kernel.
-pub const FOLDED_I2T_SMEM_BYTES: u32 = (6 * FOLDED_TILE * (FOLDED_DIM + 8) * 2
+/// each, shared by the CTA), each warp's X and PE slabs (16 rows of 264 halves each), kb (64 f32)
+/// and bo, gamma, beta (256 f32 each). Mirrors `kSmemBytes` in the kernel.
+pub const FOLDED_I2T_SMEM_BYTES: u32 = ((2 * FOLDED_HEADS * FOLDED_MAX_TOKENS
+    + 2 * FOLDED_I2T_WARPS * FOLDED_UNIT)
+    * (FOLDED_DIM + 8)
+    * 2
     + FOLDED_HEADS * FOLDED_MAX_TOKENS * 4
     + 3 * FOLDED_DIM * 4) as u32;
 
@@ -206,12 +214,13 @@ fn folded_params(a: &FoldedImageToTokenArgs) -> Result<(FoldedI2tParams, usize)>
 
 /// `Y = LayerNorm(X + sum_r softmax_t((X + PE) Kf^T + kb) Vf + bo)` per prompt: a two-way
 /// block's image -> token attention with q folded into the tokens, out_proj, residual and norm4.
-/// One CTA per SM walks a contiguous range of the prompts' 64-pixel tiles ([`folded_grid`]).
+/// One CTA of 8 warps per SM walks a contiguous range of the prompts' 16-pixel units
+/// ([`folded_grid`]).
 pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Result<()> {
     let (params, tiles) = folded_params(a)?;
     let cfg = LaunchConfig {
         grid_dim: (folded_grid(tiles, gpu.kernels().sm_count()), 1, 1),
-        block_dim: (128, 1, 1),
+        block_dim: (32 * FOLDED_I2T_WARPS as u32, 1, 1),
         shared_mem_bytes: FOLDED_I2T_SMEM_BYTES,
     };
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
@@ -227,7 +236,11 @@ pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Re
 }
 
 /// CTAs of a launch over `tiles` 64-pixel tiles on `sm_count` SMs: one per SM (its shared
-/// memory allows one), at most one per tile; each takes a contiguous, balanced range of tiles.
+/// memory allows one), at most one per 16-pixel unit (4 a tile); each takes a contiguous,
+/// balanced range of units, its warps taking them in turn.
 pub fn folded_grid(tiles: usize, sm_count: u32) -> u32 {
-    tiles.min(sm_count.max(1) as usize).max(1) as u32
+    tiles
+        .saturating_mul(FOLDED_TILE / FOLDED_UNIT)
+        .min(sm_count.max(1) as usize)
+        .max(1) as u32
 }
