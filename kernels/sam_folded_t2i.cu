@@ -26,14 +26,18 @@
 // same fp32 online softmax in base 2 (scale * log2(e) folded into one FFMA per score), rounds P
 // to fp16 in registers (as attention.cu / sam_cross_attention.cu) and accumulates A += P V over
 // its 128 columns (V = X by ldmatrix.trans: 64 mma). Row groups past R (T <= 6) skip the math.
-// Stages: X and PE tiles of 64 keys x 512 B each, 16-byte cp.async (a warp copies one whole row),
-// 16-byte chunks XOR-swizzled by row, a 3-deep ring; after a stage lands every thread adds the
-// PE chunks it copied itself to the X chunks (HADD2, in place: the PE slot becomes K), so one
-// barrier per stage publishes both.
+// Stages: X tiles of 64 keys x 512 B by 16-byte cp.async (a warp copies one whole row), 16-byte
+// chunks XOR-swizzled by row, a 3-deep ring; PE rows go straight to registers (ld.global.nc, 8 x
+// 16 B per thread, issued half a stage ahead: after the score exchange of the stage before).
+// After a stage lands every thread adds its PE registers to the X chunks it copied itself
+// (HADD2, X + PE as before) and writes the K tile of the slot, so one barrier per stage
+// publishes both. PE never passes through shared memory (saves its cp.async write and the
+// add's PE read: 512 of ~3.8k wavefronts per stage).
 //
-// Epilogue: A / l is rounded to fp16 into shared memory and warp h applies head h's Wv slice
-// (16 x 256, B fragments straight from global/L2) to rows t*8 + h by mma (16 k-steps x 2
-// n-tiles). Chunks are combined exactly like sam_cross_attention.cu, without float atomics: with
+// Epilogue: A / l is rounded to fp16 into shared memory (head-major rows, `swz_a16`: no bank
+// conflicts; row-major, the epilogue's ldmatrix was 8-way conflicted, ~3.5k wavefronts per CTA)
+// and warp h applies head h's Wv slice (16 x 256, B fragments straight from global/L2) to rows
+// t*8 + h by mma (16 k-steps x 2 n-tiles). Chunks are combined exactly like sam_cross_attention.cu, without float atomics: with
 // one chunk the CTA adds bv and stores fp16 O. Otherwise each CTA writes l * (Wv A / l) (the
 // chunk's unnormalised head outputs, fp32) and the rows' (max, sum) to the workspace (`partial`:
 // per (prompt, chunk) [T][128] then [T][8 heads][max, sum], the same layout), fences and bumps
@@ -44,7 +48,7 @@
 // Shared memory: 3 stages x (X + K) x 32 KB + 32 KB (Q staging, then the score exchange, then
 // the fp16 A rows) = 224 KB: one CTA per SM (sm_90: 227 KB per block; sm_80/86/89 cannot run it,
 // the launch then fails with a typed error). __launch_bounds__(256, 1): up to 255 registers
-// (Q fragments 32 + A 64 + scores 32).
+// (Q fragments 32 + A 64 + scores 32 + PE 32): 235, no spills (sm_90a).
 //
 // Floor (estimates, not measurements; H100/H200, 132 SMs):
 // - FLOPs: 2 x (64 x N x 256 x 2) per prompt (scores and P V over 64 padded rows) = 268 MFLOP
@@ -52,11 +56,20 @@
 //   (64 x 16 x 256 x 2 per CTA) is < 1% of that at 4+ stages per chunk.
 // - Bytes: X 2 MB per prompt read once (64 MB at 32 prompts: ~15 us from HBM at ~4.5 TB/s),
 //   PE 2 MB L2-resident, Qf 32 KB per prompt, Wv 64 KB (L2).
-// - Shared memory traffic per stage and CTA: cp.async 64 KB, the add 96 KB, K and V fragments
-//   8 warps x 32 KB, the exchange 64 KB: ~480 KB, ~3.8k cycles at 128 B/cycle, more than the
+// - Shared memory traffic per stage and CTA: cp.async 32 KB (X), the add 64 KB (X read, K
+//   written), K and V fragments 8 warps x 32 KB, the exchange 64 KB: ~416 KB (was ~480 KB with
+//   PE through shared memory), ~3.3k cycles at 128 B/cycle, more than the
 //   ~1.6k cycles of its 1024 mma: the kernel is shared-memory-bound. 32 prompts (4 chunks of 16
 //   stages, 128 CTAs): ~61k cycles ~ 31 us at 1.98 GHz; 8 prompts (16 chunks of 4 stages):
 //   ~8-10 us including the pipeline fill and the merge.
+//
+// Measured (H200, 2026-11-27, the first version: PE through shared memory, conflicted
+// epilogue): folded_t2i_b8_t7_k4096_per_prompt_x 22.5 us (95 TFLOP/s, 16 chunks x 4 stages),
+// b32 53.4 us (160 TFLOP/s, 4 chunks x 16 stages). ncu (b8): 1 CTA x 8 warps per SM, issue 19 %,
+// L1 shared wavefronts ~5k per stage and CTA (the shared pipe bounds it), 462k of 2.6M shared
+// load wavefronts were the epilogue's bank conflicts.
+// This version (estimate, not measured): per stage ~3.3k wavefronts instead of ~3.8k (-13 %),
+// the epilogue ~3.5k cycles shorter per CTA: b8 ~19-20 us, b32 ~46-48 us.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -107,6 +120,25 @@ __device__ __forceinline__ int swz(int row, int chunk) {
     return row * kDim + ((chunk & ~7) | ((chunk ^ row) & 7)) * 8;
 }
 
+// Offset (halves) of 16-byte chunk `chunk` of query row `row` = t*8 + h in the epilogue's fp16
+// A rows: stored head-major (physical row h*8 + t) and swizzled by t ^ h, so the 8 rows of one
+// epilogue ldmatrix phase (tokens 0-7 of one head) and the 8 rows g of one warp's stores (heads
+// 0-7 of one token) both fall in 8 distinct 16-byte bank groups (row-major with `swz` the
+// ldmatrix rows t*8 + h all shared one bank group: an 8-way conflict).
+__device__ __forceinline__ int swz_a16(int row, int chunk) {
+    const int h = row & 7, t = row >> 3;
+    return (h * 8 + t) * kDim + ((chunk & ~7) | ((chunk ^ t ^ h) & 7)) * 8;
+}
+
+// 16-byte read-only global load (PE: L2-resident, read once per CTA), not allocated in L1.
+__device__ __forceinline__ uint4 ldg_nc16(const void* src) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(src));
+    return v;
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT2iParams p) {
@@ -133,35 +165,42 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         const bool ok = r < rows;
         cp_async16(aux_addr + swz(r, c) * 2, qg + (ok ? r : 0) * kDim + c * 8, ok ? 16 : 0);
     }
-    // One stage: 64 X rows and 64 PE rows of 512 B. Thread tid copies chunk tid & 31 of rows
-    // tid / 32 + 8 it, it = 0..7, of both (rows 8 apart share the swizzle).
+    // One stage: 64 X rows of 512 B by cp.async into the stage's X slot; the 64 PE rows go to
+    // registers (`pe`, 8 x 16 B per thread, loaded half a stage ahead) and never touch shared
+    // memory. Thread tid copies / loads chunk tid & 31 of rows tid / 32 + 8 it, it = 0..7 (rows
+    // 8 apart share the swizzle).
     const int load_row = tid >> 5, load_chunk = tid & 31;
     const int load_off = swz(load_row, load_chunk) * 2;  // bytes in a tile
     constexpr int kLoadIters = kStageKeys / 8;
     auto load_stage = [&](int tile, int slot) {
         const long long row0 = (long long)tile * kStageKeys + load_row;
         const __half* xs = xg + row0 * kDim + load_chunk * 8;
-        const __half* ps = p.pe + row0 * kDim + load_chunk * 8;
         const uint32_t dst = ring + slot * kStageBytes + load_off;
 #pragma unroll
         for (int it = 0; it < kLoadIters; ++it) {
             cp_async16(dst + it * 8 * kDim * 2, xs + it * 8 * kDim, 16);
-            cp_async16(dst + kTileBytes + it * 8 * kDim * 2, ps + it * 8 * kDim, 16);
         }
     };
-    // K = X + PE over this thread's own chunks of `slot` (landed: its own cp.async groups).
+    uint4 pe[kLoadIters];
+    auto load_pe = [&](int tile) {
+        const long long row0 = (long long)tile * kStageKeys + load_row;
+        const __half* ps = p.pe + row0 * kDim + load_chunk * 8;
+#pragma unroll
+        for (int it = 0; it < kLoadIters; ++it) pe[it] = ldg_nc16(ps + it * 8 * kDim);
+    };
+    // K = X + PE over this thread's own chunks of `slot` (landed: its own cp.async groups; PE
+    // from registers), written to the slot's K tile.
     auto add_stage = [&](int slot) {
         unsigned char* base = smem + slot * kStageBytes + load_off;
 #pragma unroll
         for (int it = 0; it < kLoadIters; ++it) {
             const uint4 xv = *reinterpret_cast<const uint4*>(base + it * 8 * kDim * 2);
-            uint4* kp = reinterpret_cast<uint4*>(base + kTileBytes + it * 8 * kDim * 2);
-            uint4 kv = *kp;
+            uint4 kv = pe[it];
             const __half2* xh = reinterpret_cast<const __half2*>(&xv);
             __half2* kh = reinterpret_cast<__half2*>(&kv);
 #pragma unroll
             for (int e = 0; e < 4; ++e) kh[e] = __hadd2(xh[e], kh[e]);
-            *kp = kv;
+            *reinterpret_cast<uint4*>(base + kTileBytes + it * 8 * kDim * 2) = kv;
         }
     };
 
@@ -173,6 +212,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         if (s < count) load_stage(first + s, s);
         cp_async_commit();
     }
+    if (count > 0) load_pe(first);
 
     const int g = lane >> 2;   // accumulator rows g, g + 8
     const int tq = lane & 3;   // accumulator columns 2 tq, 2 tq + 1
@@ -207,7 +247,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
             }
             __syncthreads();  // aux becomes the score exchange
         }
-        if (!active) continue;
+        if (!active) {
+            if (s + 1 < count) load_pe(first + s + 1);
+            continue;
+        }
         const uint32_t x_base = ring + slot * kStageBytes;
         const uint32_t k_base = x_base + kTileBytes;
 
@@ -241,6 +284,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
             sc[j][2] += o.z;
             sc[j][3] += o.w;
         }
+        // The next stage's PE, consumed by its add after this stage's softmax and P V.
+        if (s + 1 < count) load_pe(first + s + 1);
 
         // Online softmax per row (g and g + 8), maxima over the quad.
 #pragma unroll
@@ -306,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         const float inv = active ? 1.f / row_sum[i] : 0.f;
 #pragma unroll
         for (int n = 0; n < 16; ++n) {
-            *reinterpret_cast<uint32_t*>(a16 + swz(row, 16 * hf + n) + 2 * tq) =
+            *reinterpret_cast<uint32_t*>(a16 + swz_a16(row, 16 * hf + n) + 2 * tq) =
                 pack_half2(acc[n][2 * i] * inv, acc[n][2 * i + 1] * inv);
         }
         if (hf == 0 && tq == 0) stats[row] = make_float2(row_max[i], row_sum[i]);
@@ -323,7 +368,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
 #pragma unroll
     for (int ks = 0; ks < kDim / 16; ++ks) {
         uint32_t af[4];
-        ldmatrix_x4(af, aux_addr + swz((lane & 7) * kHeads + h, 2 * ks + (lane >> 4)) * 2);
+        ldmatrix_x4(af, aux_addr + swz_a16((lane & 7) * kHeads + h, 2 * ks + (lane >> 4)) * 2);
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             const unsigned int* w =
