@@ -26,14 +26,18 @@
 // same fp32 online softmax in base 2 (scale * log2(e) folded into one FFMA per score), rounds P
 // to fp16 in registers (as attention.cu / sam_cross_attention.cu) and accumulates A += P V over
 // its 128 columns (V = X by ldmatrix.trans: 64 mma). Row groups past R (T <= 6) skip the math.
-// Stages: X and PE tiles of 64 keys x 512 B each, 16-byte cp.async (a warp copies one whole row),
-// 16-byte chunks XOR-swizzled by row, a 3-deep ring; after a stage lands every thread adds the
-// PE chunks it copied itself to the X chunks (HADD2, in place: the PE slot becomes K), so one
-// barrier per stage publishes both.
+// Stages: X and PE tiles of 64 keys x 512 B go to registers (ld.global.nc, 2 x 8 x 16 B per
+// thread: a warp reads whole rows) a whole stage ahead; at the top of each stage's iteration
+// every thread stores its X chunks and K = X + PE (HADD2, rounded once as before) into the
+// stage's slot (16-byte chunks XOR-swizzled by row), so one barrier per stage publishes both.
+// Two slots suffice (the one being read, the one being written). Neither PE nor X is read back
+// from shared memory for the add (the first version: cp.async of X and PE, a read of both, a
+// write of K: 1024 wavefronts per stage; now 512).
 //
-// Epilogue: A / l is rounded to fp16 into shared memory and warp h applies head h's Wv slice
-// (16 x 256, B fragments straight from global/L2) to rows t*8 + h by mma (16 k-steps x 2
-// n-tiles). Chunks are combined exactly like sam_cross_attention.cu, without float atomics: with
+// Epilogue: A / l is rounded to fp16 into shared memory (head-major rows, `swz_a16`: no bank
+// conflicts; row-major, the epilogue's ldmatrix was 8-way conflicted, ~3.5k wavefronts per CTA)
+// and warp h applies head h's Wv slice (16 x 256, B fragments straight from global/L2) to rows
+// t*8 + h by mma (16 k-steps x 2 n-tiles). Chunks are combined exactly like sam_cross_attention.cu, without float atomics: with
 // one chunk the CTA adds bv and stores fp16 O. Otherwise each CTA writes l * (Wv A / l) (the
 // chunk's unnormalised head outputs, fp32) and the rows' (max, sum) to the workspace (`partial`:
 // per (prompt, chunk) [T][128] then [T][8 heads][max, sum], the same layout), fences and bumps
@@ -41,10 +45,10 @@
 // exp2(m_c - M)), adds bv, stores fp16 O and resets the counter to 0 (graph replays reuse the
 // workspace without zeroing). Bitwise deterministic for a given (prompts, T, keys) plan.
 //
-// Shared memory: 3 stages x (X + K) x 32 KB + 32 KB (Q staging, then the score exchange, then
-// the fp16 A rows) = 224 KB: one CTA per SM (sm_90: 227 KB per block; sm_80/86/89 cannot run it,
-// the launch then fails with a typed error). __launch_bounds__(256, 1): up to 255 registers
-// (Q fragments 32 + A 64 + scores 32).
+// Shared memory: 2 slots x (X + K) x 32 KB + 32 KB (Q staging, then the score exchange, then the
+// fp16 A rows) = 160 KB: one CTA per SM (sm_86/89 cannot run it, the launch then fails with
+// a typed error). __launch_bounds__(256, 1): up to 255 registers (Q fragments 32 + A 64 +
+// scores 32 + X and PE of the next stage 64): 254, no spills (sm_90a, CUDA 12).
 //
 // Floor (estimates, not measurements; H100/H200, 132 SMs):
 // - FLOPs: 2 x (64 x N x 256 x 2) per prompt (scores and P V over 64 padded rows) = 268 MFLOP
@@ -52,11 +56,22 @@
 //   (64 x 16 x 256 x 2 per CTA) is < 1% of that at 4+ stages per chunk.
 // - Bytes: X 2 MB per prompt read once (64 MB at 32 prompts: ~15 us from HBM at ~4.5 TB/s),
 //   PE 2 MB L2-resident, Qf 32 KB per prompt, Wv 64 KB (L2).
-// - Shared memory traffic per stage and CTA: cp.async 64 KB, the add 96 KB, K and V fragments
-//   8 warps x 32 KB, the exchange 64 KB: ~480 KB, ~3.8k cycles at 128 B/cycle, more than the
+// - Shared memory traffic per stage and CTA: X and K stores 64 KB, K and V fragments 8 warps x
+//   32 KB, the exchange 64 KB: ~384 KB (was ~480 KB with cp.async of X and PE and the add
+//   through shared memory), ~3k cycles at 128 B/cycle, more than the
 //   ~1.6k cycles of its 1024 mma: the kernel is shared-memory-bound. 32 prompts (4 chunks of 16
 //   stages, 128 CTAs): ~61k cycles ~ 31 us at 1.98 GHz; 8 prompts (16 chunks of 4 stages):
 //   ~8-10 us including the pipeline fill and the merge.
+//
+// Measured (H200, 2026-11-27, the first version: PE through shared memory, conflicted
+// epilogue): folded_t2i_b8_t7_k4096_per_prompt_x 22.5 us (95 TFLOP/s, 16 chunks x 4 stages),
+// b32 53.4 us (160 TFLOP/s, 4 chunks x 16 stages). ncu (b8): 1 CTA x 8 warps per SM, issue 19 %,
+// L1 shared wavefronts ~5k per stage and CTA (the shared pipe bounds it), 462k of 2.6M shared
+// load wavefronts were the epilogue's bank conflicts.
+// This version (estimate, not measured): per stage ~3k wavefronts instead of ~3.8k (-20 %),
+// the epilogue ~3.5k cycles shorter per CTA: b8 ~18-19 us, b32 ~43-45 us. If it measures
+// slower than the commit before (PE in registers, X by a 3-deep cp.async ring, 235 registers),
+// the 254-register schedule is the suspect.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -74,7 +89,7 @@ constexpr int kDim = 256;                // halves per Qf / X / PE row
 constexpr int kRowChunks = kDim / 8;     // 16-byte chunks per row
 constexpr int kRows = 64;                // padded query rows (8 tokens x 8 heads)
 constexpr int kStageKeys = 64;           // keys per pipeline stage
-constexpr int kStages = 3;
+constexpr int kStages = 2;  // slots: one read, one written
 constexpr int kThreads = 256;
 constexpr int kTileBytes = kStageKeys * kDim * 2;  // one X (or K) tile: 32 KB
 constexpr int kStageBytes = 2 * kTileBytes;        // X then K
@@ -82,7 +97,7 @@ constexpr int kAuxBytes = kRows * kDim * 2;        // Q / exchange / fp16 A: 32 
 constexpr int kSmemBytes = kStages * kStageBytes + kAuxBytes;
 constexpr int kPartFloats = kOut + 2 * kHeads;  // per token: 128 outputs, 8 (max, sum)
 static_assert(kAuxBytes == 8 * 8 * 32 * 16, "the exchange: 8 warps x 8 n-tiles x 32 lanes");
-static_assert(kSmemBytes == 229376, "mirrors FOLDED_T2I_SMEM_BYTES in the launcher");
+static_assert(kSmemBytes == 163840, "mirrors FOLDED_T2I_SMEM_BYTES in the launcher");
 
 // Mirrors `FoldedT2iParams` in src/ops/sam_folded_t2i.rs (passed by value).
 struct FoldedT2iParams {
@@ -105,6 +120,25 @@ struct FoldedT2iParams {
 // consecutive chunks of one cp.async phase (same row) fall in 8 distinct 16-byte bank groups.
 __device__ __forceinline__ int swz(int row, int chunk) {
     return row * kDim + ((chunk & ~7) | ((chunk ^ row) & 7)) * 8;
+}
+
+// Offset (halves) of 16-byte chunk `chunk` of query row `row` = t*8 + h in the epilogue's fp16
+// A rows: stored head-major (physical row h*8 + t) and swizzled by t ^ h, so the 8 rows of one
+// epilogue ldmatrix phase (tokens 0-7 of one head) and the 8 rows g of one warp's stores (heads
+// 0-7 of one token) both fall in 8 distinct 16-byte bank groups (row-major with `swz` the
+// ldmatrix rows t*8 + h all shared one bank group: an 8-way conflict).
+__device__ __forceinline__ int swz_a16(int row, int chunk) {
+    const int h = row & 7, t = row >> 3;
+    return (h * 8 + t) * kDim + ((chunk & ~7) | ((chunk ^ t ^ h) & 7)) * 8;
+}
+
+// 16-byte read-only global load (PE: L2-resident, read once per CTA), not allocated in L1.
+__device__ __forceinline__ uint4 ldg_nc16(const void* src) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(src));
+    return v;
 }
 
 }  // namespace
@@ -133,46 +167,42 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         const bool ok = r < rows;
         cp_async16(aux_addr + swz(r, c) * 2, qg + (ok ? r : 0) * kDim + c * 8, ok ? 16 : 0);
     }
-    // One stage: 64 X rows and 64 PE rows of 512 B. Thread tid copies chunk tid & 31 of rows
-    // tid / 32 + 8 it, it = 0..7, of both (rows 8 apart share the swizzle).
+    // One stage: 64 X rows and 64 PE rows of 512 B, loaded into registers (ld.global.nc, 2 x 8 x
+    // 16 B per thread) a whole stage ahead; at the top of the stage's iteration the thread
+    // stores X and K = X + PE into the stage's slot. Thread tid loads chunk tid & 31 of rows
+    // tid / 32 + 8 it, it = 0..7 (rows 8 apart share the swizzle); a warp reads whole rows.
     const int load_row = tid >> 5, load_chunk = tid & 31;
     const int load_off = swz(load_row, load_chunk) * 2;  // bytes in a tile
     constexpr int kLoadIters = kStageKeys / 8;
-    auto load_stage = [&](int tile, int slot) {
-        const long long row0 = (long long)tile * kStageKeys + load_row;
-        const __half* xs = xg + row0 * kDim + load_chunk * 8;
-        const __half* ps = p.pe + row0 * kDim + load_chunk * 8;
-        const uint32_t dst = ring + slot * kStageBytes + load_off;
+    uint4 xr[kLoadIters], pe[kLoadIters];
+    auto load_regs = [&](int tile) {
+        const long long off = ((long long)tile * kStageKeys + load_row) * kDim + load_chunk * 8;
 #pragma unroll
         for (int it = 0; it < kLoadIters; ++it) {
-            cp_async16(dst + it * 8 * kDim * 2, xs + it * 8 * kDim, 16);
-            cp_async16(dst + kTileBytes + it * 8 * kDim * 2, ps + it * 8 * kDim, 16);
+            xr[it] = ldg_nc16(xg + off + it * 8 * kDim);
+            pe[it] = ldg_nc16(p.pe + off + it * 8 * kDim);
         }
     };
-    // K = X + PE over this thread's own chunks of `slot` (landed: its own cp.async groups).
-    auto add_stage = [&](int slot) {
+    // X and K = X + PE (HADD2) of the loaded stage into `slot`.
+    auto store_stage = [&](int slot) {
         unsigned char* base = smem + slot * kStageBytes + load_off;
 #pragma unroll
         for (int it = 0; it < kLoadIters; ++it) {
-            const uint4 xv = *reinterpret_cast<const uint4*>(base + it * 8 * kDim * 2);
-            uint4* kp = reinterpret_cast<uint4*>(base + kTileBytes + it * 8 * kDim * 2);
-            uint4 kv = *kp;
-            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+            uint4 kv = pe[it];
+            const __half2* xh = reinterpret_cast<const __half2*>(&xr[it]);
             __half2* kh = reinterpret_cast<__half2*>(&kv);
 #pragma unroll
             for (int e = 0; e < 4; ++e) kh[e] = __hadd2(xh[e], kh[e]);
-            *kp = kv;
+            *reinterpret_cast<uint4*>(base + it * 8 * kDim * 2) = xr[it];
+            *reinterpret_cast<uint4*>(base + kTileBytes + it * 8 * kDim * 2) = kv;
         }
     };
 
     const int tiles = p.keys / kStageKeys;
     const int first = chunk * p.tiles_per_chunk;
     const int count = min(tiles, first + p.tiles_per_chunk) - first;
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-        if (s < count) load_stage(first + s, s);
-        cp_async_commit();
-    }
+    cp_async_commit();  // the Q rows
+    if (count > 0) load_regs(first);
 
     const int g = lane >> 2;   // accumulator rows g, g + 8
     const int tq = lane & 3;   // accumulator columns 2 tq, 2 tq + 1
@@ -190,15 +220,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
 
     for (int s = 0; s < count; ++s) {
         const int slot = s % kStages;
-        cp_async_wait<kStages - 2>();
-        add_stage(slot);
-        // Publishes stage s (X and K) and means every warp is done with stage s - 1, whose slot
-        // the next copy reuses (and, after stage 0, with the Q staging: see below).
+        // Stage s into its slot: the slot of stage s - 2, which every warp left before the
+        // barrier of iteration s - 1.
+        store_stage(slot);
+        if (s == 0) cp_async_wait<0>();  // the Q rows
+        // Publishes stage s (X and K) (and, at s = 0, the Q rows).
         __syncthreads();
-        if (s + kStages - 1 < count) {
-            load_stage(first + s + kStages - 1, (s + kStages - 1) % kStages);
-        }
-        cp_async_commit();
+        if (s + 1 < count) load_regs(first + s + 1);  // a whole stage ahead
         if (s == 0) {
 #pragma unroll
             for (int ks = 0; ks < 8; ++ks) {
@@ -306,7 +334,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         const float inv = active ? 1.f / row_sum[i] : 0.f;
 #pragma unroll
         for (int n = 0; n < 16; ++n) {
-            *reinterpret_cast<uint32_t*>(a16 + swz(row, 16 * hf + n) + 2 * tq) =
+            *reinterpret_cast<uint32_t*>(a16 + swz_a16(row, 16 * hf + n) + 2 * tq) =
                 pack_half2(acc[n][2 * i] * inv, acc[n][2 * i + 1] * inv);
         }
         if (hf == 0 && tq == 0) stats[row] = make_float2(row_max[i], row_sum[i]);
@@ -323,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
 #pragma unroll
     for (int ks = 0; ks < kDim / 16; ++ks) {
         uint32_t af[4];
-        ldmatrix_x4(af, aux_addr + swz((lane & 7) * kHeads + h, 2 * ks + (lane >> 4)) * 2);
+        ldmatrix_x4(af, aux_addr + swz_a16((lane & 7) * kHeads + h, 2 * ks + (lane >> 4)) * 2);
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             const unsigned int* w =

@@ -43,12 +43,12 @@ pub const FOLDED_MAX_KEYS: usize = 1 << 20;
 pub const FOLDED_MAX_PROMPTS: usize = 65_535;
 /// Most key chunks per prompt.
 pub const FOLDED_MAX_CHUNKS: usize = 32;
-/// Dynamic shared memory: 3 stages x (X + K tiles of 64 x 256 halves) + 32 KB for Q / the
-/// score exchange / the fp16 A rows (static_assert in the kernel). Only sm_90 offers it.
-pub const FOLDED_T2I_SMEM_BYTES: u32 = 229_376;
+/// Dynamic shared memory: 2 slots x (X + K tiles of 64 x 256 halves) + 32 KB for Q / the
+/// score exchange / the fp16 A rows (static_assert in the kernel): sm_80 and sm_90 offer it.
+pub const FOLDED_T2I_SMEM_BYTES: u32 = 163_840;
 
 const THREADS: u32 = 256;
-/// One CTA per SM (224 KB of shared memory each).
+/// One CTA per SM (160 KB of shared memory and 254 registers per thread each).
 const CTAS_PER_SM_TARGET: usize = 1;
 /// fp32 values per token of one chunk's partial result: 128 outputs, 8 (max, sum).
 const PART_FLOATS: usize = FOLDED_OUT + 2 * FOLDED_HEADS;
