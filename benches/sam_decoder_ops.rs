@@ -376,6 +376,7 @@ fn folded_image_to_token(c: &mut Criterion, gpu: &Gpu) {
             norm: (region(&gamma), region(&bias)),
             eps: LN_EPS,
             y: region(&x),
+            spare_sms: 0,
         };
         let flops = (prompts * 2 * 2 * KEYS * rows * d) as f64;
         let bytes = (prompts * 2 * plane * 2) as f64;

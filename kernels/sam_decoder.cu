@@ -116,7 +116,7 @@ struct ConvT1Params {
 
 constexpr int kCt1Ld = kDim + 8;                  // 264 halves: ldmatrix rows conflict-free
 constexpr int kCt1Rows = 64;                      // rows per tile
-constexpr int kCt1Smem = (kDim + 2 * kCt1Rows) * kCt1Ld * 2 + (kDim + 2 * kUp1) * 4;  // 204,288
+constexpr int kCt1Smem = (kDim + 2 * kCt1Rows) * kCt1Ld * 2 + (kDim + 2 * kUp1) * 4;  // 204,288: W + 2 groups' tiles
 
 }  // namespace
 
@@ -124,67 +124,70 @@ constexpr int kCt1Smem = (kDim + 2 * kCt1Rows) * kCt1Ld * 2 + (kDim + 2 * kUp1) 
 // (dy, dx, channel)) with its bias, the LayerNorm2d(64, eps 1e-6) of every sub-pixel and the
 // GELU, fused: y = GELU(LN2d(x W^T + b)) in fp16, what `sam_upscale_masks` would otherwise
 // compute from the stored pre-norm output (with `normalized` set it only copies it).
-// Persistent CTAs of 8 warps over 64-row tiles; the whole weight (128 KB) stays in shared memory,
-// the x tiles stream through two cp.async buffers. Warp w owns rows 32 (w % 2).. of a tile (two
-// m16 tiles) and columns 64 (w / 2).. = sub-pixel w / 2's 64 channels (8 n8 tiles), so the
-// LayerNorm of a row's 64 channels is in-lane sums plus two quad shuffles on the fp32
-// accumulators (no fp16 rounding before the norm, unlike the unfused path).
+// Persistent CTAs of two independent groups of 8 warps over 64-row tiles; the whole weight
+// (128 KB) stays in shared memory (loaded once per CTA), each group streams its tiles through
+// its own x buffer with group-local barriers, so one group's load overlaps the other's math.
+// Warp w of a group owns rows 32 (w % 2).. of the tile (two m16 tiles) and columns 64 (w / 2)..
+// = sub-pixel w / 2's 64 channels (8 n8 tiles), so the LayerNorm of a row's 64 channels is
+// in-lane sums plus two quad shuffles on the fp32 accumulators (no fp16 rounding before the
+// norm, unlike the unfused path).
 // Floor (H200, 32 prompts, 131072 rows): 17.2 GFLOP (~29 us at ~600 TFLOP/s mma.sync), 64 MB
 // read + 64 MB written (~28 us at ~4.5 TB/s); shared-memory reads per tile 8 warps x 16 k-steps x
 // 6 ldmatrix.x4 x 512 B = 393 KB, ~3.1k cycles at 128 B/clk: ~1.6 us per tile, 15.5 tiles per
-// SM: ~25 us. Estimate ~30-35 us (the GEMM it replaces: 99 us, plus the LayerNorm pass of
-// sam_upscale_masks).
-extern "C" __global__ void __launch_bounds__(256, 1) sam_convt1_ln_gelu(ConvT1Params p) {
+// SM: ~25 us. Measured (H200 ncu, 32 prompts, 2026-11-27): 98.5 us with one group of 8 warps
+// and a double-buffered x (as slow as the GEMM it replaced: 8 warps per SM, latency-bound);
+// the epilogue (64 GELUs per lane and tile) is ~2/3 of the instructions.
+constexpr int kCt1Groups = 2;
+constexpr int kCt1GroupThreads = 256;
+
+extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
+    sam_convt1_ln_gelu(ConvT1Params p) {
     extern __shared__ __align__(16) unsigned char ct1_smem[];
     __half* w_s = reinterpret_cast<__half*>(ct1_smem);
-    __half* x_s = w_s + kDim * kCt1Ld;  // 2 buffers of kCt1Rows rows
-    float* bias_s = reinterpret_cast<float*>(x_s + 2 * kCt1Rows * kCt1Ld);
+    float* bias_s = reinterpret_cast<float*>(w_s + (kDim + kCt1Groups * kCt1Rows) * kCt1Ld);
     float* gamma_s = bias_s + kDim;
     float* beta_s = gamma_s + kUp1;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int group = threadIdx.x / kCt1GroupThreads;
+    const int tid = threadIdx.x % kCt1GroupThreads, lane = tid & 31, warp = tid >> 5;
+    __half* x_s = w_s + (kDim + group * kCt1Rows) * kCt1Ld;  // this group's tile
     const int g = lane >> 2, q2 = (lane & 3) * 2;
     const int wm = warp & 1, wn = warp >> 1;
     const int tiles = p.rows / kCt1Rows;
+    const int stride = gridDim.x * kCt1Groups;
+    const int first = blockIdx.x * kCt1Groups + group;
 
-    // The weight once (256 rows x 32 chunks of 16 B), then the first tile: one group.
-    for (int i = tid; i < kDim * (kDim / 8); i += blockDim.x) {
+    auto load_tile = [&](int tile) {
+        const __half* src = p.x + static_cast<size_t>(tile) * kCt1Rows * kDim;
+        for (int i = tid; i < kCt1Rows * (kDim / 8); i += kCt1GroupThreads) {
+            const int r = i / (kDim / 8), c = (i % (kDim / 8)) * 8;
+            cp_async16(smem_addr(x_s + r * kCt1Ld + c), src + r * kDim + c, 16);
+        }
+    };
+    // The weight (256 rows x 32 chunks of 16 B, shared by both groups) and each group's first
+    // tile, then one CTA barrier; afterwards the groups run on their own (barrier 1 + group).
+    for (int i = threadIdx.x; i < kDim * (kDim / 8); i += blockDim.x) {
         const int r = i / (kDim / 8), c = (i % (kDim / 8)) * 8;
         cp_async16(smem_addr(w_s + r * kCt1Ld + c), p.w + r * kDim + c, 16);
     }
-    auto load_tile = [&](int tile, int buf) {
-        const __half* src = p.x + static_cast<size_t>(tile) * kCt1Rows * kDim;
-        __half* dst = x_s + buf * kCt1Rows * kCt1Ld;
-        for (int i = tid; i < kCt1Rows * (kDim / 8); i += blockDim.x) {
-            const int r = i / (kDim / 8), c = (i % (kDim / 8)) * 8;
-            cp_async16(smem_addr(dst + r * kCt1Ld + c), src + r * kDim + c, 16);
-        }
-    };
-    if (blockIdx.x < tiles) load_tile(blockIdx.x, 0);
+    if (first < tiles) load_tile(first);
     cp_async_commit();
-    bias_s[tid] = p.bias[tid];
-    if (tid < kUp1) {
-        gamma_s[tid] = p.ln_gamma[tid];
-        beta_s[tid] = p.ln_beta[tid];
+    if (threadIdx.x < kDim) bias_s[threadIdx.x] = p.bias[threadIdx.x];
+    if (threadIdx.x < kUp1) {
+        gamma_s[threadIdx.x] = p.ln_gamma[threadIdx.x];
+        beta_s[threadIdx.x] = p.ln_beta[threadIdx.x];
     }
+    cp_async_wait<0>();
+    __syncthreads();
 
-    int buf = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
-        // Prefetch the next tile into the other buffer (free: the barrier at the end of the
-        // previous iteration), then wait for this one.
-        if (tile + gridDim.x < tiles) load_tile(tile + gridDim.x, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-
+    const uint32_t a_addr = smem_addr(x_s + (wm * 32 + (lane & 15)) * kCt1Ld + (lane >> 4) * 8);
+    const uint32_t b_addr =
+        smem_addr(w_s + (wn * 64 + (lane >> 4) * 8 + (lane & 7)) * kCt1Ld + ((lane >> 3) & 1) * 8);
+    for (int tile = first; tile < tiles; tile += stride) {
         float acc[2][8][4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
-        const __half* xt = x_s + buf * kCt1Rows * kCt1Ld;
-        const uint32_t a_addr = smem_addr(xt + (wm * 32 + (lane & 15)) * kCt1Ld + (lane >> 4) * 8);
-        const uint32_t b_addr =
-            smem_addr(w_s + (wn * 64 + (lane >> 4) * 8 + (lane & 7)) * kCt1Ld + ((lane >> 3) & 1) * 8);
 #pragma unroll 4
         for (int kk = 0; kk < kDim; kk += 16) {
             uint32_t a[2][4];
@@ -201,6 +204,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) sam_convt1_ln_gelu(ConvT1Pa
                 }
             }
         }
+        // Every warp of the group has its fragments: refill the buffer with the group's next
+        // tile while the epilogue runs.
+        named_barrier_sync(1 + group, kCt1GroupThreads);
+        if (tile + stride < tiles) load_tile(tile + stride);
+        cp_async_commit();
 
         // Bias, LayerNorm2d over the sub-pixel's 64 channels (this lane: 16 of a row's values,
         // the quad the rest), GELU, fp16 store. Half h: row g (h 0) or g + 8 (h 1).
@@ -241,9 +249,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) sam_convt1_ln_gelu(ConvT1Pa
                 }
             }
         }
-        __syncthreads();  // every warp is done with this buffer before it is refilled
+        cp_async_wait<0>();
+        named_barrier_sync(1 + group, kCt1GroupThreads);  // the next tile has landed
     }
-    cp_async_wait<0>();
 }
 
 namespace {

@@ -1429,6 +1429,7 @@ fn folded_image_to_token_checks() {
         norm: (at(6, 1024), at(7, 1024)),
         eps: 1e-5,
         y: at(0, prompts * plane * 2),
+        spare_sms: 0,
     };
     assert_eq!(check_folded_image_to_token(&good).unwrap(), prompts * 64);
     // Shared X (x_batch 0) with a separate Y; 64 pixels.

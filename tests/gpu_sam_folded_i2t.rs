@@ -7,8 +7,8 @@
 //! kb ~ N(0, 1); Vf ~ N(0, 0.5) fp16; bo ~ N(0, 0.1); gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1).
 //! Cases: T in {1, 7, 8} x prompts {1, 8, 32} x {shared X (x_batch 0, separate Y poisoned with
 //! fp16 NaN first), per-prompt X in place (Y = X)} at N = 64, and the same at N = 4096 for T = 7
-//! plus T in {1, 8} at 8 prompts; a determinism check (two launches, bitwise equal). Skipped
-//! with a printed reason where there is no GPU.
+//! plus T in {1, 8} at 8 prompts; a determinism check (two launches, then grids of all but 4
+//! SMs and of 1 SM: bitwise equal). Skipped with a printed reason where there is no GPU.
 //!
 //! Tolerance, per element: |gpu - ref| <= 2^-11 |ref| + 2 gamma_c rstd_j (E_p + E_s) + 1e-4.
 //! - x + pe: the kernel adds in fp16 (one rounding); the reference rounds the exact sum the same
@@ -220,6 +220,7 @@ fn args(c: &Case, d: &Device, y: &DeviceBuffer) -> FoldedImageToTokenArgs {
         norm: (region(&d.gamma), region(&d.beta)),
         eps: EPS,
         y: region(y),
+        spare_sms: 0,
     }
 }
 
@@ -307,14 +308,21 @@ fn folded_image_to_token_is_deterministic() {
         in_place: false,
     };
     let d = device(&gpu, &inputs(&mut rng, &c));
-    let runs: Vec<Vec<f16>> = (0..2)
-        .map(|_| {
+    // Twice on every SM, then with all but 4 SMs and on 1 SM (spare_sms, as the decoder leaves
+    // SMs to a concurrent stream): every pixel's result is the same whatever CTA computes it.
+    let runs: Vec<Vec<f16>> = [0usize, 0, 4, 100_000]
+        .iter()
+        .map(|&spare_sms| {
             let y = poisoned(&gpu, c.prompts * c.pixels * D);
-            launch_folded_image_to_token(&gpu, &args(&c, &d, &y)).unwrap();
+            let a = FoldedImageToTokenArgs {
+                spare_sms,
+                ..args(&c, &d, &y)
+            };
+            launch_folded_image_to_token(&gpu, &a).unwrap();
             download_f16(&gpu, &y)
         })
         .collect();
-    assert_runs_identical("folded image->token, 8 prompts, T 7", &runs);
+    assert_runs_identical("folded image->token, 8 prompts, T 7, any grid", &runs);
 }
 
 #[test]

@@ -383,7 +383,8 @@ pub fn check_convt1_ln_gelu(args: &ConvT1Args) -> Result<()> {
 
 /// `y = GELU(LayerNorm2d(x W^T + b))` per 64-channel sub-pixel: the first ConvTranspose2d of
 /// `output_upscaling` with its norm and activation, for [`launch_upscale_masks`] with
-/// `normalized` set. Persistent: one CTA per SM (the weight stays in shared memory).
+/// `normalized` set. Persistent: one CTA of two 8-warp groups per SM (the weight stays in
+/// shared memory).
 pub fn launch_convt1_ln_gelu(gpu: &Gpu, args: &ConvT1Args) -> Result<()> {
     const KERNEL: &str = "sam_convt1_ln_gelu";
     let params = convt1_params(args)?;
@@ -399,8 +400,13 @@ pub fn launch_convt1_ln_gelu(gpu: &Gpu, args: &ConvT1Args) -> Result<()> {
     }
     let tiles = args.rows / CONVT1_TILE_ROWS;
     let cfg = LaunchConfig {
-        grid_dim: (tiles.min(kernels.sm_count() as usize).max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
+        // Two groups of 8 warps per CTA, each taking every other tile.
+        grid_dim: (
+            tiles.div_ceil(2).min(kernels.sm_count() as usize).max(1) as u32,
+            1,
+            1,
+        ),
+        block_dim: (512, 1, 1),
         shared_mem_bytes: CONVT1_SMEM_BYTES,
     };
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.

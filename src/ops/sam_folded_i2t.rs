@@ -94,6 +94,10 @@ pub struct FoldedImageToTokenArgs {
     /// fp16 `[B, N, 256]` output (the new keys). May be `x` itself when `x_batch` is `N * 256`
     /// (in place); must not overlap any input otherwise.
     pub y: DeviceRegion,
+    /// SMs to leave without a CTA of this launch, for work issued on another stream at the same
+    /// time (the kernel takes a whole SM's shared memory per CTA); 0 uses every SM. At least
+    /// one SM is always used.
+    pub spare_sms: usize,
 }
 
 const KERNEL: &str = "sam_folded_image_to_token";
@@ -219,7 +223,16 @@ fn folded_params(a: &FoldedImageToTokenArgs) -> Result<(FoldedI2tParams, usize)>
 pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Result<()> {
     let (params, tiles) = folded_params(a)?;
     let cfg = LaunchConfig {
-        grid_dim: (folded_grid(tiles, gpu.kernels().sm_count()), 1, 1),
+        grid_dim: (
+            folded_grid(
+                tiles,
+                gpu.kernels()
+                    .sm_count()
+                    .saturating_sub(a.spare_sms.min(u32::MAX as usize) as u32),
+            ),
+            1,
+            1,
+        ),
         block_dim: (32 * FOLDED_I2T_WARPS as u32, 1, 1),
         shared_mem_bytes: FOLDED_I2T_SMEM_BYTES,
     };

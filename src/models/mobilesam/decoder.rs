@@ -83,6 +83,9 @@ const LN2D_EPS: f32 = 1e-6;
 /// memory of sm_90): their projections of the 4096 image rows are replaced by per-token factors
 /// (cheaper while 8 T is below ~128; box prompts have T = 7). See docs/MOBILESAM.md.
 pub const FOLD_MAX_TOKENS: usize = 8;
+/// SMs a folded image->token attention leaves to the token work issued beside it on the side
+/// stream (a handful of small launches of 1-28 CTAs).
+const SIDE_STREAM_SMS: usize = 4;
 
 /// Column offsets of the token positional projections (`query_pe @ W^T` for every projection
 /// that sees `queries + query_pe`), one GEMM per decode. Zero columns stand where the GEMM
@@ -1209,15 +1212,11 @@ impl DecodePlan {
             )?;
             out_norm(CROSS, out, true, norm)
         };
-        // Folded token -> image (plans of <= FOLD_MAX_TOKENS tokens): q rows (x, stride) ->
-        // Qf = scale q_h W_k,h (one fold launch), then softmax(Qf (keys + pe)^T) keys W_v^T + b_v
-        // over the per-prompt keys, then out_proj + residual + norm. `kv` is the keys-side
-        // projection's k_proj weight, v_proj weight and v bias.
-        let folded_token_to_image = |(q, q_stride): (DeviceRegion, usize),
-                                     (wk, wv, bv): (DeviceRegion, DeviceRegion, DeviceRegion),
-                                     out: (DeviceRegion, DeviceRegion),
-                                     norm: (DeviceRegion, DeviceRegion)|
-         -> Result<()> {
+        // Folded token -> image (plans of <= FOLD_MAX_TOKENS tokens): `fold_q` turns q rows (x,
+        // stride) into Qf = scale q_h W_k,h (W_k the k_proj weight); `folded_token_to_image`
+        // then runs softmax(Qf (keys + pe)^T) keys W_v^T + b_v over the per-prompt keys (W_v, b_v
+        // the v_proj weight and bias) and out_proj + residual + norm.
+        let fold_q = |(q, q_stride): (DeviceRegion, usize), wk: DeviceRegion| -> Result<()> {
             let Some(f) = ids.fold else {
                 return Err(Error::Plan("folded attention in an unfolded plan".into()));
             };
@@ -1232,7 +1231,15 @@ impl DecodePlan {
                     scale: scale16,
                     y: r(f.qf),
                 }],
-            )?;
+            )
+        };
+        let folded_token_to_image = |(wv, bv): (DeviceRegion, DeviceRegion),
+                                     out: (DeviceRegion, DeviceRegion),
+                                     norm: (DeviceRegion, DeviceRegion)|
+         -> Result<()> {
+            let Some(f) = ids.fold else {
+                return Err(Error::Plan("folded attention in an unfolded plan".into()));
+            };
             launch_folded_token_to_image(
                 gpu,
                 &FoldedTokenToImageArgs {
@@ -1261,10 +1268,12 @@ impl DecodePlan {
         };
         // Folded image -> token: keys = norm4(x + softmax_t((x + pe) Kf^T + kb) Vf + b_o) over
         // the factors of one `launch_head_fold` (x: the shared embedding or the keys in place).
+        // `spare_sms`: SMs left to work on the side stream (see `launch_folded_image_to_token`).
         let folded_image_to_token = |(x, x_batch): (DeviceRegion, usize),
                                      f: FoldIds,
                                      bias: DeviceRegion,
-                                     norm: (DeviceRegion, DeviceRegion)|
+                                     norm: (DeviceRegion, DeviceRegion),
+                                     spare_sms: usize|
          -> Result<()> {
             launch_folded_image_to_token(
                 gpu,
@@ -1284,16 +1293,22 @@ impl DecodePlan {
                     norm,
                     eps: LN_EPS,
                     y: r(ids.keys),
+                    spare_sms,
                 },
             )
         };
-        for (l, lw) in w.layers.iter().enumerate() {
-            if !run([DecodePart::Block0, DecodePart::Block1][l]) {
-                continue;
-            }
-            // Self attention. Its qkv projection was computed ahead: block 0's (of the tokens, no
-            // PE, no residual) by the token GEMM (columns L0_QKV.. of the pe buffer), block 1's by
-            // block 0's post-MLP GEMM (columns 256.. of post[0]).
+        // Whether block l's token->image attention runs folded (block 0 without mask inputs
+        // reads the shared keys projection instead).
+        let folded_t2i_in = |l: usize| {
+            ids.fold.is_some() && !(l == 0 && matches!(ids.block0, Block0Keys::Shared(_)))
+        };
+        // The start of block l, which does not read the keys: the self attention, its out_proj +
+        // norm1 and, when the token->image attention runs folded, its q GEMM and Qf. Its qkv
+        // projection was computed ahead: block 0's (of the tokens, no PE, no residual) by the
+        // token GEMM (columns L0_QKV.. of the pe buffer), block 1's by block 0's post-MLP GEMM
+        // (columns 256.. of post[0]).
+        let token_prefix = |l: usize| -> Result<()> {
+            let lw = &w.layers[l];
             let (qkv_id, qkv_col, qkv_stride) = if l == 0 {
                 (ids.pe, pe_cols::L0_QKV, pe_w)
             } else {
@@ -1306,6 +1321,38 @@ impl DecodePlan {
             // Block 0 (skip_first_layer_pe) replaces the queries by the attention output: no
             // residual.
             out_norm(D, lw.self_out, l == 1, lw.norms[0])?;
+            if folded_t2i_in(l) {
+                // q (with its pe slice) -> Qf = q_h W_k,h (rows 128.. of [q_i2t | k | v]).
+                gemm(
+                    gpu,
+                    rows,
+                    CROSS,
+                    D,
+                    (queries, D),
+                    (lw.t2i_q.0, 0),
+                    (r(ids.tq), CROSS),
+                    Some(lw.t2i_q.1),
+                    Activation::None,
+                    pe_res([pe_cols::T2I_Q0, pe_cols::T2I_Q1][l]),
+                )?;
+                fold_q((r(ids.tq), CROSS), offset(lw.keys.0, CROSS * D))?;
+            }
+            Ok(())
+        };
+        // The final attention's Qf (from block 1's post-MLP GEMM, k_proj rows 0.. of [k | v |
+        // convT 1]).
+        let final_fold_q = || fold_q((at(ids.post[1], 2 * CROSS), POST_N[1]), w.last.keys.0);
+        // Token work issued ahead on the side stream beside an image->token attention: block 1's
+        // prefix (beside block 0's), the final Qf (beside block 1's).
+        let mut block1_prefix_done = false;
+        let mut final_q_done = false;
+        for (l, lw) in w.layers.iter().enumerate() {
+            if !run([DecodePart::Block0, DecodePart::Block1][l]) {
+                continue;
+            }
+            if !(l == 1 && block1_prefix_done) {
+                token_prefix(l)?;
+            }
 
             // Token -> image. Block 0 without mask inputs reads the shared projection of the
             // embedding; otherwise the block first projects its own (per-prompt) keys. Block 0
@@ -1319,10 +1366,10 @@ impl DecodePlan {
             } else {
                 (lw.keys.1, lw.i2t_out)
             };
-            let folded_t2i = ids.fold.filter(|_| shared.is_none());
+            let folded_t2i = folded_t2i_in(l);
             let (g, shared) = if let Some(g0) = shared {
                 (r(g0), true)
-            } else if folded_t2i.is_some() {
+            } else if folded_t2i {
                 (r(ids.keys), false)
             } else {
                 let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
@@ -1349,24 +1396,10 @@ impl DecodePlan {
             } else {
                 pe_cols::T2I_Q1
             };
-            if folded_t2i.is_some() {
-                // Folded: q (with its pe slice) -> Qf = q_h W_k,h -> attention over keys + pe.
-                gemm(
-                    gpu,
-                    rows,
-                    CROSS,
-                    D,
-                    (queries, D),
-                    (lw.t2i_q.0, 0),
-                    (r(ids.tq), CROSS),
-                    Some(lw.t2i_q.1),
-                    Activation::None,
-                    pe_res(q_col),
-                )?;
+            if folded_t2i {
+                // Folded (Qf from the prefix): attention over keys + pe, v_proj, out_proj, norm2.
                 folded_token_to_image(
-                    (r(ids.tq), CROSS),
                     (
-                        offset(lw.keys.0, CROSS * D),
                         offset(lw.keys.0, 2 * CROSS * D),
                         offset_bytes(keys_b, 2 * CROSS * 4),
                     ),
@@ -1450,7 +1483,25 @@ impl DecodePlan {
                         },
                     ],
                 )?;
-                folded_image_to_token((residual, residual_batch), f, i2t_out.1, lw.norms[3])?;
+                let attend = |spare_sms| {
+                    folded_image_to_token(
+                        (residual, residual_batch),
+                        f,
+                        i2t_out.1,
+                        lw.norms[3],
+                        spare_sms,
+                    )
+                };
+                // The attention takes one SM per CTA: leave a few to the token work beside it.
+                if l == 0 && run(DecodePart::Block1) {
+                    gpu.fork_join(|| token_prefix(1), || attend(SIDE_STREAM_SMS))?;
+                    block1_prefix_done = true;
+                } else if l == 1 && run(DecodePart::Final) {
+                    gpu.fork_join(final_fold_q, || attend(SIDE_STREAM_SMS))?;
+                    final_q_done = true;
+                } else {
+                    attend(0)?;
+                }
                 continue;
             }
             launch_image_to_token(
@@ -1498,10 +1549,11 @@ impl DecodePlan {
                     )
                 },
                 || {
+                    if !final_q_done {
+                        final_fold_q()?;
+                    }
                     folded_token_to_image(
-                        (at(ids.post[1], 2 * CROSS), POST_N[1]),
                         (
-                            f.keys.0,
                             offset(f.keys.0, CROSS * D),
                             offset_bytes(f.keys.1, CROSS * 4),
                         ),
