@@ -183,11 +183,17 @@ extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
     const uint32_t b_addr =
         smem_addr(w_s + (wn * 64 + (lane >> 4) * 8 + (lane & 7)) * kCt1Ld + ((lane >> 3) & 1) * 8);
     for (int tile = first; tile < tiles; tile += stride) {
+        // The accumulators start at the bias (this lane's channels j * 8 + q2, + 1).
         float acc[2][8][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
+        for (int j = 0; j < 8; ++j) {
+            const float2 bj = *reinterpret_cast<const float2*>(&bias_s[wn * 64 + j * 8 + q2]);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+            for (int mt = 0; mt < 2; ++mt) {
+                acc[mt][j][0] = acc[mt][j][2] = bj.x;
+                acc[mt][j][1] = acc[mt][j][3] = bj.y;
+            }
+        }
 #pragma unroll 4
         for (int kk = 0; kk < kDim; kk += 16) {
             uint32_t a[2][4];
@@ -210,8 +216,8 @@ extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
         if (tile + stride < tiles) load_tile(tile + stride);
         cp_async_commit();
 
-        // Bias, LayerNorm2d over the sub-pixel's 64 channels (this lane: 16 of a row's values,
-        // the quad the rest), GELU, fp16 store. Half h: row g (h 0) or g + 8 (h 1).
+        // LayerNorm2d over the sub-pixel's 64 channels (this lane: 16 of a row's values, the
+        // quad the rest), GELU, fp16 store. Half h: row g (h 0) or g + 8 (h 1).
         const size_t row0 = static_cast<size_t>(tile) * kCt1Rows + wm * 32;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
@@ -223,7 +229,7 @@ extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
                 for (int j = 0; j < 8; ++j) {
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
-                        v[2 * j + e] = acc[mt][j][2 * h + e] + bias_s[wn * 64 + j * 8 + q2 + e];
+                        v[2 * j + e] = acc[mt][j][2 * h + e];
                         sum += v[2 * j + e];
                     }
                 }
@@ -242,9 +248,10 @@ extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
                 __half* out = p.y + (row0 + mt * 16 + h * 8 + g) * kDim + wn * 64 + q2;
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
-                    const int ch = j * 8 + q2;
-                    const float y0 = gelu(fmaf(v[2 * j] * inv, gamma_s[ch], beta_s[ch]));
-                    const float y1 = gelu(fmaf(v[2 * j + 1] * inv, gamma_s[ch + 1], beta_s[ch + 1]));
+                    const float2 gm = *reinterpret_cast<const float2*>(&gamma_s[j * 8 + q2]);
+                    const float2 bt = *reinterpret_cast<const float2*>(&beta_s[j * 8 + q2]);
+                    const float y0 = gelu(fmaf(v[2 * j] * inv, gm.x, bt.x));
+                    const float y1 = gelu(fmaf(v[2 * j + 1] * inv, gm.y, bt.y));
                     *reinterpret_cast<uint32_t*>(out + j * 8) = pack_half2(y0, y1);
                 }
             }
@@ -256,6 +263,7 @@ extern "C" __global__ void __launch_bounds__(kCt1Groups * kCt1GroupThreads, 1)
 
 namespace {
 static_assert(kCt1Smem == 204288, "mirrored in src/ops/sam_decoder.rs");
+static_assert(kChunks * kChunkRows * kUpLd * 2 == 36864, "UPSCALE_SMEM_BYTES in src/ops/sam_decoder.rs");
 
 // Mirrors `UpscaleMaskParams` in src/ops/sam_decoder.rs.
 struct UpscaleMaskParams {
@@ -286,12 +294,19 @@ struct UpscaleMaskParams {
 // so neither the LayerNorm output nor the [K, 32, 256, 256] map touches global memory.
 // Warp w owns rows 16w..16w+15 of a chunk and all 128 columns (16 n-tiles of 8): n-tiles 4s..4s+3
 // are sub-pixel s = dy2 * 2 + dx2, their columns the 32 channels.
-extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskParams p) {
-    __shared__ __align__(16) __half a_s[kChunkRows][kUpLd];
+// Three CTAs per SM (80 registers: 12 bytes spilled) measured 7 us faster at 32 prompts than two
+// (98 registers, no spill) on the H200 (ncu: 88 -> 81 us): the kernel is issue- and latency-bound
+// (GELU is half its instructions), so the extra warps matter more than the spill.
+// With `normalized` (folded plans) both chunks' rows are copied by cp.async up front.
+extern "C" __global__ void __launch_bounds__(256, 3) sam_upscale_masks(UpscaleMaskParams p) {
+    // Both chunks' LayerNorm2d + GELU outputs (dynamic: 36,864 B; static memory stays < 48 KB).
+    extern __shared__ __align__(16) unsigned char up_smem[];
+    auto a_s = reinterpret_cast<__half (*)[kChunkRows][kUpLd]>(up_smem);
     __shared__ __align__(16) __half w_s[kUp2Cols][kUpLd];
-    __shared__ float bias_s[kUp2Cols];
-    __shared__ float gamma_s[kUp1], beta_s[kUp1];
-    __shared__ float hyper[kMaxMasks][kUpChannels];
+    __shared__ __align__(16) float bias_s[kUp2Cols];
+    __shared__ __align__(16) float gamma_s[kUp1];
+    __shared__ __align__(16) float beta_s[kUp1];
+    __shared__ __align__(16) float hyper[kMaxMasks][kUpChannels];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q = lane & 3;
     const int b = blockIdx.y;
@@ -311,24 +326,41 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
     if (blockIdx.x == 0 && b == 0 && tid == 0)
         p.mask_count[0] = min(*p.count, static_cast<uint32_t>(p.batch)) * p.masks;
 
+    // Row R of this prompt is sub-pixel R % 4 of embedding pixel R / 4: its 64 channels.
+    const int l8 = tid % 8;
+    auto up1_row = [&](int row) {
+        return p.up1 + (static_cast<size_t>(b) * (kUpRows / 4) + (row >> 2)) * p.up1_ld + (row & 3) * kUp1 + l8 * 8;
+    };
+    // sam_convt1_ln_gelu stored GELU(LayerNorm2d(.)) already: both chunks' rows go straight to
+    // shared memory (one cp.async group per chunk), so chunk 1 loads under chunk 0's math.
+    if (p.normalized) {
+        for (int chunk = 0; chunk < kChunks; ++chunk) {
+#pragma unroll
+            for (int pass = 0; pass < kChunkRows / 32; ++pass) {
+                const int r = pass * 32 + tid / 8;
+                cp_async16(smem_addr(&a_s[chunk][r][l8 * 8]), up1_row(blockIdx.x * kBlockRows + chunk * kChunkRows + r), 16);
+            }
+            cp_async_commit();
+        }
+    }
+
     for (int chunk = 0; chunk < kChunks; ++chunk) {
         const int row0 = blockIdx.x * kBlockRows + chunk * kChunkRows;
-        __syncthreads();  // the previous chunk's fragments are read (chunk 0: parameters stored)
+        if (p.normalized) {
+            if (chunk == 0)
+                cp_async_wait<1>();
+            else
+                cp_async_wait<0>();
+        }
+        __syncthreads();  // this chunk's rows (normalized) or the parameters (chunk 0) are stored
         // LayerNorm2d + GELU: 8 lanes per row (one 16-byte vector each), 32 rows per pass;
         // variance from centred values as in norm.cu.
-        const int l8 = tid % 8;
 #pragma unroll
         for (int pass = 0; pass < kChunkRows / 32; ++pass) {
+            if (p.normalized) break;
             const int r = pass * 32 + tid / 8;
-            // Row R of this prompt is sub-pixel R % 4 of embedding pixel R / 4.
-            const int row = row0 + r;
-            const uint4 raw = reinterpret_cast<const uint4*>(
-                p.up1 + (static_cast<size_t>(b) * (kUpRows / 4) + (row >> 2)) * p.up1_ld + (row & 3) * kUp1)[l8];
+            const uint4 raw = *reinterpret_cast<const uint4*>(up1_row(row0 + r));
             float v[8];
-            if (p.normalized) {  // sam_convt1_ln_gelu stored GELU(LayerNorm2d(.)) already
-                *reinterpret_cast<uint4*>(&a_s[r][l8 * 8]) = raw;
-                continue;
-            }
             unpack8(raw, v);
             float sum = 0.f;
 #pragma unroll
@@ -350,7 +382,7 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
                 const int ch = l8 * 8 + e;
                 v[e] = activate(v[e] * inv * gamma_s[ch] + beta_s[ch], kActGelu);
             }
-            *reinterpret_cast<uint4*>(&a_s[r][l8 * 8]) = pack8(v);
+            *reinterpret_cast<uint4*>(&a_s[chunk][r][l8 * 8]) = pack8(v);
         }
         __syncthreads();
 
@@ -361,7 +393,7 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
         // Fragments by ldmatrix.x4 (rows 144 B apart: the 8 rows of a matrix hit distinct bank
         // quads). A: lanes 0-15 rows 0-15 at k, lanes 16-31 the same rows at k + 8. B: lanes
         // 8m..8m+7 the rows (n) of n-tile 2jj + m / 2 at k + 8 (m % 2): two n-tiles a load.
-        const uint32_t a_addr = smem_addr(&a_s[wr + (lane & 15)][(lane >> 4) * 8]);
+        const uint32_t a_addr = smem_addr(&a_s[chunk][wr + (lane & 15)][(lane >> 4) * 8]);
         const uint32_t b_addr = smem_addr(&w_s[(lane >> 4) * 8 + (lane & 7)][((lane >> 3) & 1) * 8]);
 #pragma unroll
         for (int kk = 0; kk < kUp1; kk += 16) {
@@ -384,12 +416,11 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
             float u[2][8];
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float bias = bias_s[(4 * s + jj) * 8 + 2 * q + e];
-                    u[0][jj * 2 + e] = activate(acc[4 * s + jj][e] + bias, kActGelu);
-                    u[1][jj * 2 + e] = activate(acc[4 * s + jj][2 + e] + bias, kActGelu);
-                }
+                const float2 bias = *reinterpret_cast<const float2*>(&bias_s[(4 * s + jj) * 8 + 2 * q]);
+                u[0][jj * 2] = gelu(acc[4 * s + jj][0] + bias.x);
+                u[0][jj * 2 + 1] = gelu(acc[4 * s + jj][1] + bias.y);
+                u[1][jj * 2] = gelu(acc[4 * s + jj][2] + bias.x);
+                u[1][jj * 2 + 1] = gelu(acc[4 * s + jj][3] + bias.y);
             }
 #pragma unroll
             for (int m = 0; m < kMaxMasks; ++m) {
@@ -397,12 +428,11 @@ extern "C" __global__ void __launch_bounds__(256) sam_upscale_masks(UpscaleMaskP
                 float lo = 0.f, hi = 0.f;
 #pragma unroll
                 for (int jj = 0; jj < 4; ++jj) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const float h = hyper[m][jj * 8 + 2 * q + e];
-                        lo = fmaf(h, u[0][jj * 2 + e], lo);
-                        hi = fmaf(h, u[1][jj * 2 + e], hi);
-                    }
+                    const float2 h = *reinterpret_cast<const float2*>(&hyper[m][jj * 8 + 2 * q]);
+                    lo = fmaf(h.x, u[0][jj * 2], lo);
+                    hi = fmaf(h.x, u[1][jj * 2], hi);
+                    lo = fmaf(h.y, u[0][jj * 2 + 1], lo);
+                    hi = fmaf(h.y, u[1][jj * 2 + 1], hi);
                 }
 #pragma unroll
                 for (int o = 1; o < 4; o <<= 1) {

@@ -114,6 +114,11 @@ impl Kernels {
         let assign = load_module(ctx, "assign", images::ASSIGN)?;
         let sam = load_module(ctx, "sam_decoder", images::SAM_DECODER)?;
         let sam_image_to_token = function(&sam, "sam_decoder", "sam_image_to_token")?;
+        let sam_upscale_masks = function(&sam, "sam_decoder", "sam_upscale_masks")?;
+        set_dynamic_smem(
+            &sam_upscale_masks,
+            crate::ops::sam_decoder::UPSCALE_SMEM_BYTES,
+        )?;
         let sam_convt1_ln_gelu = function(&sam, "sam_decoder", "sam_convt1_ln_gelu")?;
         set_dynamic_smem(
             &sam_convt1_ln_gelu,
@@ -225,7 +230,7 @@ impl Kernels {
             tracker_cost: function(&assign, "assign", "tracker_cost")?,
             tracker_update: function(&assign, "assign", "tracker_update")?,
             sam_prompt_encode: function(&sam, "sam_decoder", "sam_prompt_encode")?,
-            sam_upscale_masks: function(&sam, "sam_decoder", "sam_upscale_masks")?,
+            sam_upscale_masks,
             sam_image_to_token,
             sam_convt1_ln_gelu,
             sam_folded_image_to_token,

@@ -154,6 +154,10 @@ struct UpscaleMaskParams {
 // SAFETY: plain-old-data with the kernel's layout.
 unsafe impl DeviceRepr for UpscaleMaskParams {}
 
+/// Dynamic shared memory of `sam_upscale_masks`: both 128-row chunks of LayerNorm2d + GELU
+/// output, rows padded to 72 halves (static_assert in the kernel).
+pub(crate) const UPSCALE_SMEM_BYTES: u32 = 36_864;
+
 /// Channels after the first ConvTranspose2d of `output_upscaling`.
 pub const UPSCALE1_CHANNELS: usize = 64;
 
@@ -287,7 +291,7 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
     let cfg = LaunchConfig {
         grid_dim: ((rows / 256) as u32, a.batch as u32, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: UPSCALE_SMEM_BYTES,
     };
     // SAFETY: parameters mirror the kernel's; every buffer was checked above.
     unsafe { launch_with_params(gpu, KERNEL, &gpu.kernels().sam_upscale_masks, cfg, &params) }
