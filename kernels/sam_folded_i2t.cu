@@ -14,10 +14,11 @@
 //   p[t*8+h] = softmax over t < T of s[t*8+h]        (per head h)
 //   Y[b,j,:] = LayerNorm(X[b,j,:] + sum_r p[r] Vf[b,r,:] + bo) * gamma + beta
 // x + pe is added in fp16 (one rounding, __hadd2 on the MMA operand fragments); scores, the
-// softmax (log2 domain: s log2e + kb log2e, one FFMA), O and the LayerNorm (mean, then the centred
-// variance, biased) are fp32; O's accumulators start at the residual x, bo comes from the O MMA
-// (T < 8: a padding token's Vf rows hold bo as two fp16 parts, p = 1) or is added (T = 8); P is
-// rounded to fp16 for the second product (after normalisation); Y is rounded to fp16 once.
+// softmax (log2 domain: s log2e + kb log2e, one FFMA), O and the LayerNorm (mean and the biased
+// variance as E[o^2] - mean^2) are fp32; O's accumulators start at the residual x, bo comes from
+// the O MMA (T < 8: a padding token's Vf rows hold bo as two fp16 parts, p = 1) or is added
+// (T = 8); P is rounded to fp16 for the second product (after normalisation); Y is rounded to
+// fp16 once.
 //
 // Layout. A CTA of 8 independent warps; a warp's unit of work is 16 pixels of one prompt (rows
 // of its private X and PE slabs) against all 256 output columns, so the LayerNorm's row totals are
@@ -32,10 +33,10 @@
 //     (c0, c1 | c2, c3) of S n-tiles 2k and 2k + 1 packed to fp16 (FlashAttention-2 register
 //     reuse); B = Vf rows (the k dimension) by ldmatrix.x4.trans, two 8-column n-tiles a load;
 //     32 n-tiles = 128 fp32 accumulators per lane, initialised from ldmatrix.x4 of the X slab
-//     (an A fragment of 16 columns is the C fragment of two n-tiles) + bo.
-// Epilogue: two-pass LayerNorm with quad shuffles, the fp16 result written over the warp's X slab
-// by stmatrix.x4 (the residual's fragment layout) and stored to Y as whole 512-B rows (16-byte
-// stores).
+//     (an A fragment of 16 columns is the C fragment of two n-tiles); bo as above.
+// Epilogue: one-pass LayerNorm (fp32 sums and sums of squares) with quad shuffles, the fp16
+// result written over the warp's X slab by stmatrix.x4 (the residual's fragment layout) and
+// stored to Y as whole 512-B rows (16-byte stores).
 //
 // Persistent: grid = one CTA per SM (206,080 B of dynamic shared memory, 256 threads), each CTA
 // a contiguous range of the prompts' 16-pixel units, warp w taking units start + w, start + w + 8,
@@ -61,11 +62,12 @@
 // 4096 pixels, in place); in the decoder at 32 prompts 60.2 us (block 0, shared X) and 64.3 us
 // (block 1, in place); ncu at 32 prompts: issue slots 32 % busy, IPC 1.40, 5.6 cycles per issued
 // instruction (stalls: short scoreboard, wait, selected), ~2,250 instructions per warp per unit
-// executed. Now (236 registers): bo through the O MMA when T < 8 (the padding token 7's two Vf
+// executed. Now (238 registers): bo through the O MMA when T < 8 (the padding token 7's two Vf
 // rows bo_hi, bo_lo with p = 1; no per-value bias adds or loads), gamma / beta as one float4 load
-// per 2 columns, kb pre-scaled by log2 e as float2 pairs, O's 4 k-steps unconditional: ~1,960
-// instead of ~2,170 SASS instructions per unit in the loop (-10 %): estimate ~20 us at 8
-// prompts, ~61 us at 32 prompts. Not yet measured.
+// per 2 columns, kb pre-scaled by log2 e as float2 pairs, O's 4 k-steps unconditional, the
+// LayerNorm's sums and sums of squares in one pass ((o - mean) inv as one FFMA): ~1,840 instead
+// of ~2,170 SASS instructions per unit in the loop (-15 %): estimate ~19 us at 8 prompts, ~58 us
+// at 32 prompts. Not yet measured.
 #include "dense.cuh"
 #include "mma.cuh"
 
@@ -374,40 +376,32 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 }
             }
 
-            // LayerNorm over the 256 columns (quad shuffles: the warp owns them); partial sums
-            // in two chains per row.
-            float sum_lo[2] = {0.f, 0.f}, sum_hi[2] = {0.f, 0.f};
+            // LayerNorm over the 256 columns (quad shuffles: the warp owns them): sums and sums
+            // of squares in one pass, two chains each per row; var = E[o^2] - mean^2 in fp32
+            // (relative error ~1e-6 (1 + (mean / std)^2): the rows' means are small next to
+            // their spread here).
+            float st[4][2] = {};  // sum lo, sum hi, squares lo, squares hi; chains n & 1
 #pragma unroll
             for (int n = 0; n < kDim / 8; ++n) {
-                sum_lo[n & 1] += o[n][0] + o[n][1];
-                sum_hi[n & 1] += o[n][2] + o[n][3];
+                st[0][n & 1] += o[n][0] + o[n][1];
+                st[1][n & 1] += o[n][2] + o[n][3];
+                st[2][n & 1] = fmaf(o[n][0], o[n][0], fmaf(o[n][1], o[n][1], st[2][n & 1]));
+                st[3][n & 1] = fmaf(o[n][2], o[n][2], fmaf(o[n][3], o[n][3], st[3][n & 1]));
             }
-            float s_lo = sum_lo[0] + sum_lo[1], s_hi = sum_hi[0] + sum_hi[1];
+            float tot[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) tot[i] = st[i][0] + st[i][1];
 #pragma unroll
             for (int msk = 1; msk < 4; msk <<= 1) {
-                s_lo += __shfl_xor_sync(0xffffffffu, s_lo, msk);
-                s_hi += __shfl_xor_sync(0xffffffffu, s_hi, msk);
-            }
-            const float mean_lo = s_lo * (1.f / kDim), mean_hi = s_hi * (1.f / kDim);
-            float var_lo[2] = {0.f, 0.f}, var_hi[2] = {0.f, 0.f};
 #pragma unroll
-            for (int n = 0; n < kDim / 8; ++n) {
-#pragma unroll
-                for (int e2 = 0; e2 < 2; ++e2) {
-                    o[n][e2] -= mean_lo;
-                    o[n][2 + e2] -= mean_hi;
-                    var_lo[n & 1] = fmaf(o[n][e2], o[n][e2], var_lo[n & 1]);
-                    var_hi[n & 1] = fmaf(o[n][2 + e2], o[n][2 + e2], var_hi[n & 1]);
-                }
+                for (int i = 0; i < 4; ++i) tot[i] += __shfl_xor_sync(0xffffffffu, tot[i], msk);
             }
-            float v_lo = var_lo[0] + var_lo[1], v_hi = var_hi[0] + var_hi[1];
-#pragma unroll
-            for (int msk = 1; msk < 4; msk <<= 1) {
-                v_lo += __shfl_xor_sync(0xffffffffu, v_lo, msk);
-                v_hi += __shfl_xor_sync(0xffffffffu, v_hi, msk);
-            }
-            const float inv_lo = rsqrtf(v_lo * (1.f / kDim) + p.eps);
-            const float inv_hi = rsqrtf(v_hi * (1.f / kDim) + p.eps);
+            const float mean_lo = tot[0] * (1.f / kDim), mean_hi = tot[1] * (1.f / kDim);
+            const float var_lo = fmaxf(fmaf(tot[2], 1.f / kDim, -mean_lo * mean_lo), 0.f);
+            const float var_hi = fmaxf(fmaf(tot[3], 1.f / kDim, -mean_hi * mean_hi), 0.f);
+            const float inv_lo = rsqrtf(var_lo + p.eps), inv_hi = rsqrtf(var_hi + p.eps);
+            // (o - mean) inv as one FFMA per value.
+            const float sh_lo = -mean_lo * inv_lo, sh_hi = -mean_hi * inv_hi;
             // Y in fp16 over the warp's X slab (every lane's residual reads are done: the
             // ldmatrix results fed O), by stmatrix in the fragment layout the residual came in.
             __syncwarp();
@@ -418,10 +412,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 for (int h = 0; h < 2; ++h) {
                     const int n = 2 * m + h;
                     const float4 gb = gb_s[(n * 8 + L.q2) / 2];  // gamma, beta of 2 columns
-                    yr[2 * h] = pack_half2(fmaf(o[n][0] * inv_lo, gb.x, gb.z),
-                                           fmaf(o[n][1] * inv_lo, gb.y, gb.w));
-                    yr[2 * h + 1] = pack_half2(fmaf(o[n][2] * inv_hi, gb.x, gb.z),
-                                               fmaf(o[n][3] * inv_hi, gb.y, gb.w));
+                    yr[2 * h] = pack_half2(fmaf(fmaf(o[n][0], inv_lo, sh_lo), gb.x, gb.z),
+                                           fmaf(fmaf(o[n][1], inv_lo, sh_lo), gb.y, gb.w));
+                    yr[2 * h + 1] = pack_half2(fmaf(fmaf(o[n][2], inv_hi, sh_hi), gb.x, gb.z),
+                                               fmaf(fmaf(o[n][3], inv_hi, sh_hi), gb.y, gb.w));
                 }
                 stmatrix_x4(xa + m * 32, yr[0], yr[1], yr[2], yr[3], x_g, m * 16 + L.q2);
             }
