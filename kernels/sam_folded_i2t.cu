@@ -307,7 +307,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 for (int i = 0; i < 2; ++i) {
                     const int c = 2 * i + e2;  // accumulator slot: row g or g + 8, head 2q + e2
 #pragma unroll
-                    for (int t = 0; t < kMaxTokens; ++t) sc[t][c] = fmaf(sc[t][c], log2e, e2 ? kbl[t].y : kbl[t].x);
+                    for (int t = 0; t < kMaxTokens; ++t)
+                        sc[t][c] = fmaf(sc[t][c], log2e, e2 ? kbl[t].y : kbl[t].x);
                     float mx = sc[0][c];
 #pragma unroll
                     for (int t = 1; t < kMaxTokens; ++t)
