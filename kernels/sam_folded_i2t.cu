@@ -14,9 +14,11 @@
 //   p[t*8+h] = softmax over t < T of s[t*8+h]        (per head h)
 //   Y[b,j,:] = LayerNorm(X[b,j,:] + sum_r p[r] Vf[b,r,:] + bo) * gamma + beta
 // x + pe is added in fp16 (one rounding, __hadd2 on the MMA operand fragments); scores, the
-// softmax (log2 domain: s log2e + kb log2e, one FFMA), O and the LayerNorm (mean, then the centred
-// variance, biased) are fp32; O's accumulators start at the residual x + bo; P is rounded to fp16
-// for the second product (after normalisation); Y is rounded to fp16 once.
+// softmax (log2 domain: s log2e + kb log2e, one FFMA), O and the LayerNorm (mean and the biased
+// variance as E[o^2] - mean^2) are fp32; O's accumulators start at the residual x, bo comes from
+// the O MMA (T < 8: a padding token's Vf rows hold bo as two fp16 parts, p = 1) or is added
+// (T = 8); P is rounded to fp16 for the second product (after normalisation); Y is rounded to
+// fp16 once.
 //
 // Layout. A CTA of 8 independent warps; a warp's unit of work is 16 pixels of one prompt (rows
 // of its private X and PE slabs) against all 256 output columns, so the LayerNorm's row totals are
@@ -31,10 +33,10 @@
 //     (c0, c1 | c2, c3) of S n-tiles 2k and 2k + 1 packed to fp16 (FlashAttention-2 register
 //     reuse); B = Vf rows (the k dimension) by ldmatrix.x4.trans, two 8-column n-tiles a load;
 //     32 n-tiles = 128 fp32 accumulators per lane, initialised from ldmatrix.x4 of the X slab
-//     (an A fragment of 16 columns is the C fragment of two n-tiles) + bo.
-// Epilogue: two-pass LayerNorm with quad shuffles, the fp16 result written over the warp's X slab
-// by stmatrix.x4 (the residual's fragment layout) and stored to Y as whole 512-B rows (16-byte
-// stores).
+//     (an A fragment of 16 columns is the C fragment of two n-tiles); bo as above.
+// Epilogue: one-pass LayerNorm (fp32 sums and sums of squares) with quad shuffles, the fp16
+// result written over the warp's X slab by stmatrix.x4 (the residual's fragment layout) and
+// stored to Y as whole 512-B rows (16-byte stores).
 //
 // Persistent: grid = one CTA per SM (206,080 B of dynamic shared memory, 256 threads), each CTA
 // a contiguous range of the prompts' 16-pixel units, warp w taking units start + w, start + w + 8,
@@ -56,8 +58,16 @@
 // 1308 GB/s). This layout (8 warps, 242 registers, 2 warps per scheduler; fewer epilogue
 // instructions: residual + bias as the O accumulators' start, stmatrix, two-chain sums; the
 // softmax in one FFMA per score, per-unit addresses computed once: ~2,400 instructions per warp
-// per 16 rows): estimate ~14 us at 8 prompts, ~50 us at 32 prompts. Not yet
-// measured.
+// per 16 rows): measured (H200, 2026-11-27) 22.1 us at 8 prompts, 67.3 us at 32 prompts (T 7,
+// 4096 pixels, in place); in the decoder at 32 prompts 60.2 us (block 0, shared X) and 64.3 us
+// (block 1, in place); ncu at 32 prompts: issue slots 32 % busy, IPC 1.40, 5.6 cycles per issued
+// instruction (stalls: short scoreboard, wait, selected), ~2,250 instructions per warp per unit
+// executed. Now (238 registers): bo through the O MMA when T < 8 (the padding token 7's two Vf
+// rows bo_hi, bo_lo with p = 1; no per-value bias adds or loads), gamma / beta as one float4 load
+// per 2 columns, kb pre-scaled by log2 e as float2 pairs, O's 4 k-steps unconditional, the
+// LayerNorm's sums and sums of squares in one pass ((o - mean) inv as one FFMA): ~1,840 instead
+// of ~2,170 SASS instructions per unit in the loop (-15 %): estimate ~19 us at 8 prompts, ~58 us
+// at 32 prompts. Not yet measured.
 #include "dense.cuh"
 #include "mma.cuh"
 
@@ -77,8 +87,9 @@ constexpr int kMatBytes = kRows * kLd * 2;  // one [64][264] fp16 matrix: 33,792
 constexpr int kSlabBytes = kUnit * kLd * 2; // one warp's [16][264] fp16 slab: 8,448 B
 constexpr int kChunks = kDim / 8;           // 16-byte chunks per row
 
-// Dynamic shared memory: Kf | Vf | X slabs [8 warps] | PE slabs [8 warps] | kb [64] | bo, gamma,
-// beta [256] f32. Mirrors `FOLDED_I2T_SMEM_BYTES` in src/ops/sam_folded_i2t.rs.
+// Dynamic shared memory: Kf | Vf | X slabs [8 warps] | PE slabs [8 warps] | kb [64] (times log2 e)
+// | bo [256] f32 | gamma, beta [128] float4 {gamma[2i], gamma[2i + 1], beta[2i], beta[2i + 1]}.
+// Mirrors `FOLDED_I2T_SMEM_BYTES` in src/ops/sam_folded_i2t.rs.
 constexpr int kKfOff = 0;
 constexpr int kVfOff = kKfOff + kMatBytes;
 constexpr int kXOff = kVfOff + kMatBytes;
@@ -88,6 +99,7 @@ constexpr int kParamOff = kKbOff + kRows * 4;
 constexpr int kSmemBytes = kParamOff + 3 * kDim * 4;
 static_assert(kSmemBytes == 206080, "mirror FOLDED_I2T_SMEM_BYTES");
 static_assert(kSmemBytes + 1024 <= 228 * 1024, "one CTA per SM on sm_90");
+static_assert(kThreads == kDim, "the prologue writes one bias column per thread");
 
 // Mirrors `FoldedI2tParams` in src/ops/sam_folded_i2t.rs.
 struct FoldedI2tParams {
@@ -133,10 +145,10 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
 #endif
 }
 
-// cp.async of 64 rows of 256 halves by the whole CTA (row stride 256 in global, kLd in shared);
-// rows at or past `valid` are zero-filled without reading.
-__device__ __forceinline__ void load_rows(__half* dst, const __half* src, int valid) {
-    for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+// cp.async of `rows` rows of 256 halves by the whole CTA (row stride 256 in global, kLd in
+// shared); rows at or past `valid` are zero-filled without reading.
+__device__ __forceinline__ void load_rows(__half* dst, const __half* src, int valid, int rows) {
+    for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
         const int row = i / kChunks, c = i % kChunks;
         const bool live = row < valid;
         cp_async16(smem_addr(dst + row * kLd + c * 8), live ? src + row * kDim + c * 8 : src,
@@ -160,8 +172,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     __half* vf_s = reinterpret_cast<__half*>(fi2t_smem + kVfOff);
     float* kb_s = reinterpret_cast<float*>(fi2t_smem + kKbOff);
     float* bo_s = reinterpret_cast<float*>(fi2t_smem + kParamOff);
-    float* gamma_s = bo_s + kDim;
-    float* beta_s = gamma_s + kDim;
+    float4* gb_s = reinterpret_cast<float4*>(bo_s + kDim);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int q = lane & 3;
@@ -170,6 +181,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     __half* xs = reinterpret_cast<__half*>(fi2t_smem + kXOff + warp * kSlabBytes);
     __half* ps = reinterpret_cast<__half*>(fi2t_smem + kPeOff + warp * kSlabBytes);
     const int T = p.tokens, R = kHeads * T;
+    // With T < 8 token 7 is padding: its Vf rows 56, 57 hold bo split into two fp16 parts
+    // (hi + lo, within 2^-22 of bo) and lanes q = 0 give it p = 1 for heads 0, 1, so the O MMA
+    // adds bo; rows 58..63 are zero. Written once (bo is per CTA); Vf loads stop at row 56.
+    const bool bias_mma = T < kMaxTokens;
+    const int vf_rows = bias_mma ? kRows - kHeads : kRows;
     const int units_per_prompt = p.pixels / kUnit;
     const int total = p.prompts * units_per_prompt;
     // Contiguous, balanced unit ranges: prompts change at most a few times per CTA.
@@ -177,10 +193,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     const int end = static_cast<int>(static_cast<long long>(total) * (blockIdx.x + 1) / gridDim.x);
     if (start >= end) return;
 
+    const float log2e = 1.4426950408889634f;
     auto load_tokens = [&](int b) {
-        load_rows(kf_s, p.kf + b * p.f_batch, R);
-        load_rows(vf_s, p.vf + b * p.f_batch, R);
-        if (tid < kRows) kb_s[tid] = tid < R ? p.kb[b * p.kb_batch + tid] : 0.f;
+        load_rows(kf_s, p.kf + b * p.f_batch, R, kRows);
+        load_rows(vf_s, p.vf + b * p.f_batch, R, vf_rows);
+        if (tid < kRows) kb_s[tid] = tid < R ? p.kb[b * p.kb_batch + tid] * log2e : 0.f;
     };
     // A unit's prompt and first pixel row (of its prompt).
     auto unit_prompt = [&](int u) { return u / units_per_prompt; };
@@ -194,10 +211,21 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     auto load_pe = [&](long long row0) { load_slab(ps_lane, p.pe + row0 * kDim + lane * 8); };
 
     // Prologue: parameters, the first prompt's tokens (the whole CTA), the warp's first unit.
-    if (tid < kDim / 4) {
-        cp_async16(smem_addr(bo_s + 4 * tid), p.bo + 4 * tid, 16);
-        cp_async16(smem_addr(gamma_s + 4 * tid), p.gamma + 4 * tid, 16);
-        cp_async16(smem_addr(beta_s + 4 * tid), p.beta + 4 * tid, 16);
+    if (tid < kDim / 4) cp_async16(smem_addr(bo_s + 4 * tid), p.bo + 4 * tid, 16);
+    if (tid < kDim / 2) {
+        const float2 gm = *reinterpret_cast<const float2*>(p.gamma + 2 * tid);
+        const float2 bt = *reinterpret_cast<const float2*>(p.beta + 2 * tid);
+        gb_s[tid] = make_float4(gm.x, gm.y, bt.x, bt.y);
+    }
+    if (bias_mma) {
+        const float bo = p.bo[tid];  // kThreads == kDim: one column per thread
+        const __half hi = __float2half_rn(bo);
+        const __half lo = __float2half_rn(bo - __half2float(hi));
+        __half* row = vf_s + (kRows - kHeads) * kLd + tid;
+        row[0] = hi;
+        row[kLd] = lo;
+#pragma unroll
+        for (int r = 2; r < kHeads; ++r) row[r * kLd] = __float2half_rn(0.f);
     }
     load_tokens(start / units_per_prompt);
     int u = start + warp;  // warp w takes units start + w, start + w + 8, ...
@@ -209,8 +237,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
     cp_async_commit();
 
-    const int pairs = (T + 1) / 2;  // token pairs: Kf ldmatrix.x4 loads and O k-steps
-    const float log2e = 1.4426950408889634f;
+    const int pairs = (T + 1) / 2;  // token pairs: Kf ldmatrix.x4 loads (S n-tiles)
+    // P of token 7 (padding when T < 8) for heads 0, 1 (lanes q = 0): 1, the bias rows' weight.
+    const uint32_t bias_p = q == 0 ? 0x3C003C00u : 0u;
     const uint32_t xa = smem_addr(xs + L.a_row * kLd + L.a_col);  // A / C fragment rows
     const uint32_t pa = smem_addr(ps + L.a_row * kLd + L.a_col);
     const uint32_t kfa = smem_addr(kf_s + L.b_row * kLd + L.b_col);
@@ -268,17 +297,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 
             // + kb, softmax over the tokens of each head (lane-local: heads 2q + e, rows g,
             // g + 8), normalised, in the log2 domain; tokens past T get p = 0.
+            float2 kbl[kMaxTokens];  // kb log2e of heads 2q, 2q + 1
+#pragma unroll
+            for (int t = 0; t < kMaxTokens; ++t)
+                kbl[t] = *reinterpret_cast<const float2*>(kb_s + t * kHeads + 2 * q);
 #pragma unroll
             for (int e2 = 0; e2 < 2; ++e2) {
-                float kbl[kMaxTokens];
-#pragma unroll
-                for (int t = 0; t < kMaxTokens; ++t)
-                    kbl[t] = kb_s[t * kHeads + 2 * q + e2] * log2e;
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int c = 2 * i + e2;  // accumulator slot: row g or g + 8, head 2q + e2
 #pragma unroll
-                    for (int t = 0; t < kMaxTokens; ++t) sc[t][c] = fmaf(sc[t][c], log2e, kbl[t]);
+                    for (int t = 0; t < kMaxTokens; ++t)
+                        sc[t][c] = fmaf(sc[t][c], log2e, e2 ? kbl[t].y : kbl[t].x);
                     float mx = sc[0][c];
 #pragma unroll
                     for (int t = 1; t < kMaxTokens; ++t)
@@ -304,9 +334,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 pf[k][2] = pack_half2(sc[2 * k + 1][0], sc[2 * k + 1][1]);
                 pf[k][3] = pack_half2(sc[2 * k + 1][2], sc[2 * k + 1][3]);
             }
+            if (bias_mma) pf[kMaxTokens / 2 - 1][2] = pf[kMaxTokens / 2 - 1][3] = bias_p;
 
-            // O starts at the residual X + bo (ldmatrix.x4 of X columns 16m.. is the C fragment
-            // of n-tiles 2m, 2m + 1), then O += P Vf over 32 n-tiles.
+            // O starts at the residual X (ldmatrix.x4 of X columns 16m.. is the C fragment of
+            // n-tiles 2m, 2m + 1), + bo here only when T = 8 (else in the MMA), then O += P Vf
+            // over 32 n-tiles and all 4 k-steps (tokens past T, but the bias token, have p = 0
+            // and zero Vf rows).
             float o[kDim / 8][4];
 #pragma unroll
             for (int m = 0; m < kDim / 16; ++m) {
@@ -315,62 +348,61 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int n = 2 * m + h;
-                    const float2 bias = *reinterpret_cast<const float2*>(bo_s + n * 8 + L.q2);
                     const float2 rl = half2_u32_to_float2(xr[2 * h]);
                     const float2 rh = half2_u32_to_float2(xr[2 * h + 1]);
-                    o[n][0] = rl.x + bias.x;
-                    o[n][1] = rl.y + bias.y;
-                    o[n][2] = rh.x + bias.x;
-                    o[n][3] = rh.y + bias.y;
+                    o[n][0] = rl.x;
+                    o[n][1] = rl.y;
+                    o[n][2] = rh.x;
+                    o[n][3] = rh.y;
+                }
+            }
+            if (!bias_mma) {
+#pragma unroll
+                for (int n = 0; n < kDim / 8; ++n) {
+                    const float2 bias = *reinterpret_cast<const float2*>(bo_s + n * 8 + L.q2);
+                    o[n][0] += bias.x;
+                    o[n][1] += bias.y;
+                    o[n][2] += bias.x;
+                    o[n][3] += bias.y;
                 }
             }
 #pragma unroll
             for (int k = 0; k < kMaxTokens / 2; ++k) {
-                if (k < pairs) {
 #pragma unroll
-                    for (int n2 = 0; n2 < kDim / 16; ++n2) {
-                        uint32_t bf[4];
-                        ldmatrix_x4_trans(bf, vfa + (k * 16 * kLd + n2 * 16) * 2);
-                        mma16816(o[2 * n2], pf[k], bf[0], bf[1]);
-                        mma16816(o[2 * n2 + 1], pf[k], bf[2], bf[3]);
-                    }
+                for (int n2 = 0; n2 < kDim / 16; ++n2) {
+                    uint32_t bf[4];
+                    ldmatrix_x4_trans(bf, vfa + (k * 16 * kLd + n2 * 16) * 2);
+                    mma16816(o[2 * n2], pf[k], bf[0], bf[1]);
+                    mma16816(o[2 * n2 + 1], pf[k], bf[2], bf[3]);
                 }
             }
 
-            // LayerNorm over the 256 columns (quad shuffles: the warp owns them); partial sums
-            // in two chains per row.
-            float sum_lo[2] = {0.f, 0.f}, sum_hi[2] = {0.f, 0.f};
+            // LayerNorm over the 256 columns (quad shuffles: the warp owns them): sums and sums
+            // of squares in one pass, two chains each per row; var = E[o^2] - mean^2 in fp32
+            // (relative error ~1e-6 (1 + (mean / std)^2): the rows' means are small next to
+            // their spread here).
+            float st[4][2] = {};  // sum lo, sum hi, squares lo, squares hi; chains n & 1
 #pragma unroll
             for (int n = 0; n < kDim / 8; ++n) {
-                sum_lo[n & 1] += o[n][0] + o[n][1];
-                sum_hi[n & 1] += o[n][2] + o[n][3];
+                st[0][n & 1] += o[n][0] + o[n][1];
+                st[1][n & 1] += o[n][2] + o[n][3];
+                st[2][n & 1] = fmaf(o[n][0], o[n][0], fmaf(o[n][1], o[n][1], st[2][n & 1]));
+                st[3][n & 1] = fmaf(o[n][2], o[n][2], fmaf(o[n][3], o[n][3], st[3][n & 1]));
             }
-            float s_lo = sum_lo[0] + sum_lo[1], s_hi = sum_hi[0] + sum_hi[1];
+            float tot[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) tot[i] = st[i][0] + st[i][1];
 #pragma unroll
             for (int msk = 1; msk < 4; msk <<= 1) {
-                s_lo += __shfl_xor_sync(0xffffffffu, s_lo, msk);
-                s_hi += __shfl_xor_sync(0xffffffffu, s_hi, msk);
-            }
-            const float mean_lo = s_lo * (1.f / kDim), mean_hi = s_hi * (1.f / kDim);
-            float var_lo[2] = {0.f, 0.f}, var_hi[2] = {0.f, 0.f};
 #pragma unroll
-            for (int n = 0; n < kDim / 8; ++n) {
-#pragma unroll
-                for (int e2 = 0; e2 < 2; ++e2) {
-                    o[n][e2] -= mean_lo;
-                    o[n][2 + e2] -= mean_hi;
-                    var_lo[n & 1] = fmaf(o[n][e2], o[n][e2], var_lo[n & 1]);
-                    var_hi[n & 1] = fmaf(o[n][2 + e2], o[n][2 + e2], var_hi[n & 1]);
-                }
+                for (int i = 0; i < 4; ++i) tot[i] += __shfl_xor_sync(0xffffffffu, tot[i], msk);
             }
-            float v_lo = var_lo[0] + var_lo[1], v_hi = var_hi[0] + var_hi[1];
-#pragma unroll
-            for (int msk = 1; msk < 4; msk <<= 1) {
-                v_lo += __shfl_xor_sync(0xffffffffu, v_lo, msk);
-                v_hi += __shfl_xor_sync(0xffffffffu, v_hi, msk);
-            }
-            const float inv_lo = rsqrtf(v_lo * (1.f / kDim) + p.eps);
-            const float inv_hi = rsqrtf(v_hi * (1.f / kDim) + p.eps);
+            const float mean_lo = tot[0] * (1.f / kDim), mean_hi = tot[1] * (1.f / kDim);
+            const float var_lo = fmaxf(fmaf(tot[2], 1.f / kDim, -mean_lo * mean_lo), 0.f);
+            const float var_hi = fmaxf(fmaf(tot[3], 1.f / kDim, -mean_hi * mean_hi), 0.f);
+            const float inv_lo = rsqrtf(var_lo + p.eps), inv_hi = rsqrtf(var_hi + p.eps);
+            // (o - mean) inv as one FFMA per value.
+            const float sh_lo = -mean_lo * inv_lo, sh_hi = -mean_hi * inv_hi;
             // Y in fp16 over the warp's X slab (every lane's residual reads are done: the
             // ldmatrix results fed O), by stmatrix in the fragment layout the residual came in.
             __syncwarp();
@@ -379,13 +411,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 uint32_t yr[4];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int n = 2 * m + h, c = n * 8 + L.q2;
-                    const float2 gm = *reinterpret_cast<const float2*>(gamma_s + c);
-                    const float2 bt = *reinterpret_cast<const float2*>(beta_s + c);
-                    yr[2 * h] = pack_half2(fmaf(o[n][0] * inv_lo, gm.x, bt.x),
-                                           fmaf(o[n][1] * inv_lo, gm.y, bt.y));
-                    yr[2 * h + 1] = pack_half2(fmaf(o[n][2] * inv_hi, gm.x, bt.x),
-                                               fmaf(o[n][3] * inv_hi, gm.y, bt.y));
+                    const int n = 2 * m + h;
+                    const float4 gb = gb_s[(n * 8 + L.q2) / 2];  // gamma, beta of 2 columns
+                    yr[2 * h] = pack_half2(fmaf(fmaf(o[n][0], inv_lo, sh_lo), gb.x, gb.z),
+                                           fmaf(fmaf(o[n][1], inv_lo, sh_lo), gb.y, gb.w));
+                    yr[2 * h + 1] = pack_half2(fmaf(fmaf(o[n][2], inv_hi, sh_hi), gb.x, gb.z),
+                                               fmaf(fmaf(o[n][3], inv_hi, sh_hi), gb.y, gb.w));
                 }
                 stmatrix_x4(xa + m * 32, yr[0], yr[1], yr[2], yr[3], x_g, m * 16 + L.q2);
             }
