@@ -56,7 +56,7 @@
 // Shared memory: 2 slots x (X + K) x 32 KB + 32 KB (Q staging, then the pair exchange, then the
 // fp16 A rows) = 160 KB: one CTA per SM (sm_86/89 cannot run it, the launch then fails with
 // a typed error). __launch_bounds__(256, 1): up to 255 registers (Q fragments 64 + A 64 +
-// scores 16 + half a stage of X and PE 32): 254, no spills (sm_90a, CUDA 12).
+// scores 16 + half a stage of X and PE 32): 245, no spills (sm_90a, CUDA 12).
 //
 // Floor (estimates, not measurements; H100/H200, 132 SMs):
 // - FLOPs: 2 x (64 x N x 256 x 2) per prompt (scores and P V over 64 padded rows) = 268 MFLOP
@@ -79,7 +79,8 @@
 // bound on the LSU / shared pipe (~6k cycles per stage).
 // This version (estimate, not measured): per stage ~13 % fewer shared wavefronts and ~12 %
 // fewer instructions per warp (half the softmax, a 2 x 16 B instead of 8 x 16 B exchange per
-// lane, own-key P V issued before the second pair barrier): b32 ~46-49 us, b8 ~19-20 us.
+// lane, own-key P V issued before the second pair barrier, the 64-FMUL rescale of A skipped
+// when no row maximum of the warp moved): b32 ~46-49 us, b8 ~19-20 us.
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -297,11 +298,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
                 mx_buf[warp * 16 + g + 8] = mx[1];
             }
             named_barrier_sync(1 + rg, 64);
+            float alpha[2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const float m = fmaxf(mx[i], mx_buf[(warp ^ 1) * 16 + g + 8 * i]);
                 const float m_new = fmaxf(row_max[i], m * c);
-                const float alpha = exp2f(row_max[i] - m_new);  // exp2(-inf) = 0 at first
+                alpha[i] = exp2f(row_max[i] - m_new);  // exp2(-inf) = 0 at first
                 row_max[i] = m_new;
                 float sum = 0.f;
 #pragma unroll
@@ -310,11 +312,16 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
                     sc[j][2 * i + 1] = exp2f(fmaf(sc[j][2 * i + 1], c, -m_new));
                     sum += sc[j][2 * i] + sc[j][2 * i + 1];
                 }
-                row_sum[i] = row_sum[i] * alpha + sum;
+                row_sum[i] = row_sum[i] * alpha[i] + sum;
+            }
+            // Rescale A unless no row's maximum moved (x * 1.f == x: skipping is exact).
+            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
                 for (int n = 0; n < 16; ++n) {
-                    acc[n][2 * i] *= alpha;
-                    acc[n][2 * i + 1] *= alpha;
+                    acc[n][0] *= alpha[0];
+                    acc[n][1] *= alpha[0];
+                    acc[n][2] *= alpha[1];
+                    acc[n][3] *= alpha[1];
                 }
             }
 
