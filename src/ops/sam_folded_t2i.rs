@@ -44,7 +44,7 @@ pub const FOLDED_MAX_PROMPTS: usize = 65_535;
 /// Most key chunks per prompt.
 pub const FOLDED_MAX_CHUNKS: usize = 32;
 /// Dynamic shared memory: 2 slots x (X + K tiles of 64 x 256 halves) + 32 KB for Q / the
-/// score exchange / the fp16 A rows (static_assert in the kernel): sm_80 and sm_90 offer it.
+/// pair exchange (row maxima, fp16 P) / the fp16 A rows (static_assert in the kernel): sm_80 and sm_90 offer it.
 pub const FOLDED_T2I_SMEM_BYTES: u32 = 163_840;
 
 const THREADS: u32 = 256;
