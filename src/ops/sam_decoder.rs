@@ -336,6 +336,18 @@ pub struct ConvT1Args {
     pub eps: f32,
     /// fp16 `[rows, 256]` output; must not overlap x.
     pub y: DeviceRegion,
+    /// SMs to leave without a CTA of this launch, for work issued on another stream at the same
+    /// time (a CTA takes a whole SM's shared memory); 0 uses every SM. At least one is used.
+    pub spare_sms: usize,
+}
+
+/// CTAs of a [`launch_convt1_ln_gelu`] over `rows` rows on `sm_count` SMs, `spare_sms` of them
+/// left free: one per SM, each of two 8-warp groups taking every other tile.
+pub fn convt1_ctas(rows: usize, sm_count: usize, spare_sms: usize) -> usize {
+    (rows / CONVT1_TILE_ROWS)
+        .div_ceil(2)
+        .min(sm_count.saturating_sub(spare_sms))
+        .max(1)
 }
 
 fn convt1_params(a: &ConvT1Args) -> Result<ConvT1Params> {
@@ -402,11 +414,9 @@ pub fn launch_convt1_ln_gelu(gpu: &Gpu, args: &ConvT1Args) -> Result<()> {
             ),
         ));
     }
-    let tiles = args.rows / CONVT1_TILE_ROWS;
     let cfg = LaunchConfig {
-        // Two groups of 8 warps per CTA, each taking every other tile.
         grid_dim: (
-            tiles.div_ceil(2).min(kernels.sm_count() as usize).max(1) as u32,
+            convt1_ctas(args.rows, kernels.sm_count() as usize, args.spare_sms) as u32,
             1,
             1,
         ),

@@ -34,17 +34,17 @@ use crate::ops::sam_cross_attention::{
     CrossRows,
 };
 use crate::ops::sam_decoder::{
-    launch_convt1_ln_gelu, launch_image_to_token, launch_mask_embed, launch_prompt_encode,
-    launch_upscale_masks, mask_params, masks_per_prompt, ConvT1Args, ImageToTokenArgs,
-    MaskEmbedArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS,
-    OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
+    convt1_ctas, launch_convt1_ln_gelu, launch_image_to_token, launch_mask_embed,
+    launch_prompt_encode, launch_upscale_masks, mask_params, masks_per_prompt, ConvT1Args,
+    ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS,
+    MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
 };
 use crate::ops::sam_folded_i2t::{
     launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_I2T_SMEM_BYTES,
 };
 use crate::ops::sam_folded_t2i::{
-    folded_token_to_image_workspace, launch_folded_token_to_image, FoldedTokenToImageArgs,
-    FOLDED_T2I_SMEM_BYTES,
+    folded_token_to_image_workspace, launch_folded_token_to_image, plan_folded_token_to_image,
+    FoldedTokenToImageArgs, FOLDED_T2I_SMEM_BYTES,
 };
 use crate::ops::sam_heads::{heads_output_bytes, launch_heads, HeadsArgs};
 use crate::ops::sam_tokens::{
@@ -83,9 +83,9 @@ const LN2D_EPS: f32 = 1e-6;
 /// memory of sm_90): their projections of the 4096 image rows are replaced by per-token factors
 /// (cheaper while 8 T is below ~128; box prompts have T = 7). See docs/MOBILESAM.md.
 pub const FOLD_MAX_TOKENS: usize = 8;
-/// SMs a folded image->token attention leaves to the token work issued beside it on the side
-/// stream (a handful of small launches of 1-28 CTAs).
-const SIDE_STREAM_SMS: usize = 4;
+/// SMs a big one-CTA-per-SM kernel (folded image->token attention, first ConvTranspose2d)
+/// leaves to the small token launches (1-28 CTAs each) issued beside it on the other stream.
+const SPARE_SMS: usize = 4;
 
 /// Column offsets of the token positional projections (`query_pe @ W^T` for every projection
 /// that sees `queries + query_pe`), one GEMM per decode. Zero columns stand where the GEMM
@@ -1215,7 +1215,7 @@ impl DecodePlan {
         // Folded token -> image (plans of <= FOLD_MAX_TOKENS tokens): `fold_q` turns q rows (x,
         // stride) into Qf = scale q_h W_k,h (W_k the k_proj weight); `folded_token_to_image`
         // then runs softmax(Qf (keys + pe)^T) keys W_v^T + b_v over the per-prompt keys (W_v, b_v
-        // the v_proj weight and bias) and out_proj + residual + norm.
+        // the v_proj weight and bias); out_proj + residual + norm follow (`out_norm`).
         let fold_q = |(q, q_stride): (DeviceRegion, usize), wk: DeviceRegion| -> Result<()> {
             let Some(f) = ids.fold else {
                 return Err(Error::Plan("folded attention in an unfolded plan".into()));
@@ -1233,10 +1233,7 @@ impl DecodePlan {
                 }],
             )
         };
-        let folded_token_to_image = |(wv, bv): (DeviceRegion, DeviceRegion),
-                                     out: (DeviceRegion, DeviceRegion),
-                                     norm: (DeviceRegion, DeviceRegion)|
-         -> Result<()> {
+        let folded_token_to_image = |(wv, bv): (DeviceRegion, DeviceRegion)| -> Result<()> {
             let Some(f) = ids.fold else {
                 return Err(Error::Plan("folded attention in an unfolded plan".into()));
             };
@@ -1263,8 +1260,7 @@ impl DecodePlan {
                             counter_slots,
                         }),
                 },
-            )?;
-            out_norm(CROSS, out, true, norm)
+            )
         };
         // Folded image -> token: keys = norm4(x + softmax_t((x + pe) Kf^T + kb) Vf + b_o) over
         // the factors of one `launch_head_fold` (x: the shared embedding or the keys in place).
@@ -1398,14 +1394,11 @@ impl DecodePlan {
             };
             if folded_t2i {
                 // Folded (Qf from the prefix): attention over keys + pe, v_proj, out_proj, norm2.
-                folded_token_to_image(
-                    (
-                        offset(lw.keys.0, 2 * CROSS * D),
-                        offset_bytes(keys_b, 2 * CROSS * 4),
-                    ),
-                    lw.t2i_out,
-                    lw.norms[1],
-                )?;
+                folded_token_to_image((
+                    offset(lw.keys.0, 2 * CROSS * D),
+                    offset_bytes(keys_b, 2 * CROSS * 4),
+                ))?;
+                out_norm(CROSS, lw.t2i_out, true, lw.norms[1])?;
             } else {
                 let first = if shared { self.shared_first_col() } else { 0 };
                 token_to_image(
@@ -1494,10 +1487,10 @@ impl DecodePlan {
                 };
                 // The attention takes one SM per CTA: leave a few to the token work beside it.
                 if l == 0 && run(DecodePart::Block1) {
-                    gpu.fork_join(|| token_prefix(1), || attend(SIDE_STREAM_SMS))?;
+                    gpu.fork_join(|| token_prefix(1), || attend(SPARE_SMS))?;
                     block1_prefix_done = true;
                 } else if l == 1 && run(DecodePart::Final) {
-                    gpu.fork_join(final_fold_q, || attend(SIDE_STREAM_SMS))?;
+                    gpu.fork_join(final_fold_q, || attend(SPARE_SMS))?;
                     final_q_done = true;
                 } else {
                     attend(0)?;
@@ -1525,43 +1518,77 @@ impl DecodePlan {
             )?;
         }
 
-        // Final token -> image attention.
+        // Heads: the 5 MLPs (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5) in one
+        // launch, output [5][max][32] as the upscaling reads it.
+        let heads = || {
+            launch_heads(
+                gpu,
+                &HeadsArgs {
+                    prompts: b,
+                    tokens: t,
+                    queries,
+                    layers: w.heads,
+                    stride: max,
+                    y: r(ids.heads),
+                },
+            )
+        };
+        let mut heads_done = false;
+        // Final token -> image attention (and the first ConvTranspose2d).
         if run(DecodePart::Final) && ids.fold.is_some() {
             // Folded: the first ConvTranspose2d alone (rows 256.. of the final keys weight
-            // [k | v | convT 1]) with its LayerNorm2d and GELU (`sam_convt1_ln_gelu`) on the side
-            // stream, while the main stream runs the attention: Qf from the final q (block 1's
-            // post-MLP GEMM), the attention over the final keys, out_proj + norm. Both only read
-            // the keys; they write `g` and the token tensors.
+            // [k | v | convT 1]) with its LayerNorm2d and GELU (`sam_convt1_ln_gelu`), and the
+            // attention: Qf from the final q (block 1's post-MLP GEMM), the attention over the
+            // final keys, out_proj + norm. Both only read the keys; they write `g` and the token
+            // tensors, so the ConvTranspose runs on the side stream.
             let f = &w.last;
-            gpu.fork_join(
-                || {
-                    launch_convt1_ln_gelu(
-                        gpu,
-                        &ConvT1Args {
-                            rows: b * PIXELS,
-                            x: r(ids.keys),
-                            weight: offset(f.keys.0, FINAL_UP1 * D),
-                            bias: offset_bytes(f.keys.1, FINAL_UP1 * 4),
-                            ln: w.up1_ln,
-                            eps: LN2D_EPS,
-                            y: r(ids.g),
-                        },
-                    )
-                },
-                || {
-                    if !final_q_done {
-                        final_fold_q()?;
-                    }
-                    folded_token_to_image(
-                        (
-                            offset(f.keys.0, CROSS * D),
-                            offset_bytes(f.keys.1, CROSS * 4),
-                        ),
-                        f.out,
-                        f.norm,
-                    )
-                },
-            )?;
+            let convt1 = |spare_sms| {
+                launch_convt1_ln_gelu(
+                    gpu,
+                    &ConvT1Args {
+                        rows: b * PIXELS,
+                        x: r(ids.keys),
+                        weight: offset(f.keys.0, FINAL_UP1 * D),
+                        bias: offset_bytes(f.keys.1, FINAL_UP1 * 4),
+                        ln: w.up1_ln,
+                        eps: LN2D_EPS,
+                        y: r(ids.g),
+                        spare_sms,
+                    },
+                )
+            };
+            let attend = || -> Result<()> {
+                if !final_q_done {
+                    final_fold_q()?;
+                }
+                folded_token_to_image((
+                    offset(f.keys.0, CROSS * D),
+                    offset_bytes(f.keys.1, CROSS * 4),
+                ))
+            };
+            let out_norm_final = || out_norm(CROSS, f.out, true, f.norm);
+            let sm = gpu.kernels().sm_count() as usize;
+            let t2i_ctas = plan_folded_token_to_image(b, t, PIXELS, sm)?.chunks * b;
+            if t2i_ctas + convt1_ctas(b * PIXELS, sm, 0) <= sm {
+                // Both fit on the SMs at once (small batches): side by side.
+                gpu.fork_join(|| convt1(0), || attend().and_then(|()| out_norm_final()))?;
+            } else {
+                // Each takes one CTA per SM, so they would take turns anyway: the attention
+                // first, then the ConvTranspose (leaving a few SMs) beside the token tail,
+                // out_proj + norm and the heads.
+                attend()?;
+                gpu.fork_join(
+                    || convt1(SPARE_SMS),
+                    || {
+                        out_norm_final()?;
+                        if run(DecodePart::Heads) {
+                            heads()?;
+                            heads_done = true;
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
         } else if run(DecodePart::Final) {
             let f = &w.last;
             let gx = Matrix::packed(r(ids.keys), D).with_batch_stride(PIXELS * D);
@@ -1584,20 +1611,8 @@ impl DecodePlan {
             token_to_image(None, (r(ids.g), FINAL_N, 0, false), f.out, f.norm)?;
         }
 
-        // Heads: the 5 MLPs (0 = IoU on token 0, 1..5 = hypernetworks on tokens 1..5) in one
-        // launch, output [5][max][32] as the upscaling reads it.
-        if run(DecodePart::Heads) {
-            launch_heads(
-                gpu,
-                &HeadsArgs {
-                    prompts: b,
-                    tokens: t,
-                    queries,
-                    layers: w.heads,
-                    stride: max,
-                    y: r(ids.heads),
-                },
-            )?;
+        if run(DecodePart::Heads) && !heads_done {
+            heads()?;
         }
 
         // Output upscaling: the first ConvTranspose2d came with the final keys projection
