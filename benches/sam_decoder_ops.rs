@@ -25,6 +25,12 @@
 //!   q folded into the tokens + out_proj + residual + norm4, 8 and 32 prompts, T = 7, N = 4096,
 //!   per-prompt X in place. Prints TFLOP/s of the two products (2 x 2 x N x 8T x 256 per prompt)
 //!   and GB/s of X read + Y written (4 MiB per prompt; PE, L2-resident, not counted).
+//! - `launch_head_fold` (kernels/sam_tokens.cu `sam_head_fold`): the folded attentions' token
+//!   factors, two folds per launch (Kf with the bias dots, Vf) as before an image->token
+//!   attention, rows 56 and 224; GB/s of compulsory bytes (x rows, both weights, outputs).
+//! - `launch_convt1_ln_gelu` (kernels/sam_decoder.cu `sam_convt1_ln_gelu`): the first
+//!   ConvTranspose2d + LayerNorm2d + GELU over 8 and 32 prompts' final keys (4096 x 256 each);
+//!   TFLOP/s of the GEMM (2 x rows x 256 x 256) and GB/s of x read + y written.
 //!
 //! Token linear / MLP / heads print GB/s of compulsory bytes: every weight and bias read once,
 //! the rows read and written once (the MLP's f32 partial-product scratch and the heads' weight
@@ -42,6 +48,7 @@ use finesam::ops::sam_cross_attention::{
     cross_attention_workspace, launch_cross_attention, plan_cross_attention, CrossAttentionArgs,
     CrossAttentionWorkspace, CrossRows, CROSS_HEADS, CROSS_HEAD_DIM, CROSS_WIDTH,
 };
+use finesam::ops::sam_decoder::{launch_convt1_ln_gelu, ConvT1Args};
 use finesam::ops::sam_folded_i2t::{
     launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_DIM, FOLDED_HEADS,
 };
@@ -53,8 +60,9 @@ use finesam::ops::sam_heads::{
     heads_output_bytes, launch_heads, HeadsArgs, HEAD_HIDDEN, HEAD_MLPS, HEAD_OUT,
 };
 use finesam::ops::sam_tokens::{
-    launch_token_linear, launch_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
-    token_mlp_tile_rows, TokenLinearArgs, TokenMlpArgs, TOKEN_DIM, TOKEN_MLP_HIDDEN,
+    launch_head_fold, launch_token_linear, launch_token_mlp, select_token_mlp_tile,
+    token_mlp_scratch_bytes, token_mlp_tile_rows, HeadFold, TokenLinearArgs, TokenMlpArgs,
+    FOLD_HEADS, FOLD_HEAD_DIM, TOKEN_DIM, TOKEN_MLP_HIDDEN,
 };
 use finesam::ops::DeviceRegion;
 use finesam::{Gpu, Result};
@@ -408,6 +416,87 @@ fn sam_decoder_ops(c: &mut Criterion) {
     token_ops(c, &gpu);
     heads(c, &gpu);
     folded_image_to_token(c, &gpu);
+    head_fold(c, &gpu);
+    convt1(c, &gpu);
+}
+
+fn head_fold(c: &mut Criterion, gpu: &Gpu) {
+    const MAX_ROWS: usize = 224;
+    let (width, d) = (FOLD_HEADS * FOLD_HEAD_DIM, TOKEN_DIM);
+    let x = filled(gpu, MAX_ROWS * width, 1.0);
+    let w = filled(gpu, width * d, 0.06);
+    let bias = f32_buffer(gpu, width, 0.1);
+    let kb = f32_buffer(gpu, MAX_ROWS * FOLD_HEADS, 0.0);
+    let (kf, vf) = (
+        filled(gpu, MAX_ROWS * FOLD_HEADS * d, 0.0),
+        filled(gpu, MAX_ROWS * FOLD_HEADS * d, 0.0),
+    );
+    for rows in [56usize, 224] {
+        let folds = [
+            HeadFold {
+                x: region(&x),
+                x_stride: width,
+                weight: region(&w),
+                bias: Some((region(&bias), region(&kb))),
+                scale: 0.25,
+                y: region(&kf),
+            },
+            HeadFold {
+                x: region(&x),
+                x_stride: width,
+                weight: region(&w),
+                bias: None,
+                scale: 1.0,
+                y: region(&vf),
+            },
+        ];
+        let bytes = (2 * (rows * width * 2 + width * d * 2 + rows * FOLD_HEADS * d * 2)) as f64;
+        bench_case(
+            c,
+            gpu,
+            &format!("head_fold_kv_rows{rows}"),
+            |s| format!("{:>6.0} GB/s", bytes / s * 1e-9),
+            || launch_head_fold(gpu, rows, &folds),
+        );
+    }
+}
+
+fn convt1(c: &mut Criterion, gpu: &Gpu) {
+    const MAX_PROMPTS: usize = 32;
+    let d = TOKEN_DIM;
+    let x = filled(gpu, MAX_PROMPTS * KEYS * d, 1.0);
+    let w = filled(gpu, d * d, 0.06);
+    let bias = f32_buffer(gpu, d, 0.1);
+    let (gamma, beta) = (f32_buffer(gpu, 64, 1.0), f32_buffer(gpu, 64, 0.1));
+    let y = filled(gpu, MAX_PROMPTS * KEYS * d, 0.0);
+    for prompts in [8usize, 32] {
+        let rows = prompts * KEYS;
+        let args = ConvT1Args {
+            rows,
+            x: region(&x),
+            weight: region(&w),
+            bias: region(&bias),
+            ln: (region(&gamma), region(&beta)),
+            eps: 1e-6,
+            y: region(&y),
+            spare_sms: 0,
+        };
+        let flops = (2 * rows * d * d) as f64;
+        let bytes = (2 * rows * d * 2) as f64;
+        bench_case(
+            c,
+            gpu,
+            &format!("convt1_ln_gelu_b{prompts}"),
+            |s| {
+                format!(
+                    "{:>6.2} TFLOP/s {:>6.0} GB/s x + y",
+                    flops / s * 1e-12,
+                    bytes / s * 1e-9
+                )
+            },
+            || launch_convt1_ln_gelu(gpu, &args),
+        );
+    }
 }
 
 criterion_group! {

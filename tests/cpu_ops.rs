@@ -21,6 +21,7 @@ use finesam::ops::sam_cross_attention::{
     check_cross_attention, cross_attention_workspace, plan_cross_attention, CrossAttentionArgs,
     CrossAttentionWorkspace, CrossRows, CROSS_MAX_CHUNKS, CROSS_STAGE_KEYS,
 };
+use finesam::ops::sam_decoder::{check_convt1_ln_gelu, convt1_ctas, ConvT1Args};
 use finesam::ops::sam_folded_i2t::{
     check_folded_image_to_token, folded_grid, FoldedImageToTokenArgs,
 };
@@ -32,8 +33,9 @@ use finesam::ops::sam_heads::{
     check_heads, heads_output_bytes, HeadsArgs, HEADS_MAX_PROMPTS, HEADS_MAX_TOKENS,
 };
 use finesam::ops::sam_tokens::{
-    check_token_linear, check_token_mlp, select_token_mlp_tile, token_mlp_scratch_bytes,
-    token_mlp_tile_rows, TokenLinearArgs, TokenMlpArgs, TOKEN_MAX_ROWS,
+    check_head_fold, check_token_linear, check_token_mlp, select_token_mlp_tile,
+    token_mlp_scratch_bytes, token_mlp_tile_rows, HeadFold, TokenLinearArgs, TokenMlpArgs,
+    TOKEN_MAX_ROWS,
 };
 use finesam::ops::tinyvit::{
     check_tinyvit_mlp, has_fused_mlp, tinyvit_mlp_flops, MlpArgs, MlpShape, MLP_CHANNELS,
@@ -1753,6 +1755,102 @@ fn folded_token_to_image_plans_and_checks() {
         assert!(
             is_launch_error(check_folded_token_to_image(&args, sms).map(|_| ())),
             "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn convt1_and_head_fold_checks() {
+    // Operands 64 MiB apart.
+    let at = |i: u64, bytes: usize| DeviceRegion::new(BASE + (i << 26), bytes);
+    let rows = 8 * 4096;
+    let good = ConvT1Args {
+        rows,
+        x: at(0, rows * 512),
+        weight: at(1, 256 * 512),
+        bias: at(2, 1024),
+        ln: (at(3, 256), at(4, 256)),
+        eps: 1e-6,
+        y: at(5, rows * 512),
+        spare_sms: 0,
+    };
+    check_convt1_ln_gelu(&good).unwrap();
+    let bad = [
+        ConvT1Args { rows: 0, ..good },
+        ConvT1Args { rows: 100, ..good },
+        ConvT1Args {
+            eps: f32::NAN,
+            ..good
+        },
+        ConvT1Args {
+            x: at(0, rows * 512 - 2),
+            ..good
+        },
+        ConvT1Args {
+            weight: at(1, 256 * 512 - 2),
+            ..good
+        },
+        ConvT1Args {
+            y: at(0, rows * 512),
+            ..good
+        },
+    ];
+    for args in bad {
+        assert!(is_launch_error(check_convt1_ln_gelu(&args)), "{args:?}");
+    }
+    // One CTA per SM, two tiles each, spare SMs left free, never none.
+    assert_eq!(convt1_ctas(64, 132, 0), 1);
+    assert_eq!(convt1_ctas(8 * 4096, 132, 0), 132);
+    assert_eq!(convt1_ctas(8 * 4096, 132, 4), 128);
+    assert_eq!(convt1_ctas(8 * 4096, 132, 1000), 1);
+
+    let fold = HeadFold {
+        x: at(6, 56 * 384 * 2),
+        x_stride: 384,
+        weight: at(7, 128 * 512),
+        bias: Some((at(8, 512), at(9, 56 * 8 * 4))),
+        scale: 0.25,
+        y: at(10, 56 * 8 * 512),
+    };
+    check_head_fold(56, &[fold, HeadFold { bias: None, ..fold }]).unwrap();
+    let bad = [
+        (0, vec![fold]),
+        (57, vec![fold]),
+        (56, vec![]),
+        (56, vec![fold, fold, fold]),
+        (
+            56,
+            vec![HeadFold {
+                x_stride: 100,
+                ..fold
+            }],
+        ),
+        (
+            56,
+            vec![HeadFold {
+                scale: f32::INFINITY,
+                ..fold
+            }],
+        ),
+        (
+            56,
+            vec![HeadFold {
+                y: at(6, 56 * 8 * 512),
+                ..fold
+            }],
+        ),
+        (
+            56,
+            vec![HeadFold {
+                bias: Some((at(8, 512), at(9, 8))),
+                ..fold
+            }],
+        ),
+    ];
+    for (rows, folds) in bad {
+        assert!(
+            is_launch_error(check_head_fold(rows, &folds)),
+            "{rows} rows, {folds:?}"
         );
     }
 }
