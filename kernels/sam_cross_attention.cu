@@ -51,6 +51,7 @@
 #include <stdint.h>
 
 #include "dense.cuh"
+#include "key_split.cuh"
 #include "mma.cuh"
 
 using namespace finesam;
@@ -289,44 +290,17 @@ __device__ __forceinline__ void cross_attention_body(const CrossAttentionParams&
             }
         }
     }
-    __shared__ bool is_last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        const unsigned int done = atomicAdd(p.counters + b, 1u);
-        is_last = done == (unsigned int)p.chunks - 1;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
+    if (!arrive_last(p.counters + b, p.chunks)) return;
 
     // Merge: one thread per (token, 4 output columns), chunks in order.
     __half* og = p.o + b * p.o_batch;
-    const float* stats = parts + p.tokens * kWidth;  // chunk 0's stats; chunk stride part_floats
     for (int w = tid; w < p.tokens * (kWidth / 4); w += kThreads) {
         const int row = w >> 5, col = (w & 31) * 4, h = col >> 4;
-        const int st = (row * kHeads + h) * 2;
-        float m = -INFINITY;
-#pragma unroll 8
-        for (int ch = 0; ch < p.chunks; ++ch) m = fmaxf(m, __ldcg(stats + ch * part_floats + st));
-        float total = 0.f;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-        for (int ch = 0; ch < p.chunks; ++ch) {
-            const float* part = parts + ch * part_floats;
-            const float2 ms = __ldcg(reinterpret_cast<const float2*>(part + p.tokens * kWidth + st));
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(part + row * kWidth + col));
-            const float f = exp2f(ms.x - m);
-            total += f * ms.y;
-            acc.x += f * a.x;
-            acc.y += f * a.y;
-            acc.z += f * a.z;
-            acc.w += f * a.w;
-        }
-        const float inv = 1.f / total;
+        const float4 o = merge_key_chunks(parts, p.chunks, part_floats, row * kWidth + col,
+                                          p.tokens * kWidth + (row * kHeads + h) * 2);
         uint2 packed;
-        packed.x = pack_half2(acc.x * inv, acc.y * inv);
-        packed.y = pack_half2(acc.z * inv, acc.w * inv);
+        packed.x = pack_half2(o.x, o.y);
+        packed.y = pack_half2(o.z, o.w);
         *reinterpret_cast<uint2*>(og + row * p.o_token + col) = packed;
     }
     if (tid == 0) p.counters[b] = 0;  // ready for the next launch (graph replays)

@@ -85,6 +85,7 @@
 #include <stdint.h>
 
 #include "dense.cuh"
+#include "key_split.cuh"
 #include "mma.cuh"
 
 using namespace finesam;
@@ -448,46 +449,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         }
         if (tq == 0) *reinterpret_cast<float2*>(mine_stats + (t * kHeads + h) * 2) = ms;
     }
-    __shared__ bool is_last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        const unsigned int done = atomicAdd(p.counters + b, 1u);
-        is_last = done == (unsigned int)p.chunks - 1;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
+    if (!arrive_last(p.counters + b, p.chunks)) return;
 
     // Merge: one thread per (token, 4 output columns), chunks in order.
     __half* og = p.o + b * p.o_batch;
     for (int w = tid; w < p.tokens * (kOut / 4); w += kThreads) {
         const int row = w >> 5, col = (w & 31) * 4, hc = col >> 4;
-        const int st = (row * kHeads + hc) * 2;
-        float m = -INFINITY;
-#pragma unroll 8
-        for (int ch = 0; ch < p.chunks; ++ch) {
-            m = fmaxf(m, __ldcg(parts + ch * part_floats + p.tokens * kOut + st));
-        }
-        float total = 0.f;
-        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 4
-        for (int ch = 0; ch < p.chunks; ++ch) {
-            const float* part = parts + ch * part_floats;
-            const float2 ms = __ldcg(reinterpret_cast<const float2*>(part + p.tokens * kOut + st));
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(part + row * kOut + col));
-            const float f = exp2f(ms.x - m);
-            total += f * ms.y;
-            sum.x += f * a.x;
-            sum.y += f * a.y;
-            sum.z += f * a.z;
-            sum.w += f * a.w;
-        }
-        const float inv = 1.f / total;
+        const float4 o = merge_key_chunks(parts, p.chunks, part_floats, row * kOut + col,
+                                          p.tokens * kOut + (row * kHeads + hc) * 2);
         const float4 bias = *reinterpret_cast<const float4*>(p.bv + col);
         uint2 packed;
-        packed.x = pack_half2(sum.x * inv + bias.x, sum.y * inv + bias.y);
-        packed.y = pack_half2(sum.z * inv + bias.z, sum.w * inv + bias.w);
+        packed.x = pack_half2(o.x + bias.x, o.y + bias.y);
+        packed.y = pack_half2(o.z + bias.z, o.w + bias.w);
         *reinterpret_cast<uint2*>(og + row * p.o_token + col) = packed;
     }
     if (tid == 0) p.counters[b] = 0;  // ready for the next launch (graph replays)

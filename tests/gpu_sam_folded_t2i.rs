@@ -31,8 +31,8 @@ mod dense;
 
 use common::{gpu_available, Rng};
 use dense::{
-    assert_runs_identical, check_elements, download_f16, expect_launch_error, poisoned, random_f16,
-    random_f32, region, upload,
+    assert_runs_identical, check_elements, counters_zero, download_f16, expect_launch_error,
+    poisoned, random_f16, random_f32, region, upload, zeroed_workspace,
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::ops::sam_cross_attention::{CrossAttentionWorkspace, CrossRows};
@@ -275,28 +275,10 @@ fn workspace(
     keys: usize,
 ) -> Option<(DeviceBuffer, CrossAttentionWorkspace)> {
     let sm = gpu.kernels().sm_count() as usize;
-    let (slots, bytes) = folded_token_to_image_workspace(max_prompts, tokens, keys, sm).unwrap();
-    if bytes == 0 {
-        return None;
-    }
-    let buffer = gpu.alloc(bytes).unwrap();
-    gpu.memset(buffer.ptr(), 0, bytes).unwrap();
-    let ws = CrossAttentionWorkspace {
-        ptr: buffer.ptr(),
-        bytes,
-        counter_slots: slots,
-    };
-    Some((buffer, ws))
-}
-
-fn counters_zero(gpu: &Gpu, ws: &CrossAttentionWorkspace, what: &str) {
-    let mut bytes = vec![0u8; ws.counter_slots * 4];
-    gpu.download(&mut bytes, ws.ptr).unwrap();
-    gpu.synchronize().unwrap();
-    assert!(
-        bytes.iter().all(|&b| b == 0),
-        "{what}: arrival counters not reset"
-    );
+    zeroed_workspace(
+        gpu,
+        folded_token_to_image_workspace(max_prompts, tokens, keys, sm).unwrap(),
+    )
 }
 
 fn check(what: &str, out: &[f16], reference: &[f64], mag: &[f64]) {

@@ -157,24 +157,40 @@ pub(crate) fn counters_bytes(slots: usize) -> usize {
 }
 
 fn check_shape(prompts: usize, tokens: usize, keys: usize) -> Result<()> {
-    if prompts == 0 || prompts > CROSS_MAX_PROMPTS {
+    check_split_shape(
+        KERNEL,
+        (prompts, CROSS_MAX_PROMPTS),
+        (tokens, CROSS_MAX_TOKENS),
+        (keys, CROSS_MAX_KEYS),
+        CROSS_STAGE_KEYS,
+    )
+}
+
+/// The shape checks of a key-split token->image attention launch of `kernel`: prompts, tokens
+/// and keys each `(value, most)`; keys a multiple of `stage_keys`.
+pub(crate) fn check_split_shape(
+    kernel: &'static str,
+    (prompts, max_prompts): (usize, usize),
+    (tokens, max_tokens): (usize, usize),
+    (keys, max_keys): (usize, usize),
+    stage_keys: usize,
+) -> Result<()> {
+    if prompts == 0 || prompts > max_prompts {
         return Err(launch_error(
-            KERNEL,
-            format!("prompts {prompts} must be in 1..={CROSS_MAX_PROMPTS}"),
+            kernel,
+            format!("prompts {prompts} must be in 1..={max_prompts}"),
         ));
     }
-    if tokens == 0 || tokens > CROSS_MAX_TOKENS {
+    if tokens == 0 || tokens > max_tokens {
         return Err(launch_error(
-            KERNEL,
-            format!("tokens {tokens} must be in 1..={CROSS_MAX_TOKENS}"),
+            kernel,
+            format!("tokens {tokens} must be in 1..={max_tokens}"),
         ));
     }
-    if keys == 0 || keys > CROSS_MAX_KEYS || keys % CROSS_STAGE_KEYS != 0 {
+    if keys == 0 || keys > max_keys || keys % stage_keys != 0 {
         return Err(launch_error(
-            KERNEL,
-            format!(
-                "keys {keys} must be a multiple of {CROSS_STAGE_KEYS} in 64..={CROSS_MAX_KEYS}"
-            ),
+            kernel,
+            format!("keys {keys} must be a multiple of {stage_keys} in {stage_keys}..={max_keys}"),
         ));
     }
     Ok(())
@@ -217,9 +233,21 @@ pub fn cross_attention_workspace(
     keys: usize,
     sm_count: usize,
 ) -> Result<(usize, usize)> {
+    workspace_for_plans(max_prompts, |prompts| {
+        plan_cross_attention(prompts, tokens, keys, sm_count)
+    })
+}
+
+/// `(counter_slots, bytes)` of one workspace that serves the key-split plans `plan(prompts)` of
+/// every prompt count 1..=`max_prompts` (0 bytes if none splits); shared by the token->image
+/// attentions.
+pub(crate) fn workspace_for_plans(
+    max_prompts: usize,
+    plan: impl Fn(usize) -> Result<CrossAttentionPlan>,
+) -> Result<(usize, usize)> {
     let (mut slots, mut partial) = (0, 0);
     for prompts in 1..=max_prompts {
-        let plan = plan_cross_attention(prompts, tokens, keys, sm_count)?;
+        let plan = plan(prompts)?;
         slots = slots.max(plan.counter_slots);
         partial = partial.max(plan.partial_bytes);
     }
@@ -230,17 +258,19 @@ pub fn cross_attention_workspace(
     })
 }
 
-/// Bytes from the first to one past the last element of `rows` of `count` rows.
-fn rows_extent(
+/// Bytes from the first to one past the last element of `prompts` blocks of `rows` rows of
+/// `width` halves (row stride `row_stride`, block stride `batch_stride`); None on overflow.
+pub(crate) fn rows_extent(
     prompts: usize,
-    tokens: usize,
-    token_stride: usize,
+    rows: usize,
+    row_stride: usize,
+    width: usize,
     batch_stride: usize,
 ) -> Option<usize> {
     (prompts - 1)
         .checked_mul(batch_stride)?
-        .checked_add((tokens - 1).checked_mul(token_stride)?)?
-        .checked_add(CROSS_WIDTH)?
+        .checked_add((rows - 1).checked_mul(row_stride)?)?
+        .checked_add(width)?
         .checked_mul(2)
 }
 
@@ -265,7 +295,7 @@ fn cross_attention_params(
     a: &CrossAttentionArgs,
     sm_count: usize,
 ) -> Result<(CrossAttentionParams, CrossAttentionPlan)> {
-    let mut plan = plan_cross_attention(a.prompts, a.tokens, a.keys, sm_count)?;
+    let plan = plan_cross_attention(a.prompts, a.tokens, a.keys, sm_count)?;
     if !(a.scale.is_finite() && a.scale > 0.0) {
         return Err(launch_error(
             KERNEL,
@@ -275,9 +305,27 @@ fn cross_attention_params(
     check_strides("q", a.q.token_stride, a.q.batch_stride)?;
     check_strides("k/v", a.kv_token_stride, a.kv_batch_stride)?;
     check_strides("o", a.o.token_stride, a.o.batch_stride)?;
-    let q_bytes = rows_extent(a.prompts, a.tokens, a.q.token_stride, a.q.batch_stride);
-    let kv_bytes = rows_extent(a.prompts, a.keys, a.kv_token_stride, a.kv_batch_stride);
-    let o_bytes = rows_extent(a.prompts, a.tokens, a.o.token_stride, a.o.batch_stride);
+    let q_bytes = rows_extent(
+        a.prompts,
+        a.tokens,
+        a.q.token_stride,
+        CROSS_WIDTH,
+        a.q.batch_stride,
+    );
+    let kv_bytes = rows_extent(
+        a.prompts,
+        a.keys,
+        a.kv_token_stride,
+        CROSS_WIDTH,
+        a.kv_batch_stride,
+    );
+    let o_bytes = rows_extent(
+        a.prompts,
+        a.tokens,
+        a.o.token_stride,
+        CROSS_WIDTH,
+        a.o.batch_stride,
+    );
     a.q.region.check(KERNEL, "q", q_bytes, 16)?;
     a.k.check(KERNEL, "k", kv_bytes, 16)?;
     a.v.check(KERNEL, "v", kv_bytes, 16)?;
@@ -308,61 +356,13 @@ fn cross_attention_params(
             return Err(launch_error(KERNEL, format!("the output overlaps {what}")));
         }
     }
-    let (mut partial, mut counters) = (0u64, 0u64);
-    match &a.workspace {
-        Some(ws) if plan.chunks > 1 => {
-            if ws.ptr == 0 || ws.ptr % 16 != 0 {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace at {:#x} must be non-null and 16-byte aligned",
-                        ws.ptr
-                    ),
-                ));
-            }
-            if ws.counter_slots < plan.counter_slots {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace has {} arrival counters, the plan needs {}",
-                        ws.counter_slots, plan.counter_slots
-                    ),
-                ));
-            }
-            let offset = counters_bytes(ws.counter_slots);
-            let needed = offset.saturating_add(plan.partial_bytes);
-            if ws.bytes < needed {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace has {} bytes, the plan needs {needed} ({} counters, then {} \
-                         bytes of partials)",
-                        ws.bytes, ws.counter_slots, plan.partial_bytes
-                    ),
-                ));
-            }
-            let region = DeviceRegion::new(ws.ptr, needed);
-            for (what, r, bytes) in inputs.into_iter().chain([("o", &a.o.region, o_bytes)]) {
-                if overlaps(&region, needed, r, bytes) {
-                    return Err(launch_error(
-                        KERNEL,
-                        format!("the workspace overlaps {what}"),
-                    ));
-                }
-            }
-            counters = ws.ptr;
-            partial = ws.ptr + offset as u64;
-        }
-        // No workspace (or no split): one chunk per prompt, written directly.
-        _ => {
-            plan = CrossAttentionPlan {
-                chunks: 1,
-                tiles_per_chunk: a.keys / CROSS_STAGE_KEYS,
-                counter_slots: 0,
-                partial_bytes: 0,
-            };
-        }
-    }
+    let (plan, counters, partial) = bind_workspace(
+        KERNEL,
+        plan,
+        a.keys / CROSS_STAGE_KEYS,
+        a.workspace.as_ref(),
+        &[inputs[0], inputs[1], inputs[2], ("o", &a.o.region, o_bytes)],
+    )?;
     let params = CrossAttentionParams {
         q: a.q.region.ptr,
         k: a.k.ptr,
@@ -419,4 +419,70 @@ pub fn launch_cross_attention(gpu: &Gpu, args: &CrossAttentionArgs) -> Result<Cr
         )
     }?;
     Ok(plan)
+}
+
+/// Binds a key-split workspace to `plan` for a launch of `kernel` (shared by the token->image
+/// attentions): with a workspace and more than one chunk, checks it (non-null, 16-byte aligned,
+/// enough arrival counters and partial bytes, overlapping none of `operands`) and returns the
+/// plan with the counters' and partials' addresses; otherwise one chunk per prompt of `tiles`
+/// stages, written directly (addresses 0).
+pub(crate) fn bind_workspace(
+    kernel: &'static str,
+    plan: CrossAttentionPlan,
+    tiles: usize,
+    workspace: Option<&CrossAttentionWorkspace>,
+    operands: &[(&str, &DeviceRegion, usize)],
+) -> Result<(CrossAttentionPlan, u64, u64)> {
+    let ws = match workspace {
+        Some(ws) if plan.chunks > 1 => ws,
+        _ => {
+            let direct = CrossAttentionPlan {
+                chunks: 1,
+                tiles_per_chunk: tiles,
+                counter_slots: 0,
+                partial_bytes: 0,
+            };
+            return Ok((direct, 0, 0));
+        }
+    };
+    if ws.ptr == 0 || ws.ptr % 16 != 0 {
+        return Err(launch_error(
+            kernel,
+            format!(
+                "workspace at {:#x} must be non-null and 16-byte aligned",
+                ws.ptr
+            ),
+        ));
+    }
+    if ws.counter_slots < plan.counter_slots {
+        return Err(launch_error(
+            kernel,
+            format!(
+                "workspace has {} arrival counters, the plan needs {}",
+                ws.counter_slots, plan.counter_slots
+            ),
+        ));
+    }
+    let offset = counters_bytes(ws.counter_slots);
+    let needed = offset.saturating_add(plan.partial_bytes);
+    if ws.bytes < needed {
+        return Err(launch_error(
+            kernel,
+            format!(
+                "workspace has {} bytes, the plan needs {needed} ({} counters, then {} bytes of \
+                 partials)",
+                ws.bytes, ws.counter_slots, plan.partial_bytes
+            ),
+        ));
+    }
+    let region = DeviceRegion::new(ws.ptr, needed);
+    for &(what, r, bytes) in operands {
+        if overlaps(&region, needed, r, bytes) {
+            return Err(launch_error(
+                kernel,
+                format!("the workspace overlaps {what}"),
+            ));
+        }
+    }
+    Ok((plan, ws.ptr, ws.ptr + offset as u64))
 }

@@ -19,7 +19,8 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::sam_cross_attention::{
-    counters_bytes, CrossAttentionPlan, CrossAttentionWorkspace, CrossRows,
+    bind_workspace, check_split_shape, rows_extent, workspace_for_plans, CrossAttentionPlan,
+    CrossAttentionWorkspace, CrossRows,
 };
 use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
@@ -116,28 +117,13 @@ struct FoldedT2iParams {
 unsafe impl DeviceRepr for FoldedT2iParams {}
 
 fn check_shape(prompts: usize, tokens: usize, keys: usize) -> Result<()> {
-    if prompts == 0 || prompts > FOLDED_MAX_PROMPTS {
-        return Err(launch_error(
-            KERNEL,
-            format!("prompts {prompts} must be in 1..={FOLDED_MAX_PROMPTS}"),
-        ));
-    }
-    if tokens == 0 || tokens > FOLDED_MAX_TOKENS {
-        return Err(launch_error(
-            KERNEL,
-            format!("tokens {tokens} must be in 1..={FOLDED_MAX_TOKENS}"),
-        ));
-    }
-    if keys == 0 || keys > FOLDED_MAX_KEYS || keys % FOLDED_STAGE_KEYS != 0 {
-        return Err(launch_error(
-            KERNEL,
-            format!(
-                "keys {keys} must be a multiple of {FOLDED_STAGE_KEYS} in \
-                 64..={FOLDED_MAX_KEYS}"
-            ),
-        ));
-    }
-    Ok(())
+    check_split_shape(
+        KERNEL,
+        (prompts, FOLDED_MAX_PROMPTS),
+        (tokens, FOLDED_MAX_TOKENS),
+        (keys, FOLDED_MAX_KEYS),
+        FOLDED_STAGE_KEYS,
+    )
 }
 
 /// The key split of `prompts` prompts of `tokens` tokens against `keys` keys on a GPU with
@@ -177,33 +163,9 @@ pub fn folded_token_to_image_workspace(
     keys: usize,
     sm_count: usize,
 ) -> Result<(usize, usize)> {
-    let (mut slots, mut partial) = (0, 0);
-    for prompts in 1..=max_prompts {
-        let plan = plan_folded_token_to_image(prompts, tokens, keys, sm_count)?;
-        slots = slots.max(plan.counter_slots);
-        partial = partial.max(plan.partial_bytes);
-    }
-    Ok(if slots == 0 {
-        (0, 0)
-    } else {
-        (slots, counters_bytes(slots) + partial)
+    workspace_for_plans(max_prompts, |prompts| {
+        plan_folded_token_to_image(prompts, tokens, keys, sm_count)
     })
-}
-
-/// Bytes from the first to one past the last element of `prompts` blocks of `rows` rows of
-/// `width` halves (row stride `row_stride`, block stride `batch_stride`).
-fn extent(
-    prompts: usize,
-    rows: usize,
-    row_stride: usize,
-    width: usize,
-    batch_stride: usize,
-) -> Option<usize> {
-    (prompts - 1)
-        .checked_mul(batch_stride)?
-        .checked_add((rows - 1).checked_mul(row_stride)?)?
-        .checked_add(width)?
-        .checked_mul(2)
 }
 
 fn check_batch_stride(what: &str, stride: usize) -> Result<()> {
@@ -220,7 +182,7 @@ fn folded_params(
     a: &FoldedTokenToImageArgs,
     sm_count: usize,
 ) -> Result<(FoldedT2iParams, CrossAttentionPlan)> {
-    let mut plan = plan_folded_token_to_image(a.prompts, a.tokens, a.keys, sm_count)?;
+    let plan = plan_folded_token_to_image(a.prompts, a.tokens, a.keys, sm_count)?;
     if !(a.scale.is_finite() && a.scale > 0.0) {
         return Err(launch_error(
             KERNEL,
@@ -248,12 +210,12 @@ fn folded_params(
         ));
     }
     let rows = a.tokens * FOLDED_HEADS;
-    let qf_bytes = extent(a.prompts, rows, FOLDED_DIM, FOLDED_DIM, a.qf_batch_stride);
-    let x_bytes = extent(a.prompts, a.keys, FOLDED_DIM, FOLDED_DIM, a.x_batch_stride);
+    let qf_bytes = rows_extent(a.prompts, rows, FOLDED_DIM, FOLDED_DIM, a.qf_batch_stride);
+    let x_bytes = rows_extent(a.prompts, a.keys, FOLDED_DIM, FOLDED_DIM, a.x_batch_stride);
     let pe_bytes = a.keys * FOLDED_DIM * 2; // keys <= 2^20: no overflow
     let wv_bytes = FOLDED_OUT * FOLDED_DIM * 2;
     let bv_bytes = FOLDED_OUT * 4;
-    let o_bytes = extent(a.prompts, a.tokens, ot, FOLDED_OUT, ob);
+    let o_bytes = rows_extent(a.prompts, a.tokens, ot, FOLDED_OUT, ob);
     a.qf.check(KERNEL, "qf", qf_bytes, 16)?;
     a.x.check(KERNEL, "x", x_bytes, 16)?;
     a.pe.check(KERNEL, "pe", Some(pe_bytes), 16)?;
@@ -274,61 +236,20 @@ fn folded_params(
             return Err(launch_error(KERNEL, format!("the output overlaps {what}")));
         }
     }
-    let (mut partial, mut counters) = (0u64, 0u64);
-    match &a.workspace {
-        Some(ws) if plan.chunks > 1 => {
-            if ws.ptr == 0 || ws.ptr % 16 != 0 {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace at {:#x} must be non-null and 16-byte aligned",
-                        ws.ptr
-                    ),
-                ));
-            }
-            if ws.counter_slots < plan.counter_slots {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace has {} arrival counters, the plan needs {}",
-                        ws.counter_slots, plan.counter_slots
-                    ),
-                ));
-            }
-            let offset = counters_bytes(ws.counter_slots);
-            let needed = offset.saturating_add(plan.partial_bytes);
-            if ws.bytes < needed {
-                return Err(launch_error(
-                    KERNEL,
-                    format!(
-                        "workspace has {} bytes, the plan needs {needed} ({} counters, then {} \
-                         bytes of partials)",
-                        ws.bytes, ws.counter_slots, plan.partial_bytes
-                    ),
-                ));
-            }
-            let region = DeviceRegion::new(ws.ptr, needed);
-            for (what, r, bytes) in inputs.into_iter().chain([("o", &a.o.region, o_bytes)]) {
-                if overlaps(&region, needed, r, bytes) {
-                    return Err(launch_error(
-                        KERNEL,
-                        format!("the workspace overlaps {what}"),
-                    ));
-                }
-            }
-            counters = ws.ptr;
-            partial = ws.ptr + offset as u64;
-        }
-        // No workspace (or no split): one chunk per prompt, written directly.
-        _ => {
-            plan = CrossAttentionPlan {
-                chunks: 1,
-                tiles_per_chunk: a.keys / FOLDED_STAGE_KEYS,
-                counter_slots: 0,
-                partial_bytes: 0,
-            };
-        }
-    }
+    let (plan, counters, partial) = bind_workspace(
+        KERNEL,
+        plan,
+        a.keys / FOLDED_STAGE_KEYS,
+        a.workspace.as_ref(),
+        &[
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            inputs[3],
+            inputs[4],
+            ("o", &a.o.region, o_bytes),
+        ],
+    )?;
     let params = FoldedT2iParams {
         qf: a.qf.ptr,
         x: a.x.ptr,

@@ -265,3 +265,40 @@ pub fn assert_runs_identical(what: &str, runs: &[Vec<f16>]) {
         assert_eq!(differing, 0, "{what}: run {i} differs");
     }
 }
+
+/// A zeroed key-split workspace of `(counter_slots, bytes)` as the token->image attentions'
+/// workspace functions return it; None when nothing splits (0 bytes).
+pub fn zeroed_workspace(
+    gpu: &Gpu,
+    (counter_slots, bytes): (usize, usize),
+) -> Option<(
+    DeviceBuffer,
+    finesam::ops::sam_cross_attention::CrossAttentionWorkspace,
+)> {
+    if bytes == 0 {
+        return None;
+    }
+    let buffer = gpu.alloc(bytes).unwrap();
+    gpu.memset(buffer.ptr(), 0, bytes).unwrap();
+    let ws = finesam::ops::sam_cross_attention::CrossAttentionWorkspace {
+        ptr: buffer.ptr(),
+        bytes,
+        counter_slots,
+    };
+    Some((buffer, ws))
+}
+
+/// Asserts a key-split workspace's arrival counters are back at zero after a launch.
+pub fn counters_zero(
+    gpu: &Gpu,
+    ws: &finesam::ops::sam_cross_attention::CrossAttentionWorkspace,
+    what: &str,
+) {
+    let mut bytes = vec![0u8; ws.counter_slots * 4];
+    gpu.download(&mut bytes, ws.ptr).unwrap();
+    gpu.synchronize().unwrap();
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "{what}: arrival counters not reset"
+    );
+}
