@@ -16,7 +16,12 @@
 //! Output upscaling: the first ConvTranspose2d(k2 s2) is a GEMM with columns ordered (dy, dx,
 //! channel); one kernel then runs LayerNorm2d + GELU on its rows of 64 channels, the second
 //! ConvTranspose2d + GELU on tensor cores and the hypernetwork product in fp32, writing the
-//! logits in image order (the `[K, 32, 256, 256]` map is never stored). See docs/MOBILESAM.md.
+//! logits in image order (the `[K, 32, 256, 256]` map is never stored). Box prompts (at most
+//! [`FOLD_MAX_TOKENS`] tokens) run folded cross attentions: the projections of the image rows
+//! are folded into per-token factors (`sam_head_fold`), the attentions read `keys + pe` itself
+//! (`sam_folded_t2i`, `sam_folded_image_to_token`), the first ConvTranspose2d comes with its
+//! LayerNorm2d + GELU (`sam_convt1_ln_gelu`), and independent work runs on a second stream
+//! (`Gpu::fork_join`). See docs/MOBILESAM.md.
 
 use half::f16;
 
@@ -138,7 +143,8 @@ pub enum DecodePart {
     /// Two-way block 1 (its own keys projection, batched).
     Block1,
     /// Final token->image attention with its keys projection, which also computes the first
-    /// ConvTranspose2d (one GEMM 4096 x 256 -> [k | v | convT 1] = 512 per prompt).
+    /// ConvTranspose2d (one GEMM 4096 x 256 -> [k | v | convT 1] = 512 per prompt). Folded: the
+    /// attention, its out_proj + norm, `sam_convt1_ln_gelu` and (3+ prompts on 132 SMs) the heads.
     Final,
     /// IoU head + 4 hypernetwork MLPs (one kernel, `sam_heads`).
     Heads,
