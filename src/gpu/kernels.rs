@@ -67,7 +67,7 @@ pub struct Kernels {
     pub(crate) sam_cross_attention:
         [CudaFunction; sam_cross_attention::CROSS_ATTENTION_VARIANTS.len()],
     pub(crate) sam_heads: CudaFunction,
-    /// `sam_folded_t2i` (224 KB of dynamic shared memory: sm_90 only).
+    /// `sam_folded_t2i` (160 KB of dynamic shared memory: sm_90 only).
     pub(crate) sam_folded_t2i: CudaFunction,
     /// Shared memory a block may opt in to (bytes): which token MLP tiles can run.
     pub(crate) smem_per_block_optin: usize,

@@ -92,6 +92,35 @@ pub(crate) unsafe fn launch_with_params<P: cudarc::driver::DeviceRepr>(
     Ok(())
 }
 
+/// `Error::Launch` for `kernel` when its `bytes` of dynamic shared memory per block exceed what
+/// the device lets a block opt into (the sm_90-sized kernels on older GPUs).
+pub(crate) fn check_smem_optin(
+    kernels: &crate::gpu::Kernels,
+    kernel: &'static str,
+    bytes: u32,
+) -> Result<()> {
+    let optin = kernels.smem_per_block_optin();
+    if bytes as usize > optin {
+        return Err(launch_error(
+            kernel,
+            format!("needs {bytes} bytes of shared memory per block, the device allows {optin}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `Error::Launch` for `kernel` unless a normalisation's `eps` is finite and >= 0.
+pub(crate) fn check_eps(kernel: &'static str, eps: f32) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(launch_error(
+            kernel,
+            format!("eps {eps} must be finite and >= 0"),
+        ))
+    }
+}
+
 /// An `Error::Launch` for `kernel`.
 pub(crate) fn launch_error(kernel: &'static str, message: impl Into<String>) -> Error {
     Error::Launch {

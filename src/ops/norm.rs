@@ -6,7 +6,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::window::WindowGeometry;
-use super::{launch_error, overlaps, DeviceRegion};
+use super::{check_eps, launch_error, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -135,12 +135,7 @@ fn layer_norm_params(
             format!("rows {} must be in 1..=i32::MAX", args.rows),
         ));
     }
-    if !(args.eps.is_finite() && args.eps >= 0.0) {
-        return Err(launch_error(
-            KERNEL,
-            format!("eps {} must be finite and >= 0", args.eps),
-        ));
-    }
+    check_eps(KERNEL, args.eps)?;
     if args.sum.is_some() && args.residual.is_none() && !matches!(source, Rows::Depthwise(_)) {
         return Err(launch_error(KERNEL, "sum output given without a residual"));
     }

@@ -5,7 +5,9 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
+use super::{
+    check_eps, check_smem_optin, launch_error, launch_with_params, overlaps, DeviceRegion,
+};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -222,12 +224,7 @@ pub fn launch_upscale_masks(gpu: &Gpu, a: &UpscaleMaskArgs) -> Result<()> {
             ),
         ));
     }
-    if !(a.eps.is_finite() && a.eps >= 0.0) {
-        return Err(launch_error(
-            KERNEL,
-            format!("eps {} must be finite", a.eps),
-        ));
-    }
+    check_eps(KERNEL, a.eps)?;
     let pixels = 4 * 4 * EMBED_PIXELS;
     let rows = 4 * EMBED_PIXELS;
     let up1_row = 4 * UPSCALE1_CHANNELS;
@@ -316,7 +313,7 @@ unsafe impl DeviceRepr for ConvT1Params {}
 
 /// Dynamic shared memory of `sam_convt1_ln_gelu`: the weight and two x tiles of rows padded to
 /// 264 halves, bias, gamma, beta (static_assert in the kernel).
-pub(crate) const CONVT1_SMEM_BYTES: u32 = 204_288;
+pub const CONVT1_SMEM_BYTES: u32 = 204_288;
 /// Rows per `sam_convt1_ln_gelu` tile: `rows` must be a multiple of it.
 pub const CONVT1_TILE_ROWS: usize = 64;
 
@@ -361,12 +358,7 @@ fn convt1_params(a: &ConvT1Args) -> Result<ConvT1Params> {
             ),
         ));
     }
-    if !(a.eps.is_finite() && a.eps >= 0.0) {
-        return Err(launch_error(
-            KERNEL,
-            format!("eps {} must be finite and >= 0", a.eps),
-        ));
-    }
+    check_eps(KERNEL, a.eps)?;
     let bytes = a.rows * SAM_DIM * 2;
     a.x.check(KERNEL, "x", Some(bytes), 16)?;
     a.weight
@@ -405,15 +397,7 @@ pub fn launch_convt1_ln_gelu(gpu: &Gpu, args: &ConvT1Args) -> Result<()> {
     const KERNEL: &str = "sam_convt1_ln_gelu";
     let params = convt1_params(args)?;
     let kernels = gpu.kernels();
-    if CONVT1_SMEM_BYTES as usize > kernels.smem_per_block_optin() {
-        return Err(launch_error(
-            KERNEL,
-            format!(
-                "needs {CONVT1_SMEM_BYTES} B of shared memory per block, the device allows {}",
-                kernels.smem_per_block_optin()
-            ),
-        ));
-    }
+    check_smem_optin(kernels, KERNEL, CONVT1_SMEM_BYTES)?;
     let cfg = LaunchConfig {
         grid_dim: (
             convt1_ctas(args.rows, kernels.sm_count() as usize, args.spare_sms) as u32,

@@ -5,7 +5,9 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
+use super::{
+    check_eps, check_smem_optin, launch_error, launch_with_params, overlaps, DeviceRegion,
+};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -140,12 +142,7 @@ fn folded_params(a: &FoldedImageToTokenArgs) -> Result<(FoldedI2tParams, usize)>
             ),
         ));
     }
-    if !(a.eps.is_finite() && a.eps >= 0.0) {
-        return Err(launch_error(
-            KERNEL,
-            format!("eps {} must be finite and >= 0", a.eps),
-        ));
-    }
+    check_eps(KERNEL, a.eps)?;
     // Bytes spanned by `prompts` items of `per` elements of `elem` bytes, `batch` apart.
     let span = |batch: usize, per: usize, elem: usize| {
         (a.prompts - 1)
@@ -222,6 +219,7 @@ fn folded_params(a: &FoldedImageToTokenArgs) -> Result<(FoldedI2tParams, usize)>
 /// ([`folded_grid`]).
 pub fn launch_folded_image_to_token(gpu: &Gpu, a: &FoldedImageToTokenArgs) -> Result<()> {
     let (params, tiles) = folded_params(a)?;
+    check_smem_optin(gpu.kernels(), KERNEL, FOLDED_I2T_SMEM_BYTES)?;
     let cfg = LaunchConfig {
         grid_dim: (
             folded_grid(

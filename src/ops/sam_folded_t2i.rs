@@ -22,7 +22,7 @@ use super::sam_cross_attention::{
     bind_workspace, check_split_shape, rows_extent, workspace_for_plans, CrossAttentionPlan,
     CrossAttentionWorkspace, CrossRows,
 };
-use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
+use super::{check_smem_optin, launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -283,20 +283,12 @@ pub fn check_folded_token_to_image(
 }
 
 /// The folded token -> image attention, one launch: grid (chunks, prompts) of 256 threads,
-/// 224 KB of dynamic shared memory (sm_90). The chunk plan is
+/// 160 KB of dynamic shared memory (sm_90). The chunk plan is
 /// [`check_folded_token_to_image`]'s.
 pub fn launch_folded_token_to_image(gpu: &Gpu, args: &FoldedTokenToImageArgs) -> Result<()> {
     let kernels = gpu.kernels();
     let (params, plan) = folded_params(args, kernels.sm_count() as usize)?;
-    if (FOLDED_T2I_SMEM_BYTES as usize) > kernels.smem_per_block_optin() {
-        return Err(launch_error(
-            KERNEL,
-            format!(
-                "needs {FOLDED_T2I_SMEM_BYTES} bytes of shared memory per block, the GPU offers {}",
-                kernels.smem_per_block_optin()
-            ),
-        ));
-    }
+    check_smem_optin(kernels, KERNEL, FOLDED_T2I_SMEM_BYTES)?;
     let cfg = LaunchConfig {
         grid_dim: (plan.chunks as u32, args.prompts as u32, 1),
         block_dim: (THREADS, 1, 1),

@@ -15,7 +15,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::{launch_error, launch_with_params, overlaps, DeviceRegion};
+use super::{check_eps, launch_error, launch_with_params, overlaps, DeviceRegion};
 use crate::error::Result;
 use crate::gpu::Gpu;
 
@@ -239,12 +239,7 @@ fn check_rows_eps(kernel: &'static str, rows: usize, eps: f32) -> Result<()> {
             format!("rows {rows} must be in 1..={TOKEN_MAX_ROWS}"),
         ));
     }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(launch_error(
-            kernel,
-            format!("eps {eps} must be finite and >= 0"),
-        ));
-    }
+    check_eps(kernel, eps)?;
     Ok(())
 }
 

@@ -41,8 +41,9 @@ use crate::ops::sam_cross_attention::{
 use crate::ops::sam_decoder::{
     convt1_ctas, launch_convt1_ln_gelu, launch_image_to_token, launch_mask_embed,
     launch_prompt_encode, launch_upscale_masks, mask_params, masks_per_prompt, ConvT1Args,
-    ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs, UpscaleMaskArgs, EMBED_PIXELS, HEADS,
-    MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS, UPSCALED_CHANNELS,
+    ImageToTokenArgs, MaskEmbedArgs, PromptEncodeArgs, UpscaleMaskArgs, CONVT1_SMEM_BYTES,
+    EMBED_PIXELS, HEADS, MASK_INPUT_PIXELS, OUTPUT_TOKENS, SAM_DIM, UPSCALE1_CHANNELS,
+    UPSCALED_CHANNELS,
 };
 use crate::ops::sam_folded_i2t::{
     launch_folded_image_to_token, FoldedImageToTokenArgs, FOLDED_I2T_SMEM_BYTES,
@@ -769,8 +770,6 @@ enum Block0Keys {
 pub struct DecodePlan {
     config: DecodeConfig,
     tokens: usize,
-    /// The cross attentions run folded (tokens <= [`FOLD_MAX_TOKENS`]).
-    folded: bool,
     arena: Arena,
     ids: Ids,
 }
@@ -788,10 +787,17 @@ impl DecodePlan {
         let t = OUTPUT_TOKENS + points;
         let c = masks_per_prompt(config.multimask);
         let rows = b * t;
-        // Both folded kernels take one CTA of ~200-224 KB of shared memory per SM (sm_90).
+        // The folded attentions and the fused ConvTranspose take one CTA of 160-206 KB of
+        // shared memory per SM (sm_90).
         let optin = gpu.kernels().smem_per_block_optin();
         let folded = t <= FOLD_MAX_TOKENS
-            && FOLDED_I2T_SMEM_BYTES.max(FOLDED_T2I_SMEM_BYTES) as usize <= optin;
+            && [
+                FOLDED_I2T_SMEM_BYTES,
+                FOLDED_T2I_SMEM_BYTES,
+                CONVT1_SMEM_BYTES,
+            ]
+            .iter()
+            .all(|&bytes| bytes as usize <= optin);
         // Steps: 0 tokens/shared, 1 block 0 image side, 2 block 1 keys, 3 block 1 image side,
         // 4 final keys projection (+ the first ConvTranspose2d) and attention, 6 upscale 2 +
         // masks (reads the final projection's ConvTranspose2d columns). Whole-decode tensors
@@ -870,7 +876,6 @@ impl DecodePlan {
         let plan = DecodePlan {
             config,
             tokens: t,
-            folded,
             arena,
             ids,
         };
@@ -912,7 +917,7 @@ impl DecodePlan {
 
     /// Whether the cross attentions run folded (at most [`FOLD_MAX_TOKENS`] tokens per prompt).
     pub fn folded(&self) -> bool {
-        self.folded
+        self.ids.fold.is_some()
     }
 
     /// Masks per prompt (1, or 3 with multimask).
@@ -928,7 +933,7 @@ impl DecodePlan {
     /// First column of `[q_i2t | k_t2i | v_t2i]` the shared block-0 keys projection computes:
     /// folded plans need no q_i2t.
     fn shared_first_col(&self) -> usize {
-        if self.folded {
+        if self.folded() {
             CROSS
         } else {
             0
@@ -1630,13 +1635,13 @@ impl DecodePlan {
                     batch: b,
                     stride: max,
                     multimask: self.config.multimask,
-                    up1: if self.folded {
+                    up1: if self.folded() {
                         r(ids.g)
                     } else {
                         at(ids.g, FINAL_UP1)
                     },
-                    up1_ld: if self.folded { 4 * UP1 } else { FINAL_N },
-                    normalized: self.folded,
+                    up1_ld: if self.folded() { 4 * UP1 } else { FINAL_N },
+                    normalized: self.folded(),
                     ln: w.up1_ln,
                     eps: LN2D_EPS,
                     w2: w.up2.0,
