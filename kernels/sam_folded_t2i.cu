@@ -56,7 +56,7 @@
 // Shared memory: 2 slots x (X + K) x 32 KB + 32 KB (Q staging, then the pair exchange, then the
 // fp16 A rows) = 160 KB: one CTA per SM (sm_86/89 cannot run it, the launch then fails with
 // a typed error). __launch_bounds__(256, 1): up to 255 registers (Q fragments 64 + A 64 +
-// scores 16 + half a stage of X and PE 32): 245, no spills (sm_90a, CUDA 12).
+// scores 16 + half a stage of X and PE 32): 241, no spills (sm_90a, CUDA 12).
 //
 // Floor (estimates, not measurements; H100/H200, 132 SMs):
 // - FLOPs: 2 x (64 x N x 256 x 2) per prompt (scores and P V over 64 padded rows) = 268 MFLOP
@@ -256,6 +256,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
         if (next) load_half(xr, pe, first + s + 1, 0);
         const uint32_t x_base = ring + slot * kStageBytes;
         const uint32_t k_base = x_base + kTileBytes;
+        // A += P V for the 16 keys from key0 of this stage: V = X transposed, matrices (keys
+        // 0-7 | 8-15) x (columns lo | hi) = b0 b1 of two column n-tiles.
+        auto pv = [&](const uint32_t(&pa)[4], int key0) {
+#pragma unroll
+            for (int n2 = 0; n2 < 8; ++n2) {
+                uint32_t vf[4];
+                const int vc = 16 * hf + 2 * n2 + (mi >> 1);
+                ldmatrix_x4_trans(vf, x_base + swz(key0 + (mi & 1) * 8 + r7, vc) * 2);
+                mma16816(acc[2 * n2], pa, vf[0], vf[1]);
+                mma16816(acc[2 * n2 + 1], pa, vf[2], vf[3]);
+            }
+        };
 
         // Scores of this warp's 32 keys (32 hf .. 32 hf + 31) over all 256 dims: K matrices
         // (keys 0-7 | 8-15) x (dims lo | hi) = b0 b1 of two key n-tiles per ldmatrix.
@@ -281,10 +293,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
             load_half(xr, pe, first + s + 1, 1);
         }
 
+        // Every warp runs the pair's two named barriers, active or not (past R the pair only
+        // syncs with itself). With idle pairs skipping them, compute-sanitizer racecheck
+        // reported ~1M WAR hazards between an active warp's X reads and an idle warp's
+        // next-stage stores: the CTA barrier at each stage's top orders those, but racecheck's
+        // barrier accounting went out of step between warps running different barrier counts.
+        float mx[2] = {-INFINITY, -INFINITY};
         if (active) {
             // Row maxima over this warp's keys (quad), exchanged with the pair's other warp: both
             // take fmaxf of the same two values, so they share the stage maximum bit for bit.
-            float mx[2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 float m = -INFINITY;
@@ -298,7 +315,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
                 mx_buf[warp * 16 + g] = mx[0];
                 mx_buf[warp * 16 + g + 8] = mx[1];
             }
-            named_barrier_sync(1 + rg, 64);
+        }
+        named_barrier_sync(1 + rg, 64);
+        if (active) {
             float alpha[2];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
@@ -328,19 +347,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
 
             // P (fp16) of this warp's keys: two score n-tiles are one A fragment (keys 16 kl ..
             // of the warp's 32); published for the other warp, which holds the other 32 keys.
-            // A += P V over this warp's 128 columns, its own keys first (before the pair
-            // barrier), then the other warp's; V = X transposed, matrices (keys 0-7 | 8-15) x
-            // (columns lo | hi) = b0 b1 of two column n-tiles.
-            auto pv = [&](const uint32_t(&pa)[4], int key0) {
-#pragma unroll
-                for (int n2 = 0; n2 < 8; ++n2) {
-                    uint32_t vf[4];
-                    const int vc = 16 * hf + 2 * n2 + (mi >> 1);
-                    ldmatrix_x4_trans(vf, x_base + swz(key0 + (mi & 1) * 8 + r7, vc) * 2);
-                    mma16816(acc[2 * n2], pa, vf[0], vf[1]);
-                    mma16816(acc[2 * n2 + 1], pa, vf[2], vf[3]);
-                }
-            };
+            // A += P V (`pv`) over this warp's 128 columns, its own keys first (before the pair
+            // barrier), then the other warp's.
 #pragma unroll
             for (int kl = 0; kl < 2; ++kl) {
                 uint32_t f[4];
@@ -351,7 +359,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) sam_folded_t2i(FoldedT
                 p_buf[(warp * 2 + kl) * 32 + lane] = make_uint4(f[0], f[1], f[2], f[3]);
                 pv(f, 32 * hf + 16 * kl);
             }
-            named_barrier_sync(1 + rg, 64);
+        }
+        named_barrier_sync(1 + rg, 64);
+        if (active) {
 #pragma unroll
             for (int kl = 0; kl < 2; ++kl) {
                 const uint4 o = p_buf[((warp ^ 1) * 2 + kl) * 32 + lane];
