@@ -7,22 +7,22 @@
 //   m = m[..., :sam_h, :sam_w]
 //   m = F.interpolate(m, (H, W), mode="bilinear", align_corners=False)
 //   mask = m > 0
-// Both interpolations are evaluated on the fly per output pixel with ATen's arithmetic
-// (upsample_bilinear2d: src = scale * (dst + 0.5) - 0.5 clamped at 0, scale = in / out).
+// Both interpolations are evaluated on the fly per output pixel with ATen's taps and weights
+// (upsample_bilinear2d: src = scale * (dst + 0.5) - 0.5 clamped at 0, scale = in / out),
+// multiplied out in fp32 (logits differ from ATen's by float rounding only).
 //
 // Three launches: mask_bounds (16 blocks per mask, one per row slice of the low-res logits:
 // boxes of the logits above the threshold), mask_layout (one block: the boxes mapped to frame
 // crops that provably hold every set pixel -> packet offsets, records, counts), mask_encode
 // (one wave of blocks over the masks' bands of crop rows).
 //
-// mask_encode decides most 32-pixel words without evaluating them: with threshold 0 a word
-// whose low-res neighbourhood has one sign throughout is all ones or all zeros (exactly; see
-// the kernel). Only words near a mask's boundary ("mixed") are evaluated, a lane per pixel,
-// from low-res rows staged in shared memory.
+// mask_encode evaluates every pixel of a crop: both interpolations multiplied out into at most
+// 3 x 3 low-res cells with separable weights, so a pixel costs 3 FMAs, a compare and a share of
+// a ballot (the kernel's comment has the layout and the measurements).
 //
-// Floor (8 full-frame masks at 1920x1080, every pixel evaluated): 16.6 M pixels x ~70
-// instructions ~ 35 us of issue on an H100/H200; with the sign test the cost follows the
-// boundary, not the area. The 2 MB of bits written and the 2 MB of logits read are noise.
+// Floor (32 full-frame masks at 1920x1080, every pixel evaluated): 66 M pixels x ~9 lane
+// instructions ~ 19 M warp instructions, ~15 us of issue on an H100/H200. The 8 MB of bits
+// written and the 8 MB of logits read are ~4 us of HBM traffic.
 #include "common.cuh"
 
 using namespace finesam;
@@ -232,54 +232,63 @@ __device__ __forceinline__ void composite_taps(float scale, int dst, int sam_siz
     k2 = v.i1 == base + 2 ? d : 0.f;
 }
 
-// Crop columns a lane evaluates side by side (the row record, window test and loop are shared).
-constexpr int kColumnsPerLane = 2;
+// Crop columns a lane evaluates side by side (the row record, the advance test and the loop are
+// shared): 4 columns halve the per-row overhead per pixel of 2 and still fit 80 registers.
+constexpr int kColumnsPerLane = 4;
 
 // One crop column of a lane: its composite x weights over low-res columns jb .. jb + 2, the
 // horizontal interpolates h of the low-res rows in play (cur .. cur + 2) and the cells of row
-// cur + 3, loaded one step ahead so the window's advance does not wait on L2.
+// cur + 3, loaded one step ahead so the window's advance does not wait on L2. The window never
+// passes the last column (jb <= 253): composite_taps gives indices past it weight 0, so a window
+// that would is shifted left with its weights, which keeps the three cells at offsets 0, 1, 2
+// of one address per row load (the same sums bit for bit for finite cells; the first version
+// clamped each index, and its 64-bit address arithmetic per cell made the window's advance
+// about a third of the kernel's instructions).
 struct Column {
-    const float* cells;  // low-res column jb of row 0
-    int d1, d2;          // offsets of columns jb + 1, jb + 2 (clamped to the last column)
+    int jb;  // low-res column of the first cell (<= 253)
     float k0, k1, k2, h0, h1, h2, n0, n1, n2;
-    bool active;         // inside the crop
 
-    __device__ __forceinline__ void init(float sx, int crop_x, int x, int width, int sam_w,
-                                         const float* low) {
-        active = x < width;
-        int jb;
+    __device__ __forceinline__ void init(float sx, int crop_x, int x, int width, int sam_w) {
         composite_taps(sx, crop_x + min(x, width - 1), sam_w, jb, k0, k1, k2);
-        cells = low + jb;
-        d1 = min(jb + 1, kLowRes - 1) - jb;
-        d2 = min(jb + 2, kLowRes - 1) - jb;
+        if (jb == kLowRes - 2) {  // k2 == 0
+            k2 = k1;
+            k1 = k0;
+            k0 = 0.f;
+        } else if (jb == kLowRes - 1) {  // k1 == k2 == 0
+            k2 = k0;
+            k1 = k0 = 0.f;
+        }
+        jb = min(jb, kLowRes - 3);
         h0 = h1 = h2 = n0 = n1 = n2 = 0.f;
     }
     // Cells of low-res row `row` (clamped: a row past the last has weight 0).
-    __device__ __forceinline__ void load(int row, float& c0, float& c1, float& c2) const {
-        const float* l = cells + min(row, kLowRes - 1) * kLowRes;
+    __device__ __forceinline__ void load(const float* low, int row, float& c0, float& c1,
+                                         float& c2) const {
+        const float* l = low + (min(row, kLowRes - 1) * kLowRes + jb);
         c0 = l[0];
-        c1 = l[d1];
-        c2 = l[d2];
+        c1 = l[1];
+        c2 = l[2];
     }
     // The window moves from low-res row `cur` to `a` (> cur).
-    __device__ __forceinline__ void advance(int a, int cur) {
+    __device__ __forceinline__ void advance(const float* low, int a, int cur) {
         if (a == cur + 1) {
             h0 = h1;
             h1 = h2;
             h2 = k0 * n0 + k1 * n1 + k2 * n2;
         } else {
             float c0, c1, c2;
-            load(a, c0, c1, c2);
+            load(low, a, c0, c1, c2);
             h0 = k0 * c0 + k1 * c1 + k2 * c2;
-            load(a + 1, c0, c1, c2);
+            load(low, a + 1, c0, c1, c2);
             h1 = k0 * c0 + k1 * c1 + k2 * c2;
-            load(a + 2, c0, c1, c2);
+            load(low, a + 2, c0, c1, c2);
             h2 = k0 * c0 + k1 * c1 + k2 * c2;
         }
-        load(a + 3, n0, n1, n2);
+        load(low, a + 3, n0, n1, n2);
     }
+    // Columns past the crop compute a copy of its last column; their bits are masked off.
     __device__ __forceinline__ bool above(const RowWeights& w, float threshold) const {
-        return active && w.e0 * h0 + w.e1 * h1 + w.e2 * h2 > threshold;
+        return w.e0 * h0 + w.e1 * h1 + w.e2 * h2 > threshold;
     }
 };
 
@@ -290,10 +299,10 @@ struct Column {
 //
 // Both interpolations are linear, so a frame pixel's logit is sum_r e_r(y) sum_j k_j(x) L[r][j]
 // over at most 3 x 3 low-res cells, with composite weights e (per crop row, tabled per band)
-// and k (per crop column). A warp owns a 64-column strip of the band and walks its rows: each
-// lane keeps, for its two columns, k and the horizontal interpolates H[r] = sum_j k_j L[r][j]
+// and k (per crop column). A warp owns a 128-column strip of the band and walks its rows: each
+// lane keeps, for its four columns, k and the horizontal interpolates H[r] = sum_j k_j L[r][j]
 // of the 3 low-res rows in play (a new row enters every 4 / scale_y crop rows, read from L2),
-// so a pixel is 3 FMAs, a compare and a share of one ballot. The 32 bits of a strip row go into the
+// so a pixel is 3 FMAs, a compare, a ballot and a select. The 32 bits of a strip row go into the
 // band's words in shared memory (two atomicOr when the row does not start on a word boundary),
 // then the band's words are written out coalesced.
 //
@@ -301,11 +310,19 @@ struct Column {
 // in fp32: the logit differs from ATen's by float rounding (~1e-7 of the cells' magnitude), so
 // only pixels that close to the threshold can differ (the tests bound them).
 //
-// Cost: ~10 instructions per pixel and no shared-memory traffic per pixel beyond one broadcast
-// row record per warp row: 8 full-frame masks at 1920x1080 (16.6 M pixels) ~5 M warp
-// instructions, ~5 us of the GPU's issue. The previous version (a cache of 1024-space values per
-// band, ATen's expression per pixel from 4 of them) issued ~75 instructions per pixel: 312 us
-// for 32 full-frame masks (H200, ncu), a third of that the partial second wave of its grid.
+// Cost: per warp row of a strip (128 pixels) ~36 instructions (4 x (3 FMA, compare, ballot,
+// select) + the row record and the loop), plus the window's advance every ~7.5 crop rows at
+// 1920x1080; no shared-memory traffic per pixel beyond one broadcast row record per warp row.
+// 32 full-frame noisy masks (66 M pixels, every word mixed) ~19 M warp instructions, ~15 us of
+// the GPU's issue at IPC 4.
+// Measured (H100, 2026-11-27, a standalone harness over this kernel alone, outputs bitwise equal
+// across versions): 32 full-frame noisy masks 73.9 us with two columns per lane and per-cell
+// clamped addresses (ncu: 49.8 M instructions, issue 63 % busy), 62.7 us with the fixed-offset
+// window, 52.4 us with it and four columns per lane; 8 masks 30.6 -> 24.2 us. Smooth blob masks
+// (crops ~9 % of the frame): 15.5 -> 15.8 us at 32 masks (two columns per lane with the
+// fixed-offset window: 13.7; narrow crops waste part of a 128-column strip). The version before
+// (a cache of 1024-space values per band, ATen's expression per pixel from 4 of them) issued ~75
+// instructions per pixel: 312 us for 32 full-frame masks (H200, ncu).
 extern "C" __global__ void __launch_bounds__(256, 3)
 mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask_count,
             const uint8_t* __restrict__ upload, float threshold, uint8_t* __restrict__ packet,
@@ -359,7 +376,7 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
             }
             __syncthreads();
 
-            // Work items: strips of 64 columns (two per lane: x and x + 32) x row segments
+            // Work items: strips of 128 columns (four per lane: x, x + 32, ...) x row segments
             // (segments only when strips < warps).
             const int segments = max(warps / strips, 1);
             const int seg_rows = (band_rows + segments - 1) / segments;
@@ -368,7 +385,7 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
                 Column col[kColumnsPerLane];
 #pragma unroll
                 for (int c = 0; c < kColumnsPerLane; ++c)
-                    col[c].init(sx, r.x, strip * 32 * kColumnsPerLane + c * 32 + lane, width, sam_w, low);
+                    col[c].init(sx, r.x, strip * 32 * kColumnsPerLane + c * 32 + lane, width, sam_w);
                 const int y_first = seg * seg_rows, y_end = min(y_first + seg_rows, band_rows);
                 int cur = -4;  // low-res row of h0 (warp-uniform)
                 // Each lane keeps the bits of one strip row of every 32 (row y0 + lane) and puts
@@ -380,7 +397,7 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
                         const RowWeights w = row_weights[y0 + i];
                         if (w.a != cur) {  // warp-uniform
 #pragma unroll
-                            for (int c = 0; c < kColumnsPerLane; ++c) col[c].advance(w.a, cur);
+                            for (int c = 0; c < kColumnsPerLane; ++c) col[c].advance(low, w.a, cur);
                             cur = w.a;
                         }
 #pragma unroll
@@ -393,10 +410,13 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
                     if (lane < group) {
 #pragma unroll
                         for (int c = 0; c < kColumnsPerLane; ++c) {
+                            // Only the bits of columns inside the crop.
+                            const int x0 = (strip * kColumnsPerLane + c) * 32;
+                            const int inside = min(max(width - x0, 0), 32);
+                            if (inside < 32) mine[c] &= (1u << inside) - 1u;
                             if (mine[c] == 0u) continue;
                             // Linear index of the strip row's first pixel; its words in the band.
-                            const int o = (row_a + y0 + lane) * width +
-                                          (strip * kColumnsPerLane + c) * 32;
+                            const int o = (row_a + y0 + lane) * width + x0;
                             const int wi = o / 32 - word0, shift = o % 32;
                             if (wi >= 0 && wi < word_end - word0)
                                 atomicOr(&band_words[wi], mine[c] << shift);
@@ -407,7 +427,7 @@ mask_encode(const float* __restrict__ low_res, const uint32_t* __restrict__ mask
                 }
             }
             __syncthreads();
-            // Bits past the crop's last pixel stay 0: they are never set (inactive lanes).
+            // Bits past the crop's last pixel stay 0: they are masked off before the atomicOr.
             for (int i = threadIdx.x; i < word_end - word0; i += blockDim.x)
                 data[word0 + i] = band_words[i];
         }
