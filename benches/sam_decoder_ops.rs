@@ -99,22 +99,34 @@ fn bench_case(
     criterion_gpu_case(c, gpu, name, work);
 }
 
+/// A zeroed key-split workspace of `(counter_slots, bytes)` as the token->image attentions'
+/// workspace functions return it (the buffer keeps it alive); None when nothing splits.
+fn zeroed_workspace(
+    gpu: &Gpu,
+    (counter_slots, bytes): (usize, usize),
+) -> Option<(DeviceBuffer, CrossAttentionWorkspace)> {
+    if bytes == 0 {
+        return None;
+    }
+    let buffer = gpu.alloc(bytes).expect("device allocation");
+    gpu.memset(buffer.ptr(), 0, bytes).expect("memset");
+    let ws = CrossAttentionWorkspace {
+        ptr: buffer.ptr(),
+        bytes,
+        counter_slots,
+    };
+    Some((buffer, ws))
+}
+
 fn cross_attention(c: &mut Criterion, gpu: &Gpu) {
     const MAX_PROMPTS: usize = 32;
     let sm = gpu.kernels().sm_count() as usize;
     // One workspace for every launch below, counters zeroed once (the kernel leaves them 0).
-    let (slots, ws_bytes) =
-        cross_attention_workspace(MAX_PROMPTS, TOKENS, KEYS, sm).expect("workspace size");
-    let ws_buffer = (ws_bytes > 0).then(|| {
-        let buffer = gpu.alloc(ws_bytes).expect("device allocation");
-        gpu.memset(buffer.ptr(), 0, ws_bytes).expect("memset");
-        buffer
-    });
-    let workspace = ws_buffer.as_ref().map(|b| CrossAttentionWorkspace {
-        ptr: b.ptr(),
-        bytes: ws_bytes,
-        counter_slots: slots,
-    });
+    let ws = zeroed_workspace(
+        gpu,
+        cross_attention_workspace(MAX_PROMPTS, TOKENS, KEYS, sm).expect("workspace size"),
+    );
+    let workspace = ws.as_ref().map(|(_, w)| *w);
     // Scores q.k / 4 with q, k in [-2, 2], v in [-1, 1] (k and v columns of one buffer).
     let q = filled(gpu, MAX_PROMPTS * TOKENS * CROSS_WIDTH, 2.0);
     let kv = filled(gpu, MAX_PROMPTS * KEYS * KV_STRIDE, 2.0);
@@ -178,18 +190,11 @@ fn cross_attention(c: &mut Criterion, gpu: &Gpu) {
 fn folded_token_to_image(c: &mut Criterion, gpu: &Gpu) {
     const MAX_PROMPTS: usize = 32;
     let sm = gpu.kernels().sm_count() as usize;
-    let (slots, ws_bytes) =
-        folded_token_to_image_workspace(MAX_PROMPTS, TOKENS, KEYS, sm).expect("workspace size");
-    let ws_buffer = (ws_bytes > 0).then(|| {
-        let buffer = gpu.alloc(ws_bytes).expect("device allocation");
-        gpu.memset(buffer.ptr(), 0, ws_bytes).expect("memset");
-        buffer
-    });
-    let workspace = ws_buffer.as_ref().map(|b| CrossAttentionWorkspace {
-        ptr: b.ptr(),
-        bytes: ws_bytes,
-        counter_slots: slots,
-    });
+    let ws = zeroed_workspace(
+        gpu,
+        folded_token_to_image_workspace(MAX_PROMPTS, TOKENS, KEYS, sm).expect("workspace size"),
+    );
+    let workspace = ws.as_ref().map(|(_, w)| *w);
     let rows = TOKENS * FOLDED_HEADS;
     // Qf in [-0.5, 0.5], x and pe in [-2, 2]: scores of std ~2; Wv in [-1/16, 1/16].
     let qf = filled(gpu, MAX_PROMPTS * rows * FOLDED_DIM, 0.5);
