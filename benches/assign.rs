@@ -13,8 +13,8 @@ use std::time::Duration;
 use criterion::Criterion;
 use finesam::assign::random::SplitMix64;
 use finesam::assign::{
-    uses_shortest_path, AssignConfig, Assigner, DeviceBatch, Matcher, MatcherConfig, MatcherInputs,
-    MatcherShape,
+    uses_shortest_path, uses_sparse, AssignConfig, Assigner, DeviceBatch, Matcher, MatcherConfig,
+    MatcherInputs, MatcherShape,
 };
 use finesam::gpu::DeviceBuffer;
 use finesam::Gpu;
@@ -59,19 +59,18 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
         .iter()
         .map(|&(rows, cols)| (0..rows * cols).map(|_| rng.next_f32()).collect())
         .collect();
-    // The default (small matrices by shortest paths), then the auction alone where the
-    // default did not use it, for comparison.
+    // The default (small matrices by shortest paths, square ones up to 384 by the sparse
+    // auction), then the dense auction alone where the default did not use it, for comparison.
     let auction_only = AssignConfig {
         shortest_path: false,
+        sparse: false,
         ..AssignConfig::default()
     };
     let cases = sizes.iter().zip(&costs).flat_map(|(&(rows, cols), cost)| {
-        let small = uses_shortest_path(
-            &AssignConfig::default(),
-            rows.min(cols),
-            rows.max(cols),
-            false,
-        );
+        let (persons, objects) = (rows.min(cols), rows.max(cols));
+        let default_cfg = AssignConfig::default();
+        let small = uses_shortest_path(&default_cfg, persons, objects, false)
+            || uses_sparse(&default_cfg, persons, objects, false);
         let default = (
             format!("{rows}x{cols}"),
             AssignConfig::default(),
@@ -124,14 +123,19 @@ fn print_profile(gpu: &Gpu, case: &str, assigner: &Assigner) {
     let us_per_cycle = p.ns as f64 / 1e3 / total as f64;
     let us = |c: u32| c as f64 * us_per_cycle;
     eprintln!(
-        "{case}: in-kernel {:.1} us ({total} cycles, {:.2} GHz): prep {:.1} us, phase bookkeeping {:.1}, \
-         forward first rounds {:.1}, forward rounds+chains {:.1}, reverse {:.1}, finish {:.1}",
+        "{case}: in-kernel {:.1} us ({total} cycles, {:.2} GHz): scan {:.1} us, quantise {:.1}, \
+         select {:.1}, phase bookkeeping {:.1}, forward first rounds {:.1}, block rounds {:.1}, \
+         small rounds {:.1}, chains {:.1}, reverse or sparse check {:.1}, finish {:.1}",
         p.ns as f64 / 1e3,
         total as f64 / p.ns.max(1) as f64,
-        us(p.prep_cycles),
+        us(p.scan_cycles),
+        us(p.quantise_cycles),
+        us(p.select_cycles),
         us(p.phase_cycles),
         us(p.forward_first_cycles),
         us(p.forward_cycles),
+        us(p.small_cycles),
+        us(p.chain_cycles),
         us(p.reverse_cycles),
         us(p.finish_cycles),
     );

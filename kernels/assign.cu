@@ -9,6 +9,9 @@
 //                     scipy's own algorithm instead, shortest augmenting paths in f64 (one warp;
 //                     bit-identical to src/assign/oracle.rs): fewer dependent steps than the
 //                     auction's phases for thin problems (300x10: 10 row scans, 300x100: ~120).
+//                     Square matrices of sides 128..384 bid over each row's cheapest entries
+//                     (kept in shared memory) and are checked exactly against the full matrix at
+//                     the end (the sparse path; assign_solve_512, docs/ASSIGN.md).
 //   matcher_cost      D-FINE HungarianMatcher cost (focal class cost, L1, -GIoU on cxcywh boxes,
 //                     nan_to_num(nan=1.0)), written as ragged per-image matrices plus the
 //                     problem descriptors assign_solve reads. Reference op: zoo/dfine/matcher.py.
@@ -36,8 +39,24 @@ constexpr int kMaxSide = 65534;
 // SHORTEST_PATH_MAX_ENTRIES / SHORTEST_PATH_MAX_OBJECTS in src/assign/mod.rs (uses_shortest_path).
 constexpr long long kSpMaxEntries = 32768;
 constexpr int kSpMaxObjects = 1024;
+// Sparse candidates (SPARSE_* in src/assign/mod.rs): square matrices of these sides keep up to
+// kSparseSlots objects per person (the shared-memory region: 10 bytes per slot). Above 384 the
+// region would need fewer slots, and with 16 the CPU model needs 2-9x the dense rounds.
+constexpr int kSparseMinSide = 128;
+constexpr int kSparseMaxSide = 384;
+constexpr int kSparseSlots = 32;
+constexpr unsigned short kNoObject = 0xffff;
+// Rounds the sparse path may take (SPARSE_ROUND_BUDGET_*): beyond them the solve restarts on
+// the dense path (kept sets that barely contain a perfect matching make long price wars).
+constexpr unsigned kSparseRoundsPerSide = 8;
+constexpr unsigned kSparseRoundsBase = 2048;
+// Forward rounds with at most kSmallBidders bidders run in the first kSmallWarps warps only,
+// synchronised by a named barrier: most rounds of a sparse solve have 2-8 bidders, and a
+// 1024-thread barrier plus a block-wide resolve cost more than their bids.
+constexpr int kSmallBidders = 32;
+constexpr int kSmallWarps = 8;
 
-enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1 };
+enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1, kSparseAuction = 2 };
 
 enum Status : uint32_t {
     kOptimal = 0,
@@ -75,6 +94,7 @@ struct AssignParams {
     uint32_t cache_width;    // bid candidates per person after the state when q is global (0: none)
     uint32_t cache_persons;  // persons the candidate cache was sized for
     uint32_t shortest_path;  // 1: solve matrices whose costs fit shared memory by shortest paths
+    uint32_t sparse_persons; // sparse candidates for square matrices up to this side (0: off)
 };
 
 struct AssignInfo {
@@ -84,10 +104,9 @@ struct AssignInfo {
     uint32_t rounds;
     uint32_t phases;
     uint32_t unassigned;  // smaller-side members left on forbidden pairs
-    // Diagnostics (thread 0's clock64 between stage marks, see prof_mark): prep (passes and
-    // state init), phase bookkeeping (price shift, lambda), forward first rounds (full scans),
-    // forward later rounds and chains, reverse part, final sum; then the kernel's globaltimer ns.
-    uint32_t cycles[6];
+    // Diagnostics (thread 0's clock64 between stage marks, see ProfStage), then the kernel's
+    // globaltimer ns.
+    uint32_t cycles[10];
     uint32_t ns;
     uint32_t algorithm;  // Algorithm
 };
@@ -201,6 +220,14 @@ struct Auction {
     long long* cand_benefit;   // [n][cw] a_ij of the candidate, j = cand_object
     int* cand_object;          // [n][cw] -1 = none
     long long* cand_bound;     // [n]
+    // Sparse candidates (square matrices of kSparseMinSide..kSparseMaxSide, no +inf; see
+    // select_candidates): person i bids over its kept objects only, until the final check
+    // finds an object outside them that it prefers (then the row turns dense: full scans).
+    int slots;                     // kSparseSlots, 0 = dense path
+    long long* sparse_benefit;     // [n][slots] a_ij of the kept object j = sparse_object
+    unsigned short* sparse_object; // [n][slots] kNoObject = empty slot
+    int* sparse_floor;             // [n] every object not kept has q_ij >= sparse_floor[i]
+    int* dense;                    // [n] 1: the row is scanned in full (after a failed check)
 
     // mult = n + 1 <= 65535 and 0 <= qv < 2^31: both operands are sign-extended 32-bit values,
     // so the product is one 32x32->64 multiply (IMAD.WIDE) instead of a 64x64 one per entry.
@@ -208,7 +235,42 @@ struct Auction {
         return qv < 0 ? -big : -(static_cast<long long>(qv) * static_cast<long long>(static_cast<int>(mult)));
     }
     __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
+    __device__ __forceinline__ bool sparse_row(int i) const { return slots != 0 && dense[i] == 0; }
 };
+
+// Stage profile: thread 0 adds the clock64 cycles since its last mark to prof[k]
+// (prof[kProfStages]: the last mark, prof[kProfStages + 1]: globaltimer at entry). Only
+// thread 0 touches prof. Stages: pass 1 (scan), pass 2 (quantise) and the state's
+// initialisation, the sparse selection, phase bookkeeping (price shift, lambda), forward first
+// rounds, block-wide forward rounds, small rounds (kSmallWarps warps), single-bidder chains,
+// reverse part or the sparse check, final sum (SolveProfile in src/assign/solver.rs).
+enum ProfStage {
+    kProfScan = 0,
+    kProfQuantise = 1,
+    kProfSelect = 2,
+    kProfPhase = 3,
+    kProfForwardFirst = 4,
+    kProfForward = 5,
+    kProfSmall = 6,
+    kProfChain = 7,
+    kProfReverse = 8,
+    kProfFinish = 9,
+    kProfStages = 10
+};
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
+    if (threadIdx.x == 0) {
+        const unsigned long long t = clock64();
+        prof[k] += t - prof[kProfStages];
+        prof[kProfStages] = t;
+    }
+}
 
 // Loads issued together per lane before any is used by a scan: the scan's latency is then one
 // memory round trip per kScanBatch * 32 entries (6: 300 objects in two trips, and no spills at
@@ -292,6 +354,157 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
     return scan_person(A, i, lane);
 }
 
+// Person i's best and second-best value over its kept objects (a sparse row): lane s reads
+// slot s; ties go to the smaller rotated position k = (j - i) mod m, exactly as a full scan
+// would break them. The best is tracked as one key v * 512 + (511 - k) (k < 512, |v| < 2^47),
+// so a merge step moves two 64-bit values instead of three and selects without branches (the
+// chains' latency is these five dependent steps). An empty slot has key kNegInf, whose >> 9
+// (kEmpty) is below every real value and becomes kNegInf again at the end. Warp-collective.
+__device__ __forceinline__ Top2 sparse_scan(const Auction& A, int i, int lane) {
+    constexpr long long kEmpty = kNegInf >> 9;
+    const int c = i * kSparseSlots + lane;
+    const int j = A.sparse_object[c];
+    long long key = kNegInf, v2 = kEmpty;
+    if (j != kNoObject) {
+        const int k = j >= i ? j - i : j - i + A.m;
+        key = (A.sparse_benefit[c] - A.price[j]) * 512 + (511 - k);
+    }
+#pragma unroll
+    for (int off = 16; off; off >>= 1) {
+        const long long ok = __shfl_xor_sync(kFull, key, off);
+        const long long o2 = __shfl_xor_sync(kFull, v2, off);
+        const bool take = ok > key;
+        const long long loser = take ? key : ok;
+        v2 = max(take ? o2 : v2, loser >> 9);
+        key = take ? ok : key;
+    }
+    return Top2{key == kNegInf ? kNegInf : key >> 9, v2 == kEmpty ? kNegInf : v2,
+                511 - static_cast<int>(key & 511)};
+}
+
+// A bid's scan: over the kept objects of a sparse row, else bid_scan. Warp-collective.
+__device__ __forceinline__ Top2 bid_values(const Auction& A, int i, int lane) {
+    return A.sparse_row(i) ? sparse_scan(A, i, lane) : bid_scan(A, i, lane);
+}
+
+__device__ __forceinline__ unsigned long long select_key(int qv, int k) {
+    return (static_cast<unsigned long long>(static_cast<unsigned>(qv)) << 16) | static_cast<unsigned>(k);
+}
+
+// Chooses the objects person i keeps (sparse path), from its quantised row in A.q. Entries are
+// ordered by key (q_ij, k) with k = (j - i) mod m the rotated position; lane l holds the positions
+// k = l (mod 32). T_r is the r-th smallest of the 32 lane minima: at least r entries are <= T_r,
+// so the entries <= T_r include the row's r cheapest. Kept: every entry <= T_r plus the diagonal
+// j = i (k = 0, so the kept objects always contain a perfect matching and the sparse auction
+// terminates), for the largest r <= 16 whose set fits the 32 slots (r = 1 always fits: the
+// minimum and the diagonal). A row so keeps at least its 16 cheapest entries unless they crowd
+// into few lanes. Each kept object other than the diagonal is marked in `covered`.
+// src/assign/cpu.rs (select_kept) applies the same rule. The selection also quantises the row
+// (the dense path's pass 2): it reads the f32 costs (row stride ld), writes q to the scratch row
+// (the final check and dense rows scan it) and keeps it in registers. Warp-collective; L =
+// entries per lane (m <= 32 L).
+template <int L>
+__device__ void select_candidates(const Auction& A, int i, int lane, const float* cost, size_t ld, const Scaling& s,
+                                  int* covered) {
+    const int m = A.m, slots = kSparseSlots;
+    int* row = const_cast<int*>(A.q) + static_cast<size_t>(i) * m;
+    const float* crow = cost + static_cast<size_t>(i) * ld;
+    float cf[L];
+#pragma unroll
+    for (int u = 0; u < L; ++u) {
+        const int k = lane + 32 * u;
+        int j = i + k;
+        if (j >= m) j -= m;
+        cf[u] = k < m ? crow[j] : 0.0f;
+    }
+    int cache[L];
+#pragma unroll
+    for (int u = 0; u < L; ++u) {
+        const int k = lane + 32 * u;
+        int j = i + k;
+        if (j >= m) j -= m;
+        cache[u] = 0x7fffffff;
+        if (k < m) {
+            cache[u] = quantize(cf[u], s);
+            row[j] = cache[u];
+        }
+    }
+    auto entry = [&](int u) { return cache[u]; };
+    int bq = 0x7fffffff, bk = lane;
+#pragma unroll
+    for (int u = 0; u < L; ++u) {
+        const int qu = entry(u);
+        if (qu < bq) {
+            bq = qu;
+            bk = lane + 32 * u;
+        }
+    }
+    // Bitonic sort of the lane minima, ascending across the warp.
+    unsigned long long key = select_key(bq, bk);
+#pragma unroll
+    for (int size = 2; size <= 32; size <<= 1)
+#pragma unroll
+        for (int stride = size >> 1; stride; stride >>= 1) {
+            const unsigned long long other = __shfl_xor_sync(kFull, key, stride);
+            const bool ascending = (lane & size) == 0 || size == 32;
+            const bool lower = (lane & stride) == 0;
+            key = (lower == ascending) ? min(key, other) : max(key, other);
+        }
+    auto count_kept = [&](unsigned long long T) {
+        int c = 0;
+#pragma unroll
+        for (int u = 0; u < L; ++u) {
+            const int k = lane + 32 * u;
+            c += k < m && (k == 0 || select_key(entry(u), k) <= T);
+        }
+        return c;
+    };
+    const int rmax = slots >> 1;
+    unsigned long long T = __shfl_sync(kFull, key, rmax - 1);
+    int mine = count_kept(T);
+    if (static_cast<int>(__reduce_add_sync(kFull, mine)) > slots) {
+        // The kept count grows with r: binary search for the largest r that fits.
+        int lo = 1, hi = rmax - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            const unsigned long long Tm = __shfl_sync(kFull, key, mid - 1);
+            if (static_cast<int>(__reduce_add_sync(kFull, count_kept(Tm))) <= slots) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        T = __shfl_sync(kFull, key, lo - 1);
+        mine = count_kept(T);
+    }
+    int incl = mine;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(kFull, incl, off);
+        if (lane >= off) incl += v;
+    }
+    const int total = __shfl_sync(kFull, incl, 31);
+    int pos = i * slots + incl - mine;
+#pragma unroll
+    for (int u = 0; u < L; ++u) {
+        const int k = lane + 32 * u;
+        const int qu = entry(u);
+        if (k < m && (k == 0 || select_key(qu, k) <= T)) {
+            int j = i + k;
+            if (j >= m) j -= m;
+            A.sparse_benefit[pos] = A.benefit(qu);
+            A.sparse_object[pos] = static_cast<unsigned short>(j);
+            if (k != 0) covered[j] = 1;
+            ++pos;
+        }
+    }
+    for (int s = total + lane; s < slots; s += 32) A.sparse_object[i * slots + s] = kNoObject;
+    if (lane == 0) {
+        A.sparse_floor[i] = static_cast<int>(T >> 16);
+        A.dense[i] = 0;
+    }
+}
+
 // Object j's best and second-best person for a reverse bid (value a_ij - profit_i), scanning
 // persons from j mod n on. Warp-collective.
 __device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
@@ -352,35 +565,69 @@ __device__ __forceinline__ long long next_epsilon(long long eps, unsigned theta,
     return e < 1 ? 1 : e;
 }
 
-// Resolves forward round r: the highest key on each object wins it; losers and displaced
-// owners form the next round's list. Ends with a barrier; returns the next list's size.
+// The barrier of the first kSmallWarps warps (named barrier 1; barrier 0 is __syncthreads).
+__device__ __forceinline__ void small_barrier() {
+    asm volatile("bar.sync 1, %0;" ::"r"(kSmallWarps * 32) : "memory");
+}
+
+// Forward resolve, first half (before a barrier): the highest key on each object wins it; a
+// losing bidder's target becomes -1. The winners clear the slots only after the barrier, so no
+// slot is read and written concurrently.
+__device__ __forceinline__ void mark_forward_loser(const Auction& A, const int* cur, int e) {
+    const int i = cur[e];
+    const unsigned long long key = load_key(&A.slot[A.target[i]]);
+    if (static_cast<int>(key & 0xFFFF) != i + 1) A.target[i] = -1;
+}
+
+// Forward resolve, second half: a winner takes its object. Returns the person who bids next
+// round (the loser itself, or the owner the winner displaced), or -1.
+__device__ __forceinline__ int resolve_bid(const Auction& A, const int* cur, int e) {
+    const int i = cur[e];
+    const int j = A.target[i];
+    if (j < 0) return i;
+    const unsigned long long key = load_key(&A.slot[j]);
+    A.price[j] += static_cast<long long>(key >> 16);
+    const int old = A.owner[j];
+    A.owner[j] = i;
+    A.object[i] = j;
+    A.profit[i] = A.aux[i];
+    A.slot[j] = 0;
+    if (old >= 0) A.object[old] = -1;
+    return old;
+}
+
+// Resolves forward round r: losers and displaced owners form the next round's list. Block:
+// run by the whole block, ends with __syncthreads. Small: at most kSmallBidders (<= 32) bids,
+// resolved by warp 0 with a ballot for the list positions (no atomics); ends with
+// small_barrier. Returns the next list's size.
+template <bool Small>
 __device__ int resolve_forward(const Auction& A, unsigned r) {
+    static_assert(kSmallBidders <= 32, "a small round's bids fit one warp");
     const int cnt = A.counts[r % 3];
     const int* cur = A.list(r);
     int* nxt = A.list(r + 1);
     int* nxt_count = &A.counts[(r + 1) % 3];
     if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
-    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-        const int i = cur[e];
-        const int j = A.target[i];
-        const unsigned long long key = load_key(&A.slot[j]);
-        // A loser may read the slot after the winner cleared it: 0 never matches i + 1.
-        if (static_cast<int>(key & 0xFFFF) == i + 1) {
-            A.price[j] += static_cast<long long>(key >> 16);
-            const int old = A.owner[j];
-            A.owner[j] = i;
-            A.object[i] = j;
-            A.profit[i] = A.aux[i];
-            A.slot[j] = 0;
-            if (old >= 0) {
-                A.object[old] = -1;
-                nxt[atomicAdd(nxt_count, 1)] = old;
-            }
-        } else {
-            nxt[atomicAdd(nxt_count, 1)] = i;
+    if (Small) {
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            if (lane < cnt) mark_forward_loser(A, cur, lane);
+            __syncwarp();
+            const int next = lane < cnt ? resolve_bid(A, cur, lane) : -1;
+            const unsigned pushed = __ballot_sync(kFull, next >= 0);
+            if (next >= 0) nxt[__popc(pushed & ((1u << lane) - 1))] = next;
+            if (lane == 0) *nxt_count = __popc(pushed);
         }
+        small_barrier();
+    } else {
+        for (int e = threadIdx.x; e < cnt; e += blockDim.x) mark_forward_loser(A, cur, e);
+        __syncthreads();
+        for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+            const int next = resolve_bid(A, cur, e);
+            if (next >= 0) nxt[atomicAdd(nxt_count, 1)] = next;
+        }
+        __syncthreads();
     }
-    __syncthreads();
     return *reinterpret_cast<volatile int*>(nxt_count);
 }
 
@@ -392,12 +639,19 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
     int* nxt = A.list(r + 1);
     int* nxt_count = &A.counts[(r + 1) % 3];
     if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
+    // Losers are marked (target -2) before any winner clears a slot, as in resolve_forward.
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
         const int j = cur[e];
         const int i = A.target[j];
-        if (i < 0) continue;  // lowered its price to lambda this round: done
-        const unsigned long long key = load_key(&A.slot[i]);
-        if (static_cast<int>(key & 0xFFFF) == j + 1) {
+        if (i >= 0 && static_cast<int>(load_key(&A.slot[i]) & 0xFFFF) != j + 1) A.target[j] = -2;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+        const int j = cur[e];
+        const int i = A.target[j];
+        if (i == -1) continue;  // lowered its price to lambda this round: done
+        if (i >= 0) {
+            const unsigned long long key = load_key(&A.slot[i]);
             const int k = A.object[i];
             A.price[j] = A.aux[j];
             A.owner[j] = i;
@@ -426,33 +680,87 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
             status = kIterationLimit;
             break;
         }
-        const Top2 t = bid_scan(A, i, lane);
-        int old = -1;
+        // Every lane holds the same top-2, so every lane derives the bid and reads the displaced
+        // owner itself (one broadcast load, no shuffle of the result); lane 0 writes.
+        const Top2 t = bid_values(A, i, lane);
+        int j = i + t.k1;
+        if (j >= A.m) j -= A.m;
+        const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
+        const long long inc = t.v1 - second + eps;
+        if (inc >= kMaxIncrement) {
+            status = kOverflow;
+            break;
+        }
+        const int old = A.owner[j];
+        __syncwarp();  // every lane has read owner[j] before lane 0 replaces it
         if (lane == 0) {
-            int j = i + t.k1;
-            if (j >= A.m) j -= A.m;
-            const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
-            const long long inc = t.v1 - second + eps;
-            if (inc >= kMaxIncrement) {
-                status = kOverflow;
-            } else {
-                A.price[j] += inc;
-                old = A.owner[j];
-                A.owner[j] = i;
-                A.object[i] = j;
-                A.profit[i] = t.v1 - inc;
-                if (old >= 0) A.object[old] = -1;
-            }
+            A.price[j] += inc;
+            A.owner[j] = i;
+            A.object[i] = j;
+            A.profit[i] = t.v1 - inc;
+            if (old >= 0) A.object[old] = -1;
         }
         __syncwarp();
-        old = __shfl_sync(kFull, old, 0);
-        status = __shfl_sync(kFull, status, 0);
-        if (status != kOptimal || old < 0) break;
+        if (old < 0) break;
         i = old;
     }
     if (lane == 0) {
         *tail_rounds = rounds;
         *tail_status = status;
+    }
+}
+
+// Forward rounds r, r + 1, ... with 2..kSmallBidders bidders (list(r) holds `next` bidders
+// whose bids are to be made), run by the first kSmallWarps warps alone: the same Jacobi rounds
+// as the block-wide loop (the bidder count never grows within a forward part), synchronised by
+// small_barrier. Ends like the block-wide loop (a lone bidder's chain included) and leaves, via
+// thread 0, the rounds, the status and the next round index in *tail_rounds, *tail_status,
+// *tail_r (list(*tail_r) holds the chain's bidder when one ran; the caller empties it after its
+// barrier).
+__device__ void small_forward(const Auction& A, unsigned r, int next, long long eps, unsigned rounds,
+                              unsigned max_rounds, int lane, int warp, unsigned* tail_rounds,
+                              uint32_t* tail_status, unsigned* tail_r, unsigned long long* prof) {
+    uint32_t status = kOptimal;
+    bool chained = false;
+    while (true) {
+        if (++rounds > max_rounds) {
+            status = kIterationLimit;
+            break;
+        }
+        const int* cur = A.list(r);
+        for (int e = warp; e < next; e += kSmallWarps) {
+            const int i = cur[e];
+            const Top2 t = bid_values(A, i, lane);
+            if (lane == 0) {
+                int j = i + t.k1;
+                if (j >= A.m) j -= A.m;
+                place_bid(A, i, j, t, eps);
+            }
+        }
+        small_barrier();
+        if (*reinterpret_cast<volatile int*>(A.overflow)) {
+            status = kOverflow;
+            break;
+        }
+        next = resolve_forward<true>(A, r);
+        ++r;
+        if (next == 0) break;
+        if (next == 1) {
+            if (warp == 0) {
+                prof_mark(prof, kProfSmall);
+                forward_chain(A, A.list(r)[0], eps, rounds, max_rounds, lane, tail_rounds, tail_status);
+                prof_mark(prof, kProfChain);
+            }
+            chained = true;
+            break;
+        }
+    }
+    if (threadIdx.x == 0) {
+        if (!chained) {
+            *tail_rounds = rounds;
+            *tail_status = status;
+        }
+        *tail_r = r;
     }
 }
 
@@ -560,23 +868,6 @@ __device__ __forceinline__ void for_each_cost(const float* cost, int rows, int c
     }
 }
 
-// Stage profile: thread 0 adds the clock64 cycles since its last mark to prof[k] (prof[6]:
-// the last mark, prof[7]: globaltimer at entry). Only thread 0 touches prof.
-enum ProfStage { kProfPrep = 0, kProfPhase = 1, kProfForwardFirst = 2, kProfForward = 3, kProfReverse = 4, kProfFinish = 5 };
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-__device__ __forceinline__ void prof_mark(unsigned long long* prof, int k) {
-    if (threadIdx.x == 0) {
-        const unsigned long long t = clock64();
-        prof[k] += t - prof[6];
-        prof[6] = t;
-    }
-}
 
 
 // ------------------------------------------------------------------------------------------
@@ -751,13 +1042,13 @@ __device__ unsigned sp_solve(const ShortestPath& S, unsigned max_scans, int lane
 
 constexpr unsigned kFlagBad = 1, kFlagForbidden = 2, kFlagFractional = 4, kFlagFinite = 8;
 
-}  // namespace
-
-// One block per matrix. Dynamic shared memory: 52 bytes per object of `params.capacity`.
-extern "C" __global__ void __launch_bounds__(1024) assign_solve(
-    const float* __restrict__ costs, const AssignProblem* __restrict__ problems, AssignUniform uniform,
-    int* scratch, int* __restrict__ row_to_col, int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
-    AssignParams params) {
+// The solve of block blockIdx.x's matrix. Sparse: whether the sparse path is compiled in (see
+// assign_solve_512).
+template <bool Sparse>
+__device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, const AssignProblem* __restrict__ problems,
+                                             AssignUniform uniform, int* scratch, int* __restrict__ row_to_col,
+                                             int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
+                                             AssignParams params) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ long long red_ll[32];
     __shared__ float red_lo[32];
@@ -769,11 +1060,12 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     __shared__ int lost;
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
-    __shared__ unsigned long long prof[8];
+    __shared__ unsigned tail_r;
+    __shared__ unsigned long long prof[kProfStages + 2];
     if (threadIdx.x == 0) {
-        for (int k = 0; k < 6; ++k) prof[k] = 0;
-        prof[7] = global_ns();
-        prof[6] = clock64();
+        for (int k = 0; k < kProfStages; ++k) prof[k] = 0;
+        prof[kProfStages + 1] = global_ns();
+        prof[kProfStages] = clock64();
     }
 
     const unsigned b = blockIdx.x;
@@ -799,8 +1091,8 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             out->rounds = rounds;
             out->phases = phases;
             out->unassigned = unassigned;
-            for (int k = 0; k < 6; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
-            out->ns = static_cast<uint32_t>(min(global_ns() - prof[7], 0xffffffffULL));
+            for (int k = 0; k < kProfStages; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
+            out->ns = static_cast<uint32_t>(min(global_ns() - prof[kProfStages + 1], 0xffffffffULL));
             out->algorithm = algorithm;
         }
     };
@@ -834,9 +1126,16 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
 
+    // Square matrices above the shortest-path solver's limit keep sparse candidates in the
+    // region after the state (when they have no +inf, known after pass 1), so their quantised
+    // costs go to the scratch. SPARSE_* and uses_sparse in src/assign/mod.rs state the rule.
+    const bool shortest_path_shape = params.shortest_path != 0 && m <= kSpMaxObjects &&
+                                     static_cast<long long>(n) * m <= kSpMaxEntries;
+    const bool sparse_shape = Sparse && n == m && n >= kSparseMinSide && m <= kSparseMaxSide &&
+                              n <= static_cast<int>(params.sparse_persons) && !shortest_path_shape;
     // The quantised matrix lives in shared memory after the state when it fits (bids then scan
     // shared memory), else in the global scratch (written and read by this block only).
-    const bool q_shared = static_cast<unsigned long long>(n) * m <= params.q_capacity;
+    const bool q_shared = !sparse_shape && static_cast<unsigned long long>(n) * m <= params.q_capacity;
     int* q = q_shared ? reinterpret_cast<int*>(smem + state_bytes(params.capacity)) : scratch + pr.scratch_offset;
 
     // Pass 1: finite range, forbidden entries, integrality, invalid values. With q in shared
@@ -891,8 +1190,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         return;
     }
     const bool forbidden = flags & kFlagForbidden;
-    if (params.shortest_path != 0 && q_shared && !forbidden && m <= kSpMaxObjects &&
-        static_cast<long long>(n) * m <= kSpMaxEntries) {
+    if (shortest_path_shape && q_shared && !forbidden) {
         // Exact shortest augmenting paths on the parked costs (warp 0; the barrier above
         // published them). Rounds report the row scans; there are no phases.
         algorithm = kShortestPath;
@@ -908,7 +1206,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         S.col4row = S.row4col + params.capacity;
         S.remaining = S.col4row + params.capacity;
         S.reached = S.remaining + params.capacity;
-        prof_mark(prof, kProfPrep);
+        prof_mark(prof, kProfScan);
         if (warp == 0) {
             uint32_t status = kOptimal;
             const unsigned scans = sp_solve(S, params.max_rounds, lane, &status);
@@ -962,13 +1260,16 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         s.eps0 = e0 < 1 ? 1 : e0;
     }
 
+    prof_mark(prof, kProfScan);
     // Pass 2: quantised costs, persons x objects (transposed when rows > cols). In shared
     // memory the entries parked in pass 1 are converted in place (the barrier above published
     // them to every thread).
+    // (The sparse path quantises each row in its selection instead.)
+    const bool sparse_now = sparse_shape && !forbidden;
     if (q_shared) {
         const int qn = n * m;
         for (int e = tid; e < qn; e += nthreads) q[e] = quantize(__int_as_float(q[e]), s);
-    } else {
+    } else if (!sparse_now) {
         for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) { q[e] = quantize(c, s); });
     }
 
@@ -990,24 +1291,112 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     A.counts = counts;
     A.overflow = &overflow;
     A.cw = 0;
-    if (!q_shared && params.cache_width != 0 && n <= static_cast<int>(params.cache_persons)) {
+    A.slots = 0;
+    if (sparse_now) {
+        A.slots = kSparseSlots;
+        algorithm = kSparseAuction;
+        A.sparse_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
+        A.sparse_floor = reinterpret_cast<int*>(A.sparse_benefit + static_cast<size_t>(n) * A.slots);
+        A.dense = A.sparse_floor + n;
+        A.sparse_object = reinterpret_cast<unsigned short*>(A.dense + n);
+    } else if (!q_shared && params.cache_width != 0 && n <= static_cast<int>(params.cache_persons)) {
         A.cw = static_cast<int>(params.cache_width);
         A.cand_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
         A.cand_bound = A.cand_benefit + static_cast<size_t>(n) * A.cw;
         A.cand_object = reinterpret_cast<int*>(A.cand_bound + n);
     }
-    for (int j = tid; j < m; j += nthreads) {
-        A.price[j] = 0;
-        A.owner[j] = -1;
-        A.slot[j] = 0;
-    }
-    for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
+    auto reset_state = [&]() {
+        for (int j = tid; j < m; j += nthreads) {
+            A.price[j] = 0;
+            A.owner[j] = -1;
+            A.slot[j] = 0;
+            A.target[j] = 0;  // the sparse selection's coverage marks
+        }
+        for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
+        if (tid == 0) counts[0] = counts[1] = counts[2] = 0;
+    };
+    reset_state();
     __syncthreads();  // also publishes the scratch writes to the whole block
-    prof_mark(prof, kProfPrep);
+    prof_mark(prof, kProfQuantise);
+    unsigned rounds = 0, phases = 0, r = 0;
+    // Round cap; the sparse path's is its budget (then the dense path may still use the rest).
+    unsigned round_cap = params.max_rounds;
+    if (Sparse && A.slots != 0) {
+        for (int i = warp; i < n; i += nwarps) {
+            if (m <= 256) {
+                select_candidates<8>(A, i, lane, cost, ld, s, A.target);
+            } else {
+                select_candidates<12>(A, i, lane, cost, ld, s, A.target);
+            }
+        }
+        // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
+        // low rank, sums) make the sparse auction a price war that ends in the dense fallback
+        // anyway: go dense at once.
+        __syncthreads();  // every row's marks, before any thread reads them
+        bool covered = true;
+        for (int j = tid; j < m; j += nthreads) covered &= A.target[j] != 0;
+        if (__syncthreads_and(covered)) {
+            round_cap = min(params.max_rounds, kSparseRoundsPerSide * n + kSparseRoundsBase);
+        } else {
+            A.slots = 0;
+            algorithm = kAuction;
+        }
+    }
+    prof_mark(prof, kProfSelect);
+
+    // Resolves the bids placed in list(r) and runs the forward rounds that follow until no
+    // bidder is left (block-collective; starts with a barrier). Returns kOptimal,
+    // kIterationLimit or kOverflow; advances `rounds` and `r`.
+    auto forward_rounds = [&](long long eps) -> uint32_t {
+        while (true) {
+            __syncthreads();
+            if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
+            const int next = resolve_forward<false>(A, r);
+            ++r;
+            if (next == 0) return kOptimal;
+            if (next == 1) {
+                // A lone bidder: its displacement chain ends the forward part.
+                prof_mark(prof, kProfForward);
+                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rounds, round_cap, lane, &tail_rounds, &tail_status);
+                __syncthreads();
+                prof_mark(prof, kProfChain);
+                rounds = tail_rounds;
+                // The next round's list starts empty; only after the barrier, as in the reverse
+                // part. Every later use of the count follows another barrier.
+                if (tid == 0) A.counts[r % 3] = 0;
+                return tail_status;
+            }
+            if (A.slots != 0 && next <= kSmallBidders && nwarps >= kSmallWarps) {
+                prof_mark(prof, kProfForward);
+                if (warp < kSmallWarps)
+                    small_forward(A, r, next, eps, rounds, round_cap, lane, warp, &tail_rounds, &tail_status, &tail_r,
+                                  prof);
+                __syncthreads();
+                prof_mark(prof, kProfSmall);
+                rounds = tail_rounds;
+                r = tail_r;
+                if (tid == 0) A.counts[r % 3] = 0;  // after a chain it held 1 (see above)
+                return tail_status;
+            }
+            if (++rounds > round_cap) return kIterationLimit;
+            const int* cur = A.list(r);
+            for (int e = warp; e < next; e += nwarps) {
+                const int i = cur[e];
+                const Top2 t = bid_values(A, i, lane);
+                if (lane == 0) {
+                    int j = i + t.k1;
+                    if (j >= m) j -= m;
+                    place_bid(A, i, j, t, eps);
+                }
+            }
+        }
+    };
 
     long long eps = s.eps0;
-    unsigned rounds = 0, phases = 0, r = 0;
     uint32_t status = kOptimal;
+    // The phases; with the sparse path then its check, and when its round budget runs out the
+    // whole solve again on the dense path (the rounds so far count; phases go on counting).
+    for (;;) {
     while (true) {
         ++phases;
         long long pmin = kPosInf;
@@ -1020,20 +1409,41 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         // Forward part. Full-scan round: persons keep their object while eps-CS holds, the
         // others release it and bid with the same scan.
         const unsigned forward_start = rounds;
-        if (++rounds > params.max_rounds) {
+        if (++rounds > round_cap) {
             status = kIterationLimit;
             break;
         }
         {
             int* cur = A.list(r);
             for (int i = warp; i < n; i += nwarps) {
-                const Top2 t = scan_person(A, i, lane);
+                const int o = A.object[i];
+                if (A.sparse_row(i) && o >= 0) {
+                    // A sparse row holds one of its kept objects: its lane has own = a_io - p_o,
+                    // and own >= v1 - eps holds iff no kept value exceeds own + eps, one vote
+                    // instead of the top-2 merges (which only the persons that rebid need).
+                    const int c = i * kSparseSlots + lane;
+                    const int j = A.sparse_object[c];
+                    const long long v = j != kNoObject ? A.sparse_benefit[c] - A.price[j] : kNegInf;
+                    const unsigned hit = __ballot_sync(kFull, j == o);
+                    const long long own = hit != 0 ? __shfl_sync(kFull, v, __ffs(hit) - 1)
+                                                   : A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
+                    if (!__any_sync(kFull, v > own + eps)) {
+                        if (lane == 0) A.profit[i] = own;
+                        continue;
+                    }
+                    __syncwarp();  // every lane read object[i] before lane 0 clears it
+                    if (lane == 0) {
+                        A.owner[o] = -1;
+                        A.object[i] = -1;
+                    }
+                    __syncwarp();
+                }
+                const Top2 t = A.sparse_row(i) ? sparse_scan(A, i, lane) : scan_person(A, i, lane);
                 if (lane == 0) {
                     int j = i + t.k1;
                     if (j >= m) j -= m;
-                    const int o = A.object[i];
                     bool bid = true;
-                    if (o >= 0) {
+                    if (A.object[i] >= 0) {
                         const long long own = A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
                         if (own >= t.v1 - eps) {
                             A.profit[i] = own;
@@ -1051,39 +1461,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
             }
         }
         prof_mark(prof, kProfForwardFirst);
-        while (true) {
-            __syncthreads();
-            if (*reinterpret_cast<volatile int*>(&overflow)) {
-                status = kOverflow;
-                break;
-            }
-            const int next = resolve_forward(A, r);
-            ++r;
-            if (next == 0) break;
-            if (next == 1) {
-                // A lone bidder: its displacement chain ends the forward part.
-                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
-                if (tid == 0) A.counts[r % 3] = 0;  // the next round's list starts empty
-                __syncthreads();
-                rounds = tail_rounds;
-                status = tail_status;
-                break;
-            }
-            if (++rounds > params.max_rounds) {
-                status = kIterationLimit;
-                break;
-            }
-            const int* cur = A.list(r);
-            for (int e = warp; e < next; e += nwarps) {
-                const int i = cur[e];
-                const Top2 t = bid_scan(A, i, lane);
-                if (lane == 0) {
-                    int j = i + t.k1;
-                    if (j >= m) j -= m;
-                    place_bid(A, i, j, t, eps);
-                }
-            }
-        }
+        status = forward_rounds(eps);
         prof_mark(prof, kProfForward);
         if (status != kOptimal) break;
         const unsigned forward_rounds = rounds - forward_start;
@@ -1096,7 +1474,7 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 if (A.owner[j] >= 0) lam = min(lam, A.price[j]);
             lam = block_reduce(lam, MinLL{}, red_ll, kPosInf);
             prof_mark(prof, kProfPhase);
-            if (++rounds > params.max_rounds) {
+            if (++rounds > round_cap) {
                 status = kIterationLimit;
                 break;
             }
@@ -1131,14 +1509,17 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
                 ++r;
                 if (next == 0) break;
                 if (next == 1) {
-                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rounds, params.max_rounds, lane, &tail_rounds, &tail_status);
-                    if (tid == 0) A.counts[r % 3] = 0;
+                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rounds, round_cap, lane, &tail_rounds, &tail_status);
                     __syncthreads();
                     rounds = tail_rounds;
                     status = tail_status;
+                    // The next round's list starts empty. Only after the barrier: every thread
+                    // read this count (`next`) before it (a reset right after the chain raced
+                    // with slow warps' reads, and a warp that read 0 left the loop alone).
+                    if (tid == 0) A.counts[r % 3] = 0;
                     break;
                 }
-                if (++rounds > params.max_rounds) {
+                if (++rounds > round_cap) {
                     status = kIterationLimit;
                     break;
                 }
@@ -1151,6 +1532,77 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
         if (eps == 1) break;
         eps = next_epsilon(eps, params.theta, forward_rounds);
     }
+    // Sparse path: the result is optimal for the full matrix once no object outside a row's
+    // kept ones violates eps-CS at eps = 1 (a_ij - p_j > profit_i + 1; docs/ASSIGN.md). Kept
+    // objects cannot: every bid and every kept assignment satisfied eps-CS over them, and prices
+    // only rose since. A row whose floor bound (-mult * floor_i - min price <= profit_i + 1)
+    // excludes any violation is not scanned. A violating person turns dense, releases its
+    // object and bids with a full scan; the forward rounds continue at eps = 1 and the check
+    // repeats (at most n times: each repetition turns at least one row dense).
+    while (status == kOptimal && A.slots != 0) {
+        long long pmin = kPosInf;
+        for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
+        pmin = block_reduce(pmin, MinLL{}, red_ll, kPosInf);
+        int* cur = A.list(r);
+        for (int i = warp; i < n; i += nwarps) {
+            if (A.dense[i] != 0) continue;
+            const long long limit = A.profit[i] + 1;
+            if (-static_cast<long long>(A.sparse_floor[i]) * s.mult - pmin <= limit) continue;
+            const int* row = q + static_cast<size_t>(i) * m;
+            bool bad = false;
+            for (int j0 = 0; j0 < m; j0 += 32 * kScanBatch) {
+                int qv[kScanBatch];
+#pragma unroll
+                for (int u = 0; u < kScanBatch; ++u) {
+                    const int j = j0 + lane + 32 * u;
+                    qv[u] = j < m ? row[j] : 0;
+                }
+#pragma unroll
+                for (int u = 0; u < kScanBatch; ++u) {
+                    const int j = j0 + lane + 32 * u;
+                    if (j < m) bad |= A.benefit(qv[u]) - A.price[j] > limit;
+                }
+            }
+            if (!__any_sync(kFull, bad)) continue;
+            if (lane == 0) {
+                const int o = A.object[i];
+                A.owner[o] = -1;
+                A.object[i] = -1;
+                A.dense[i] = 1;
+            }
+            __syncwarp();
+            // Prices do not change during the check: this is the round's bid at its prices.
+            const Top2 t = scan_person(A, i, lane);
+            if (lane == 0) {
+                int j = i + t.k1;
+                if (j >= m) j -= m;
+                place_bid(A, i, j, t, 1);
+                cur[atomicAdd(&A.counts[r % 3], 1)] = i;
+            }
+        }
+        __syncthreads();
+        if (*reinterpret_cast<volatile int*>(&A.counts[r % 3]) == 0) break;
+        if (++rounds > round_cap) {
+            status = kIterationLimit;
+            break;
+        }
+        status = forward_rounds(1);
+    }
+    if (status == kIterationLimit && A.slots != 0 && round_cap < params.max_rounds) {
+        A.slots = 0;
+        algorithm = kAuction;
+        rounds = round_cap;
+        round_cap = params.max_rounds;
+        status = kOptimal;
+        eps = s.eps0;
+        __syncthreads();
+        reset_state();
+        __syncthreads();
+        continue;
+    }
+    break;
+    }
+    prof_mark(prof, kProfReverse);
     if (status != kOptimal) {
         finish(status, status == kIterationLimit ? params.max_rounds : rounds, phases, 0, 0.0, 0.0);
         return;
@@ -1161,6 +1613,29 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
     const int unassigned = *reinterpret_cast<volatile int*>(&lost);
     finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);
 }
+
+}  // namespace
+
+// One block per matrix. Dynamic shared memory: 52 bytes per object of `params.capacity`, then
+// the region of the quantised costs, the bid candidates or the sparse candidates (see
+// launch_solve in src/assign/solver.rs). 64 registers per thread: blocks of up to 1024 threads.
+extern "C" __global__ void __launch_bounds__(1024) assign_solve(
+    const float* __restrict__ costs, const AssignProblem* __restrict__ problems, AssignUniform uniform,
+    int* scratch, int* __restrict__ row_to_col, int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
+    AssignParams params) {
+    solve_matrix<false>(costs, problems, uniform, scratch, row_to_col, col_to_row, info, params);
+}
+
+// The same for blocks of at most 512 threads, with up to 128 registers per thread, and the
+// sparse path compiled in: the launches that may take it (its candidate selection holds a row
+// in registers; a 64-register build spills). assign_solve ignores params.sparse_persons.
+extern "C" __global__ void __launch_bounds__(512) assign_solve_512(
+    const float* __restrict__ costs, const AssignProblem* __restrict__ problems, AssignUniform uniform,
+    int* scratch, int* __restrict__ row_to_col, int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
+    AssignParams params) {
+    solve_matrix<true>(costs, problems, uniform, scratch, row_to_col, col_to_row, info, params);
+}
+
 
 // ------------------------------------------------------------------------------------------
 // D-FINE matching cost.

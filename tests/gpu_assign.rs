@@ -4,6 +4,8 @@
 //!   optima from tests/parity/gen_assign.py): the GPU total equals scipy's (integer costs
 //!   exactly, float costs within the reported bound), and the GPU assignment is identical to
 //!   the CPU model's;
+//! - the sparse path (square 128..384) and both of its fallbacks to the dense path, single and
+//!   batched, bit-identical to the CPU model and optimal against the exact oracle;
 //! - uniform batches, strided input and bad inputs (NaN, -inf, +inf, empty, ties, round cap,
 //!   oversize) on the device;
 //! - the matcher against the official HungarianMatcher fixtures (cost within 1e-5 x max|C|,
@@ -159,6 +161,8 @@ fn uniform_batches_and_strides_match_the_model() {
         (5, 20, 300, false),
         (3, 1, 50, false),
         (4, 128, 128, false),
+        (3, 300, 300, false),
+        (2, 256, 256, true),
     ] {
         let cost: Vec<f32> = (0..count * rows * cols)
             .map(|_| {
@@ -203,6 +207,59 @@ fn uniform_batches_and_strides_match_the_model() {
         check_structure(a, m, ld);
         let model = cpu::solve(m, rows, cols, ld, &cfg).unwrap();
         check_same_as_model(a, &model, "strided");
+    }
+}
+
+/// The sparse path on the device: uniform and integer costs (sparse to the end), near-degenerate
+/// floats (rows turned dense by the final check), low rank (kept sets leave columns uncovered:
+/// dense from the start) and a modular structure (past the sparse round budget: restarted
+/// dense). Each is bit-identical to the CPU model (assignment, rounds, phases, solver) and
+/// optimal against the exact oracle (integer costs exactly, floats within the bound).
+#[test]
+fn sparse_path_and_fallbacks_match_the_model() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = SplitMix64::new(91);
+    let mut cases: Vec<(&str, usize, Vec<f32>, Algorithm)> = Vec::new();
+    for n in [200usize, 300, 384] {
+        let uniform = (0..n * n).map(|_| rng.next_f32()).collect();
+        cases.push(("uniform", n, uniform, Algorithm::SparseAuction));
+        let integer = (0..n * n).map(|_| rng.below(1000) as f32).collect();
+        cases.push(("integer", n, integer, Algorithm::SparseAuction));
+    }
+    let n = 300;
+    let near = (0..n * n)
+        .map(|_| 1.0 + rng.below(8) as f32 * f32::EPSILON)
+        .collect();
+    cases.push(("near-degenerate", n, near, Algorithm::SparseAuction));
+    let outer = (0..n * n)
+        .map(|k| ((k / n % 97 + 1) * (k % n % 89 + 1)) as f32)
+        .collect();
+    cases.push(("low rank", n, outer, Algorithm::Auction));
+    let modular = (0..n * n)
+        .map(|k| ((k / n * 31 + k % n * 17) % 101) as f32)
+        .collect();
+    cases.push(("modular", n, modular, Algorithm::Auction));
+    let cfg = AssignConfig::default();
+    for (name, n, cost, solver) in &cases {
+        let what = format!("{name} {n}x{n}");
+        let a = solve_host(&gpu, cost, *n, *n, &cfg).expect(&what);
+        check_structure(&a, cost, *n);
+        let model = cpu::solve(cost, *n, *n, *n, &cfg).expect(&what);
+        check_same_as_model(&a, &model, &what);
+        assert_eq!(a.algorithm, *solver, "{what}: solver");
+        let exact = oracle::solve(&cost.iter().map(|&c| c as f64).collect::<Vec<_>>(), *n, *n)
+            .expect("feasible");
+        assert!(
+            (a.total_cost - exact.total).abs() <= a.gap_bound() + 1e-9 * (1.0 + exact.total.abs()),
+            "{what}: total {} vs optimum {} (bound {})",
+            a.total_cost,
+            exact.total,
+            a.gap_bound()
+        );
+        eprintln!(
+            "{what}: {:?}, {} rounds, {} phases, total {} (optimum {})",
+            a.algorithm, a.rounds, a.phases, a.total_cost, exact.total
+        );
     }
 }
 

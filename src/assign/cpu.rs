@@ -13,8 +13,9 @@
 //! transposed). Benefits are `a = -(n + 1) * q` for quantised integer costs `q`, `n` persons.
 
 use super::{
-    oracle, status_error, uses_shortest_path, Algorithm, AssignConfig, AssignError, Assignment,
-    Status, MAX_INCREMENT, MAX_SIDE, SCALED_RANGE_LIMIT,
+    oracle, sparse_round_cap, status_error, uses_shortest_path, uses_sparse, Algorithm,
+    AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE, SCALED_RANGE_LIMIT,
+    SPARSE_SLOTS,
 };
 
 /// Subnormal costs are zero: the kernels run with flush-to-zero, and the model must agree.
@@ -169,6 +170,29 @@ pub struct Problem {
     pub q: Vec<i32>,
     /// The scaling used.
     pub scaling: Scaling,
+    /// Per person, the kept entries (benefit, object) of the sparse path in rotated-position
+    /// order (see [`select_kept`]); empty on the dense path.
+    pub kept: Vec<Vec<(i64, usize)>>,
+}
+
+/// The objects person `i` keeps on the sparse path (the kernel's `select_candidates`): with
+/// keys `(q_ij, k)`, `k = (j - i) mod m` and lane `k mod 32`, T_r is the r-th smallest of the 32
+/// lane minima; kept are the entries with key <= T_r and the diagonal (k = 0), for the largest
+/// r <= slots / 2 whose set fits `slots`. Returned in increasing k.
+pub fn select_kept(q_row: &[i32], i: usize, slots: usize) -> Vec<usize> {
+    let m = q_row.len();
+    let key = |k: usize| ((q_row[(i + k) % m] as u32 as u64) << 16) | k as u64;
+    let mut lane_min = [u64::MAX; 32];
+    for k in 0..m {
+        lane_min[k % 32] = lane_min[k % 32].min(key(k));
+    }
+    lane_min.sort_unstable();
+    let kept_upto = |t: u64| (0..m).filter(move |&k| k == 0 || key(k) <= t);
+    let r = (1..=slots / 2)
+        .rev()
+        .find(|&r| kept_upto(lane_min[r - 1]).count() <= slots)
+        .unwrap_or(1);
+    kept_upto(lane_min[r - 1]).map(|k| (i + k) % m).collect()
 }
 
 impl Problem {
@@ -208,13 +232,53 @@ impl Problem {
                 q.push(scaling.quantize(c));
             }
         }
-        Some(Problem {
+        let mut p = Problem {
             persons,
             objects,
             transposed,
             q,
             scaling,
-        })
+            kept: Vec::new(),
+        };
+        if uses_sparse(cfg, persons, objects, has_forbidden) {
+            p.kept = (0..persons)
+                .map(|i| {
+                    let row = &p.q[i * objects..(i + 1) * objects];
+                    select_kept(row, i, SPARSE_SLOTS)
+                        .into_iter()
+                        .map(|j| (p.benefit_of(row[j]), j))
+                        .collect()
+                })
+                .collect();
+            // A column kept by no row but its diagonal one: the rows rank the columns alike
+            // (low rank, sums) and the kernel goes dense at once.
+            let mut covered = vec![false; objects];
+            for (i, kept) in p.kept.iter().enumerate() {
+                kept.iter()
+                    .filter(|&&(_, j)| j != i)
+                    .for_each(|&(_, j)| covered[j] = true);
+            }
+            if covered.contains(&false) {
+                p.kept.clear();
+            }
+        }
+        Some(p)
+    }
+
+    /// Whether this problem starts on the sparse path.
+    pub fn is_sparse(&self) -> bool {
+        !self.kept.is_empty()
+    }
+
+    /// Best and second-best value over person i's kept entries (the kernel's `sparse_scan`;
+    /// ties to the smaller rotated position, as in a full scan).
+    fn scan_kept(&self, price: &[i64], i: usize) -> Top2 {
+        let m = self.objects;
+        let mut t = Top2::new();
+        for &(a, j) in &self.kept[i] {
+            t.insert(a - price[j], if j >= i { j - i } else { j + m - i });
+        }
+        t
     }
 
     /// Benefit of person `i` for object `j`.
@@ -373,6 +437,11 @@ pub struct AuctionOutcome {
     pub candidate_bids: u64,
     /// Bids after the first round of a phase that needed a full scan.
     pub scanned_bids: u64,
+    /// Sparse path: rows the final check turned dense (an entry outside their kept ones
+    /// violated epsilon-complementary slackness).
+    pub dense_rows: usize,
+    /// Whether the result came from the sparse path (false after its fallback to dense).
+    pub sparse: bool,
 }
 
 /// Mutable auction state, as the kernel keeps it in shared memory.
@@ -385,13 +454,19 @@ struct State {
     target: Vec<i32>,
     aux: Vec<i64>,
     cand: Candidates,
+    /// Sparse path: rows scanned in full (after a failed check).
+    dense: Vec<bool>,
+    /// Whether the sparse path is on (it falls back to dense past its round budget).
+    sparse: bool,
     rounds: u32,
+    /// Round cap: the sparse path's budget, else `AssignConfig::max_rounds`.
+    cap: u32,
 }
 
 impl State {
-    fn count_round(&mut self, max_rounds: u32) -> Result<(), Status> {
+    fn count_round(&mut self) -> Result<(), Status> {
         self.rounds += 1;
-        if self.rounds > max_rounds {
+        if self.rounds > self.cap {
             Err(Status::IterationLimit)
         } else {
             Ok(())
@@ -416,24 +491,30 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
             hits: 0,
             misses: 0,
         },
+        dense: vec![false; n],
+        sparse: p.is_sparse(),
         rounds: 0,
+        cap: if p.is_sparse() {
+            sparse_round_cap(cfg, n)
+        } else {
+            cfg.max_rounds
+        },
     };
-    let mut eps = p.scaling.eps0;
     let mut phases = 0u32;
-    loop {
-        phases += 1;
-        let pmin = s.price.iter().copied().min().unwrap_or(0);
-        s.price.iter_mut().for_each(|x| *x -= pmin);
-        let rounds_before = s.rounds;
-        forward(p, &mut s, eps, cfg.max_rounds)?;
-        let forward_rounds = s.rounds - rounds_before;
-        if n < m {
-            reverse(p, &mut s, eps, cfg.max_rounds)?;
+    match phases_and_check(p, &mut s, cfg, &mut phases) {
+        // The sparse path's budget ran out: the whole solve again on the dense path, the
+        // rounds so far counted (the kernel's fallback).
+        Err(Status::IterationLimit) if s.sparse && s.cap < cfg.max_rounds => {
+            s.rounds = s.cap;
+            s.cap = cfg.max_rounds;
+            s.sparse = false;
+            s.price.iter_mut().for_each(|x| *x = 0);
+            s.owner.iter_mut().for_each(|x| *x = -1);
+            s.object.iter_mut().for_each(|x| *x = -1);
+            s.slot.iter_mut().for_each(|x| *x = 0);
+            phases_and_check(p, &mut s, cfg, &mut phases)?;
         }
-        if eps == 1 {
-            break;
-        }
-        eps = next_epsilon(eps, cfg.theta, forward_rounds);
+        result => result?,
     }
     Ok(AuctionOutcome {
         object_of_person: s.object.iter().map(|&j| j as usize).collect(),
@@ -441,7 +522,84 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         phases,
         candidate_bids: s.cand.hits,
         scanned_bids: s.cand.misses,
+        dense_rows: s.dense.iter().filter(|&&d| d).count(),
+        sparse: s.sparse,
     })
+}
+
+/// The epsilon-scaling phases from `eps0`, then (sparse path) the exact check.
+fn phases_and_check(
+    p: &Problem,
+    s: &mut State,
+    cfg: &AssignConfig,
+    phases: &mut u32,
+) -> Result<(), Status> {
+    let (n, m) = (p.persons, p.objects);
+    let mut eps = p.scaling.eps0;
+    loop {
+        *phases += 1;
+        let pmin = s.price.iter().copied().min().unwrap_or(0);
+        s.price.iter_mut().for_each(|x| *x -= pmin);
+        let rounds_before = s.rounds;
+        forward(p, s, eps)?;
+        let forward_rounds = s.rounds - rounds_before;
+        if n < m {
+            reverse(p, s, eps)?;
+        }
+        if eps == 1 {
+            break;
+        }
+        eps = next_epsilon(eps, cfg.theta, forward_rounds);
+    }
+    if s.sparse {
+        sparse_check(p, s)?;
+    }
+    Ok(())
+}
+
+/// The sparse path's exact check at eps = 1: a person with an entry outside its kept ones that
+/// violates epsilon-complementary slackness (`a_ij - p_j > profit_i + 1`) turns dense, releases
+/// its object and bids with a full scan; the forward rounds continue, and the check repeats
+/// until it passes. Then the optimality argument of the dense auction holds for the full matrix.
+fn sparse_check(p: &Problem, s: &mut State) -> Result<(), Status> {
+    let (n, m) = (p.persons, p.objects);
+    loop {
+        let mut list = Vec::new();
+        for i in 0..n {
+            if s.dense[i] {
+                continue;
+            }
+            let limit = s.profit[i] + 1;
+            if !(0..m).any(|j| p.benefit(i, j) - s.price[j] > limit) {
+                continue;
+            }
+            let o = s.object[i] as usize;
+            s.owner[o] = -1;
+            s.object[i] = -1;
+            s.dense[i] = true;
+            let t = p.scan_person(&s.price, i);
+            place_bid(s, i, (i + t.k1) % m, t, 1)?;
+            list.push(i);
+        }
+        if list.is_empty() {
+            return Ok(());
+        }
+        s.count_round()?;
+        forward_rounds(p, s, 1, list)?;
+    }
+}
+
+/// A bid's scan (the kernel's `bid_values`): over the kept entries of a sparse row, else the
+/// dense bid scan (the candidate cache gives the full scan's result; the sparse path's kernel
+/// runs without it, which is the same).
+fn bid_values(p: &Problem, s: &mut State, i: usize) -> Top2 {
+    if s.sparse && !s.dense[i] {
+        p.scan_kept(&s.price, i)
+    } else if s.sparse {
+        p.scan_person(&s.price, i)
+    } else {
+        p.bid_scan(&s.price, i, &mut s.cand)
+    }
 }
 
 /// Records person i's bid for its best object (the kernel's `place_bid`).
@@ -459,13 +617,17 @@ fn place_bid(s: &mut State, i: usize, j: usize, t: Top2, eps: i64) -> Result<(),
 
 /// Forward part of a phase: persons violating epsilon-complementary slackness are released,
 /// then unassigned persons bid until everyone holds an object.
-fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), Status> {
+fn forward(p: &Problem, s: &mut State, eps: i64) -> Result<(), Status> {
     let m = p.objects;
-    s.count_round(max_rounds)?;
+    s.count_round()?;
     // Full-scan round: every person checks its object against the best one.
     let mut list = Vec::new();
     for i in 0..p.persons {
-        let t = p.scan_person_keep(&s.price, i, &mut s.cand);
+        let t = if s.sparse && !s.dense[i] {
+            p.scan_kept(&s.price, i)
+        } else {
+            p.scan_person_keep(&s.price, i, &mut s.cand)
+        };
         let j = (i + t.k1) % m;
         if s.object[i] >= 0 {
             let o = s.object[i] as usize;
@@ -480,6 +642,17 @@ fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), 
         place_bid(s, i, j, t, eps)?;
         list.push(i);
     }
+    forward_rounds(p, s, eps, list)
+}
+
+/// Resolves the bids of `list` and runs the forward rounds that follow until no bidder is left.
+fn forward_rounds(
+    p: &Problem,
+    s: &mut State,
+    eps: i64,
+    mut list: Vec<usize>,
+) -> Result<(), Status> {
+    let m = p.objects;
     loop {
         // Resolve: the highest key on each object wins it.
         let mut next = Vec::new();
@@ -504,9 +677,9 @@ fn forward(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), 
         if next.is_empty() {
             return Ok(());
         }
-        s.count_round(max_rounds)?;
+        s.count_round()?;
         for &i in &next {
-            let t = p.bid_scan(&s.price, i, &mut s.cand);
+            let t = bid_values(p, s, i);
             place_bid(s, i, (i + t.k1) % m, t, eps)?;
         }
         list = next;
@@ -549,14 +722,14 @@ fn reverse_bid(
 /// Reverse part of a phase (only when persons < objects): every unassigned object priced
 /// above lambda (the lowest assigned price) bids for persons until none is left, which makes
 /// the final assignment optimal for the rectangular problem (docs/ASSIGN.md).
-fn reverse(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), Status> {
+fn reverse(p: &Problem, s: &mut State, eps: i64) -> Result<(), Status> {
     let m = p.objects;
     let lambda = (0..m)
         .filter(|&j| s.owner[j] >= 0)
         .map(|j| s.price[j])
         .min()
         .unwrap_or(0);
-    s.count_round(max_rounds)?;
+    s.count_round()?;
     let mut list = Vec::new();
     for j in 0..m {
         if s.owner[j] < 0 && s.price[j] > lambda && reverse_bid(p, s, j, lambda, eps)? {
@@ -589,7 +762,7 @@ fn reverse(p: &Problem, s: &mut State, eps: i64, max_rounds: u32) -> Result<(), 
         if next.is_empty() {
             return Ok(());
         }
-        s.count_round(max_rounds)?;
+        s.count_round()?;
         for &j in &next {
             reverse_bid(p, s, j, lambda, eps)?;
         }
@@ -657,6 +830,9 @@ pub fn solve(
     out.quantum = p.scaling.quantum;
     out.rounds = outcome.rounds;
     out.phases = outcome.phases;
+    if outcome.sparse {
+        out.algorithm = Algorithm::SparseAuction;
+    }
     Ok(out)
 }
 

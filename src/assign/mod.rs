@@ -37,6 +37,25 @@ pub const SHORTEST_PATH_MAX_ENTRIES: usize = 32768;
 /// 52 B x 1024 of state next to the 128 KiB of costs).
 pub const SHORTEST_PATH_MAX_OBJECTS: usize = 1024;
 
+/// Square matrices with sides in `SPARSE_MIN_SIDE..=SPARSE_MAX_SIDE` (and above the
+/// shortest-path limit, no +inf) take the sparse path when [`AssignConfig::sparse`] is on: each
+/// row keeps a few of its cheapest entries and the auction bids over those, with an exact check
+/// against the full matrix at the end (docs/ASSIGN.md, "Sparse candidates").
+pub const SPARSE_MIN_SIDE: usize = 128;
+/// Largest side of the sparse path. Its shared-memory region holds 10 bytes per kept entry;
+/// larger sides would have to keep fewer than [`SPARSE_SLOTS`] per row, and with 16 the CPU
+/// model needs 2-9x the dense path's rounds (520x520: 11126 against 1256).
+pub const SPARSE_MAX_SIDE: usize = 384;
+/// Entries a row keeps at most on the sparse path.
+pub const SPARSE_SLOTS: usize = 32;
+/// The sparse path's round budget is `SPARSE_ROUNDS_PER_SIDE * n + SPARSE_ROUNDS_BASE`
+/// (uniform costs need ~3n); past it the solve restarts on the dense path.
+pub const SPARSE_ROUNDS_PER_SIDE: u32 = 8;
+/// See [`SPARSE_ROUNDS_PER_SIDE`].
+pub const SPARSE_ROUNDS_BASE: u32 = 2048;
+/// Largest block of a launch that may take the sparse path (`assign_solve_512`).
+pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
+
 /// Which solver produced an [`Assignment`] (`AssignInfo::algorithm` in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -44,6 +63,19 @@ pub enum Algorithm {
     Auction,
     /// Shortest augmenting paths in f64 on the f32 costs (scipy's algorithm, exact).
     ShortestPath,
+    /// The auction over each row's kept entries, checked against the full matrix (same
+    /// optimality guarantee as [`Algorithm::Auction`]).
+    SparseAuction,
+}
+
+impl Algorithm {
+    pub(crate) fn from_code(code: u32) -> Algorithm {
+        match code {
+            1 => Algorithm::ShortestPath,
+            2 => Algorithm::SparseAuction,
+            _ => Algorithm::Auction,
+        }
+    }
 }
 
 /// Whether a `persons x objects` matrix (persons = the smaller side) goes to the shortest-path
@@ -59,6 +91,28 @@ pub fn uses_shortest_path(
         && !has_inf
         && objects <= SHORTEST_PATH_MAX_OBJECTS
         && persons * objects <= SHORTEST_PATH_MAX_ENTRIES
+}
+
+/// Whether a `persons x objects` matrix starts on the sparse path (the kernel's rule; it applies
+/// on GPUs whose blocks may opt in to the state plus the kept entries in shared memory: at most
+/// 384 x (52 + 328) bytes, true on A100, H100 and H200). It falls back to the dense path when
+/// its kept entries leave a column to the diagonal alone or its round budget runs out.
+pub fn uses_sparse(cfg: &AssignConfig, persons: usize, objects: usize, has_inf: bool) -> bool {
+    cfg.sparse
+        && !has_inf
+        && persons == objects
+        && (SPARSE_MIN_SIDE..=SPARSE_MAX_SIDE).contains(&persons)
+        && (cfg.block_threads == 0 || cfg.block_threads <= SPARSE_MAX_BLOCK_THREADS)
+        && !uses_shortest_path(cfg, persons, objects, has_inf)
+}
+
+/// The sparse path's round budget for `n` persons, within the configured cap.
+pub fn sparse_round_cap(cfg: &AssignConfig, n: usize) -> u32 {
+    cfg.max_rounds.min(
+        (n as u32)
+            .saturating_mul(SPARSE_ROUNDS_PER_SIDE)
+            .saturating_add(SPARSE_ROUNDS_BASE),
+    )
 }
 
 /// Tuning of the auction. The defaults are what the tests and benchmarks use.
@@ -80,6 +134,11 @@ pub struct AssignConfig {
     /// the matcher's 300 x targets) that is a few hundred dependent row scans instead of the
     /// auction's phases. Off: the auction solves everything.
     pub shortest_path: bool,
+    /// Solve square matrices of [`SPARSE_MIN_SIDE`]..=[`SPARSE_MAX_SIDE`] (see [`uses_sparse`])
+    /// by the auction over each row's cheapest entries, checked exactly against the full matrix
+    /// at the end: the same guarantee, bids that never leave shared memory. Off: the dense
+    /// auction.
+    pub sparse: bool,
 }
 
 impl Default for AssignConfig {
@@ -90,6 +149,7 @@ impl Default for AssignConfig {
             max_rounds: 1 << 20,
             block_threads: 0,
             shortest_path: true,
+            sparse: true,
         }
     }
 }

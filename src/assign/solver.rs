@@ -7,7 +7,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{
     status_error, Algorithm, AssignConfig, AssignError, Assignment, Status, MAX_SIDE,
-    SHORTEST_PATH_MAX_ENTRIES, SHORTEST_PATH_MAX_OBJECTS,
+    SHORTEST_PATH_MAX_ENTRIES, SHORTEST_PATH_MAX_OBJECTS, SPARSE_MAX_BLOCK_THREADS,
+    SPARSE_MAX_SIDE, SPARSE_MIN_SIDE, SPARSE_SLOTS,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
@@ -29,6 +30,12 @@ const CACHE_WIDTHS: [usize; 4] = [32, 16, 8, 4];
 /// benefit and an i32 object each) and an i64 bound.
 fn cache_bytes(persons: usize, width: usize) -> usize {
     persons * (width * 12 + 8)
+}
+
+/// Shared-memory bytes of the sparse path for square matrices of side up to `side`: per person
+/// its kept entries (an i64 benefit and a u16 object each), its floor and its dense flag.
+fn sparse_region_bytes(side: usize) -> usize {
+    side * (SPARSE_SLOTS * 10 + 8)
 }
 
 /// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.
@@ -84,6 +91,8 @@ struct AssignParams {
     cache_persons: u32,
     /// 1: matrices selected by `uses_shortest_path` are solved by shortest augmenting paths.
     shortest_path: u32,
+    /// Square matrices up to this side take the sparse path (`uses_sparse`); 0: none.
+    sparse_persons: u32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -100,7 +109,7 @@ pub(crate) struct AssignInfo {
     pub phases: u32,
     pub unassigned: u32,
     /// Thread 0's clock64 cycles per stage (see [`SolveProfile`]).
-    pub cycles: [u32; 6],
+    pub cycles: [u32; 10],
     /// Kernel globaltimer nanoseconds from entry to the result write.
     pub ns: u32,
     /// 0 auction, 1 shortest path ([`Algorithm`]).
@@ -111,15 +120,23 @@ pub(crate) struct AssignInfo {
 /// SM clock cycles between stage marks, so stages sum to the kernel's in-block time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SolveProfile {
-    /// Pass 1 (scan), pass 2 (quantise) and the state initialisation.
-    pub prep_cycles: u32,
+    /// Pass 1 over the costs (range, flags); the shortest-path solver's setup too.
+    pub scan_cycles: u32,
+    /// Pass 2 (quantise) and the state initialisation.
+    pub quantise_cycles: u32,
+    /// The sparse path's selection of kept entries.
+    pub select_cycles: u32,
     /// Per-phase bookkeeping: price shift (min reduction) and lambda (min reduction).
     pub phase_cycles: u32,
     /// The first round of each phase (a full scan per person, eps-CS check, bids).
     pub forward_first_cycles: u32,
-    /// Later forward rounds (resolve + bids) and single-bidder chains.
+    /// Later forward rounds run by the whole block (resolve + bids).
     pub forward_cycles: u32,
-    /// Reverse parts (rectangular only).
+    /// Later forward rounds of at most 32 bidders, run by 8 warps (sparse path).
+    pub small_cycles: u32,
+    /// Single-bidder displacement chains (one warp).
+    pub chain_cycles: u32,
+    /// Reverse parts (rectangular only), or the sparse path's final check and what follows it.
     pub reverse_cycles: u32,
     /// The final sum and writes.
     pub finish_cycles: u32,
@@ -131,12 +148,16 @@ impl SolveProfile {
     fn from_info(info: &AssignInfo) -> SolveProfile {
         let c = info.cycles;
         SolveProfile {
-            prep_cycles: c[0],
-            phase_cycles: c[1],
-            forward_first_cycles: c[2],
-            forward_cycles: c[3],
-            reverse_cycles: c[4],
-            finish_cycles: c[5],
+            scan_cycles: c[0],
+            quantise_cycles: c[1],
+            select_cycles: c[2],
+            phase_cycles: c[3],
+            forward_first_cycles: c[4],
+            forward_cycles: c[5],
+            small_cycles: c[6],
+            chain_cycles: c[7],
+            reverse_cycles: c[8],
+            finish_cycles: c[9],
             ns: info.ns,
         }
     }
@@ -144,10 +165,14 @@ impl SolveProfile {
     /// All stages' cycles.
     pub fn total_cycles(&self) -> u64 {
         [
-            self.prep_cycles,
+            self.scan_cycles,
+            self.quantise_cycles,
+            self.select_cycles,
             self.phase_cycles,
             self.forward_first_cycles,
             self.forward_cycles,
+            self.small_cycles,
+            self.chain_cycles,
             self.reverse_cycles,
             self.finish_cycles,
         ]
@@ -319,7 +344,32 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         (state + cache_region.max(q * 4), q, width)
     };
     let shortest_path = sp_elems > 0 && q_capacity >= sp_elems;
-    let func = &gpu.kernels().assign_solve;
+    // The sparse path (uses_sparse) shares the region too; it needs assign_solve_512, so the
+    // launch's blocks shrink to 512 threads when some matrix may take it.
+    // A uniform batch has one shape: only a square one in range may take the sparse path (a
+    // 1000x1000 solve keeps its 1024-thread blocks). A ragged batch may hold any shape.
+    let sparse_side = persons.min(capacity).min(SPARSE_MAX_SIDE);
+    let sparse_region = sparse_region_bytes(sparse_side);
+    let square_in_range = l.problems != 0
+        || (l.rows == l.cols && (SPARSE_MIN_SIDE..=SPARSE_MAX_SIDE).contains(&l.rows));
+    let sparse = cfg.sparse
+        && square_in_range
+        && sparse_side >= SPARSE_MIN_SIDE
+        && (cfg.block_threads == 0 || cfg.block_threads <= SPARSE_MAX_BLOCK_THREADS)
+        && state + sparse_region <= limit;
+    let (smem, threads, func) = if sparse {
+        (
+            smem.max(state + sparse_region),
+            block_threads(cfg, l.persons, capacity).min(SPARSE_MAX_BLOCK_THREADS),
+            &gpu.kernels().assign_solve_512,
+        )
+    } else {
+        (
+            smem,
+            block_threads(cfg, l.persons, capacity),
+            &gpu.kernels().assign_solve,
+        )
+    };
     let to_u32 = |v: usize, what: &str| {
         u32::try_from(v).map_err(|_| launch_error(format!("{what} {v} exceeds u32")))
     };
@@ -339,10 +389,11 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         cache_width: cache_width as u32,
         cache_persons: persons as u32,
         shortest_path: shortest_path as u32,
+        sparse_persons: if sparse { sparse_side as u32 } else { 0 },
     };
     let launch_cfg = LaunchConfig {
         grid_dim: (uniform.count, 1, 1),
-        block_dim: (block_threads(cfg, l.persons, capacity), 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem as u32,
     };
     let stream = gpu.stream();
@@ -411,11 +462,7 @@ pub(crate) fn assemble(
                 quantum: info.quantum,
                 rounds: info.rounds,
                 phases: info.phases,
-                algorithm: if info.algorithm == 1 {
-                    Algorithm::ShortestPath
-                } else {
-                    Algorithm::Auction
-                },
+                algorithm: Algorithm::from_code(info.algorithm),
             })
         })
         .collect()

@@ -47,6 +47,8 @@ pub struct Kernels {
     pub(crate) window_partition: CudaFunction,
     pub(crate) window_unpartition: CudaFunction,
     pub(crate) assign_solve: CudaFunction,
+    /// `assign_solve` for blocks of up to 512 threads with the sparse path compiled in.
+    pub(crate) assign_solve_512: CudaFunction,
     pub(crate) matcher_cost: CudaFunction,
     pub(crate) matcher_mask_rows: CudaFunction,
     pub(crate) tracker_cost: CudaFunction,
@@ -192,6 +194,9 @@ impl Kernels {
             .map_err(Error::cuda("querying assign_solve's shared memory"))?;
         let assign_smem_limit = (optin - assign_static).max(0) as u32;
         set_dynamic_smem(&assign_solve, assign_smem_limit)?;
+        // Same source, same static shared memory (the two entries share one body).
+        let assign_solve_512 = function(&assign, "assign", "assign_solve_512")?;
+        set_dynamic_smem(&assign_solve_512, assign_smem_limit)?;
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
             assemble_packet_header: function(&packet, "packet", "assemble_packet_header")?,
@@ -225,6 +230,7 @@ impl Kernels {
             window_partition: function(&window, "window", "window_partition")?,
             window_unpartition: function(&window, "window", "window_unpartition")?,
             assign_solve,
+            assign_solve_512,
             matcher_cost: function(&assign, "assign", "matcher_cost")?,
             matcher_mask_rows: function(&assign, "assign", "matcher_mask_rows")?,
             tracker_cost: function(&assign, "assign", "tracker_cost")?,

@@ -88,10 +88,18 @@ def random_matrix(rng, rows, cols, integer):
 def random_sets(out):
     rng = np.random.default_rng(20240601)
     counts = {}
-    # 900 small (sides 1..64, every shape class), 110 medium (64..300), 8 large (up to 1000).
+    # 900 small (sides 1..64, every shape class), 110 medium (64..300), 8 large (up to 1000),
+    # and 40 square ones of sides 128..384 (the sparse path's range).
+    square_rng = np.random.default_rng(20261127)
+
+    def square():
+        n = int(square_rng.integers(128, 385))
+        return n, n
+
     plans = [
         ("random_small", 900, lambda: (int(rng.integers(1, 65)), int(rng.integers(1, 65)))),
         ("random_medium", 110, lambda: (int(rng.integers(64, 301)), int(rng.integers(64, 301)))),
+        ("random_square", 40, square),
     ]
     for name, n, shape in plans:
         w = Writer()
