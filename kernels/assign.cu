@@ -50,9 +50,10 @@ constexpr unsigned short kNoObject = 0xffff;
 // the dense path (kept sets that barely contain a perfect matching make long price wars).
 constexpr unsigned kSparseRoundsPerSide = 8;
 constexpr unsigned kSparseRoundsBase = 2048;
-// Forward rounds with at most kSmallBidders bidders run in the first kSmallWarps warps only,
-// synchronised by a named barrier: most rounds of a sparse solve have 2-8 bidders, and a
-// 1024-thread barrier plus a block-wide resolve cost more than their bids.
+// Forward rounds with at most kSmallBidders bidders: the first kSmallWarps warps bid, warp 0
+// resolves with a ballot (no atomics, no block-wide resolve loop). Most rounds of a sparse solve
+// have 2-8 bidders. (A named barrier for those warps alone saved ~1% and made racecheck's
+// barrier accounting report the accesses ordered by the next __syncthreads.)
 constexpr int kSmallBidders = 32;
 constexpr int kSmallWarps = 8;
 
@@ -565,9 +566,10 @@ __device__ __forceinline__ long long next_epsilon(long long eps, unsigned theta,
     return e < 1 ? 1 : e;
 }
 
-// The barrier of the first kSmallWarps warps (named barrier 1; barrier 0 is __syncthreads).
+// The barrier of a small round: the whole block (the warps beyond kSmallWarps only follow the
+// loop; see kSmallBidders).
 __device__ __forceinline__ void small_barrier() {
-    asm volatile("bar.sync 1, %0;" ::"r"(kSmallWarps * 32) : "memory");
+    __syncthreads();
 }
 
 // Forward resolve, first half (before a barrier): the highest key on each object wins it; a
@@ -711,9 +713,9 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
 }
 
 // Forward rounds r, r + 1, ... with 2..kSmallBidders bidders (list(r) holds `next` bidders
-// whose bids are to be made), run by the first kSmallWarps warps alone: the same Jacobi rounds
-// as the block-wide loop (the bidder count never grows within a forward part), synchronised by
-// small_barrier. Ends like the block-wide loop (a lone bidder's chain included) and leaves, via
+// whose bids are to be made): the first kSmallWarps warps bid, warp 0 resolves, the whole block
+// follows the loop (block-collective). The same Jacobi rounds as the block-wide loop (the bidder
+// count never grows within a forward part). Ends like the block-wide loop (a lone bidder's chain included) and leaves, via
 // thread 0, the rounds, the status and the next round index in *tail_rounds, *tail_status,
 // *tail_r (list(*tail_r) holds the chain's bidder when one ran; the caller empties it after its
 // barrier).
@@ -728,7 +730,7 @@ __device__ void small_forward(const Auction& A, unsigned r, int next, long long 
             break;
         }
         const int* cur = A.list(r);
-        for (int e = warp; e < next; e += kSmallWarps) {
+        for (int e = warp; warp < kSmallWarps && e < next; e += kSmallWarps) {
             const int i = cur[e];
             const Top2 t = bid_values(A, i, lane);
             if (lane == 0) {
@@ -1368,8 +1370,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             }
             if (A.slots != 0 && next <= kSmallBidders && nwarps >= kSmallWarps) {
                 prof_mark(prof, kProfForward);
-                if (warp < kSmallWarps)
-                    small_forward(A, r, next, eps, rounds, round_cap, lane, warp, &tail_rounds, &tail_status, &tail_r,
+                small_forward(A, r, next, eps, rounds, round_cap, lane, warp, &tail_rounds, &tail_status, &tail_r,
                                   prof);
                 __syncthreads();
                 prof_mark(prof, kProfSmall);
@@ -1564,6 +1565,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 }
             }
             if (!__any_sync(kFull, bad)) continue;
+            __syncwarp();  // every lane read dense[i] before lane 0 sets it
             if (lane == 0) {
                 const int o = A.object[i];
                 A.owner[o] = -1;

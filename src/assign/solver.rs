@@ -132,7 +132,7 @@ pub struct SolveProfile {
     pub forward_first_cycles: u32,
     /// Later forward rounds run by the whole block (resolve + bids).
     pub forward_cycles: u32,
-    /// Later forward rounds of at most 32 bidders, run by 8 warps (sparse path).
+    /// Later forward rounds of at most 32 bidders: 8 warps bid, warp 0 resolves (sparse path).
     pub small_cycles: u32,
     /// Single-bidder displacement chains (one warp).
     pub chain_cycles: u32,
