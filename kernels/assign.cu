@@ -406,9 +406,9 @@ __device__ __forceinline__ unsigned long long select_key(int qv, int k) {
 // entries per lane (m <= 32 L).
 template <int L>
 __device__ void select_candidates(const Auction& A, int i, int lane, const float* cost, size_t ld, const Scaling& s,
-                                  int* covered) {
+                                  int* q, int* covered) {
     const int m = A.m, slots = kSparseSlots;
-    int* row = const_cast<int*>(A.q) + static_cast<size_t>(i) * m;
+    int* row = q + static_cast<size_t>(i) * m;
     const float* crow = cost + static_cast<size_t>(i) * ld;
     float cf[L];
 #pragma unroll
@@ -430,11 +430,10 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
             row[j] = cache[u];
         }
     }
-    auto entry = [&](int u) { return cache[u]; };
     int bq = 0x7fffffff, bk = lane;
 #pragma unroll
     for (int u = 0; u < L; ++u) {
-        const int qu = entry(u);
+        const int qu = cache[u];
         if (qu < bq) {
             bq = qu;
             bk = lane + 32 * u;
@@ -456,7 +455,7 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
 #pragma unroll
         for (int u = 0; u < L; ++u) {
             const int k = lane + 32 * u;
-            c += k < m && (k == 0 || select_key(entry(u), k) <= T);
+            c += k < m && (k == 0 || select_key(cache[u], k) <= T);
         }
         return c;
     };
@@ -489,7 +488,7 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
 #pragma unroll
     for (int u = 0; u < L; ++u) {
         const int k = lane + 32 * u;
-        const int qu = entry(u);
+        const int qu = cache[u];
         if (k < m && (k == 0 || select_key(qu, k) <= T)) {
             int j = i + k;
             if (j >= m) j -= m;
@@ -566,12 +565,6 @@ __device__ __forceinline__ long long next_epsilon(long long eps, unsigned theta,
     return e < 1 ? 1 : e;
 }
 
-// The barrier of a small round: the whole block (the warps beyond kSmallWarps only follow the
-// loop; see kSmallBidders).
-__device__ __forceinline__ void small_barrier() {
-    __syncthreads();
-}
-
 // Forward resolve, first half (before a barrier): the highest key on each object wins it; a
 // losing bidder's target becomes -1. The winners clear the slots only after the barrier, so no
 // slot is read and written concurrently.
@@ -599,9 +592,9 @@ __device__ __forceinline__ int resolve_bid(const Auction& A, const int* cur, int
 }
 
 // Resolves forward round r: losers and displaced owners form the next round's list. Block:
-// run by the whole block, ends with __syncthreads. Small: at most kSmallBidders (<= 32) bids,
-// resolved by warp 0 with a ballot for the list positions (no atomics); ends with
-// small_barrier. Returns the next list's size.
+// the whole block resolves. Small: at most kSmallBidders (<= 32) bids, resolved by warp 0 with
+// a ballot for the list positions (no atomics). Block-collective, ends with a barrier; returns
+// the next list's size.
 template <bool Small>
 __device__ int resolve_forward(const Auction& A, unsigned r) {
     static_assert(kSmallBidders <= 32, "a small round's bids fit one warp");
@@ -620,7 +613,6 @@ __device__ int resolve_forward(const Auction& A, unsigned r) {
             if (next >= 0) nxt[__popc(pushed & ((1u << lane) - 1))] = next;
             if (lane == 0) *nxt_count = __popc(pushed);
         }
-        small_barrier();
     } else {
         for (int e = threadIdx.x; e < cnt; e += blockDim.x) mark_forward_loser(A, cur, e);
         __syncthreads();
@@ -628,8 +620,8 @@ __device__ int resolve_forward(const Auction& A, unsigned r) {
             const int next = resolve_bid(A, cur, e);
             if (next >= 0) nxt[atomicAdd(nxt_count, 1)] = next;
         }
-        __syncthreads();
     }
+    __syncthreads();
     return *reinterpret_cast<volatile int*>(nxt_count);
 }
 
@@ -739,7 +731,7 @@ __device__ void small_forward(const Auction& A, unsigned r, int next, long long 
                 place_bid(A, i, j, t, eps);
             }
         }
-        small_barrier();
+        __syncthreads();
         if (*reinterpret_cast<volatile int*>(A.overflow)) {
             status = kOverflow;
             break;
@@ -1326,9 +1318,9 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     if (Sparse && A.slots != 0) {
         for (int i = warp; i < n; i += nwarps) {
             if (m <= 256) {
-                select_candidates<8>(A, i, lane, cost, ld, s, A.target);
+                select_candidates<8>(A, i, lane, cost, ld, s, q, A.target);
             } else {
-                select_candidates<12>(A, i, lane, cost, ld, s, A.target);
+                select_candidates<12>(A, i, lane, cost, ld, s, q, A.target);
             }
         }
         // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
