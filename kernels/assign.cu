@@ -40,22 +40,26 @@ constexpr int kMaxSide = 65534;
 constexpr long long kSpMaxEntries = 32768;
 constexpr int kSpMaxObjects = 1024;
 // Sparse candidates (SPARSE_* in src/assign/mod.rs): square matrices of these sides keep up to
-// kSparseSlots objects per person (the shared-memory region: 10 bytes per slot). Above 384 the
+// kSparseSlots objects per person (the shared-memory region: 8 bytes per slot). Above 384 the
 // region would need fewer slots, and with 16 the CPU model needs 2-9x the dense rounds.
 constexpr int kSparseMinSide = 128;
 constexpr int kSparseMaxSide = 384;
 constexpr int kSparseSlots = 32;
-constexpr unsigned short kNoObject = 0xffff;
+// An unused slot: below every real key even after a price is subtracted (real keys and prices
+// stay within 2^58 in magnitude, see kScaledRangeLimit), low bits 511 (k = 0: the diagonal,
+// a valid object to read a price for). Values below kEmptyValue can only come from it.
+constexpr long long kEmptySlot = -(1LL << 62) + 511;
+constexpr long long kEmptyValue = -(1LL << 52);
 // Rounds the sparse path may take (SPARSE_ROUND_BUDGET_*): beyond them the solve restarts on
 // the dense path (kept sets that barely contain a perfect matching make long price wars).
 constexpr unsigned kSparseRoundsPerSide = 8;
 constexpr unsigned kSparseRoundsBase = 2048;
-// Forward rounds with at most kSmallBidders bidders: the first kSmallWarps warps bid, warp 0
-// resolves with a ballot (no atomics, no block-wide resolve loop). Most rounds of a sparse solve
-// have 2-8 bidders. (A named barrier for those warps alone saved ~1% and made racecheck's
-// barrier accounting report the accesses ordered by the next __syncthreads.)
+// Sparse path: once at most kSmallBidders bidders are left, warp 0 runs the rest of the forward
+// part alone (warp_forward: no block barriers). Most rounds of a sparse solve have 1-8 bidders.
 constexpr int kSmallBidders = 32;
-constexpr int kSmallWarps = 8;
+// Sparse path (SPARSE_PHASE_CUT): a phase other than the last ends once at most this many
+// bidders are left; they bid again in the next phase's first round.
+constexpr int kPhaseCut = 2;
 
 enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1, kSparseAuction = 2 };
 
@@ -225,10 +229,10 @@ struct Auction {
     // select_candidates): person i bids over its kept objects only, until the final check
     // finds an object outside them that it prefers (then the row turns dense: full scans).
     int slots;                     // kSparseSlots, 0 = dense path
-    long long* sparse_benefit;     // [n][slots] a_ij of the kept object j = sparse_object
-    unsigned short* sparse_object; // [n][slots] kNoObject = empty slot
+    long long* sparse_key;         // [n][slots] a_ij * 512 + (511 - k), k = (j - i) mod m; kEmptySlot
     int* sparse_floor;             // [n] every object not kept has q_ij >= sparse_floor[i]
     int* dense;                    // [n] 1: the row is scanned in full (after a failed check)
+    int* any_dense;                // whether any row is dense (warp rounds skip the test otherwise)
 
     // mult = n + 1 <= 65535 and 0 <= qv < 2^31: both operands are sign-extended 32-bit values,
     // so the product is one 32x32->64 multiply (IMAD.WIDE) instead of a 64x64 one per entry.
@@ -243,7 +247,7 @@ struct Auction {
 // (prof[kProfStages]: the last mark, prof[kProfStages + 1]: globaltimer at entry). Only
 // thread 0 touches prof. Stages: pass 1 (scan), pass 2 (quantise) and the state's
 // initialisation, the sparse selection, phase bookkeeping (price shift, lambda), forward first
-// rounds, block-wide forward rounds, small rounds (kSmallWarps warps), single-bidder chains,
+// rounds, block-wide forward rounds, warp 0's rounds (sparse path), single-bidder chains,
 // reverse part or the sparse check, final sum (SolveProfile in src/assign/solver.rs).
 enum ProfStage {
     kProfScan = 0,
@@ -355,37 +359,74 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
     return scan_person(A, i, lane);
 }
 
-// Person i's best and second-best value over its kept objects (a sparse row): lane s reads
-// slot s; ties go to the smaller rotated position k = (j - i) mod m, exactly as a full scan
-// would break them. The best is tracked as one key v * 512 + (511 - k) (k < 512, |v| < 2^47),
-// so a merge step moves two 64-bit values instead of three and selects without branches (the
-// chains' latency is these five dependent steps). An empty slot has key kNegInf, whose >> 9
-// (kEmpty) is below every real value and becomes kNegInf again at the end. Warp-collective.
-__device__ __forceinline__ Top2 sparse_scan(const Auction& A, int i, int lane) {
-    constexpr long long kEmpty = kNegInf >> 9;
-    const int c = i * kSparseSlots + lane;
-    const int j = A.sparse_object[c];
-    long long key = kNegInf, v2 = kEmpty;
-    if (j != kNoObject) {
-        const int k = j >= i ? j - i : j - i + A.m;
-        key = (A.sparse_benefit[c] - A.price[j]) * 512 + (511 - k);
-    }
+// Person i's top-2 over its kept objects (a sparse row), computed by a group of G lanes: the
+// aligned run of G lanes containing this one, `sub` = its index in the run (G = 1: one thread
+// alone). A slot holds the key a_ij * 512 + (511 - k) with k = (j - i) mod m the rotated
+// position, so the object's value as a key is key - p_j * 512 (two instructions), the best is the
+// largest key (ties to the smaller k, as a full scan breaks them) and j follows from its low bits.
+// Lane sub reads the slots sub, sub + G, ... rotated by i * G, which puts the groups of a warp
+// (different persons) on different banks; then the group merges. The top-2 does not depend on
+// the order of the slots, so every G gives the same result. With own_obj >= 0 (G = 1 only) *own
+// receives that object's value when it is kept (unchanged otherwise). Group-collective (G > 1:
+// every lane of the warp calls it).
+template <int G>
+__device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int own_obj = -1,
+                                           long long* own = nullptr) {
+    constexpr int kPer = kSparseSlots / G;                       // slots per lane
+    constexpr int kBatch = kPer < 8 ? kPer : 8;                  // loads in flight per lane
+    constexpr int kAcc = kPer >= 8 ? 4 : (kPer >= 2 ? 2 : 1);    // independent insert chains
+    const int base = i * kSparseSlots, rot = (i * G) & (kSparseSlots - 1);
+    // Per chain: the best key and the second-best value (key >> 9).
+    long long key[kAcc], v2[kAcc];
 #pragma unroll
-    for (int off = 16; off; off >>= 1) {
-        const long long ok = __shfl_xor_sync(kFull, key, off);
-        const long long o2 = __shfl_xor_sync(kFull, v2, off);
+    for (int a = 0; a < kAcc; ++a) {
+        key[a] = kEmptySlot;
+        v2[a] = kEmptySlot >> 9;
+    }
+    // Merges a key with its chain's second best o2 into (key, v2).
+    auto merge = [](long long& key, long long& v2, long long ok, long long o2) {
         const bool take = ok > key;
         const long long loser = take ? key : ok;
         v2 = max(take ? o2 : v2, loser >> 9);
         key = take ? ok : key;
+    };
+#pragma unroll
+    for (int t0 = 0; t0 < kPer; t0 += kBatch) {
+        long long slot[kBatch], price[kBatch];
+        int obj[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+            slot[u] = A.sparse_key[base + ((sub + G * (t0 + u) + rot) & (kSparseSlots - 1))];
+        // Every price load of the batch in flight at once (an empty slot reads p_i).
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+            obj[u] = i + 511 - static_cast<int>(slot[u] & 511);
+            if (obj[u] >= A.m) obj[u] -= A.m;
+            price[u] = A.price[obj[u]];
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+            const long long k = slot[u] - price[u] * 512;
+            if (obj[u] == own_obj && slot[u] != kEmptySlot) *own = k >> 9;
+            merge(key[u % kAcc], v2[u % kAcc], k, kEmptySlot >> 9);
+        }
     }
-    return Top2{key == kNegInf ? kNegInf : key >> 9, v2 == kEmpty ? kNegInf : v2,
-                511 - static_cast<int>(key & 511)};
+#pragma unroll
+    for (int a = 1; a < kAcc; ++a) merge(key[0], v2[0], key[a], v2[a]);
+#pragma unroll
+    for (int off = G >> 1; off; off >>= 1) {
+        const long long ok = __shfl_xor_sync(kFull, key[0], off);
+        const long long o2 = __shfl_xor_sync(kFull, v2[0], off);
+        merge(key[0], v2[0], ok, o2);
+    }
+    const long long v1 = key[0] >> 9;
+    return Top2{v1 < kEmptyValue ? kNegInf : v1, v2[0] < kEmptyValue ? kNegInf : v2[0],
+                511 - static_cast<int>(key[0] & 511)};
 }
 
 // A bid's scan: over the kept objects of a sparse row, else bid_scan. Warp-collective.
 __device__ __forceinline__ Top2 bid_values(const Auction& A, int i, int lane) {
-    return A.sparse_row(i) ? sparse_scan(A, i, lane) : bid_scan(A, i, lane);
+    return A.sparse_row(i) ? group_top2<32>(A, i, lane) : bid_scan(A, i, lane);
 }
 
 __device__ __forceinline__ unsigned long long select_key(int qv, int k) {
@@ -402,11 +443,12 @@ __device__ __forceinline__ unsigned long long select_key(int qv, int k) {
 // into few lanes. Each kept object other than the diagonal is marked in `covered`.
 // src/assign/cpu.rs (select_kept) applies the same rule. The selection also quantises the row
 // (the dense path's pass 2): it reads the f32 costs (row stride ld), writes q to the scratch row
-// (the final check and dense rows scan it) and keeps it in registers. Warp-collective; L =
-// entries per lane (m <= 32 L).
+// (the final check and dense rows scan it) and keeps it in registers, and counts the row in
+// *tied_rows when its minimum occurs more than once. Warp-collective; L = entries per lane
+// (m <= 32 L).
 template <int L>
 __device__ void select_candidates(const Auction& A, int i, int lane, const float* cost, size_t ld, const Scaling& s,
-                                  int* q, int* covered) {
+                                  int* q, int* covered, int* tied_rows) {
     const int m = A.m, slots = kSparseSlots;
     int* row = q + static_cast<size_t>(i) * m;
     const float* crow = cost + static_cast<size_t>(i) * ld;
@@ -450,6 +492,12 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
             const bool lower = (lane & stride) == 0;
             key = (lower == ascending) ? min(key, other) : max(key, other);
         }
+    // Whether the row's minimum occurs more than once (row_ties_at_minimum in the CPU model).
+    const int qmin = static_cast<int>(__shfl_sync(kFull, key, 0) >> 16);
+    int at_min = 0;
+#pragma unroll
+    for (int u = 0; u < L; ++u) at_min += lane + 32 * u < m && cache[u] == qmin;
+    if (static_cast<int>(__reduce_add_sync(kFull, at_min)) >= 2 && lane == 0) atomicAdd(tied_rows, 1);
     auto count_kept = [&](unsigned long long T) {
         int c = 0;
 #pragma unroll
@@ -492,13 +540,12 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
         if (k < m && (k == 0 || select_key(qu, k) <= T)) {
             int j = i + k;
             if (j >= m) j -= m;
-            A.sparse_benefit[pos] = A.benefit(qu);
-            A.sparse_object[pos] = static_cast<unsigned short>(j);
+            A.sparse_key[pos] = A.benefit(qu) * 512 + (511 - k);
             if (k != 0) covered[j] = 1;
             ++pos;
         }
     }
-    for (int s = total + lane; s < slots; s += 32) A.sparse_object[i * slots + s] = kNoObject;
+    for (int s = total + lane; s < slots; s += 32) A.sparse_key[i * slots + s] = kEmptySlot;
     if (lane == 0) {
         A.sparse_floor[i] = static_cast<int>(T >> 16);
         A.dense[i] = 0;
@@ -591,35 +638,27 @@ __device__ __forceinline__ int resolve_bid(const Auction& A, const int* cur, int
     return old;
 }
 
-// Resolves forward round r: losers and displaced owners form the next round's list. Block:
-// the whole block resolves. Small: at most kSmallBidders (<= 32) bids, resolved by warp 0 with
-// a ballot for the list positions (no atomics). Block-collective, ends with a barrier; returns
-// the next list's size.
-template <bool Small>
+// Resolves forward round r: losers and displaced owners form the next round's list.
+// Block-collective, ends with a barrier; returns the next list's size.
 __device__ int resolve_forward(const Auction& A, unsigned r) {
-    static_assert(kSmallBidders <= 32, "a small round's bids fit one warp");
     const int cnt = A.counts[r % 3];
     const int* cur = A.list(r);
     int* nxt = A.list(r + 1);
     int* nxt_count = &A.counts[(r + 1) % 3];
     if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
-    if (Small) {
-        if (threadIdx.x < 32) {
-            const int lane = threadIdx.x;
-            if (lane < cnt) mark_forward_loser(A, cur, lane);
-            __syncwarp();
-            const int next = lane < cnt ? resolve_bid(A, cur, lane) : -1;
-            const unsigned pushed = __ballot_sync(kFull, next >= 0);
-            if (next >= 0) nxt[__popc(pushed & ((1u << lane) - 1))] = next;
-            if (lane == 0) *nxt_count = __popc(pushed);
-        }
-    } else {
-        for (int e = threadIdx.x; e < cnt; e += blockDim.x) mark_forward_loser(A, cur, e);
-        __syncthreads();
-        for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
-            const int next = resolve_bid(A, cur, e);
-            if (next >= 0) nxt[atomicAdd(nxt_count, 1)] = next;
-        }
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) mark_forward_loser(A, cur, e);
+    __syncthreads();
+    // One atomic per warp for the list positions (the order of a list does not matter: a
+    // round's bids all see the same prices and the highest key wins).
+    for (int e0 = 0; e0 < cnt; e0 += blockDim.x) {
+        const int e = e0 + threadIdx.x;
+        const int next = e < cnt ? resolve_bid(A, cur, e) : -1;
+        const unsigned pushed = __ballot_sync(kFull, next >= 0);
+        const int lane = threadIdx.x & 31;
+        int base = 0;
+        if (lane == 0 && pushed != 0) base = atomicAdd(nxt_count, __popc(pushed));
+        base = __shfl_sync(kFull, base, 0);
+        if (next >= 0) nxt[base + __popc(pushed & ((1u << lane) - 1))] = next;
     }
     __syncthreads();
     return *reinterpret_cast<volatile int*>(nxt_count);
@@ -704,56 +743,136 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
     }
 }
 
-// Forward rounds r, r + 1, ... with 2..kSmallBidders bidders (list(r) holds `next` bidders
-// whose bids are to be made): the first kSmallWarps warps bid, warp 0 resolves, the whole block
-// follows the loop (block-collective). The same Jacobi rounds as the block-wide loop (the bidder
-// count never grows within a forward part). Ends like the block-wide loop (a lone bidder's chain included) and leaves, via
-// thread 0, the rounds, the status and the next round index in *tail_rounds, *tail_status,
-// *tail_r (list(*tail_r) holds the chain's bidder when one ran; the caller empties it after its
-// barrier).
-__device__ void small_forward(const Auction& A, unsigned r, int next, long long eps, unsigned rounds,
-                              unsigned max_rounds, int lane, int warp, unsigned* tail_rounds,
-                              uint32_t* tail_status, unsigned* tail_r, unsigned long long* prof) {
+// Bids of sparse-path persons list[0..count) by a warp with G lanes per person (group g =
+// lane / G bids for list[g]; count <= 32 / G): returns the group's top-2. Dense rows (turned so
+// by the final check) take the warp's full scan instead, one after another. Warp-collective.
+template <int G>
+__device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, int count, int lane) {
+    const int g = lane / G;
+    const int i = g < count ? list[g] : list[0];  // idle groups scan a real row, unused
+    Top2 t = group_top2<G>(A, i, lane % G);
+    unsigned dense = __ballot_sync(kFull, lane % G == 0 && g < count && A.dense[i] != 0);
+    while (dense != 0) {
+        const int leader = __ffs(dense) - 1;
+        const Top2 td = scan_person(A, __shfl_sync(kFull, i, leader), lane);
+        if (lane == leader) t = td;
+        dense &= dense - 1;
+    }
+    return t;
+}
+
+// Bids of sparse-path persons list[0..count), G lanes per person, spread over the block's
+// warps (32 / G persons per warp and pass); each group's first lane places the bid.
+// Block-collective (every warp runs the same number of passes).
+template <int G>
+__device__ void group_bids_block(const Auction& A, const int* list, int count, long long eps, int lane, int warp,
+                                 int nwarps) {
+    constexpr int kPerWarp = 32 / G;
+    for (int e0 = 0; e0 < count; e0 += nwarps * kPerWarp) {
+        const int w0 = e0 + warp * kPerWarp;
+        if (w0 >= count) continue;  // warp-uniform
+        const Top2 t = group_bids<G>(A, list + w0, count - w0, lane);
+        const int e = w0 + lane / G;
+        if (lane % G == 0 && e < count) {
+            const int i = list[e];
+            int j = i + t.k1;
+            if (j >= A.m) j -= A.m;
+            place_bid(A, i, j, t, eps);
+        }
+    }
+}
+
+// One forward round of warp_forward: the count <= 32 / G bidders of `cur`, G lanes each, bid
+// and resolve within the warp, and the next round's bidders (losers and displaced owners) go to
+// `nxt`. Returns their count, or -1 when an increment leaves the packed range. The result is
+// resolve_forward's, with less work: a bid lives in its group's registers, and only bidders that
+// share their object with another (found by __match_any_sync) settle it through the slot's
+// atomicMax. Dense rows take the warp's full scan (only tested when any_dense). Warp-collective.
+template <int G>
+__device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int* nxt, int count, long long eps,
+                                          bool any_dense, int lane) {
+    const int g = lane / G;
+    const bool leader = lane % G == 0 && g < count;
+    const int i = g < count ? cur[g] : cur[0];  // idle groups scan a real row, unused
+    Top2 t = group_top2<G>(A, i, lane % G);
+    if (any_dense) {
+        unsigned dense = __ballot_sync(kFull, leader && A.dense[i] != 0);
+        while (dense != 0) {
+            const int first = __ffs(dense) - 1;
+            const Top2 td = scan_person(A, __shfl_sync(kFull, i, first), lane);
+            if (lane == first) t = td;
+            dense &= dense - 1;
+        }
+    }
+    int j = i + t.k1;
+    if (j >= A.m) j -= A.m;
+    const long long inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
+    if (__any_sync(kFull, leader && inc >= kMaxIncrement)) return -1;
+    const unsigned long long key = (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned>(i + 1);
+    const unsigned peers = __match_any_sync(kFull, leader ? j : -1 - lane);
+    const bool contested = leader && __popc(peers) > 1;
+    if (contested) atomicMax(&A.slot[j], key);
+    __syncwarp();
+    const bool wins = leader && (!contested || load_key(&A.slot[j]) == key);
+    __syncwarp();  // every contested bidder read the slot before its winner clears it
+    int next = leader ? i : -1;
+    if (wins) {
+        if (contested) A.slot[j] = 0;
+        next = A.owner[j];
+        A.price[j] += inc;
+        A.owner[j] = i;
+        A.object[i] = j;
+        A.profit[i] = t.v1 - inc;
+        if (next >= 0) A.object[next] = -1;
+    }
+    const unsigned pushed = __ballot_sync(kFull, next >= 0);
+    if (next >= 0) nxt[__popc(pushed & ((1u << lane) - 1))] = next;
+    __syncwarp();  // the list is written before the next round reads it
+    return __popc(pushed);
+}
+
+// Forward rounds r, r + 1, ... of the sparse path once at most kSmallBidders bidders are left
+// (list(r) holds `next` bidders whose bids are still to be made), run by warp 0 alone: the
+// bidder count never grows within a forward part, so no block barrier is needed until it ends.
+// Each bidder is scanned by a group of lanes (8 lanes for up to 4 bidders, then 4, 2, 1: the
+// fewer the bidders, the shorter the dependent chain; warp_round); a lone bidder's chain
+// (forward_chain) ends the part. With `cut` (phases before the last) the forward part ends once
+// at most kPhaseCut bidders are left. The same Jacobi rounds as the block-wide loop. Lane 0
+// leaves the rounds, the status and the next round index in *tail_rounds, *tail_status, *tail_r.
+__device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, bool cut, unsigned rounds,
+                             unsigned max_rounds, int lane, unsigned* tail_rounds, uint32_t* tail_status,
+                             unsigned* tail_r, unsigned long long* prof) {
     uint32_t status = kOptimal;
-    bool chained = false;
-    while (true) {
+    // Rows turn dense only in the final check, never during a forward part.
+    const bool any_dense = *reinterpret_cast<volatile int*>(A.any_dense) != 0;
+    while (next != 0 && !(cut && next <= kPhaseCut)) {
+        if (next == 1) {
+            // A lone bidder always wins: its displacement chain ends the forward part.
+            prof_mark(prof, kProfSmall);
+            forward_chain(A, A.list(r)[0], eps, rounds, max_rounds, lane, tail_rounds, tail_status);
+            prof_mark(prof, kProfChain);
+            if (lane == 0) *tail_r = r;
+            return;
+        }
         if (++rounds > max_rounds) {
             status = kIterationLimit;
             break;
         }
         const int* cur = A.list(r);
-        for (int e = warp; warp < kSmallWarps && e < next; e += kSmallWarps) {
-            const int i = cur[e];
-            const Top2 t = bid_values(A, i, lane);
-            if (lane == 0) {
-                int j = i + t.k1;
-                if (j >= A.m) j -= A.m;
-                place_bid(A, i, j, t, eps);
-            }
-        }
-        __syncthreads();
-        if (*reinterpret_cast<volatile int*>(A.overflow)) {
+        int* nxt = A.list(r + 1);
+        next = next <= 4   ? warp_round<8>(A, cur, nxt, next, eps, any_dense, lane)
+               : next <= 8  ? warp_round<4>(A, cur, nxt, next, eps, any_dense, lane)
+               : next <= 16 ? warp_round<2>(A, cur, nxt, next, eps, any_dense, lane)
+                            : warp_round<1>(A, cur, nxt, next, eps, any_dense, lane);
+        ++r;
+        if (next < 0) {
             status = kOverflow;
             break;
         }
-        next = resolve_forward<true>(A, r);
-        ++r;
-        if (next == 0) break;
-        if (next == 1) {
-            if (warp == 0) {
-                prof_mark(prof, kProfSmall);
-                forward_chain(A, A.list(r)[0], eps, rounds, max_rounds, lane, tail_rounds, tail_status);
-                prof_mark(prof, kProfChain);
-            }
-            chained = true;
-            break;
-        }
     }
-    if (threadIdx.x == 0) {
-        if (!chained) {
-            *tail_rounds = rounds;
-            *tail_status = status;
-        }
+    if (lane == 0) {
+        *tail_rounds = rounds;
+        *tail_status = status;
         *tail_r = r;
     }
 }
@@ -1055,6 +1174,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     __shared__ unsigned tail_rounds;
     __shared__ uint32_t tail_status;
     __shared__ unsigned tail_r;
+    __shared__ int tied_rows;
+    __shared__ int any_dense;
     __shared__ unsigned long long prof[kProfStages + 2];
     if (threadIdx.x == 0) {
         for (int k = 0; k < kProfStages; ++k) prof[k] = 0;
@@ -1289,16 +1410,20 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     if (sparse_now) {
         A.slots = kSparseSlots;
         algorithm = kSparseAuction;
-        A.sparse_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
-        A.sparse_floor = reinterpret_cast<int*>(A.sparse_benefit + static_cast<size_t>(n) * A.slots);
+        A.sparse_key = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
+        A.sparse_floor = reinterpret_cast<int*>(A.sparse_key + static_cast<size_t>(n) * A.slots);
         A.dense = A.sparse_floor + n;
-        A.sparse_object = reinterpret_cast<unsigned short*>(A.dense + n);
+        A.any_dense = &any_dense;
     } else if (!q_shared && params.cache_width != 0 && n <= static_cast<int>(params.cache_persons)) {
         A.cw = static_cast<int>(params.cache_width);
         A.cand_benefit = reinterpret_cast<long long*>(smem + state_bytes(params.capacity));
         A.cand_bound = A.cand_benefit + static_cast<size_t>(n) * A.cw;
         A.cand_object = reinterpret_cast<int*>(A.cand_bound + n);
     }
+    // Sparse path: phases before the last may end with kPhaseCut bidders left, unless an eighth
+    // of the rows or more tie at their minimum (SPARSE_PHASE_CUT, Problem::phase_cut).
+    bool phase_cut = false;
+    if (tid == 0) tied_rows = any_dense = 0;
     auto reset_state = [&]() {
         for (int j = tid; j < m; j += nthreads) {
             A.price[j] = 0;
@@ -1318,9 +1443,9 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     if (Sparse && A.slots != 0) {
         for (int i = warp; i < n; i += nwarps) {
             if (m <= 256) {
-                select_candidates<8>(A, i, lane, cost, ld, s, q, A.target);
+                select_candidates<8>(A, i, lane, cost, ld, s, q, A.target, &tied_rows);
             } else {
-                select_candidates<12>(A, i, lane, cost, ld, s, q, A.target);
+                select_candidates<12>(A, i, lane, cost, ld, s, q, A.target, &tied_rows);
             }
         }
         // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
@@ -1331,6 +1456,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         for (int j = tid; j < m; j += nthreads) covered &= A.target[j] != 0;
         if (__syncthreads_and(covered)) {
             round_cap = min(params.max_rounds, kSparseRoundsPerSide * n + kSparseRoundsBase);
+            phase_cut = 8 * *reinterpret_cast<volatile int*>(&tied_rows) < n;
         } else {
             A.slots = 0;
             algorithm = kAuction;
@@ -1345,9 +1471,24 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         while (true) {
             __syncthreads();
             if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
-            const int next = resolve_forward<false>(A, r);
+            const int next = resolve_forward(A, r);
             ++r;
             if (next == 0) return kOptimal;
+            if (A.slots != 0 && next <= kSmallBidders) {
+                // The rest of the forward part in warp 0 (a phase before the last may end early).
+                prof_mark(prof, kProfForward);
+                if (warp == 0)
+                    warp_forward(A, r, next, eps, phase_cut && eps > 1, rounds, round_cap, lane, &tail_rounds, &tail_status,
+                                 &tail_r, prof);
+                __syncthreads();
+                prof_mark(prof, kProfSmall);
+                rounds = tail_rounds;
+                r = tail_r;
+                // The lists' counts start at 0 again; only after the barrier (every thread read
+                // `next` before it), and every later use of a count follows another barrier.
+                if (tid == 0) counts[0] = counts[1] = counts[2] = 0;
+                return tail_status;
+            }
             if (next == 1) {
                 // A lone bidder: its displacement chain ends the forward part.
                 prof_mark(prof, kProfForward);
@@ -1360,19 +1501,22 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 if (tid == 0) A.counts[r % 3] = 0;
                 return tail_status;
             }
-            if (A.slots != 0 && next <= kSmallBidders && nwarps >= kSmallWarps) {
-                prof_mark(prof, kProfForward);
-                small_forward(A, r, next, eps, rounds, round_cap, lane, warp, &tail_rounds, &tail_status, &tail_r,
-                                  prof);
-                __syncthreads();
-                prof_mark(prof, kProfSmall);
-                rounds = tail_rounds;
-                r = tail_r;
-                if (tid == 0) A.counts[r % 3] = 0;  // after a chain it held 1 (see above)
-                return tail_status;
-            }
             if (++rounds > round_cap) return kIterationLimit;
             const int* cur = A.list(r);
+            if (A.slots != 0) {
+                // Sparse path: as many lanes per bidder as the block has (up to 8).
+                const int lanes = nthreads / next;
+                if (lanes >= 8) {
+                    group_bids_block<8>(A, cur, next, eps, lane, warp, nwarps);
+                } else if (lanes >= 4) {
+                    group_bids_block<4>(A, cur, next, eps, lane, warp, nwarps);
+                } else if (lanes >= 2) {
+                    group_bids_block<2>(A, cur, next, eps, lane, warp, nwarps);
+                } else {
+                    group_bids_block<1>(A, cur, next, eps, lane, warp, nwarps);
+                }
+                continue;
+            }
             for (int e = warp; e < next; e += nwarps) {
                 const int i = cur[e];
                 const Top2 t = bid_values(A, i, lane);
@@ -1408,48 +1552,55 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
         {
             int* cur = A.list(r);
-            for (int i = warp; i < n; i += nwarps) {
+            // Person i keeps its object o while own = a_io - p_o >= v1 - eps; otherwise it
+            // releases o and bids with the same scan. Returns whether i bids. own == kNegInf:
+            // not known yet (read from q).
+            auto keep_or_bid = [&](int i, const Top2& t, long long own) -> bool {
                 const int o = A.object[i];
-                if (A.sparse_row(i) && o >= 0) {
-                    // A sparse row holds one of its kept objects: its lane has own = a_io - p_o,
-                    // and own >= v1 - eps holds iff no kept value exceeds own + eps, one vote
-                    // instead of the top-2 merges (which only the persons that rebid need).
-                    const int c = i * kSparseSlots + lane;
-                    const int j = A.sparse_object[c];
-                    const long long v = j != kNoObject ? A.sparse_benefit[c] - A.price[j] : kNegInf;
-                    const unsigned hit = __ballot_sync(kFull, j == o);
-                    const long long own = hit != 0 ? __shfl_sync(kFull, v, __ffs(hit) - 1)
-                                                   : A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
-                    if (!__any_sync(kFull, v > own + eps)) {
-                        if (lane == 0) A.profit[i] = own;
-                        continue;
+                if (o >= 0) {
+                    if (own == kNegInf) own = A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
+                    if (own >= t.v1 - eps) {
+                        A.profit[i] = own;
+                        return false;
                     }
-                    __syncwarp();  // every lane read object[i] before lane 0 clears it
-                    if (lane == 0) {
-                        A.owner[o] = -1;
-                        A.object[i] = -1;
-                    }
-                    __syncwarp();
+                    A.owner[o] = -1;
+                    A.object[i] = -1;
                 }
-                const Top2 t = A.sparse_row(i) ? sparse_scan(A, i, lane) : scan_person(A, i, lane);
-                if (lane == 0) {
-                    int j = i + t.k1;
-                    if (j >= m) j -= m;
-                    bool bid = true;
-                    if (A.object[i] >= 0) {
-                        const long long own = A.benefit(q[static_cast<size_t>(i) * m + o]) - A.price[o];
-                        if (own >= t.v1 - eps) {
-                            A.profit[i] = own;
-                            bid = false;
-                        } else {
-                            A.owner[o] = -1;
-                            A.object[i] = -1;
-                        }
+                int j = i + t.k1;
+                if (j >= m) j -= m;
+                place_bid(A, i, j, t, eps);
+                return true;
+            };
+            if (A.slots != 0) {
+                // Sparse path: a thread per person (its scan also reads the held object's value:
+                // a sparse row only ever holds one of its kept objects), dense rows by their
+                // warp's full scan; the bidders are listed with one atomic per warp.
+                for (int i0 = 0; i0 < n; i0 += nthreads) {
+                    const int i = i0 + tid;
+                    const bool dense_row = i < n && A.dense[i] != 0;
+                    bool bid = false;
+                    if (i < n && !dense_row) {
+                        long long own = kNegInf;
+                        const Top2 t = group_top2<1>(A, i, 0, A.object[i], &own);
+                        bid = keep_or_bid(i, t, own);
                     }
-                    if (bid) {
-                        place_bid(A, i, j, t, eps);
-                        cur[atomicAdd(&A.counts[r % 3], 1)] = i;
+                    unsigned dense = __ballot_sync(kFull, dense_row);
+                    while (dense != 0) {
+                        const int leader = __ffs(dense) - 1;
+                        const Top2 t = scan_person(A, __shfl_sync(kFull, i, leader), lane);
+                        if (lane == leader) bid = keep_or_bid(i, t, kNegInf);
+                        dense &= dense - 1;
                     }
+                    const unsigned sel = __ballot_sync(kFull, bid);
+                    int base = 0;
+                    if (lane == 0 && sel != 0) base = atomicAdd(&A.counts[r % 3], __popc(sel));
+                    base = __shfl_sync(kFull, base, 0);
+                    if (bid) cur[base + __popc(sel & ((1u << lane) - 1))] = i;
+                }
+            } else {
+                for (int i = warp; i < n; i += nwarps) {
+                    const Top2 t = scan_person(A, i, lane);
+                    if (lane == 0 && keep_or_bid(i, t, kNegInf)) cur[atomicAdd(&A.counts[r % 3], 1)] = i;
                 }
             }
         }
@@ -1563,6 +1714,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 A.owner[o] = -1;
                 A.object[i] = -1;
                 A.dense[i] = 1;
+                any_dense = 1;
             }
             __syncwarp();
             // Prices do not change during the check: this is the round's bid at its prices.

@@ -33,9 +33,10 @@ fn cache_bytes(persons: usize, width: usize) -> usize {
 }
 
 /// Shared-memory bytes of the sparse path for square matrices of side up to `side`: per person
-/// its kept entries (an i64 benefit and a u16 object each), its floor and its dense flag.
+/// its kept entries (an i64 key each: benefit and rotated position), its floor and its dense
+/// flag.
 fn sparse_region_bytes(side: usize) -> usize {
-    side * (SPARSE_SLOTS * 10 + 8)
+    side * (SPARSE_SLOTS * 8 + 8)
 }
 
 /// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.

@@ -188,14 +188,19 @@ impl Kernels {
                 gemm_blocks_per_sm[i] = blocks.max(1);
             }
         }
+        // The two entries share one body; the sparse path's state makes the static shared
+        // memory of assign_solve_512 a little larger, and one limit serves both.
         let assign_solve = function(&assign, "assign", "assign_solve")?;
-        let assign_static = assign_solve
-            .shared_size_bytes()
-            .map_err(Error::cuda("querying assign_solve's shared memory"))?;
+        let assign_solve_512 = function(&assign, "assign", "assign_solve_512")?;
+        let mut assign_static = 0;
+        for f in [&assign_solve, &assign_solve_512] {
+            let bytes = f
+                .shared_size_bytes()
+                .map_err(Error::cuda("querying assign_solve's shared memory"))?;
+            assign_static = assign_static.max(bytes);
+        }
         let assign_smem_limit = (optin - assign_static).max(0) as u32;
         set_dynamic_smem(&assign_solve, assign_smem_limit)?;
-        // Same source, same static shared memory (the two entries share one body).
-        let assign_solve_512 = function(&assign, "assign", "assign_solve_512")?;
         set_dynamic_smem(&assign_solve_512, assign_smem_limit)?;
         Ok(Kernels {
             preprocess_frame: function(&preprocess, "preprocess", "preprocess_frame")?,
