@@ -56,7 +56,9 @@ constexpr unsigned kSparseRoundsPerSide = 8;
 constexpr unsigned kSparseRoundsBase = 2048;
 // Sparse path: once at most kSmallBidders bidders are left, warp 0 runs the rest of the forward
 // part alone (warp_forward: no block barriers). Most rounds of a sparse solve have 1-8 bidders.
-constexpr int kSmallBidders = 32;
+// With 17-32 bidders a lane of warp 0 would scan a whole row alone (~3.2 us per round at
+// 300x300, H100); the block's rounds, with 8 lanes per bidder, are faster.
+constexpr int kSmallBidders = 16;
 // Sparse path (SPARSE_PHASE_CUT): a phase other than the last ends once at most this many
 // bidders are left; they bid again in the next phase's first round.
 constexpr int kPhaseCut = 2;
@@ -786,8 +788,7 @@ __device__ void group_bids_block(const Auction& A, const int* list, int count, l
 // and resolve within the warp, and the next round's bidders (losers and displaced owners) go to
 // `nxt`. Returns their count, or -1 when an increment leaves the packed range. The result is
 // resolve_forward's, with less work: a bid lives in its group's registers, and only bidders that
-// share their object with another (found by __match_any_sync) settle it through the slot's
-// atomicMax. Dense rows take the warp's full scan (only tested when any_dense). Warp-collective.
+// share their object with another settle it through the slot's atomicMax. Dense rows take the warp's full scan (only tested when any_dense). Warp-collective.
 template <int G>
 __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int* nxt, int count, long long eps,
                                           bool any_dense, int lane) {
@@ -809,8 +810,20 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
     const long long inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
     if (__any_sync(kFull, leader && inc >= kMaxIncrement)) return -1;
     const unsigned long long key = (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned>(i + 1);
-    const unsigned peers = __match_any_sync(kFull, leader ? j : -1 - lane);
-    const bool contested = leader && __popc(peers) > 1;
+    // Whether another bidder of the round wants j: compared with the other group leaders' j
+    // (an idle group's is -1; __match_any_sync cost ~20% of a round); with 16 leaders every
+    // bid goes through the slot.
+    bool contested = leader;
+    if (G >= 4) {
+        const int mine = leader ? j : -1;
+        contested = false;
+#pragma unroll
+        for (int o = 0; o < 32; o += G) {
+            const int other = __shfl_sync(kFull, mine, o);
+            contested |= o != lane && other == j;
+        }
+        contested &= leader;
+    }
     if (contested) atomicMax(&A.slot[j], key);
     __syncwarp();
     const bool wins = leader && (!contested || load_key(&A.slot[j]) == key);
@@ -834,7 +847,7 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
 // Forward rounds r, r + 1, ... of the sparse path once at most kSmallBidders bidders are left
 // (list(r) holds `next` bidders whose bids are still to be made), run by warp 0 alone: the
 // bidder count never grows within a forward part, so no block barrier is needed until it ends.
-// Each bidder is scanned by a group of lanes (8 lanes for up to 4 bidders, then 4, 2, 1: the
+// Each bidder is scanned by a group of lanes (8 lanes for up to 4 bidders, then 4, 2: the
 // fewer the bidders, the shorter the dependent chain; warp_round); a lone bidder's chain
 // (forward_chain) ends the part. With `cut` (phases before the last) the forward part ends once
 // at most kPhaseCut bidders are left. The same Jacobi rounds as the block-wide loop. Lane 0
@@ -860,10 +873,10 @@ __device__ void warp_forward(const Auction& A, unsigned r, int next, long long e
         }
         const int* cur = A.list(r);
         int* nxt = A.list(r + 1);
+        static_assert(kSmallBidders <= 16, "warp rounds take up to 16 bidders, 2 lanes each");
         next = next <= 4   ? warp_round<8>(A, cur, nxt, next, eps, any_dense, lane)
-               : next <= 8  ? warp_round<4>(A, cur, nxt, next, eps, any_dense, lane)
-               : next <= 16 ? warp_round<2>(A, cur, nxt, next, eps, any_dense, lane)
-                            : warp_round<1>(A, cur, nxt, next, eps, any_dense, lane);
+               : next <= 8 ? warp_round<4>(A, cur, nxt, next, eps, any_dense, lane)
+                           : warp_round<2>(A, cur, nxt, next, eps, any_dense, lane);
         ++r;
         if (next < 0) {
             status = kOverflow;
