@@ -125,7 +125,7 @@ fn print_profile(gpu: &Gpu, case: &str, assigner: &Assigner) {
     eprintln!(
         "{case}: in-kernel {:.1} us ({total} cycles, {:.2} GHz): scan {:.1} us, quantise {:.1}, \
          select {:.1}, phase bookkeeping {:.1}, forward first rounds {:.1}, block rounds {:.1}, \
-         small rounds {:.1}, chains {:.1}, reverse or sparse check {:.1}, finish {:.1}",
+         warp rounds {:.1}, chains {:.1}, reverse or sparse check {:.1}, finish {:.1}",
         p.ns as f64 / 1e3,
         total as f64 / p.ns.max(1) as f64,
         us(p.scan_cycles),

@@ -133,9 +133,9 @@ pub struct SolveProfile {
     pub forward_first_cycles: u32,
     /// Later forward rounds run by the whole block (resolve + bids).
     pub forward_cycles: u32,
-    /// Later forward rounds of at most 32 bidders: 8 warps bid, warp 0 resolves (sparse path).
+    /// Later forward rounds of 2..16 bidders, run by warp 0 alone (sparse path).
     pub small_cycles: u32,
-    /// Single-bidder displacement chains (one warp).
+    /// Single-bidder displacement chains (warp 0).
     pub chain_cycles: u32,
     /// Reverse parts (rectangular only), or the sparse path's final check and what follows it.
     pub reverse_cycles: u32,
