@@ -242,6 +242,8 @@ struct Auction {
         return qv < 0 ? -big : -(static_cast<long long>(qv) * static_cast<long long>(static_cast<int>(mult)));
     }
     __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
+    // Object at rotated position k of person i's scan: (i + k) mod m, for 0 <= k < m.
+    __device__ __forceinline__ int object_at(int i, int k) const { return i + k >= m ? i + k - m : i + k; }
     __device__ __forceinline__ bool sparse_row(int i) const { return slots != 0 && dense[i] == 0; }
 };
 
@@ -322,8 +324,7 @@ __device__ __forceinline__ Top2 scan_person(const Auction& A, int i, int lane) {
             const int c = i * A.cw + lane;
             int j = -1;
             if (t.v1 != kNegInf) {
-                j = i + t.k1;
-                if (j >= A.m) j -= A.m;
+                j = A.object_at(i, t.k1);
                 A.cand_benefit[c] = t.v1 + A.price[j];
             }
             A.cand_object[c] = j;
@@ -402,8 +403,7 @@ __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int
         // Every price load of the batch in flight at once (an empty slot reads p_i).
 #pragma unroll
         for (int u = 0; u < kBatch; ++u) {
-            obj[u] = i + 511 - static_cast<int>(slot[u] & 511);
-            if (obj[u] >= A.m) obj[u] -= A.m;
+            obj[u] = A.object_at(i, 511 - static_cast<int>(slot[u] & 511));
             price[u] = A.price[obj[u]];
         }
 #pragma unroll
@@ -458,16 +458,14 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
 #pragma unroll
     for (int u = 0; u < L; ++u) {
         const int k = lane + 32 * u;
-        int j = i + k;
-        if (j >= m) j -= m;
+        const int j = A.object_at(i, k);
         cf[u] = k < m ? crow[j] : 0.0f;
     }
     int cache[L];
 #pragma unroll
     for (int u = 0; u < L; ++u) {
         const int k = lane + 32 * u;
-        int j = i + k;
-        if (j >= m) j -= m;
+        const int j = A.object_at(i, k);
         cache[u] = 0x7fffffff;
         if (k < m) {
             cache[u] = quantize(cf[u], s);
@@ -540,8 +538,7 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
         const int k = lane + 32 * u;
         const int qu = cache[u];
         if (k < m && (k == 0 || select_key(qu, k) <= T)) {
-            int j = i + k;
-            if (j >= m) j -= m;
+            const int j = A.object_at(i, k);
             A.sparse_key[pos] = A.benefit(qu) * 512 + (511 - k);
             if (k != 0) covered[j] = 1;
             ++pos;
@@ -718,8 +715,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
         // Every lane holds the same top-2, so every lane derives the bid and reads the displaced
         // owner itself (one broadcast load, no shuffle of the result); lane 0 writes.
         const Top2 t = bid_values(A, i, lane);
-        int j = i + t.k1;
-        if (j >= A.m) j -= A.m;
+        const int j = A.object_at(i, t.k1);
         const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
         const long long inc = t.v1 - second + eps;
         if (inc >= kMaxIncrement) {
@@ -747,12 +743,15 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
 
 // Bids of sparse-path persons list[0..count) by a warp with G lanes per person (group g =
 // lane / G bids for list[g]; count <= 32 / G): returns the group's top-2. Dense rows (turned so
-// by the final check) take the warp's full scan instead, one after another. Warp-collective.
+// by the final check) take the warp's full scan instead, one after another; with !any_dense
+// (no row is dense) that test is skipped. Warp-collective.
 template <int G>
-__device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, int count, int lane) {
+__device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, int count, int lane,
+                                           bool any_dense = true) {
     const int g = lane / G;
     const int i = g < count ? list[g] : list[0];  // idle groups scan a real row, unused
     Top2 t = group_top2<G>(A, i, lane % G);
+    if (!any_dense) return t;
     unsigned dense = __ballot_sync(kFull, lane % G == 0 && g < count && A.dense[i] != 0);
     while (dense != 0) {
         const int leader = __ffs(dense) - 1;
@@ -777,8 +776,7 @@ __device__ void group_bids_block(const Auction& A, const int* list, int count, l
         const int e = w0 + lane / G;
         if (lane % G == 0 && e < count) {
             const int i = list[e];
-            int j = i + t.k1;
-            if (j >= A.m) j -= A.m;
+            const int j = A.object_at(i, t.k1);
             place_bid(A, i, j, t, eps);
         }
     }
@@ -788,25 +786,15 @@ __device__ void group_bids_block(const Auction& A, const int* list, int count, l
 // and resolve within the warp, and the next round's bidders (losers and displaced owners) go to
 // `nxt`. Returns their count, or -1 when an increment leaves the packed range. The result is
 // resolve_forward's, with less work: a bid lives in its group's registers, and only bidders that
-// share their object with another settle it through the slot's atomicMax. Dense rows take the warp's full scan (only tested when any_dense). Warp-collective.
+// share their object with another settle it through the slot's atomicMax. Warp-collective.
 template <int G>
 __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int* nxt, int count, long long eps,
                                           bool any_dense, int lane) {
     const int g = lane / G;
     const bool leader = lane % G == 0 && g < count;
-    const int i = g < count ? cur[g] : cur[0];  // idle groups scan a real row, unused
-    Top2 t = group_top2<G>(A, i, lane % G);
-    if (any_dense) {
-        unsigned dense = __ballot_sync(kFull, leader && A.dense[i] != 0);
-        while (dense != 0) {
-            const int first = __ffs(dense) - 1;
-            const Top2 td = scan_person(A, __shfl_sync(kFull, i, first), lane);
-            if (lane == first) t = td;
-            dense &= dense - 1;
-        }
-    }
-    int j = i + t.k1;
-    if (j >= A.m) j -= A.m;
+    const int i = g < count ? cur[g] : cur[0];
+    const Top2 t = group_bids<G>(A, cur, count, lane, any_dense);
+    const int j = A.object_at(i, t.k1);
     const long long inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
     if (__any_sync(kFull, leader && inc >= kMaxIncrement)) return -1;
     const unsigned long long key = (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned>(i + 1);
@@ -1534,8 +1522,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 const int i = cur[e];
                 const Top2 t = bid_values(A, i, lane);
                 if (lane == 0) {
-                    int j = i + t.k1;
-                    if (j >= m) j -= m;
+                    const int j = A.object_at(i, t.k1);
                     place_bid(A, i, j, t, eps);
                 }
             }
@@ -1579,8 +1566,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                     A.owner[o] = -1;
                     A.object[i] = -1;
                 }
-                int j = i + t.k1;
-                if (j >= m) j -= m;
+                const int j = A.object_at(i, t.k1);
                 place_bid(A, i, j, t, eps);
                 return true;
             };
@@ -1733,8 +1719,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             // Prices do not change during the check: this is the round's bid at its prices.
             const Top2 t = scan_person(A, i, lane);
             if (lane == 0) {
-                int j = i + t.k1;
-                if (j >= m) j -= m;
+                const int j = A.object_at(i, t.k1);
                 place_bid(A, i, j, t, 1);
                 cur[atomicAdd(&A.counts[r % 3], 1)] = i;
             }

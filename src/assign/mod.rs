@@ -58,8 +58,8 @@ pub const SPARSE_ROUNDS_BASE: u32 = 2048;
 /// one or two persons displacing each other along long chains, and finer prices settle it
 /// sooner: over 24 seeded 300x300 uniform matrices the CPU model counts 9951 rounds instead of
 /// 27291 (1 gives 12715). The last phase (eps = 1) always runs to the end, so the optimality
-/// argument is unchanged. The dense path keeps whole phases (1000x1000 needed up to 2.3x the
-/// rounds with the cut).
+/// argument is unchanged. Off where rows tie at their minimum (`cpu::Problem::phase_cut`), and
+/// the dense path keeps whole phases (1000x1000 needed up to 2.3x the rounds with the cut).
 pub const SPARSE_PHASE_CUT: usize = 2;
 /// Largest block of a launch that may take the sparse path (`assign_solve_512`).
 pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
