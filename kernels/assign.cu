@@ -28,6 +28,13 @@
 // exp/log in double (see focal_pow); it is compared to PyTorch with a tolerance.
 #include "common.cuh"
 
+#include <cooperative_groups.h>
+
+// Thread block clusters (sm_90 and newer): the sparse path's preparation runs on a cluster.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FINESAM_CLUSTERS 1
+#endif
+
 namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
@@ -62,6 +69,13 @@ constexpr int kSmallBidders = 16;
 // Sparse path (SPARSE_PHASE_CUT): a phase other than the last ends once at most this many
 // bidders are left; they bid again in the next phase's first round.
 constexpr int kPhaseCut = 2;
+// Blocks per matrix of assign_solve_512 (SPARSE_CLUSTER_BLOCKS in src/assign/mod.rs), one
+// thread block cluster on sm_90 and newer. Pass 1 and the candidate selection of a sparse
+// matrix run on all of them (~105 us on one SM at 300x300): each scans a slice of the rows,
+// the partial ranges meet in distributed shared memory, and every warp of the cluster selects
+// rows, writing the kept keys into block 0's shared memory. Then the others exit and block 0
+// runs the auction alone. Without cluster support (older cards) block 0 does it all.
+constexpr int kSparseCluster = 8;
 
 enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1, kSparseAuction = 2 };
 
@@ -202,6 +216,25 @@ __device__ __forceinline__ int quantize(float c, const Scaling& s) {
     const double d = __dmul_rn(__dsub_rn(static_cast<double>(c), static_cast<double>(s.cmin)), s.scale);
     const long long q = __double2ll_rn(d);
     return static_cast<int>(min(max(q, 0LL), s.levels));
+}
+
+// The same shared-memory address in block `rank` of this thread block cluster (this block's own
+// address without clusters), and a barrier over the cluster with release/acquire semantics
+// (shared and global memory), a no-op without clusters.
+template <typename T>
+__device__ __forceinline__ T* cluster_block(T* p, int rank) {
+#ifdef FINESAM_CLUSTERS
+    return cooperative_groups::this_cluster().map_shared_rank(p, static_cast<unsigned>(rank));
+#else
+    (void)rank;
+    return p;
+#endif
+}
+
+__device__ __forceinline__ void cluster_sync() {
+#ifdef FINESAM_CLUSTERS
+    cooperative_groups::this_cluster().sync();
+#endif
 }
 
 // The auction state in shared memory plus the quantised costs (persons x objects, global).
@@ -1178,13 +1211,24 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     __shared__ int tied_rows;
     __shared__ int any_dense;
     __shared__ unsigned long long prof[kProfStages + 2];
+    __shared__ float part_lo, part_hi;  // this block's pass-1 results (read cluster-wide)
+    __shared__ unsigned part_flags;
     if (threadIdx.x == 0) {
         for (int k = 0; k < kProfStages; ++k) prof[k] = 0;
         prof[kProfStages + 1] = global_ns();
         prof[kProfStages] = clock64();
     }
 
-    const unsigned b = blockIdx.x;
+    // assign_solve_512 runs kSparseCluster blocks per matrix (one cluster); `rank` is this
+    // block's place in it. Only rank 0 writes results.
+    constexpr int kBlocks = Sparse ? kSparseCluster : 1;
+#ifdef FINESAM_CLUSTERS
+    constexpr bool kCluster = Sparse;
+#else
+    constexpr bool kCluster = false;
+#endif
+    const unsigned b = blockIdx.x / kBlocks;
+    const int rank = static_cast<int>(blockIdx.x % kBlocks);
     const AssignProblem pr = load_problem(problems, uniform, b);
     const int tid = threadIdx.x, nthreads = blockDim.x;
     const int lane = tid & 31, warp = tid >> 5, nwarps = nthreads >> 5;
@@ -1230,18 +1274,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
         return block_reduce(sum, AddD{}, red_d, 0.0);
     };
-    // Checked before any output is written: a malformed descriptor must not write out of bounds.
-    if (m > static_cast<int>(params.capacity) || m > kMaxSide || (n > 0 && pr.ld < pr.cols)) {
-        finish(kTooLarge, 0, 0, 0, 0.0, 0.0);
-        return;
-    }
-    for (int r = tid; r < rows; r += nthreads) r2c[r] = -1;
-    for (int c = tid; c < cols; c += nthreads) c2r[c] = -1;
-    if (n == 0) {
-        finish(kOptimal, 0, 0, 0, 0.0, 0.0);
-        return;
-    }
-
+    const bool bad_shape = m > static_cast<int>(params.capacity) || m > kMaxSide || (n > 0 && pr.ld < pr.cols);
     // Square matrices above the shortest-path solver's limit keep sparse candidates in the
     // region after the state (when they have no +inf, known after pass 1), so their quantised
     // costs go to the scratch. SPARSE_* and uses_sparse in src/assign/mod.rs state the rule.
@@ -1249,16 +1282,66 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                                      static_cast<long long>(n) * m <= kSpMaxEntries;
     const bool sparse_shape = Sparse && n == m && n >= kSparseMinSide && m <= kSparseMaxSide &&
                               n <= static_cast<int>(params.sparse_persons) && !shortest_path_shape;
+    // A sparse matrix prepares on the whole cluster (kSparseCluster); every other matrix leaves
+    // its solve to block 0.
+    const bool cluster_prep = kCluster && sparse_shape && !bad_shape;
+    if (rank != 0 && !cluster_prep) return;
+    // Checked before any output is written: a malformed descriptor must not write out of bounds.
+    if (bad_shape) {
+        finish(kTooLarge, 0, 0, 0, 0.0, 0.0);
+        return;
+    }
+    if (rank == 0) {
+        for (int r = tid; r < rows; r += nthreads) r2c[r] = -1;
+        for (int c = tid; c < cols; c += nthreads) c2r[c] = -1;
+    }
+    if (n == 0) {
+        finish(kOptimal, 0, 0, 0, 0.0, 0.0);
+        return;
+    }
     // The quantised matrix lives in shared memory after the state when it fits (bids then scan
     // shared memory), else in the global scratch (written and read by this block only).
     const bool q_shared = !sparse_shape && static_cast<unsigned long long>(n) * m <= params.q_capacity;
     int* q = q_shared ? reinterpret_cast<int*>(smem + state_bytes(params.capacity)) : scratch + pr.scratch_offset;
 
+    Auction A;
+    A.q = q;
+    A.n = n;
+    A.m = m;
+    A.price = reinterpret_cast<long long*>(smem);
+    A.slot = reinterpret_cast<unsigned long long*>(A.price + params.capacity);
+    A.aux = reinterpret_cast<long long*>(A.slot + params.capacity);
+    A.profit = A.aux + params.capacity;
+    A.owner = reinterpret_cast<int*>(A.profit + params.capacity);
+    A.object = A.owner + params.capacity;
+    A.target = A.object + params.capacity;
+    A.list0 = A.target + params.capacity;
+    A.list1 = A.list0 + params.capacity;
+    A.counts = counts;
+    A.overflow = &overflow;
+    A.cw = 0;
+    A.slots = 0;
+    auto reset_state = [&]() {
+        for (int j = tid; j < m; j += nthreads) {
+            A.price[j] = 0;
+            A.owner[j] = -1;
+            A.slot[j] = 0;
+            A.target[j] = 0;  // the sparse selection's coverage marks
+        }
+        for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
+        if (tid == 0) counts[0] = counts[1] = counts[2] = 0;
+    };
+
     // Pass 1: finite range, forbidden entries, integrality, invalid values. With q in shared
-    // memory the (flushed) costs are parked there too, so pass 2 reads no global memory.
+    // memory the (flushed) costs are parked there too, so pass 2 reads no global memory. With
+    // cluster preparation each block scans its slice of the rows (a sparse matrix is square,
+    // never transposed, and does not park its costs).
     float lo = INFINITY, hi = -INFINITY;
     unsigned flags = 0;
-    for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) {
+    const int slice = cluster_prep ? (rows + kBlocks - 1) / kBlocks : rows;
+    const int first_row = min(rows, rank * slice);
+    const int slice_rows = min(rows, first_row + slice) - first_row;
+    for_each_cost(cost + static_cast<size_t>(first_row) * ld, slice_rows, cols, ld, transposed, [&](float c, int e) {
         c = flush_subnormal(c);
         if (isnan(c) || c == -INFINITY) {
             flags |= kFlagBad;
@@ -1296,6 +1379,31 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     for (int off = 16; off; off >>= 1) {
         lo = fminf(lo, __shfl_xor_sync(kFull, lo, off));
         hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, off));
+    }
+    if (cluster_prep) {
+        // Every block combines the cluster's partial results (min and max in any order are
+        // exact, as above), so all derive the same scaling. Block 0 resets the state first:
+        // the selection marks its coverage there after the barrier.
+        if (tid == 0) {
+            part_lo = lo;
+            part_hi = hi;
+            part_flags = flags;
+        }
+        if (rank == 0) {
+            if (tid == 0) tied_rows = any_dense = 0;
+            reset_state();
+        }
+        cluster_sync();
+        for (int k = 0; k < kBlocks; ++k) {
+            lo = fminf(lo, *cluster_block(&part_lo, k));
+            hi = fmaxf(hi, *cluster_block(&part_hi, k));
+            flags |= *cluster_block(&part_flags, k);
+        }
+        if ((flags & (kFlagBad | kFlagForbidden)) || !(flags & kFlagFinite)) {
+            // Not sparse after all: block 0 goes on alone, once nobody reads the partials.
+            cluster_sync();
+            if (rank != 0) return;
+        }
     }
     if (flags & kFlagBad) {
         finish(kInvalidCost, 0, 0, 0, 0.0, 0.0);
@@ -1389,25 +1497,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         for_each_cost(cost, rows, cols, ld, transposed, [&](float c, int e) { q[e] = quantize(c, s); });
     }
 
-    Auction A;
-    A.q = q;
-    A.n = n;
-    A.m = m;
     A.mult = s.mult;
     A.big = s.big;
-    A.price = reinterpret_cast<long long*>(smem);
-    A.slot = reinterpret_cast<unsigned long long*>(A.price + params.capacity);
-    A.aux = reinterpret_cast<long long*>(A.slot + params.capacity);
-    A.profit = A.aux + params.capacity;
-    A.owner = reinterpret_cast<int*>(A.profit + params.capacity);
-    A.object = A.owner + params.capacity;
-    A.target = A.object + params.capacity;
-    A.list0 = A.target + params.capacity;
-    A.list1 = A.list0 + params.capacity;
-    A.counts = counts;
-    A.overflow = &overflow;
-    A.cw = 0;
-    A.slots = 0;
     if (sparse_now) {
         A.slots = kSparseSlots;
         algorithm = kSparseAuction;
@@ -1424,30 +1515,42 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     // Sparse path: phases before the last may end with kPhaseCut bidders left, unless an eighth
     // of the rows or more tie at their minimum (SPARSE_PHASE_CUT, Problem::phase_cut).
     bool phase_cut = false;
-    if (tid == 0) tied_rows = any_dense = 0;
-    auto reset_state = [&]() {
-        for (int j = tid; j < m; j += nthreads) {
-            A.price[j] = 0;
-            A.owner[j] = -1;
-            A.slot[j] = 0;
-            A.target[j] = 0;  // the sparse selection's coverage marks
-        }
-        for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
-        if (tid == 0) counts[0] = counts[1] = counts[2] = 0;
-    };
-    reset_state();
+    // (Cluster preparation: block 0 reset the state before the cluster barrier of pass 1.)
+    if (!cluster_prep) {
+        if (tid == 0) tied_rows = any_dense = 0;
+        reset_state();
+    }
     __syncthreads();  // also publishes the scratch writes to the whole block
     prof_mark(prof, kProfQuantise);
     unsigned rounds = 0, phases = 0, r = 0;
     // Round cap; the sparse path's is its budget (then the dense path may still use the rest).
     unsigned round_cap = params.max_rounds;
     if (Sparse && A.slots != 0) {
-        for (int i = warp; i < n; i += nwarps) {
+        // With cluster preparation every warp of the cluster selects rows and writes them into
+        // block 0's shared memory; then the other blocks are done.
+        Auction K = A;
+        int* marks = A.target;
+        int* tied = &tied_rows;
+        int first = warp, stride = nwarps;
+        if (cluster_prep) {
+            K.sparse_key = cluster_block(A.sparse_key, 0);
+            K.sparse_floor = cluster_block(A.sparse_floor, 0);
+            K.dense = cluster_block(A.dense, 0);
+            marks = cluster_block(A.target, 0);
+            tied = cluster_block(&tied_rows, 0);
+            first = rank * nwarps + warp;
+            stride = kBlocks * nwarps;
+        }
+        for (int i = first; i < n; i += stride) {
             if (m <= 256) {
-                select_candidates<8>(A, i, lane, cost, ld, s, q, A.target, &tied_rows);
+                select_candidates<8>(K, i, lane, cost, ld, s, q, marks, tied);
             } else {
-                select_candidates<12>(A, i, lane, cost, ld, s, q, A.target, &tied_rows);
+                select_candidates<12>(K, i, lane, cost, ld, s, q, marks, tied);
             }
+        }
+        if (cluster_prep) {
+            cluster_sync();  // every row's keys, marks and scratch row, cluster-wide
+            if (rank != 0) return;
         }
         // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
         // low rank, sums) make the sparse auction a price war that ends in the dense fallback
@@ -1773,7 +1876,14 @@ extern "C" __global__ void __launch_bounds__(1024) assign_solve(
 // The same for blocks of at most 512 threads, with up to 128 registers per thread, and the
 // sparse path compiled in: the launches that may take it (its candidate selection holds a row
 // in registers; a 64-register build spills). assign_solve ignores params.sparse_persons.
-extern "C" __global__ void __launch_bounds__(512) assign_solve_512(
+// Launched with kSparseCluster blocks per matrix, a thread block cluster on sm_90 and newer
+// (their pass 1 and selection; see kSparseCluster).
+#ifdef FINESAM_CLUSTERS
+#define SPARSE_CLUSTER_DIMS __cluster_dims__(kSparseCluster, 1, 1)
+#else
+#define SPARSE_CLUSTER_DIMS
+#endif
+extern "C" __global__ void __launch_bounds__(512) SPARSE_CLUSTER_DIMS assign_solve_512(
     const float* __restrict__ costs, const AssignProblem* __restrict__ problems, AssignUniform uniform,
     int* scratch, int* __restrict__ row_to_col, int* __restrict__ col_to_row, AssignInfo* __restrict__ info,
     AssignParams params) {

@@ -63,6 +63,11 @@ pub const SPARSE_ROUNDS_BASE: u32 = 2048;
 pub const SPARSE_PHASE_CUT: usize = 2;
 /// Largest block of a launch that may take the sparse path (`assign_solve_512`).
 pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
+/// Blocks per matrix of a launch that may take the sparse path (`kSparseCluster`): one thread
+/// block cluster on sm_90 and newer, which runs the sparse matrix's pass 1 and candidate
+/// selection (~105 us on one SM at 300x300) before block 0 solves alone. Older cards use block
+/// 0 only.
+pub const SPARSE_CLUSTER_BLOCKS: u32 = 8;
 
 /// Which solver produced an [`Assignment`] (`AssignInfo::algorithm` in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{
     status_error, Algorithm, AssignConfig, AssignError, Assignment, Status, MAX_SIDE,
-    SHORTEST_PATH_MAX_ENTRIES, SHORTEST_PATH_MAX_OBJECTS, SPARSE_MAX_BLOCK_THREADS,
-    SPARSE_MAX_SIDE, SPARSE_MIN_SIDE, SPARSE_SLOTS,
+    SHORTEST_PATH_MAX_ENTRIES, SHORTEST_PATH_MAX_OBJECTS, SPARSE_CLUSTER_BLOCKS,
+    SPARSE_MAX_BLOCK_THREADS, SPARSE_MAX_SIDE, SPARSE_MIN_SIDE, SPARSE_SLOTS,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, DevicePtr, Gpu};
@@ -358,17 +358,19 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         && sparse_side >= SPARSE_MIN_SIDE
         && (cfg.block_threads == 0 || cfg.block_threads <= SPARSE_MAX_BLOCK_THREADS)
         && state + sparse_region <= limit;
-    let (smem, threads, func) = if sparse {
+    let (smem, threads, func, blocks_per_matrix) = if sparse {
         (
             smem.max(state + sparse_region),
             block_threads(cfg, l.persons, capacity).min(SPARSE_MAX_BLOCK_THREADS),
             &gpu.kernels().assign_solve_512,
+            SPARSE_CLUSTER_BLOCKS,
         )
     } else {
         (
             smem,
             block_threads(cfg, l.persons, capacity),
             &gpu.kernels().assign_solve,
+            1,
         )
     };
     let to_u32 = |v: usize, what: &str| {
@@ -392,8 +394,12 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         shortest_path: shortest_path as u32,
         sparse_persons: if sparse { sparse_side as u32 } else { 0 },
     };
+    let blocks = uniform
+        .count
+        .checked_mul(blocks_per_matrix)
+        .ok_or_else(|| launch_error(format!("{} matrices exceed the grid", uniform.count)))?;
     let launch_cfg = LaunchConfig {
-        grid_dim: (uniform.count, 1, 1),
+        grid_dim: (blocks, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: smem as u32,
     };
