@@ -448,11 +448,29 @@ __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int
     }
 #pragma unroll
     for (int a = 1; a < kAcc; ++a) merge(key[0], v2[0], key[a], v2[a]);
+    if constexpr (G == 32) {
+        // One key per lane: the warp's best key, then the best key of the other lanes, each by
+        // two 32-bit max reductions (REDUX) on the order-preserving unsigned image of the key;
+        // a shorter dependent chain than five shuffle merge steps. Real keys differ in their low
+        // bits (the position), so exactly one lane holds the best: at least the diagonal is
+        // kept, and every real key is above an empty slot's.
+        constexpr unsigned long long kSign = 1ULL << 63;
+        const unsigned long long u = static_cast<unsigned long long>(key[0]) ^ kSign;
+        const unsigned hi = static_cast<unsigned>(u >> 32), lo = static_cast<unsigned>(u);
+        const unsigned h1 = __reduce_max_sync(kFull, hi);
+        const unsigned l1 = __reduce_max_sync(kFull, hi == h1 ? lo : 0u);
+        const bool best = hi == h1 && lo == l1;
+        const unsigned h2 = __reduce_max_sync(kFull, best ? 0u : hi);
+        const unsigned l2 = __reduce_max_sync(kFull, !best && hi == h2 ? lo : 0u);
+        key[0] = static_cast<long long>(((static_cast<unsigned long long>(h1) << 32) | l1) ^ kSign);
+        v2[0] = static_cast<long long>(((static_cast<unsigned long long>(h2) << 32) | l2) ^ kSign) >> 9;
+    } else {
 #pragma unroll
-    for (int off = G >> 1; off; off >>= 1) {
-        const long long ok = __shfl_xor_sync(kFull, key[0], off);
-        const long long o2 = __shfl_xor_sync(kFull, v2[0], off);
-        merge(key[0], v2[0], ok, o2);
+        for (int off = G >> 1; off; off >>= 1) {
+            const long long ok = __shfl_xor_sync(kFull, key[0], off);
+            const long long o2 = __shfl_xor_sync(kFull, v2[0], off);
+            merge(key[0], v2[0], ok, o2);
+        }
     }
     const long long v1 = key[0] >> 9;
     return Top2{v1 < kEmptyValue ? kNegInf : v1, v2[0] < kEmptyValue ? kNegInf : v2[0],
@@ -731,6 +749,9 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
 __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned rounds, unsigned max_rounds,
                               int lane, unsigned* tail_rounds, uint32_t* tail_status) {
     uint32_t status = kOptimal;
+    // Rows turn dense only in the final check, never during a forward part: without any dense
+    // row a sparse chain skips the per-step dense-row test (a dependent load before the scan).
+    const bool all_sparse = A.slots != 0 && *reinterpret_cast<volatile int*>(A.any_dense) == 0;
     while (true) {
         if (++rounds > max_rounds) {
             status = kIterationLimit;
@@ -738,7 +759,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
         }
         // Every lane holds the same top-2, so every lane derives the bid and reads the displaced
         // owner itself (one broadcast load, no shuffle of the result); lane 0 writes.
-        const Top2 t = bid_values(A, i, lane);
+        const Top2 t = all_sparse ? group_top2<32>(A, i, lane) : bid_values(A, i, lane);
         const int j = A.object_at(i, t.k1);
         const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
         const long long inc = t.v1 - second + eps;
