@@ -1,7 +1,9 @@
 // Assignment kernels: minimum-cost rectangular assignment, D-FINE's matching cost, and an IoU
 // tracker built on both. Everything stays on the device; no host synchronisation inside.
 //
-//   assign_solve      batched epsilon-scaling auction (Bertsekas), one block per matrix.
+//   assign_solve      batched epsilon-scaling auction (Bertsekas), one block per matrix
+//                     (assign_solve_512: a cluster of kSparseCluster blocks prepares a sparse
+//                     matrix, then its block 0 solves).
 //                     Reference op: scipy.optimize.linear_sum_assignment (same optimum; float
 //                     costs within the bound in docs/ASSIGN.md, integer costs exactly). The CPU
 //                     model src/assign/cpu.rs reproduces it round for round (same result).

@@ -579,7 +579,13 @@ fn tracker_matches_its_cpu_model() {
     };
     let mut rng = SplitMix64::new(51);
     let mut objects: Vec<([f32; 4], i32)> = Vec::new();
-    for frame in 0..80 {
+    // FINESAM_TRACKER_FRAMES shortens the sequence for the sanitizers (racecheck runs ~100x
+    // slower); the crowd over capacity comes at frame 5.
+    let frames: usize = std::env::var("FINESAM_TRACKER_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80);
+    for frame in 0..frames {
         // Objects drift, some vanish, some appear; occasionally a crowd over capacity.
         objects.retain(|_| rng.below(25) != 0);
         for (b, _) in objects.iter_mut() {
