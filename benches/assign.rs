@@ -1,8 +1,9 @@
 //! Assignment benchmarks on the device: GPU time from CUDA events (criterion `iter_custom`).
 //!
 //! Cases (uniform random f32 costs in [0, 1), already on the device, as the pipeline has them):
-//! 300x10, 300x100, 300x300, 1000x1000, and 32x300x20_matcher = D-FINE matcher cost
-//! construction (32 images, 300 queries, 80 classes, 20 targets each) + the batched solve.
+//! 300x10, 300x100, 300x300, 1000x1000, 32x300x300 (32 matrices in one launch), and
+//! 32x300x20_matcher = D-FINE matcher cost construction (32 images, 300 queries, 80 classes, 20
+//! targets each) + the batched solve.
 //! Prints one summary line per case with the card's name; with FINESAM_PEER_ASSIGN pointing at
 //! the JSON of tests/parity/peer_assign.py (scipy + the cost's device-to-host copy, timed on
 //! the same machine) it also prints the speed-up over scipy. Skips without a GPU.
@@ -112,6 +113,33 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
             })
         });
     }
+    // 32 square matrices in one launch: each solves in its own block (after its cluster's
+    // preparation), so the launch takes about as long as its slowest matrix.
+    let (count, side) = (32usize, 300usize);
+    let cost: Vec<f32> = (0..count * side * side).map(|_| rng.next_f32()).collect();
+    let buf = upload(gpu, &cost);
+    let batch = DeviceBatch::packed(buf.ptr(), count, side, side);
+    let mut assigner =
+        Assigner::new(gpu, AssignConfig::default(), count, side, side).expect("workspace");
+    assigner.solve_batch(gpu, &batch).expect("solve");
+    let solved = assigner.read(gpu).expect("result");
+    let rounds: Vec<u32> = solved.iter().map(|a| a.rounds).collect();
+    let case = format!("{count}x{side}x{side}");
+    eprintln!(
+        "{case}: {:?}, rounds per matrix max {} mean {:.1}",
+        solved[0].algorithm,
+        rounds.iter().max().unwrap_or(&0),
+        rounds.iter().sum::<u32>() as f64 / count as f64
+    );
+    group.bench_function(&case, |b| {
+        b.iter_custom(|iters| {
+            let d = gpu_time(gpu, iters, || {
+                assigner.solve_batch(gpu, &batch).expect("solve")
+            });
+            record(totals, &case, d, iters);
+            d
+        })
+    });
     group.finish();
 }
 

@@ -7,6 +7,7 @@ then:   FINESAM_PEER_ASSIGN=OUT.json cargo bench --bench assign
 Cases (uniform random float32 costs in [0, 1) on the GPU, like the Rust benchmark):
   300x10, 300x100, 300x300, 1000x1000: cost.cpu() (the device-to-host copy the original
       pipeline made) + scipy.optimize.linear_sum_assignment, per solve;
+  32x300x300: one copy of 32 such matrices + 32 solves;
   32x300x20_matcher: the official D-FINE HungarianMatcher forward on the GPU (cost
       construction, .cpu(), 32 x linear_sum_assignment) for 32 images, 300 queries, 80 classes,
       20 targets each (matcher loaded like gen_assign.py does, from $FINESAM_WHEELS).
@@ -62,6 +63,16 @@ def main():
             linear_sum_assignment(cost.cpu().numpy())
 
         results[f"{rows}x{cols}"] = timed(solve)
+
+    batch = torch.rand(32, 300, 300, device=dev)
+    torch.cuda.synchronize()
+
+    def solve_batch():
+        host = batch.cpu().numpy()
+        for k in range(host.shape[0]):
+            linear_sum_assignment(host[k])
+
+    results["32x300x300"] = timed(solve_batch)
 
     Matcher = load_official()
     bs, nq, ncls, nt = 32, 300, 80, 20
