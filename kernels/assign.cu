@@ -63,6 +63,11 @@ constexpr long long kEmptyValue = -(1LL << 52);
 // the dense path (kept sets that barely contain a perfect matching make long price wars).
 constexpr unsigned kSparseRoundsPerSide = 8;
 constexpr unsigned kSparseRoundsBase = 2048;
+// With the phase cut on, the first budget (SPARSE_CUT_ROUNDS_*); past it the sparse solve starts
+// again with whole phases and the budget above on top (a person carried over a cut can start a
+// price war at the next, finer epsilon).
+constexpr unsigned kSparseCutRoundsPerSide = 2;
+constexpr unsigned kSparseCutRoundsBase = 512;
 // Sparse path: once at most kSmallBidders bidders are left, warp 0 runs the rest of the forward
 // part alone (warp_forward: no block barriers). Most rounds of a sparse solve have 1-8 bidders.
 // With 17-32 bidders a lane of warp 0 would scan a whole row alone (~3.2 us per round at
@@ -1582,8 +1587,9 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         bool covered = true;
         for (int j = tid; j < m; j += nthreads) covered &= A.target[j] != 0;
         if (__syncthreads_and(covered)) {
-            round_cap = min(params.max_rounds, kSparseRoundsPerSide * n + kSparseRoundsBase);
             phase_cut = 8 * *reinterpret_cast<volatile int*>(&tied_rows) < n;
+            round_cap = min(params.max_rounds, phase_cut ? kSparseCutRoundsPerSide * n + kSparseCutRoundsBase
+                                                         : kSparseRoundsPerSide * n + kSparseRoundsBase);
         } else {
             A.slots = 0;
             algorithm = kAuction;
@@ -1859,11 +1865,22 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
         status = forward_rounds(1);
     }
+    // Past a budget the solve starts again (Problem / auction in the CPU model): the sparse path
+    // with the phase cut again with whole phases, then the sparse path on the dense one. The
+    // rounds so far count; prices and assignment start over.
     if (status == kIterationLimit && A.slots != 0 && round_cap < params.max_rounds) {
-        A.slots = 0;
-        algorithm = kAuction;
-        rounds = round_cap;
-        round_cap = params.max_rounds;
+        if (phase_cut) {
+            phase_cut = false;
+            const unsigned long long cap =
+                static_cast<unsigned long long>(round_cap) + kSparseRoundsPerSide * n + kSparseRoundsBase;
+            rounds = round_cap;
+            round_cap = static_cast<unsigned>(min(cap, static_cast<unsigned long long>(params.max_rounds)));
+        } else {
+            A.slots = 0;
+            algorithm = kAuction;
+            rounds = round_cap;
+            round_cap = params.max_rounds;
+        }
         status = kOptimal;
         eps = s.eps0;
         __syncthreads();

@@ -13,9 +13,9 @@
 //! transposed). Benefits are `a = -(n + 1) * q` for quantised integer costs `q`, `n` persons.
 
 use super::{
-    oracle, sparse_round_cap, status_error, uses_shortest_path, uses_sparse, Algorithm,
-    AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE, SCALED_RANGE_LIMIT,
-    SPARSE_PHASE_CUT, SPARSE_SLOTS,
+    oracle, sparse_cut_round_cap, sparse_round_cap, status_error, uses_shortest_path, uses_sparse,
+    Algorithm, AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE,
+    SCALED_RANGE_LIMIT, SPARSE_PHASE_CUT, SPARSE_SLOTS,
 };
 
 /// Subnormal costs are zero: the kernels run with flush-to-zero, and the model must agree.
@@ -476,6 +476,9 @@ struct State {
     dense: Vec<bool>,
     /// Whether the sparse path is on (it falls back to dense past its round budget).
     sparse: bool,
+    /// Whether phases before the last may end early (`Problem::phase_cut`, until the budget of
+    /// the cut runs out).
+    phase_cut: bool,
     rounds: u32,
     /// Round cap: the sparse path's budget, else `AssignConfig::max_rounds`.
     cap: u32,
@@ -511,29 +514,41 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         },
         dense: vec![false; n],
         sparse: p.is_sparse(),
+        phase_cut: p.is_sparse() && p.phase_cut,
         rounds: 0,
-        cap: if p.is_sparse() {
-            sparse_round_cap(cfg, n)
-        } else {
-            cfg.max_rounds
+        cap: match (p.is_sparse(), p.phase_cut) {
+            (true, true) => sparse_cut_round_cap(cfg, n),
+            (true, false) => sparse_round_cap(cfg, n),
+            (false, _) => cfg.max_rounds,
         },
     };
     let mut phases = 0u32;
-    match phases_and_check(p, &mut s, cfg, &mut phases) {
-        // The sparse path's budget ran out: the whole solve again on the dense path, the
-        // rounds so far counted (the kernel's fallback).
-        Err(Status::IterationLimit) if s.sparse && s.cap < cfg.max_rounds => {
-            s.rounds = s.cap;
-            s.cap = cfg.max_rounds;
-            s.sparse = false;
-            s.price.iter_mut().for_each(|x| *x = 0);
-            s.owner.iter_mut().for_each(|x| *x = -1);
-            s.object.iter_mut().for_each(|x| *x = -1);
-            s.slot.iter_mut().for_each(|x| *x = 0);
-            phases_and_check(p, &mut s, cfg, &mut phases)?;
-        }
-        result => result?,
+    // Past a budget the solve starts again (the kernel's fallbacks): the sparse path with the
+    // phase cut again with whole phases, then the sparse path on the dense one; the rounds so
+    // far count, prices and assignment start over.
+    let restart = |s: &mut State| {
+        s.rounds = s.cap;
+        s.price.iter_mut().for_each(|x| *x = 0);
+        s.owner.iter_mut().for_each(|x| *x = -1);
+        s.object.iter_mut().for_each(|x| *x = -1);
+        s.slot.iter_mut().for_each(|x| *x = 0);
+    };
+    let mut result = phases_and_check(p, &mut s, cfg, &mut phases);
+    if result == Err(Status::IterationLimit) && s.phase_cut && s.cap < cfg.max_rounds {
+        restart(&mut s);
+        s.phase_cut = false;
+        s.cap = cfg
+            .max_rounds
+            .min(s.rounds.saturating_add(sparse_round_cap(cfg, n)));
+        result = phases_and_check(p, &mut s, cfg, &mut phases);
     }
+    if result == Err(Status::IterationLimit) && s.sparse && s.cap < cfg.max_rounds {
+        restart(&mut s);
+        s.cap = cfg.max_rounds;
+        s.sparse = false;
+        result = phases_and_check(p, &mut s, cfg, &mut phases);
+    }
+    result?;
     Ok(AuctionOutcome {
         object_of_person: s.object.iter().map(|&j| j as usize).collect(),
         rounds: s.rounds,
@@ -692,7 +707,7 @@ fn forward_rounds(
                 next.push(i);
             }
         }
-        if next.is_empty() || (s.sparse && p.phase_cut && eps > 1 && next.len() <= SPARSE_PHASE_CUT)
+        if next.is_empty() || (s.sparse && s.phase_cut && eps > 1 && next.len() <= SPARSE_PHASE_CUT)
         {
             return Ok(());
         }
