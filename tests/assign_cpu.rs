@@ -690,6 +690,23 @@ fn sparse_path_is_exact() {
     }
 }
 
+/// A seeded uniform [0, 1) n x n matrix and its quantised problem.
+fn uniform_problem(seed: u64, n: usize, cfg: &AssignConfig) -> (Vec<f32>, Problem) {
+    let mut rng = SplitMix64::new(seed);
+    let cost: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+    let scan = cpu::scan_costs(&cost, n, n, n);
+    let p = Problem::new(&cost, n, n, n, scan, cfg).expect("finite");
+    (cost, p)
+}
+
+/// The quantised total of an auction's assignment (square problems).
+fn quantised_total(p: &Problem, o: &cpu::AuctionOutcome) -> i64 {
+    let n = p.persons;
+    (0..n)
+        .map(|i| p.q[i * n + o.object_of_person[i]] as i64)
+        .sum()
+}
+
 /// A person carried over a phase cut can start a price war at the next epsilon. Past the cut's
 /// budget (`sparse_cut_round_cap`) the sparse solve starts again with whole phases instead of
 /// falling back to the dense path: seeds 3 and 149 of 300x300 uniform costs went dense before
@@ -700,10 +717,7 @@ fn cut_budget_restarts_with_whole_phases() {
     let cfg = AssignConfig::default();
     let n = 300;
     for seed in [3u64, 149] {
-        let mut rng = SplitMix64::new(seed);
-        let cost: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
-        let scan = cpu::scan_costs(&cost, n, n, n);
-        let mut p = Problem::new(&cost, n, n, n, scan, &cfg).expect("finite");
+        let (cost, mut p) = uniform_problem(seed, n, &cfg);
         assert!(p.is_sparse() && p.phase_cut, "seed {seed}");
         let cut = cpu::auction(&p, &cfg).expect("solved");
         assert!(cut.sparse, "seed {seed}: still on the sparse path");
@@ -720,14 +734,9 @@ fn cut_budget_restarts_with_whole_phases() {
         );
         p.phase_cut = false;
         let whole = cpu::auction(&p, &cfg).expect("solved");
-        let total = |o: &cpu::AuctionOutcome| -> i64 {
-            (0..n)
-                .map(|i| p.q[i * n + o.object_of_person[i]] as i64)
-                .sum()
-        };
         assert_eq!(
-            total(&cut),
-            total(&whole),
+            quantised_total(&p, &cut),
+            quantised_total(&p, &whole),
             "seed {seed}: same quantised optimum"
         );
         let exact = oracle::solve(&to_f64(&flushed(&cost)), n, n).expect("feasible");
@@ -750,23 +759,14 @@ fn phase_cut_halves_the_rounds_and_stays_exact() {
     let cfg = AssignConfig::default();
     let (mut with_cut, mut whole) = (0u32, 0u32);
     for seed in 0..8u64 {
-        let mut rng = SplitMix64::new(1000 + seed);
-        let n = 300;
-        let cost: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
-        let scan = cpu::scan_costs(&cost, n, n, n);
-        let mut p = Problem::new(&cost, n, n, n, scan, &cfg).expect("finite");
+        let (_, mut p) = uniform_problem(1000 + seed, 300, &cfg);
         assert!(p.is_sparse() && p.phase_cut);
         let cut = cpu::auction(&p, &cfg).expect("solved");
         p.phase_cut = false;
         let full = cpu::auction(&p, &cfg).expect("solved");
-        let total = |o: &cpu::AuctionOutcome| -> i64 {
-            (0..n)
-                .map(|i| p.q[i * n + o.object_of_person[i]] as i64)
-                .sum()
-        };
         assert_eq!(
-            total(&cut),
-            total(&full),
+            quantised_total(&p, &cut),
+            quantised_total(&p, &full),
             "seed {seed}: same quantised optimum"
         );
         with_cut += cut.rounds;
