@@ -68,6 +68,12 @@ constexpr unsigned kSparseRoundsBase = 2048;
 // price war at the next, finer epsilon).
 constexpr unsigned kSparseCutRoundsPerSide = 2;
 constexpr unsigned kSparseCutRoundsBase = 512;
+
+// The sparse path's round budget for n persons, with or without the phase cut (before the
+// configured cap; sparse_round_cap / sparse_cut_round_cap in src/assign/mod.rs).
+__host__ __device__ constexpr unsigned sparse_round_budget(int n, bool cut) {
+    return cut ? kSparseCutRoundsPerSide * n + kSparseCutRoundsBase : kSparseRoundsPerSide * n + kSparseRoundsBase;
+}
 // Sparse path: once at most kSmallBidders bidders are left, warp 0 runs the rest of the forward
 // part alone (warp_forward: no block barriers). Most rounds of a sparse solve have 1-8 bidders.
 // With 17-32 bidders a lane of warp 0 would scan a whole row alone (~3.2 us per round at
@@ -246,7 +252,8 @@ __device__ __forceinline__ void cluster_sync() {
 
 // The auction state in shared memory plus the quantised costs (persons x objects, global).
 struct Auction {
-    const int* q;  // written by this block earlier in the kernel: plain (coherent) loads only
+    const int* q;  // written earlier in the kernel by this block or (sparse selection) its cluster,
+                   // before a block or cluster barrier: plain (coherent) loads only
     int n, m;
     long long mult, big;
     long long* price;          // [m]
@@ -412,9 +419,9 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
 // the order of the slots, so every G gives the same result. With Own (G = 1: the first round's
 // check of the object held) *own receives own_obj's value when it is kept (unchanged
 // otherwise); a compile-time choice: the test on every slot kept the compiler from issuing the
-// batch's price loads together (warp rounds 236 -> 206 us at 300x300 without it; a branch-free
-// test made the thread-per-person first rounds slower). Group-collective (G > 1: every lane of the warp
-// calls it).
+// batch's price loads together (warp rounds 236 -> 208 us at 300x300 without it; a branch-free
+// test made the thread-per-person first rounds slower). Group-collective (G > 1: every lane of
+// the warp calls it).
 template <int G, bool Own = false>
 __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int own_obj = -1,
                                            long long* own = nullptr) {
@@ -1328,7 +1335,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         return;
     }
     // The quantised matrix lives in shared memory after the state when it fits (bids then scan
-    // shared memory), else in the global scratch (written and read by this block only).
+    // shared memory), else in the global scratch (written by this block or, sparse selection,
+    // its cluster; read by this block only).
     const bool q_shared = !sparse_shape && static_cast<unsigned long long>(n) * m <= params.q_capacity;
     int* q = q_shared ? reinterpret_cast<int*>(smem + state_bytes(params.capacity)) : scratch + pr.scratch_offset;
 
@@ -1588,8 +1596,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         for (int j = tid; j < m; j += nthreads) covered &= A.target[j] != 0;
         if (__syncthreads_and(covered)) {
             phase_cut = 8 * *reinterpret_cast<volatile int*>(&tied_rows) < n;
-            round_cap = min(params.max_rounds, phase_cut ? kSparseCutRoundsPerSide * n + kSparseCutRoundsBase
-                                                         : kSparseRoundsPerSide * n + kSparseRoundsBase);
+            round_cap = min(params.max_rounds, sparse_round_budget(n, phase_cut));
         } else {
             A.slots = 0;
             algorithm = kAuction;
@@ -1871,8 +1878,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     if (status == kIterationLimit && A.slots != 0 && round_cap < params.max_rounds) {
         if (phase_cut) {
             phase_cut = false;
-            const unsigned long long cap =
-                static_cast<unsigned long long>(round_cap) + kSparseRoundsPerSide * n + kSparseRoundsBase;
+            const unsigned long long cap = static_cast<unsigned long long>(round_cap) + sparse_round_budget(n, false);
             rounds = round_cap;
             round_cap = static_cast<unsigned>(min(cap, static_cast<unsigned long long>(params.max_rounds)));
         } else {

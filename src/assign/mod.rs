@@ -133,20 +133,18 @@ pub fn uses_sparse(cfg: &AssignConfig, persons: usize, objects: usize, has_inf: 
 
 /// The sparse path's round budget for `n` persons (whole phases), within the configured cap.
 pub fn sparse_round_cap(cfg: &AssignConfig, n: usize) -> u32 {
-    cfg.max_rounds.min(
-        (n as u32)
-            .saturating_mul(SPARSE_ROUNDS_PER_SIDE)
-            .saturating_add(SPARSE_ROUNDS_BASE),
-    )
+    round_budget(cfg, n, SPARSE_ROUNDS_PER_SIDE, SPARSE_ROUNDS_BASE)
 }
 
 /// The sparse path's first budget when the phase cut is on ([`SPARSE_CUT_ROUNDS_PER_SIDE`]).
 pub fn sparse_cut_round_cap(cfg: &AssignConfig, n: usize) -> u32 {
-    cfg.max_rounds.min(
-        (n as u32)
-            .saturating_mul(SPARSE_CUT_ROUNDS_PER_SIDE)
-            .saturating_add(SPARSE_CUT_ROUNDS_BASE),
-    )
+    round_budget(cfg, n, SPARSE_CUT_ROUNDS_PER_SIDE, SPARSE_CUT_ROUNDS_BASE)
+}
+
+/// `per_side * n + base` rounds, within the configured cap.
+fn round_budget(cfg: &AssignConfig, n: usize, per_side: u32, base: u32) -> u32 {
+    cfg.max_rounds
+        .min((n as u32).saturating_mul(per_side).saturating_add(base))
 }
 
 /// Tuning of the auction. The defaults are what the tests and benchmarks use.
