@@ -96,8 +96,8 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
         assigner.solve_batch(gpu, &batch).expect("solve");
         let a = assigner.read(gpu).expect("result").remove(0);
         eprintln!(
-            "{case}: {:?}, {} rounds, {} phases, total {:.6}",
-            a.algorithm, a.rounds, a.phases, a.total_cost
+            "{case}: {:?} (race variant {}), {} rounds, {} phases, total {:.6}",
+            a.algorithm, a.variant, a.rounds, a.phases, a.total_cost
         );
         for _ in 0..3 {
             assigner.solve_batch(gpu, &batch).expect("solve");

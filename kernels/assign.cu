@@ -89,6 +89,21 @@ constexpr int kPhaseCut = 2;
 // rows, writing the kept keys into block 0's shared memory. Then the others exit and block 0
 // runs the auction alone. Without cluster support (older cards) block 0 does it all.
 constexpr int kSparseCluster = 8;
+// The race (RACE_VARIANTS in src/assign/mod.rs, params.race): after the preparation every
+// block of the cluster solves the sparse matrix with its own epsilon schedule, block k >= 1
+// with factor kRaceTheta[k - 1] from range / (theta * kRaceDivisor[k - 1]) (block 0: params.theta
+// from range / theta). The result is the finished variant with the least work (rounds weighted
+// by their kind, kWork*; ties to the lower block); a block stops once its work exceeds a
+// finished one's (race_key).
+__constant__ unsigned kRaceTheta[kSparseCluster - 1] = {10, 16, 24, 10, 16, 24, 16};
+__constant__ unsigned kRaceDivisor[kSparseCluster - 1] = {32, 16, 32, 16, 32, 12, 12};
+// RACE_WORK_* in src/assign/mod.rs: a round that scans every person (a phase's first round,
+// a round after the sparse check, a reverse part's first one), a block-wide round, a sparse
+// round of 2..kSmallBidders bidders in warp 0, a step of a lone bidder's chain.
+constexpr unsigned kWorkFullRound = 13;
+constexpr unsigned kWorkBlockRound = 6;
+constexpr unsigned kWorkWarpRound = 3;
+constexpr unsigned kWorkChainStep = 1;
 
 enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1, kSparseAuction = 2 };
 
@@ -99,6 +114,7 @@ enum Status : uint32_t {
     kIterationLimit = 3,
     kTooLarge = 4,
     kOverflow = 5,
+    kAborted = 6,  // a race variant that cannot win stopped (never reported)
 };
 
 }  // namespace
@@ -129,6 +145,7 @@ struct AssignParams {
     uint32_t cache_persons;  // persons the candidate cache was sized for
     uint32_t shortest_path;  // 1: solve matrices whose costs fit shared memory by shortest paths
     uint32_t sparse_persons; // sparse candidates for square matrices up to this side (0: off)
+    uint32_t race;           // 1: a sparse matrix's cluster races the epsilon schedules (kRaceTheta)
 };
 
 struct AssignInfo {
@@ -143,6 +160,8 @@ struct AssignInfo {
     uint32_t cycles[10];
     uint32_t ns;
     uint32_t algorithm;  // Algorithm
+    uint32_t variant;    // the race variant (block) whose result this is
+    uint32_t pad;
 };
 
 namespace {
@@ -220,7 +239,7 @@ struct Scaling {
     long long levels;
     long long mult;
     long long big;
-    long long eps0;
+    long long range;  // scaled range of the benefits: the first epsilon is a fraction of it
 };
 
 __device__ __forceinline__ int quantize(float c, const Scaling& s) {
@@ -249,6 +268,21 @@ __device__ __forceinline__ void cluster_sync() {
     cooperative_groups::this_cluster().sync();
 #endif
 }
+
+// The sparse selection's coverage marks (object j kept by a row other than its diagonal one):
+// into block 0's marks of the cluster, in a race into every block's (each then decides alone),
+// without cluster preparation into this block's.
+struct Marks {
+    int* local;  // this block's marks (Auction::target)
+    int blocks;  // cluster blocks to mark in, from rank 0 (0: this block only)
+    __device__ __forceinline__ void set(int j) const {
+        if (blocks == 0) {
+            local[j] = 1;
+            return;
+        }
+        for (int r = 0; r < blocks; ++r) *cluster_block(local + j, r) = 1;
+    }
+};
 
 // The auction state in shared memory plus the quantised costs (persons x objects, global).
 struct Auction {
@@ -520,7 +554,7 @@ __device__ __forceinline__ unsigned long long select_key(int qv, int k) {
 // (m <= 32 L).
 template <int L>
 __device__ void select_candidates(const Auction& A, int i, int lane, const float* cost, size_t ld, const Scaling& s,
-                                  int* q, int* covered, int* tied_rows) {
+                                  int* q, const Marks& covered, int* tied_rows) {
     const int m = A.m, slots = kSparseSlots;
     int* row = q + static_cast<size_t>(i) * m;
     const float* crow = cost + static_cast<size_t>(i) * ld;
@@ -610,7 +644,7 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
         if (k < m && (k == 0 || select_key(qu, k) <= T)) {
             const int j = A.object_at(i, k);
             A.sparse_key[pos] = A.benefit(qu) * 512 + (511 - k);
-            if (k != 0) covered[j] = 1;
+            if (k != 0) covered.set(j);
             ++pos;
         }
     }
@@ -761,21 +795,53 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
     return *reinterpret_cast<volatile int*>(nxt_count);
 }
 
+// The rounds of one solve and their cap; in a race (kRaceTheta) also its work and `stop`, this
+// block's copy of the race keys the finished variants published (kSparseCluster slots, ~0 for
+// none; nullptr: no race). The CPU model's State::count_round: the cap first, then the race.
+struct RoundCount {
+    unsigned rounds;
+    unsigned cap;
+    unsigned long long work;
+    const unsigned long long* stop;
+    unsigned rank;
+    // Counts a round of work w: kIterationLimit past the cap, else kOptimal (the race is
+    // tested by the caller: beaten, or count_warp).
+    __device__ __forceinline__ uint32_t count(unsigned w) {
+        work += w;
+        return ++rounds > cap ? kIterationLimit : kOptimal;
+    }
+    // Whether finished variant k beats this one: its race key (race_key in src/assign/mod.rs)
+    // is lower than this one's can still become. Keys only appear, so the answer is final.
+    __device__ __forceinline__ bool beaten_by(int k) const {
+        return stop != nullptr && ((work << 3) | rank) > *reinterpret_cast<const volatile unsigned long long*>(stop + k);
+    }
+    __device__ __forceinline__ bool beaten() const {
+        bool b = false;
+        for (int k = 0; k < kSparseCluster; ++k) b |= beaten_by(k);
+        return b;
+    }
+    // count for warp 0's loops: kAborted when beaten (warp-collective: lane l tests slot
+    // l mod kSparseCluster, and the vote makes every lane agree).
+    __device__ __forceinline__ uint32_t count_warp(unsigned w, int lane) {
+        const uint32_t status = count(w);
+        if (status != kOptimal) return status;
+        return __any_sync(kFull, beaten_by(lane % kSparseCluster)) ? kAborted : kOptimal;
+    }
+};
+
 // With a single bidder a Jacobi round is one bid that always wins, so the chain of
 // displacements it starts can run inside one warp without block barriers: the same rounds, the
-// same result, a fraction of the latency. Warp 0 runs it; returns via *tail_rounds / *tail_status
-// (lane 0) the rounds used and kOptimal, kIterationLimit or kOverflow.
-__device__ void forward_chain(const Auction& A, int i, long long eps, unsigned rounds, unsigned max_rounds,
-                              int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+// same result, a fraction of the latency. Warp 0 runs it; returns via *tail / *tail_status
+// (lane 0) the round count and kOptimal, kIterationLimit, kAborted or kOverflow.
+__device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount rc, int lane, RoundCount* tail,
+                              uint32_t* tail_status) {
     uint32_t status = kOptimal;
     // Rows turn dense only in the final check, never during a forward part: without any dense
     // row a sparse chain skips the per-step dense-row test (a dependent load before the scan).
     const bool all_sparse = A.slots != 0 && *reinterpret_cast<volatile int*>(A.any_dense) == 0;
     while (true) {
-        if (++rounds > max_rounds) {
-            status = kIterationLimit;
-            break;
-        }
+        status = rc.count_warp(kWorkChainStep, lane);
+        if (status != kOptimal) break;
         // Every lane holds the same top-2, so every lane derives the bid and reads the displaced
         // owner itself (one broadcast load, no shuffle of the result); lane 0 writes.
         const Top2 t = all_sparse ? group_top2<32>(A, i, lane) : bid_values(A, i, lane);
@@ -800,7 +866,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, unsigned r
         i = old;
     }
     if (lane == 0) {
-        *tail_rounds = rounds;
+        *tail = rc;
         *tail_status = status;
     }
 }
@@ -907,10 +973,9 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
 // fewer the bidders, the shorter the dependent chain; warp_round); a lone bidder's chain
 // (forward_chain) ends the part. With `cut` (phases before the last) the forward part ends once
 // at most kPhaseCut bidders are left. The same Jacobi rounds as the block-wide loop. Lane 0
-// leaves the rounds, the status and the next round index in *tail_rounds, *tail_status, *tail_r.
-__device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, bool cut, unsigned rounds,
-                             unsigned max_rounds, int lane, unsigned* tail_rounds, uint32_t* tail_status,
-                             unsigned* tail_r, unsigned long long* prof) {
+// leaves the round count, the status and the next round index in *tail, *tail_status, *tail_r.
+__device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, bool cut, RoundCount rc, int lane,
+                             RoundCount* tail, uint32_t* tail_status, unsigned* tail_r, unsigned long long* prof) {
     uint32_t status = kOptimal;
     // Rows turn dense only in the final check, never during a forward part.
     const bool any_dense = *reinterpret_cast<volatile int*>(A.any_dense) != 0;
@@ -918,15 +983,13 @@ __device__ void warp_forward(const Auction& A, unsigned r, int next, long long e
         if (next == 1) {
             // A lone bidder always wins: its displacement chain ends the forward part.
             prof_mark(prof, kProfSmall);
-            forward_chain(A, A.list(r)[0], eps, rounds, max_rounds, lane, tail_rounds, tail_status);
+            forward_chain(A, A.list(r)[0], eps, rc, lane, tail, tail_status);
             prof_mark(prof, kProfChain);
             if (lane == 0) *tail_r = r;
             return;
         }
-        if (++rounds > max_rounds) {
-            status = kIterationLimit;
-            break;
-        }
+        status = rc.count_warp(kWorkWarpRound, lane);
+        if (status != kOptimal) break;
         const int* cur = A.list(r);
         int* nxt = A.list(r + 1);
         static_assert(kSmallBidders <= 16, "warp rounds take up to 16 bidders, 2 lanes each");
@@ -940,21 +1003,19 @@ __device__ void warp_forward(const Auction& A, unsigned r, int next, long long e
         }
     }
     if (lane == 0) {
-        *tail_rounds = rounds;
+        *tail = rc;
         *tail_status = status;
         *tail_r = r;
     }
 }
 
 // The reverse counterpart: one unassigned object priced above lambda.
-__device__ void reverse_chain(const Auction& A, int j, long long lambda, long long eps, unsigned rounds,
-                              unsigned max_rounds, int lane, unsigned* tail_rounds, uint32_t* tail_status) {
+__device__ void reverse_chain(const Auction& A, int j, long long lambda, long long eps, RoundCount rc, int lane,
+                              RoundCount* tail, uint32_t* tail_status) {
     uint32_t status = kOptimal;
     while (true) {
-        if (++rounds > max_rounds) {
-            status = kIterationLimit;
-            break;
-        }
+        status = rc.count_warp(kWorkChainStep, lane);
+        if (status != kOptimal) break;
         const Top2 t = scan_object(A, j, lane);
         int next = -1;
         if (lane == 0) {
@@ -985,7 +1046,7 @@ __device__ void reverse_chain(const Auction& A, int j, long long lambda, long lo
         j = next;
     }
     if (lane == 0) {
-        *tail_rounds = rounds;
+        *tail = rc;
         *tail_status = status;
     }
 }
@@ -1241,6 +1302,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     __shared__ int overflow;
     __shared__ int lost;
     __shared__ unsigned tail_rounds;
+    __shared__ RoundCount tail_count;
     __shared__ uint32_t tail_status;
     __shared__ unsigned tail_r;
     __shared__ int tied_rows;
@@ -1248,6 +1310,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     __shared__ unsigned long long prof[kProfStages + 2];
     __shared__ float part_lo, part_hi;  // this block's pass-1 results (read cluster-wide)
     __shared__ unsigned part_flags;
+    // Race: the race key of each finished variant, slot k written by block k into every block
+    // of the cluster (~0: not finished), and thread 0's verdict that this block is beaten (read
+    // after a barrier).
+    __shared__ unsigned long long race_keys[kSparseCluster];
+    __shared__ int race_stop;
     if (threadIdx.x == 0) {
         for (int k = 0; k < kProfStages; ++k) prof[k] = 0;
         prof[kProfStages + 1] = global_ns();
@@ -1289,6 +1356,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             for (int k = 0; k < kProfStages; ++k) out->cycles[k] = static_cast<uint32_t>(min(prof[k], 0xffffffffULL));
             out->ns = static_cast<uint32_t>(min(global_ns() - prof[kProfStages + 1], 0xffffffffULL));
             out->algorithm = algorithm;
+            out->variant = static_cast<uint32_t>(rank);  // 0 unless a race's block reports
+            out->pad = 0;
         }
     };
     // Writes every person's pair (person i holds object object_of[i]; with `q`, pairs on a
@@ -1407,6 +1476,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         counts[0] = counts[1] = counts[2] = 0;
         overflow = 0;
         lost = 0;
+        for (int k = 0; k < kSparseCluster; ++k) race_keys[k] = ~0ULL;  // before the cluster barriers
+        race_stop = 0;
     }
     __syncthreads();
     lo = lane < nwarps ? red_lo[lane] : INFINITY;
@@ -1418,14 +1489,14 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     }
     if (cluster_prep) {
         // Every block combines the cluster's partial results (min and max in any order are
-        // exact, as above), so all derive the same scaling. Block 0 resets the state first:
-        // the selection marks its coverage there after the barrier.
+        // exact, as above), so all derive the same scaling. Block 0 (every block in a race)
+        // resets the state first: the selection marks its coverage there after the barrier.
         if (tid == 0) {
             part_lo = lo;
             part_hi = hi;
             part_flags = flags;
         }
-        if (rank == 0) {
+        if (rank == 0 || params.race != 0) {
             if (tid == 0) tied_rows = any_dense = 0;
             reset_state();
         }
@@ -1515,9 +1586,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         s.mult = static_cast<long long>(nn) + 1;
         const long long big_q = forbidden ? static_cast<long long>(nn) * s.levels + 1 : 0;
         s.big = big_q * s.mult;
-        const long long range_scaled = s.mult * (forbidden ? big_q : s.levels);
-        const long long e0 = range_scaled / static_cast<long long>(params.theta);
-        s.eps0 = e0 < 1 ? 1 : e0;
+        s.range = s.mult * (forbidden ? big_q : s.levels);
     }
 
     prof_mark(prof, kProfScan);
@@ -1558,21 +1627,25 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     }
     __syncthreads();  // also publishes the scratch writes to the whole block
     prof_mark(prof, kProfQuantise);
-    unsigned rounds = 0, phases = 0, r = 0;
-    // Round cap; the sparse path's is its budget (then the dense path may still use the rest).
-    unsigned round_cap = params.max_rounds;
+    unsigned phases = 0, r = 0;
+    // Rounds and their cap (the sparse path's is its budget; then the dense path may still use
+    // the rest); in a race also the work and the threshold.
+    RoundCount rc{0, params.max_rounds, 0, nullptr, static_cast<unsigned>(rank)};
+    // Whether this block races the others of its cluster (kRaceTheta).
+    bool racing = false;
     if (Sparse && A.slots != 0) {
         // With cluster preparation every warp of the cluster selects rows and writes them into
-        // block 0's shared memory; then the other blocks are done.
+        // block 0's shared memory; then the other blocks are done, or in a race copy them.
+        const bool race = cluster_prep && params.race != 0;
         Auction K = A;
-        int* marks = A.target;
+        Marks marks{A.target, 0};
         int* tied = &tied_rows;
         int first = warp, stride = nwarps;
         if (cluster_prep) {
             K.sparse_key = cluster_block(A.sparse_key, 0);
             K.sparse_floor = cluster_block(A.sparse_floor, 0);
             K.dense = cluster_block(A.dense, 0);
-            marks = cluster_block(A.target, 0);
+            marks.blocks = race ? kBlocks : 1;
             tied = cluster_block(&tied_rows, 0);
             first = rank * nwarps + warp;
             stride = kBlocks * nwarps;
@@ -1586,31 +1659,48 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
         if (cluster_prep) {
             cluster_sync();  // every row's keys, marks and scratch row, cluster-wide
-            if (rank != 0) return;
+            if (rank != 0 && !race) return;
         }
         // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
         // low rank, sums) make the sparse auction a price war that ends in the dense fallback
-        // anyway: go dense at once.
+        // anyway: go dense at once (block 0 alone). Every block of a race has the same marks,
+        // so all decide alike.
         __syncthreads();  // every row's marks, before any thread reads them
         bool covered = true;
         for (int j = tid; j < m; j += nthreads) covered &= A.target[j] != 0;
         if (__syncthreads_and(covered)) {
-            phase_cut = 8 * *reinterpret_cast<volatile int*>(&tied_rows) < n;
-            round_cap = min(params.max_rounds, sparse_round_budget(n, phase_cut));
+            phase_cut = 8 * *reinterpret_cast<volatile int*>(tied) < n;
+            rc.cap = min(params.max_rounds, sparse_round_budget(n, phase_cut));
+            racing = race;
+            if (racing && rank != 0) {
+                // This block's copy of the kept keys and floors (block 0 never changes them and
+                // stays until the race ends); no row is dense yet.
+                const longlong2* src = reinterpret_cast<const longlong2*>(K.sparse_key);
+                longlong2* dst = reinterpret_cast<longlong2*>(A.sparse_key);
+                for (int e = tid; e < n * kSparseSlots / 2; e += nthreads) dst[e] = src[e];
+                for (int i = tid; i < n; i += nthreads) {
+                    A.sparse_floor[i] = K.sparse_floor[i];
+                    A.dense[i] = 0;
+                }
+                __syncthreads();
+            }
+            if (racing) rc.stop = race_keys;
         } else {
             A.slots = 0;
             algorithm = kAuction;
+            if (rank != 0) return;
         }
     }
     prof_mark(prof, kProfSelect);
 
     // Resolves the bids placed in list(r) and runs the forward rounds that follow until no
     // bidder is left (block-collective; starts with a barrier). Returns kOptimal,
-    // kIterationLimit or kOverflow; advances `rounds` and `r`.
+    // kIterationLimit, kAborted or kOverflow; advances `rc` and `r`.
     auto forward_rounds = [&](long long eps) -> uint32_t {
         while (true) {
             __syncthreads();
             if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
+            if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
             const int next = resolve_forward(A, r);
             ++r;
             if (next == 0) return kOptimal;
@@ -1618,11 +1708,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 // The rest of the forward part in warp 0 (a phase before the last may end early).
                 prof_mark(prof, kProfForward);
                 if (warp == 0)
-                    warp_forward(A, r, next, eps, phase_cut && eps > 1, rounds, round_cap, lane, &tail_rounds, &tail_status,
-                                 &tail_r, prof);
+                    warp_forward(A, r, next, eps, phase_cut && eps > 1, rc, lane, &tail_count, &tail_status, &tail_r,
+                                 prof);
                 __syncthreads();
                 prof_mark(prof, kProfSmall);
-                rounds = tail_rounds;
+                rc = tail_count;
                 r = tail_r;
                 // The lists' counts start at 0 again; only after the barrier (every thread read
                 // `next` before it), and every later use of a count follows another barrier.
@@ -1632,16 +1722,17 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             if (next == 1) {
                 // A lone bidder: its displacement chain ends the forward part.
                 prof_mark(prof, kProfForward);
-                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rounds, round_cap, lane, &tail_rounds, &tail_status);
+                if (warp == 0) forward_chain(A, A.list(r)[0], eps, rc, lane, &tail_count, &tail_status);
                 __syncthreads();
                 prof_mark(prof, kProfChain);
-                rounds = tail_rounds;
+                rc = tail_count;
                 // The next round's list starts empty; only after the barrier, as in the reverse
                 // part. Every later use of the count follows another barrier.
                 if (tid == 0) A.counts[r % 3] = 0;
                 return tail_status;
             }
-            if (++rounds > round_cap) return kIterationLimit;
+            if (rc.count(kWorkBlockRound) != kOptimal) return kIterationLimit;
+            if (tid == 0 && rc.beaten()) race_stop = 1;  // read after the next barrier
             const int* cur = A.list(r);
             if (A.slots != 0) {
                 // Sparse path: as many lanes per bidder as the block has (up to 8; 16 lanes for
@@ -1669,7 +1760,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
     };
 
-    long long eps = s.eps0;
+    // This block's epsilon schedule (Scaling::first_epsilon in the CPU model).
+    const unsigned theta = racing && rank != 0 ? kRaceTheta[rank - 1] : params.theta;
+    const long long divisor = racing && rank != 0 ? kRaceDivisor[rank - 1] : 1;
+    const long long eps0 = max(1LL, s.range / (static_cast<long long>(theta) * divisor));
+    long long eps = eps0;
     uint32_t status = kOptimal;
     // The phases; with the sparse path then its check, and when its round budget runs out the
     // whole solve again on the dense path (the rounds so far count; phases go on counting).
@@ -1685,11 +1780,12 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
 
         // Forward part. Full-scan round: persons keep their object while eps-CS holds, the
         // others release it and bid with the same scan.
-        const unsigned forward_start = rounds;
-        if (++rounds > round_cap) {
+        const unsigned forward_start = rc.rounds;
+        if (rc.count(kWorkFullRound) != kOptimal) {
             status = kIterationLimit;
             break;
         }
+        if (tid == 0 && rc.beaten()) race_stop = 1;  // forward_rounds reads it after its barrier
         {
             int* cur = A.list(r);
             // Person i keeps its object o while own = a_io - p_o >= v1 - eps; otherwise it
@@ -1747,7 +1843,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         status = forward_rounds(eps);
         prof_mark(prof, kProfForward);
         if (status != kOptimal) break;
-        const unsigned forward_rounds = rounds - forward_start;
+        const unsigned forward_rounds = rc.rounds - forward_start;
 
         // Reverse part (rectangular only): unassigned objects priced above lambda, the lowest
         // assigned price, bid for persons until none is left.
@@ -1757,7 +1853,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 if (A.owner[j] >= 0) lam = min(lam, A.price[j]);
             lam = block_reduce(lam, MinLL{}, red_ll, kPosInf);
             prof_mark(prof, kProfPhase);
-            if (++rounds > round_cap) {
+            if (rc.count(kWorkFullRound) != kOptimal) {
                 status = kIterationLimit;
                 break;
             }
@@ -1792,9 +1888,9 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 ++r;
                 if (next == 0) break;
                 if (next == 1) {
-                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rounds, round_cap, lane, &tail_rounds, &tail_status);
+                    if (warp == 0) reverse_chain(A, A.list(r)[0], lam, eps, rc, lane, &tail_count, &tail_status);
                     __syncthreads();
-                    rounds = tail_rounds;
+                    rc = tail_count;
                     status = tail_status;
                     // The next round's list starts empty. Only after the barrier: every thread
                     // read this count (`next`) before it (a reset right after the chain raced
@@ -1802,7 +1898,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                     if (tid == 0) A.counts[r % 3] = 0;
                     break;
                 }
-                if (++rounds > round_cap) {
+                if (rc.count(kWorkBlockRound) != kOptimal) {
                     status = kIterationLimit;
                     break;
                 }
@@ -1813,7 +1909,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             if (status != kOptimal) break;
         }
         if (eps == 1) break;
-        eps = next_epsilon(eps, params.theta, forward_rounds);
+        eps = next_epsilon(eps, theta, forward_rounds);
     }
     // Sparse path: the result is optimal for the full matrix once no object outside a row's
     // kept ones violates eps-CS at eps = 1 (a_ij - p_j > profit_i + 1; docs/ASSIGN.md). Kept
@@ -1866,29 +1962,30 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
         __syncthreads();
         if (*reinterpret_cast<volatile int*>(&A.counts[r % 3]) == 0) break;
-        if (++rounds > round_cap) {
+        if (rc.count(kWorkFullRound) != kOptimal) {
             status = kIterationLimit;
             break;
         }
+        if (tid == 0 && rc.beaten()) race_stop = 1;
         status = forward_rounds(1);
     }
     // Past a budget the solve starts again (Problem / auction in the CPU model): the sparse path
     // with the phase cut again with whole phases, then the sparse path on the dense one. The
     // rounds so far count; prices and assignment start over.
-    if (status == kIterationLimit && A.slots != 0 && round_cap < params.max_rounds) {
+    if (status == kIterationLimit && A.slots != 0 && rc.cap < params.max_rounds) {
         if (phase_cut) {
             phase_cut = false;
-            const unsigned long long cap = static_cast<unsigned long long>(round_cap) + sparse_round_budget(n, false);
-            rounds = round_cap;
-            round_cap = static_cast<unsigned>(min(cap, static_cast<unsigned long long>(params.max_rounds)));
+            const unsigned long long cap = static_cast<unsigned long long>(rc.cap) + sparse_round_budget(n, false);
+            rc.rounds = rc.cap;
+            rc.cap = static_cast<unsigned>(min(cap, static_cast<unsigned long long>(params.max_rounds)));
         } else {
             A.slots = 0;
             algorithm = kAuction;
-            rounds = round_cap;
-            round_cap = params.max_rounds;
+            rc.rounds = rc.cap;
+            rc.cap = params.max_rounds;
         }
         status = kOptimal;
-        eps = s.eps0;
+        eps = eps0;
         __syncthreads();
         reset_state();
         __syncthreads();
@@ -1897,15 +1994,26 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     break;
     }
     prof_mark(prof, kProfReverse);
+    if (racing) {
+        // Every finisher writes its key into its slot of every block's race_keys; after the
+        // barrier all blocks hold the same keys, and the block of the lowest (block 0 when
+        // none finished: its status) reports. (Plain stores, one writer per slot: a 64-bit
+        // atomicMin through a distributed shared memory address lost updates on H100.)
+        if (status == kOptimal && tid < kBlocks) *cluster_block(&race_keys[rank], tid) = (rc.work << 3) | rank;
+        cluster_sync();
+        unsigned long long best = ~0ULL;
+        for (int k = 0; k < kBlocks; ++k) best = min(best, race_keys[k]);
+        if (rank != (best == ~0ULL ? 0 : static_cast<int>(best % kBlocks))) return;
+    }
     if (status != kOptimal) {
-        finish(status, status == kIterationLimit ? params.max_rounds : rounds, phases, 0, 0.0, 0.0);
+        finish(status, status == kIterationLimit ? params.max_rounds : rc.rounds, phases, 0, 0.0, 0.0);
         return;
     }
 
     const double sum = write_pairs(A.object, q);
     prof_mark(prof, kProfFinish);
     const int unassigned = *reinterpret_cast<volatile int*>(&lost);
-    finish(unassigned > 0 ? kInfeasible : kOptimal, rounds, phases, unassigned, sum, s.quantum);
+    finish(unassigned > 0 ? kInfeasible : kOptimal, rc.rounds, phases, unassigned, sum, s.quantum);
 }
 
 }  // namespace

@@ -13,8 +13,8 @@ use finesam::assign::oracle;
 use finesam::assign::random::SplitMix64;
 use finesam::assign::tracker::iou;
 use finesam::assign::{
-    sparse_cut_round_cap, sparse_round_cap, uses_shortest_path, uses_sparse, Algorithm,
-    AssignConfig, AssignError, Assignment, CpuTracker, MatcherConfig, TrackerConfig,
+    race_key, sparse_cut_round_cap, sparse_round_cap, uses_shortest_path, uses_sparse, Algorithm,
+    AssignConfig, AssignError, Assignment, CpuTracker, MatcherConfig, TrackerConfig, RACE_VARIANTS,
 };
 
 fn to_f64(cost: &[f32]) -> Vec<f64> {
@@ -714,7 +714,11 @@ fn quantised_total(p: &Problem, o: &cpu::AuctionOutcome) -> i64 {
 /// and reach the same quantised optimum as whole phases from the start.
 #[test]
 fn cut_budget_restarts_with_whole_phases() {
-    let cfg = AssignConfig::default();
+    // Block 0's schedule alone (the race would pick another variant).
+    let cfg = AssignConfig {
+        race: false,
+        ..AssignConfig::default()
+    };
     let n = 300;
     for seed in [3u64, 149] {
         let (cost, mut p) = uniform_problem(seed, n, &cfg);
@@ -756,7 +760,10 @@ fn cut_budget_restarts_with_whole_phases() {
 /// quantised optimum.
 #[test]
 fn phase_cut_halves_the_rounds_and_stays_exact() {
-    let cfg = AssignConfig::default();
+    let cfg = AssignConfig {
+        race: false,
+        ..AssignConfig::default()
+    };
     let (mut with_cut, mut whole) = (0u32, 0u32);
     for seed in 0..8u64 {
         let (_, mut p) = uniform_problem(1000 + seed, 300, &cfg);
@@ -776,4 +783,41 @@ fn phase_cut_halves_the_rounds_and_stays_exact() {
         "8 x 300x300 uniform: {with_cut} rounds with the phase cut, {whole} with whole phases"
     );
     assert!(2 * with_cut < whole, "{with_cut} vs {whole}");
+}
+
+/// The race (`AssignConfig::race`, `RACE_VARIANTS`): the result is the variant with the least
+/// work (ties to the lower rank) among all variants run to the end on their own, although the
+/// model stops the others early; every variant reaches the same quantised optimum; and over 6
+/// seeded 300x300 uniform matrices the winners need less than 70% of block 0's work.
+#[test]
+fn race_keeps_the_least_work_variant() {
+    let cfg = AssignConfig::default();
+    let (mut raced, mut first) = (0u64, 0u64);
+    for seed in 0..6u64 {
+        let (_, p) = uniform_problem(2000 + seed, 300, &cfg);
+        let race = cpu::auction(&p, &cfg).expect("solved");
+        let alone: Vec<_> = (0..=RACE_VARIANTS.len())
+            .map(|rank| cpu::auction_variant(&p, &cfg, rank, u64::MAX).expect("solved"))
+            .collect();
+        let best = alone
+            .iter()
+            .min_by_key(|o| race_key(o.work, o.variant as usize))
+            .expect("variants");
+        assert_eq!(&race, best, "seed {seed}");
+        for o in &alone {
+            assert_eq!(
+                quantised_total(&p, o),
+                quantised_total(&p, &race),
+                "seed {seed}, variant {}",
+                o.variant
+            );
+        }
+        eprintln!(
+            "seed {seed}: variant {} wins with work {} ({} rounds); block 0: work {} ({} rounds)",
+            race.variant, race.work, race.rounds, alone[0].work, alone[0].rounds
+        );
+        raced += race.work;
+        first += alone[0].work;
+    }
+    assert!(10 * raced < 7 * first, "{raced} vs {first}");
 }

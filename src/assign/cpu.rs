@@ -13,9 +13,11 @@
 //! transposed). Benefits are `a = -(n + 1) * q` for quantised integer costs `q`, `n` persons.
 
 use super::{
-    oracle, sparse_cut_round_cap, sparse_round_cap, status_error, uses_shortest_path, uses_sparse,
-    Algorithm, AssignConfig, AssignError, Assignment, Status, MAX_INCREMENT, MAX_SIDE,
-    SCALED_RANGE_LIMIT, SPARSE_PHASE_CUT, SPARSE_SLOTS,
+    oracle, race_key, race_variant, sparse_cut_round_cap, sparse_round_cap, status_error,
+    uses_shortest_path, uses_sparse, Algorithm, AssignConfig, AssignError, Assignment, Status,
+    MAX_INCREMENT, MAX_SIDE, RACE_VARIANTS, RACE_WORK_BLOCK_ROUND, RACE_WORK_CHAIN_STEP,
+    RACE_WORK_FULL_ROUND, RACE_WORK_WARP_ROUND, SCALED_RANGE_LIMIT, SPARSE_PHASE_CUT, SPARSE_SLOTS,
+    SPARSE_WARP_BIDDERS,
 };
 
 /// Subnormal costs are zero: the kernels run with flush-to-zero, and the model must agree.
@@ -89,8 +91,9 @@ pub struct Scaling {
     pub mult: i64,
     /// Benefit magnitude of a forbidden (+inf) pair, `(n * K + 1) * mult`; 0 without any.
     pub big: i64,
-    /// First epsilon.
-    pub eps0: i64,
+    /// The scaled range of the benefits, `mult * levels` (`mult * (n K + 1)` with +inf
+    /// entries): the first epsilon is a fraction of it ([`Scaling::first_epsilon`]).
+    pub range: i64,
 }
 
 impl Scaling {
@@ -128,8 +131,14 @@ impl Scaling {
             quantum,
             mult,
             big: big_q * mult,
-            eps0: (range_scaled / cfg.theta as i64).max(1),
+            range: range_scaled,
         }
+    }
+
+    /// The first epsilon of a schedule with factor theta started `divisor` times finer:
+    /// `max(1, range / (theta divisor))` (divisor 1 unless racing, see `RACE_VARIANTS`).
+    pub fn first_epsilon(&self, theta: u32, divisor: u32) -> i64 {
+        (self.range / (theta as i64 * divisor as i64)).max(1)
     }
 
     /// The quantised cost of one entry; -1 marks a forbidden (+inf) pair.
@@ -460,6 +469,10 @@ pub struct AuctionOutcome {
     pub dense_rows: usize,
     /// Whether the result came from the sparse path (false after its fallback to dense).
     pub sparse: bool,
+    /// The race variant that produced it (0 without a race; see `RACE_VARIANTS`).
+    pub variant: u32,
+    /// Its work (rounds weighted by their kind, see `RACE_WORK_FULL_ROUND`).
+    pub work: u64,
 }
 
 /// Mutable auction state, as the kernel keeps it in shared memory.
@@ -482,22 +495,77 @@ struct State {
     rounds: u32,
     /// Round cap: the sparse path's budget, else `AssignConfig::max_rounds`.
     cap: u32,
+    /// Race: the variant (block) this state belongs to, its work so far, and the key of the
+    /// best finished variant (`u64::MAX`: none), past which this one stops with
+    /// [`Status::Aborted`].
+    rank: usize,
+    work: u64,
+    stop: u64,
+    /// This variant's epsilon schedule: factor and first epsilon.
+    theta: u32,
+    eps0: i64,
 }
 
 impl State {
-    fn count_round(&mut self) -> Result<(), Status> {
+    /// Counts a round of the given work (`RACE_WORK_*`).
+    fn count_round(&mut self, work: u64) -> Result<(), Status> {
         self.rounds += 1;
+        self.work += work;
         if self.rounds > self.cap {
             Err(Status::IterationLimit)
+        } else if race_key(self.work, self.rank) > self.stop {
+            Err(Status::Aborted)
         } else {
             Ok(())
         }
     }
+
+    /// The work of a forward round with `bidders` bidders: the kernel runs a lone bidder's
+    /// chain in warp 0, sparse rounds of up to [`SPARSE_WARP_BIDDERS`] there too, the others
+    /// block-wide.
+    fn forward_round_work(&self, bidders: usize) -> u64 {
+        match bidders {
+            1 => RACE_WORK_CHAIN_STEP,
+            2..=SPARSE_WARP_BIDDERS if self.sparse => RACE_WORK_WARP_ROUND,
+            _ => RACE_WORK_BLOCK_ROUND,
+        }
+    }
 }
 
-/// Runs the auction on a quantised problem (n >= 1 persons).
+/// Runs the auction on a quantised problem (n >= 1 persons). A sparse problem with
+/// [`AssignConfig::race`] runs every race variant and returns the one with the least work (ties
+/// to the lower rank), as the kernel's cluster does; when none succeeds, variant 0's error.
 pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status> {
+    if !(cfg.race && p.is_sparse()) {
+        return auction_variant(p, cfg, 0, u64::MAX);
+    }
+    let mut best: Option<AuctionOutcome> = None;
+    let mut first = Err(Status::IterationLimit);
+    for rank in 0..RACE_VARIANTS.len() + 1 {
+        // A variant stops once its work exceeds the best so far: it could not win (the kernel's
+        // blocks stop the same way, at their own pace; the winner is the same).
+        let stop = best
+            .as_ref()
+            .map_or(u64::MAX, |b| race_key(b.work, b.variant as usize));
+        match auction_variant(p, cfg, rank, stop) {
+            Ok(outcome) => best = Some(outcome),
+            Err(status) if rank == 0 => first = Err(status),
+            Err(_) => {}
+        }
+    }
+    best.map_or(first, Ok)
+}
+
+/// One variant of the auction (`rank`, see [`race_variant`]), stopping with
+/// [`Status::Aborted`] once its race key exceeds `stop` (`u64::MAX`: never).
+pub fn auction_variant(
+    p: &Problem,
+    cfg: &AssignConfig,
+    rank: usize,
+    stop: u64,
+) -> Result<AuctionOutcome, Status> {
     let (n, m) = (p.persons, p.objects);
+    let (theta, divisor) = race_variant(cfg, rank);
     let mut s = State {
         price: vec![0; m],
         owner: vec![-1; m],
@@ -521,6 +589,11 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
             (true, false) => sparse_round_cap(cfg, n),
             (false, _) => cfg.max_rounds,
         },
+        rank,
+        work: 0,
+        stop,
+        theta,
+        eps0: p.scaling.first_epsilon(theta, divisor),
     };
     let mut phases = 0u32;
     // Past a budget the solve starts again (the kernel's fallbacks): the sparse path with the
@@ -533,20 +606,20 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         s.object.iter_mut().for_each(|x| *x = -1);
         s.slot.iter_mut().for_each(|x| *x = 0);
     };
-    let mut result = phases_and_check(p, &mut s, cfg, &mut phases);
+    let mut result = phases_and_check(p, &mut s, &mut phases);
     if result == Err(Status::IterationLimit) && s.phase_cut && s.cap < cfg.max_rounds {
         restart(&mut s);
         s.phase_cut = false;
         s.cap = cfg
             .max_rounds
             .min(s.rounds.saturating_add(sparse_round_cap(cfg, n)));
-        result = phases_and_check(p, &mut s, cfg, &mut phases);
+        result = phases_and_check(p, &mut s, &mut phases);
     }
     if result == Err(Status::IterationLimit) && s.sparse && s.cap < cfg.max_rounds {
         restart(&mut s);
         s.cap = cfg.max_rounds;
         s.sparse = false;
-        result = phases_and_check(p, &mut s, cfg, &mut phases);
+        result = phases_and_check(p, &mut s, &mut phases);
     }
     result?;
     Ok(AuctionOutcome {
@@ -557,18 +630,15 @@ pub fn auction(p: &Problem, cfg: &AssignConfig) -> Result<AuctionOutcome, Status
         scanned_bids: s.cand.misses,
         dense_rows: s.dense.iter().filter(|&&d| d).count(),
         sparse: s.sparse,
+        variant: rank as u32,
+        work: s.work,
     })
 }
 
 /// The epsilon-scaling phases from `eps0`, then (sparse path) the exact check.
-fn phases_and_check(
-    p: &Problem,
-    s: &mut State,
-    cfg: &AssignConfig,
-    phases: &mut u32,
-) -> Result<(), Status> {
+fn phases_and_check(p: &Problem, s: &mut State, phases: &mut u32) -> Result<(), Status> {
     let (n, m) = (p.persons, p.objects);
-    let mut eps = p.scaling.eps0;
+    let mut eps = s.eps0;
     loop {
         *phases += 1;
         let pmin = s.price.iter().copied().min().unwrap_or(0);
@@ -582,7 +652,7 @@ fn phases_and_check(
         if eps == 1 {
             break;
         }
-        eps = next_epsilon(eps, cfg.theta, forward_rounds);
+        eps = next_epsilon(eps, s.theta, forward_rounds);
     }
     if s.sparse {
         sparse_check(p, s)?;
@@ -617,7 +687,7 @@ fn sparse_check(p: &Problem, s: &mut State) -> Result<(), Status> {
         if list.is_empty() {
             return Ok(());
         }
-        s.count_round()?;
+        s.count_round(RACE_WORK_FULL_ROUND)?;
         forward_rounds(p, s, 1, list)?;
     }
 }
@@ -652,7 +722,7 @@ fn place_bid(s: &mut State, i: usize, j: usize, t: Top2, eps: i64) -> Result<(),
 /// then unassigned persons bid until everyone holds an object.
 fn forward(p: &Problem, s: &mut State, eps: i64) -> Result<(), Status> {
     let m = p.objects;
-    s.count_round()?;
+    s.count_round(RACE_WORK_FULL_ROUND)?;
     // Full-scan round: every person checks its object against the best one.
     let mut list = Vec::new();
     for i in 0..p.persons {
@@ -711,7 +781,7 @@ fn forward_rounds(
         {
             return Ok(());
         }
-        s.count_round()?;
+        s.count_round(s.forward_round_work(next.len()))?;
         for &i in &next {
             let t = bid_values(p, s, i);
             place_bid(s, i, (i + t.k1) % m, t, eps)?;
@@ -763,7 +833,7 @@ fn reverse(p: &Problem, s: &mut State, eps: i64) -> Result<(), Status> {
         .map(|j| s.price[j])
         .min()
         .unwrap_or(0);
-    s.count_round()?;
+    s.count_round(RACE_WORK_FULL_ROUND)?;
     let mut list = Vec::new();
     for j in 0..m {
         if s.owner[j] < 0 && s.price[j] > lambda && reverse_bid(p, s, j, lambda, eps)? {
@@ -796,7 +866,11 @@ fn reverse(p: &Problem, s: &mut State, eps: i64) -> Result<(), Status> {
         if next.is_empty() {
             return Ok(());
         }
-        s.count_round()?;
+        s.count_round(if next.len() == 1 {
+            RACE_WORK_CHAIN_STEP
+        } else {
+            RACE_WORK_BLOCK_ROUND
+        })?;
         for &j in &next {
             reverse_bid(p, s, j, lambda, eps)?;
         }
@@ -864,6 +938,7 @@ pub fn solve(
     out.quantum = p.scaling.quantum;
     out.rounds = outcome.rounds;
     out.phases = outcome.phases;
+    out.variant = outcome.variant;
     if outcome.sparse {
         out.algorithm = Algorithm::SparseAuction;
     }

@@ -81,6 +81,54 @@ pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
 /// 0 only.
 pub const SPARSE_CLUSTER_BLOCKS: u32 = 8;
 
+/// On sm_90 and newer the blocks of a sparse matrix's cluster race after its preparation
+/// ([`AssignConfig::race`]): block k runs the sparse auction with its own epsilon schedule
+/// (block 0 with `AssignConfig::theta` from `range / theta`, block k >= 1 with
+/// `RACE_VARIANTS[k - 1]` = (theta, d) from `range / (theta d)`), and the result is that of the
+/// variant with the least *work* (rounds weighted by their cost, [`RACE_WORK_FULL_ROUND`]...; ties
+/// to the lower block), a deterministic choice. A block stops as soon as its work exceeds a
+/// finished variant's, so the solve takes about as long as its fastest variant. Chosen greedily
+/// on 81 seeded 300x300 uniform matrices with the CPU model (estimated time: mean 566 -> 294,
+/// worst 1559 -> 459; the benchmark's matrix 585 -> 249): most start finer than block 0 and
+/// scale by a larger factor, i.e. fewer phases. Every variant ends with the phase at eps = 1, so
+/// every variant is optimal; they differ only in how many rounds they take.
+pub const RACE_VARIANTS: [(u32, u32); SPARSE_CLUSTER_BLOCKS as usize - 1] = [
+    (10, 32),
+    (16, 16),
+    (24, 32),
+    (10, 16),
+    (16, 32),
+    (24, 12),
+    (16, 12),
+];
+/// Sparse forward rounds of at most this many bidders run in warp 0 alone, without block
+/// barriers (the kernel's `kSmallBidders`); larger ones take the whole block.
+pub const SPARSE_WARP_BIDDERS: usize = 16;
+/// Work of a round in which every person is scanned (a phase's first round, a round after the
+/// sparse check, a reverse part's first round): about 4 us at 300x300 (H100).
+pub const RACE_WORK_FULL_ROUND: u64 = 13;
+/// Work of a block-wide round (more than [`SPARSE_WARP_BIDDERS`] on the sparse path, 2 or more on the dense
+/// one, reverse rounds of several objects): ~1.8 us.
+pub const RACE_WORK_BLOCK_ROUND: u64 = 6;
+/// Work of a sparse round of 2..=[`SPARSE_WARP_BIDDERS`] bidders in warp 0: ~0.8 us.
+pub const RACE_WORK_WARP_ROUND: u64 = 3;
+/// Work of one step of a lone bidder's chain: ~0.31 us.
+pub const RACE_WORK_CHAIN_STEP: u64 = 1;
+
+/// The (theta, divisor) of race variant `rank` (see [`RACE_VARIANTS`]): block 0 runs the
+/// configured theta from `range / theta`.
+pub fn race_variant(cfg: &AssignConfig, rank: usize) -> (u32, u32) {
+    match rank {
+        0 => (cfg.theta, 1),
+        k => RACE_VARIANTS[k - 1],
+    }
+}
+
+/// The order of finished race variants: less work first, then the lower block.
+pub fn race_key(work: u64, rank: usize) -> u64 {
+    (work << 3) | rank as u64
+}
+
 /// Which solver produced an [`Assignment`] (`AssignInfo::algorithm` in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -171,6 +219,10 @@ pub struct AssignConfig {
     /// at the end: the same guarantee, bids that never leave shared memory. Off: the dense
     /// auction.
     pub sparse: bool,
+    /// On the sparse path, race the epsilon schedules of [`RACE_VARIANTS`] on the cluster's
+    /// blocks and keep the least-work result (sm_90 and newer; older cards run block 0's
+    /// schedule only). Off: the configured theta alone.
+    pub race: bool,
 }
 
 impl Default for AssignConfig {
@@ -182,6 +234,7 @@ impl Default for AssignConfig {
             block_threads: 0,
             shortest_path: true,
             sparse: true,
+            race: true,
         }
     }
 }
@@ -231,6 +284,8 @@ pub enum Status {
     TooLarge = 4,
     /// A bid increment left the packed range (cannot happen within the documented limits).
     Overflow = 5,
+    /// A race variant stopped because another one finished with less work (never reported).
+    Aborted = 6,
 }
 
 impl Status {
@@ -242,6 +297,7 @@ impl Status {
             3 => Status::IterationLimit,
             4 => Status::TooLarge,
             5 => Status::Overflow,
+            6 => Status::Aborted,
             _ => return None,
         })
     }
@@ -303,6 +359,9 @@ pub struct Assignment {
     pub phases: u32,
     /// The solver that produced it.
     pub algorithm: Algorithm,
+    /// The race variant whose result this is (block of the cluster, see [`RACE_VARIANTS`]); 0
+    /// without a race.
+    pub variant: u32,
 }
 
 impl Assignment {
@@ -319,6 +378,7 @@ impl Assignment {
             rounds: 0,
             phases: 0,
             algorithm: Algorithm::Auction,
+            variant: 0,
         }
     }
 
@@ -379,5 +439,9 @@ pub(crate) fn status_error(
             ),
         }),
         Status::Overflow => Some(AssignError::Overflow { matrix }),
+        Status::Aborted => Some(AssignError::UnknownStatus {
+            matrix,
+            code: Status::Aborted as u32,
+        }),
     }
 }

@@ -94,6 +94,8 @@ struct AssignParams {
     shortest_path: u32,
     /// Square matrices up to this side take the sparse path (`uses_sparse`); 0: none.
     sparse_persons: u32,
+    /// 1: the blocks of a sparse matrix's cluster race `RACE_VARIANTS` (`AssignConfig::race`).
+    race: u32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout.
@@ -115,6 +117,9 @@ pub(crate) struct AssignInfo {
     pub ns: u32,
     /// 0 auction, 1 shortest path ([`Algorithm`]).
     pub algorithm: u32,
+    /// The race variant that produced the result (`Assignment::variant`).
+    pub variant: u32,
+    pub pad: u32,
 }
 
 /// Where one solve's time went inside the kernel (diagnostics; from `assign_solve`'s thread 0,
@@ -393,6 +398,7 @@ pub(crate) fn launch_solve(gpu: &Gpu, cfg: &AssignConfig, l: &SolveLaunch) -> Re
         cache_persons: persons as u32,
         shortest_path: shortest_path as u32,
         sparse_persons: if sparse { sparse_side as u32 } else { 0 },
+        race: cfg.race as u32,
     };
     let blocks = uniform
         .count
@@ -470,6 +476,7 @@ pub(crate) fn assemble(
                 rounds: info.rounds,
                 phases: info.phases,
                 algorithm: Algorithm::from_code(info.algorithm),
+                variant: info.variant,
             })
         })
         .collect()
