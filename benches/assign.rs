@@ -61,7 +61,8 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
         .map(|&(rows, cols)| (0..rows * cols).map(|_| rng.next_f32()).collect())
         .collect();
     // The default (small matrices by shortest paths, square ones up to 384 by the sparse
-    // auction), then the dense auction alone where the default did not use it, for comparison.
+    // auction, raced), then the dense auction alone where the default did not use it, and the
+    // sparse auction without the race (block 0's schedule alone), for comparison.
     let auction_only = AssignConfig {
         shortest_path: false,
         sparse: false,
@@ -70,8 +71,8 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
     let cases = sizes.iter().zip(&costs).flat_map(|(&(rows, cols), cost)| {
         let (persons, objects) = (rows.min(cols), rows.max(cols));
         let default_cfg = AssignConfig::default();
-        let small = uses_shortest_path(&default_cfg, persons, objects, false)
-            || uses_sparse(&default_cfg, persons, objects, false);
+        let sparse = uses_sparse(&default_cfg, persons, objects, false);
+        let small = uses_shortest_path(&default_cfg, persons, objects, false) || sparse;
         let default = (
             format!("{rows}x{cols}"),
             AssignConfig::default(),
@@ -86,7 +87,19 @@ fn bench_solves(c: &mut Criterion, gpu: &Gpu, totals: &Totals) {
             cols,
             cost,
         );
-        std::iter::once(default).chain(small.then_some(auction))
+        let solo = (
+            format!("{rows}x{cols}_solo"),
+            AssignConfig {
+                race: false,
+                ..AssignConfig::default()
+            },
+            rows,
+            cols,
+            cost,
+        );
+        std::iter::once(default)
+            .chain(small.then_some(auction))
+            .chain(sparse.then_some(solo))
     });
     for (case, cfg, rows, cols, cost) in cases {
         let buf = upload(gpu, cost);
@@ -280,7 +293,7 @@ fn main() {
         let ms = secs * 1e3 / (*iters).max(1) as f64;
         let scipy = peer
             .as_ref()
-            .and_then(|p| p.get(case.trim_end_matches("_auction")))
+            .and_then(|p| p.get(case.trim_end_matches("_auction").trim_end_matches("_solo")))
             .and_then(|v| v.as_f64());
         match scipy {
             Some(s) => println!(

@@ -90,13 +90,14 @@ constexpr int kPhaseCut = 2;
 // runs the auction alone. Without cluster support (older cards) block 0 does it all.
 constexpr int kSparseCluster = 8;
 // The race (RACE_VARIANTS in src/assign/mod.rs, params.race): after the preparation every
-// block of the cluster solves the sparse matrix with its own epsilon schedule, block k >= 1
-// with factor kRaceTheta[k - 1] from range / (theta * kRaceDivisor[k - 1]) (block 0: params.theta
-// from range / theta). The result is the finished variant with the least work (rounds weighted
-// by their kind, kWork*; ties to the lower block); a block stops once its work exceeds a
-// finished one's (race_key).
-__constant__ unsigned kRaceTheta[kSparseCluster - 1] = {10, 16, 24, 10, 16, 24, 16};
-__constant__ unsigned kRaceDivisor[kSparseCluster - 1] = {32, 16, 32, 16, 32, 12, 12};
+// block of the cluster solves the sparse matrix with its own schedule, block k >= 1 with factor
+// kRaceTheta[k - 1] from range / (theta * kRaceDivisor[k - 1]), phases before the last cut at
+// kRaceCut[k - 1] bidders (block 0: params.theta from range / theta, cut at kPhaseCut). The
+// result is the finished variant with the least work (rounds weighted by their kind, kWork*;
+// ties to the lower block); a block stops once its work exceeds a finished one's (race_key).
+__constant__ unsigned kRaceTheta[kSparseCluster - 1] = {7, 6, 6, 5, 10, 7, 6};
+__constant__ unsigned kRaceDivisor[kSparseCluster - 1] = {12, 64, 16, 64, 32, 4, 32};
+__constant__ int kRaceCut[kSparseCluster - 1] = {8, 6, 8, 16, 8, 12, 12};  // <= kSmallBidders
 // RACE_WORK_* in src/assign/mod.rs: a round that scans every person (a phase's first round,
 // a round after the sparse check, a reverse part's first one), a block-wide round, a sparse
 // round of 2..kSmallBidders bidders in warp 0, a step of a lone bidder's chain.
@@ -269,18 +270,20 @@ __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
-// The sparse selection's coverage marks (object j kept by a row other than its diagonal one):
-// into block 0's marks of the cluster, in a race into every block's (each then decides alone),
-// without cluster preparation into this block's.
-struct Marks {
-    int* local;  // this block's marks (Auction::target)
-    int blocks;  // cluster blocks to mark in, from rank 0 (0: this block only)
-    __device__ __forceinline__ void set(int j) const {
+// Where the sparse selection writes (kept keys, floors, dense flags, coverage marks): with
+// cluster preparation into block 0's shared memory, in a race into every block's (each then
+// solves from its own copy; the writes spread over the cluster, where copying block 0's
+// afterwards made seven blocks read one SM's shared memory: ~16 us at 300x300), else into this
+// block's. `p` is this block's address of the item.
+struct SelectionWrites {
+    int blocks;  // cluster blocks written, from rank 0 (0: this block only)
+    template <typename T>
+    __device__ __forceinline__ void put(T* p, T v) const {
         if (blocks == 0) {
-            local[j] = 1;
+            *p = v;
             return;
         }
-        for (int r = 0; r < blocks; ++r) *cluster_block(local + j, r) = 1;
+        for (int r = 0; r < blocks; ++r) *cluster_block(p, r) = v;
     }
 };
 
@@ -554,7 +557,7 @@ __device__ __forceinline__ unsigned long long select_key(int qv, int k) {
 // (m <= 32 L).
 template <int L>
 __device__ void select_candidates(const Auction& A, int i, int lane, const float* cost, size_t ld, const Scaling& s,
-                                  int* q, const Marks& covered, int* tied_rows) {
+                                  int* q, const SelectionWrites& out, int* tied_rows) {
     const int m = A.m, slots = kSparseSlots;
     int* row = q + static_cast<size_t>(i) * m;
     const float* crow = cost + static_cast<size_t>(i) * ld;
@@ -643,15 +646,15 @@ __device__ void select_candidates(const Auction& A, int i, int lane, const float
         const int qu = cache[u];
         if (k < m && (k == 0 || select_key(qu, k) <= T)) {
             const int j = A.object_at(i, k);
-            A.sparse_key[pos] = A.benefit(qu) * 512 + (511 - k);
-            if (k != 0) covered.set(j);
+            out.put(A.sparse_key + pos, A.benefit(qu) * 512 + (511 - k));
+            if (k != 0) out.put(A.target + j, 1);
             ++pos;
         }
     }
-    for (int s = total + lane; s < slots; s += 32) A.sparse_key[i * slots + s] = kEmptySlot;
+    for (int s = total + lane; s < slots; s += 32) out.put(A.sparse_key + i * slots + s, kEmptySlot);
     if (lane == 0) {
-        A.sparse_floor[i] = static_cast<int>(T >> 16);
-        A.dense[i] = 0;
+        out.put(A.sparse_floor + i, static_cast<int>(T >> 16));
+        out.put(A.dense + i, 0);
     }
 }
 
@@ -820,11 +823,13 @@ struct RoundCount {
         for (int k = 0; k < kSparseCluster; ++k) b |= beaten_by(k);
         return b;
     }
-    // count for warp 0's loops: kAborted when beaten (warp-collective: lane l tests slot
-    // l mod kSparseCluster, and the vote makes every lane agree).
+    // count for warp 0's loops: kAborted when beaten, tested every fourth round (the vote cost
+    // a chain step ~0.07 us when taken every round; the winner is the same either way).
+    // Warp-collective: lane l tests slot l mod kSparseCluster, and the vote makes every lane
+    // agree.
     __device__ __forceinline__ uint32_t count_warp(unsigned w, int lane) {
         const uint32_t status = count(w);
-        if (status != kOptimal) return status;
+        if (status != kOptimal || stop == nullptr || (rounds & 3) != 0) return status;
         return __any_sync(kFull, beaten_by(lane % kSparseCluster)) ? kAborted : kOptimal;
     }
 };
@@ -971,15 +976,15 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
 // bidder count never grows within a forward part, so no block barrier is needed until it ends.
 // Each bidder is scanned by a group of lanes (8 lanes for up to 4 bidders, then 4, 2: the
 // fewer the bidders, the shorter the dependent chain; warp_round); a lone bidder's chain
-// (forward_chain) ends the part. With `cut` (phases before the last) the forward part ends once
-// at most kPhaseCut bidders are left. The same Jacobi rounds as the block-wide loop. Lane 0
+// (forward_chain) ends the part. With cut > 0 (phases before the last) the forward part ends
+// once at most `cut` bidders are left (kPhaseCut, or the race variant's). The same Jacobi rounds as the block-wide loop. Lane 0
 // leaves the round count, the status and the next round index in *tail, *tail_status, *tail_r.
-__device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, bool cut, RoundCount rc, int lane,
+__device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, int cut, RoundCount rc, int lane,
                              RoundCount* tail, uint32_t* tail_status, unsigned* tail_r, unsigned long long* prof) {
     uint32_t status = kOptimal;
     // Rows turn dense only in the final check, never during a forward part.
     const bool any_dense = *reinterpret_cast<volatile int*>(A.any_dense) != 0;
-    while (next != 0 && !(cut && next <= kPhaseCut)) {
+    while (next > cut) {
         if (next == 1) {
             // A lone bidder always wins: its displacement chain ends the forward part.
             prof_mark(prof, kProfSmall);
@@ -1637,24 +1642,20 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         // With cluster preparation every warp of the cluster selects rows and writes them into
         // block 0's shared memory; then the other blocks are done, or in a race copy them.
         const bool race = cluster_prep && params.race != 0;
-        Auction K = A;
-        Marks marks{A.target, 0};
+        SelectionWrites writes{0};
         int* tied = &tied_rows;
         int first = warp, stride = nwarps;
         if (cluster_prep) {
-            K.sparse_key = cluster_block(A.sparse_key, 0);
-            K.sparse_floor = cluster_block(A.sparse_floor, 0);
-            K.dense = cluster_block(A.dense, 0);
-            marks.blocks = race ? kBlocks : 1;
+            writes.blocks = race ? kBlocks : 1;
             tied = cluster_block(&tied_rows, 0);
             first = rank * nwarps + warp;
             stride = kBlocks * nwarps;
         }
         for (int i = first; i < n; i += stride) {
             if (m <= 256) {
-                select_candidates<8>(K, i, lane, cost, ld, s, q, marks, tied);
+                select_candidates<8>(A, i, lane, cost, ld, s, q, writes, tied);
             } else {
-                select_candidates<12>(K, i, lane, cost, ld, s, q, marks, tied);
+                select_candidates<12>(A, i, lane, cost, ld, s, q, writes, tied);
             }
         }
         if (cluster_prep) {
@@ -1672,18 +1673,6 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             phase_cut = 8 * *reinterpret_cast<volatile int*>(tied) < n;
             rc.cap = min(params.max_rounds, sparse_round_budget(n, phase_cut));
             racing = race;
-            if (racing && rank != 0) {
-                // This block's copy of the kept keys and floors (block 0 never changes them and
-                // stays until the race ends); no row is dense yet.
-                const longlong2* src = reinterpret_cast<const longlong2*>(K.sparse_key);
-                longlong2* dst = reinterpret_cast<longlong2*>(A.sparse_key);
-                for (int e = tid; e < n * kSparseSlots / 2; e += nthreads) dst[e] = src[e];
-                for (int i = tid; i < n; i += nthreads) {
-                    A.sparse_floor[i] = K.sparse_floor[i];
-                    A.dense[i] = 0;
-                }
-                __syncthreads();
-            }
             if (racing) rc.stop = race_keys;
         } else {
             A.slots = 0;
@@ -1692,6 +1681,13 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
     }
     prof_mark(prof, kProfSelect);
+
+    // This block's schedule: epsilon factor, first epsilon (Scaling::first_epsilon in the CPU
+    // model), bidders that end a phase before the last (with the phase cut on).
+    const unsigned theta = racing && rank != 0 ? kRaceTheta[rank - 1] : params.theta;
+    const long long divisor = racing && rank != 0 ? kRaceDivisor[rank - 1] : 1;
+    const long long eps0 = max(1LL, s.range / (static_cast<long long>(theta) * divisor));
+    const int cut = racing && rank != 0 ? kRaceCut[rank - 1] : kPhaseCut;
 
     // Resolves the bids placed in list(r) and runs the forward rounds that follow until no
     // bidder is left (block-collective; starts with a barrier). Returns kOptimal,
@@ -1708,7 +1704,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 // The rest of the forward part in warp 0 (a phase before the last may end early).
                 prof_mark(prof, kProfForward);
                 if (warp == 0)
-                    warp_forward(A, r, next, eps, phase_cut && eps > 1, rc, lane, &tail_count, &tail_status, &tail_r,
+                    warp_forward(A, r, next, eps, phase_cut && eps > 1 ? cut : 0, rc, lane, &tail_count, &tail_status, &tail_r,
                                  prof);
                 __syncthreads();
                 prof_mark(prof, kProfSmall);
@@ -1760,10 +1756,6 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         }
     };
 
-    // This block's epsilon schedule (Scaling::first_epsilon in the CPU model).
-    const unsigned theta = racing && rank != 0 ? kRaceTheta[rank - 1] : params.theta;
-    const long long divisor = racing && rank != 0 ? kRaceDivisor[rank - 1] : 1;
-    const long long eps0 = max(1LL, s.range / (static_cast<long long>(theta) * divisor));
     long long eps = eps0;
     uint32_t status = kOptimal;
     // The phases; with the sparse path then its check, and when its round budget runs out the

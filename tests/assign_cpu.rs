@@ -650,10 +650,17 @@ fn sparse_path_is_exact() {
         // Both solver settings (check_one asserts which solver each takes): 128 x 128 goes to
         // shortest paths by default and to the sparse path without them.
         check(cost, *n, *n, &cfg, *exact);
+        // The fallbacks below are block 0's schedule's (a race winner may avoid them).
         let auction_only = AssignConfig {
             shortest_path: false,
+            race: false,
             ..cfg
         };
+        let raced = AssignConfig {
+            race: true,
+            ..auction_only
+        };
+        check(cost, *n, *n, &raced, *exact);
         let scan = cpu::scan_costs(cost, *n, *n, *n);
         let p = Problem::new(cost, *n, *n, *n, scan, &auction_only).expect("finite");
         let out = cpu::auction(&p, &auction_only).expect("solved");

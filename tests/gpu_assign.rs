@@ -223,8 +223,9 @@ fn uniform_batches_and_strides_match_the_model() {
 /// The sparse path on the device: uniform and integer costs (sparse to the end), near-degenerate
 /// floats (rows turned dense by the final check), low rank (kept sets leave columns uncovered:
 /// dense from the start) and a modular structure (past the sparse round budget: restarted
-/// dense). Each is bit-identical to the CPU model (assignment, rounds, phases, solver) and
-/// optimal against the exact oracle (integer costs exactly, floats within the bound).
+/// dense). Each is bit-identical to the CPU model (assignment, rounds, phases, solver, race
+/// variant) and optimal against the exact oracle (integer costs exactly, floats within the
+/// bound), with the race and without (block 0's schedule alone, which takes the fallbacks).
 #[test]
 fn sparse_path_and_fallbacks_match_the_model() {
     let Some(gpu) = gpu() else { return };
@@ -268,7 +269,10 @@ fn sparse_path_and_fallbacks_match_the_model() {
         check_structure(&a, cost, *n, &what);
         let model = cpu::solve(cost, *n, *n, *n, &cfg).expect(&what);
         check_same_as_model(&a, &model, &what);
-        assert_eq!(a.algorithm, *solver, "{what}: solver");
+        if !cfg.race {
+            // The fallbacks are block 0's schedule's; a race winner may avoid them.
+            assert_eq!(a.algorithm, *solver, "{what}: solver");
+        }
         let exact = oracle::solve(&cost.iter().map(|&c| c as f64).collect::<Vec<_>>(), *n, *n)
             .expect("feasible");
         assert!(

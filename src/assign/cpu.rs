@@ -16,7 +16,7 @@ use super::{
     oracle, race_key, race_variant, sparse_cut_round_cap, sparse_round_cap, status_error,
     uses_shortest_path, uses_sparse, Algorithm, AssignConfig, AssignError, Assignment, Status,
     MAX_INCREMENT, MAX_SIDE, RACE_VARIANTS, RACE_WORK_BLOCK_ROUND, RACE_WORK_CHAIN_STEP,
-    RACE_WORK_FULL_ROUND, RACE_WORK_WARP_ROUND, SCALED_RANGE_LIMIT, SPARSE_PHASE_CUT, SPARSE_SLOTS,
+    RACE_WORK_FULL_ROUND, RACE_WORK_WARP_ROUND, SCALED_RANGE_LIMIT, SPARSE_SLOTS,
     SPARSE_WARP_BIDDERS,
 };
 
@@ -182,7 +182,7 @@ pub struct Problem {
     /// Per person, the kept entries (benefit, object) of the sparse path in rotated-position
     /// order (see [`select_kept`]); empty on the dense path.
     pub kept: Vec<Vec<(i64, usize)>>,
-    /// Sparse path: whether phases before the last may end early ([`SPARSE_PHASE_CUT`]); off
+    /// Sparse path: whether phases before the last may end early ([`super::SPARSE_PHASE_CUT`]); off
     /// when at least an eighth of the rows tie at their minimum (see [`row_ties_at_minimum`]).
     pub phase_cut: bool,
 }
@@ -501,9 +501,10 @@ struct State {
     rank: usize,
     work: u64,
     stop: u64,
-    /// This variant's epsilon schedule: factor and first epsilon.
+    /// This variant's schedule: epsilon factor, first epsilon, bidders that end a phase.
     theta: u32,
     eps0: i64,
+    cut: usize,
 }
 
 impl State {
@@ -565,7 +566,7 @@ pub fn auction_variant(
     stop: u64,
 ) -> Result<AuctionOutcome, Status> {
     let (n, m) = (p.persons, p.objects);
-    let (theta, divisor) = race_variant(cfg, rank);
+    let variant = race_variant(cfg, rank);
     let mut s = State {
         price: vec![0; m],
         owner: vec![-1; m],
@@ -592,8 +593,9 @@ pub fn auction_variant(
         rank,
         work: 0,
         stop,
-        theta,
-        eps0: p.scaling.first_epsilon(theta, divisor),
+        theta: variant.theta,
+        eps0: p.scaling.first_epsilon(variant.theta, variant.divisor),
+        cut: variant.cut,
     };
     let mut phases = 0u32;
     // Past a budget the solve starts again (the kernel's fallbacks): the sparse path with the
@@ -777,8 +779,7 @@ fn forward_rounds(
                 next.push(i);
             }
         }
-        if next.is_empty() || (s.sparse && s.phase_cut && eps > 1 && next.len() <= SPARSE_PHASE_CUT)
-        {
+        if next.is_empty() || (s.sparse && s.phase_cut && eps > 1 && next.len() <= s.cut) {
             return Ok(());
         }
         s.count_round(s.forward_round_work(next.len()))?;

@@ -81,25 +81,67 @@ pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
 /// 0 only.
 pub const SPARSE_CLUSTER_BLOCKS: u32 = 8;
 
+/// One epsilon schedule of the race ([`RACE_VARIANTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaceVariant {
+    /// Epsilon reduction factor between phases.
+    pub theta: u32,
+    /// The first epsilon is `range / (theta * divisor)` (at least 1).
+    pub divisor: u32,
+    /// A phase before the last ends once at most this many bidders are left (with the phase
+    /// cut on, see [`SPARSE_PHASE_CUT`]); at most [`SPARSE_WARP_BIDDERS`].
+    pub cut: usize,
+}
+
 /// On sm_90 and newer the blocks of a sparse matrix's cluster race after its preparation
-/// ([`AssignConfig::race`]): block k runs the sparse auction with its own epsilon schedule
-/// (block 0 with `AssignConfig::theta` from `range / theta`, block k >= 1 with
-/// `RACE_VARIANTS[k - 1]` = (theta, d) from `range / (theta d)`), and the result is that of the
-/// variant with the least *work* (rounds weighted by their cost, [`RACE_WORK_FULL_ROUND`]...; ties
-/// to the lower block), a deterministic choice. A block stops as soon as its work exceeds a
-/// finished variant's, so the solve takes about as long as its fastest variant. Chosen greedily
-/// on 81 seeded 300x300 uniform matrices with the CPU model (estimated time: mean 566 -> 294,
-/// worst 1559 -> 459; the benchmark's matrix 585 -> 249): most start finer than block 0 and
-/// scale by a larger factor, i.e. fewer phases. Every variant ends with the phase at eps = 1, so
-/// every variant is optimal; they differ only in how many rounds they take.
-pub const RACE_VARIANTS: [(u32, u32); SPARSE_CLUSTER_BLOCKS as usize - 1] = [
-    (10, 32),
-    (16, 16),
-    (24, 32),
-    (10, 16),
-    (16, 32),
-    (24, 12),
-    (16, 12),
+/// ([`AssignConfig::race`]): block k runs the sparse auction with its own schedule (block 0:
+/// `AssignConfig::theta`, divisor 1, cut [`SPARSE_PHASE_CUT`]; block k >= 1:
+/// `RACE_VARIANTS[k - 1]`), and the result is that of the variant with the least *work* (rounds
+/// weighted by their kind, [`RACE_WORK_FULL_ROUND`]...; ties to the lower block), a deterministic
+/// choice. A block stops as soon as its work exceeds a finished variant's, so the solve takes
+/// about as long as its fastest variant. Every variant ends with a whole phase at eps = 1, so
+/// every one is optimal; they differ only in how many rounds they take, and no single schedule
+/// is good for every matrix. Chosen with the CPU model (greedy, then swaps) among 392 schedules
+/// (cut 2..16, theta 5..16, divisor 1..64) on 80 seeded 300x300 uniform matrices, not the
+/// benchmark's, for the least mean + 0.05 x worst estimated time (per-round costs measured on
+/// H100): on 80 other seeds the mean falls from 607 us (block 0 alone) to 221, the worst from
+/// 2028 to 528. Most start finer, scale by a smaller factor and cut phases at 8-16 bidders.
+pub const RACE_VARIANTS: [RaceVariant; SPARSE_CLUSTER_BLOCKS as usize - 1] = [
+    RaceVariant {
+        theta: 7,
+        divisor: 12,
+        cut: 8,
+    },
+    RaceVariant {
+        theta: 6,
+        divisor: 64,
+        cut: 6,
+    },
+    RaceVariant {
+        theta: 6,
+        divisor: 16,
+        cut: 8,
+    },
+    RaceVariant {
+        theta: 5,
+        divisor: 64,
+        cut: 16,
+    },
+    RaceVariant {
+        theta: 10,
+        divisor: 32,
+        cut: 8,
+    },
+    RaceVariant {
+        theta: 7,
+        divisor: 4,
+        cut: 12,
+    },
+    RaceVariant {
+        theta: 6,
+        divisor: 32,
+        cut: 12,
+    },
 ];
 /// Sparse forward rounds of at most this many bidders run in warp 0 alone, without block
 /// barriers (the kernel's `kSmallBidders`); larger ones take the whole block.
@@ -115,11 +157,24 @@ pub const RACE_WORK_WARP_ROUND: u64 = 3;
 /// Work of one step of a lone bidder's chain: ~0.31 us.
 pub const RACE_WORK_CHAIN_STEP: u64 = 1;
 
-/// The (theta, divisor) of race variant `rank` (see [`RACE_VARIANTS`]): block 0 runs the
-/// configured theta from `range / theta`.
-pub fn race_variant(cfg: &AssignConfig, rank: usize) -> (u32, u32) {
+// Warp 0 runs the rounds of up to SPARSE_WARP_BIDDERS bidders, which is where the cut applies.
+const _: () = {
+    let mut k = 0;
+    while k < RACE_VARIANTS.len() {
+        assert!(RACE_VARIANTS[k].cut >= 1 && RACE_VARIANTS[k].cut <= SPARSE_WARP_BIDDERS);
+        k += 1;
+    }
+};
+
+/// The schedule of race variant `rank` (see [`RACE_VARIANTS`]): block 0 runs the configured
+/// theta from `range / theta` with the default cut.
+pub fn race_variant(cfg: &AssignConfig, rank: usize) -> RaceVariant {
     match rank {
-        0 => (cfg.theta, 1),
+        0 => RaceVariant {
+            theta: cfg.theta,
+            divisor: 1,
+            cut: SPARSE_PHASE_CUT,
+        },
         k => RACE_VARIANTS[k - 1],
     }
 }
