@@ -95,15 +95,18 @@ constexpr int kSparseCluster = 8;
 // kRaceCut[k - 1] bidders (block 0: params.theta from range / theta, cut at kPhaseCut). The
 // result is the finished variant with the least work (rounds weighted by their kind, kWork*;
 // ties to the lower block); a block stops once its work exceeds a finished one's (race_key).
-__constant__ unsigned kRaceTheta[kSparseCluster - 1] = {7, 6, 6, 5, 10, 7, 6};
-__constant__ unsigned kRaceDivisor[kSparseCluster - 1] = {12, 64, 16, 64, 32, 4, 32};
-__constant__ int kRaceCut[kSparseCluster - 1] = {8, 6, 8, 16, 8, 12, 12};  // <= kSmallBidders
-// RACE_WORK_* in src/assign/mod.rs: a round that scans every person (a phase's first round,
-// a round after the sparse check, a reverse part's first one), a block-wide round, a sparse
-// round of 2..kSmallBidders bidders in warp 0, a step of a lone bidder's chain.
-constexpr unsigned kWorkFullRound = 13;
-constexpr unsigned kWorkBlockRound = 6;
-constexpr unsigned kWorkWarpRound = 3;
+__constant__ unsigned kRaceTheta[kSparseCluster - 1] = {7, 6, 5, 5, 5, 5, 6};
+__constant__ unsigned kRaceDivisor[kSparseCluster - 1] = {32, 64, 8, 64, 16, 32, 32};
+__constant__ int kRaceCut[kSparseCluster - 1] = {12, 8, 6, 16, 16, 16, 12};  // <= kSmallBidders
+// RACE_WORK_* in src/assign/mod.rs, in units of a chain step (~0.38 us at 300x300, H100): a
+// round that scans every person (a phase's first round, a round after the sparse check, a
+// reverse part's first one), a block-wide round, sparse rounds in warp 0 by bidders, a step of
+// a lone bidder's chain.
+constexpr unsigned kWorkFullRound = 11;
+constexpr unsigned kWorkBlockRound = 5;
+constexpr unsigned kWorkWarpRound4 = 2;   // 2..4 bidders (8 lanes each)
+constexpr unsigned kWorkWarpRound8 = 3;   // 5..8 (4 lanes)
+constexpr unsigned kWorkWarpRound16 = 5;  // 9..kSmallBidders (2 lanes)
 constexpr unsigned kWorkChainStep = 1;
 
 enum Algorithm : uint32_t { kAuction = 0, kShortestPath = 1, kSparseAuction = 2 };
@@ -993,7 +996,7 @@ __device__ void warp_forward(const Auction& A, unsigned r, int next, long long e
             if (lane == 0) *tail_r = r;
             return;
         }
-        status = rc.count_warp(kWorkWarpRound, lane);
+        status = rc.count_warp(next <= 4 ? kWorkWarpRound4 : next <= 8 ? kWorkWarpRound8 : kWorkWarpRound16, lane);
         if (status != kOptimal) break;
         const int* cur = A.list(r);
         int* nxt = A.list(r + 1);

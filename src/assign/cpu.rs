@@ -527,7 +527,9 @@ impl State {
     fn forward_round_work(&self, bidders: usize) -> u64 {
         match bidders {
             1 => RACE_WORK_CHAIN_STEP,
-            2..=SPARSE_WARP_BIDDERS if self.sparse => RACE_WORK_WARP_ROUND,
+            2..=4 if self.sparse => RACE_WORK_WARP_ROUND[0],
+            5..=8 if self.sparse => RACE_WORK_WARP_ROUND[1],
+            9..=SPARSE_WARP_BIDDERS if self.sparse => RACE_WORK_WARP_ROUND[2],
             _ => RACE_WORK_BLOCK_ROUND,
         }
     }

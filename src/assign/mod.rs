@@ -89,7 +89,8 @@ pub struct RaceVariant {
     /// The first epsilon is `range / (theta * divisor)` (at least 1).
     pub divisor: u32,
     /// A phase before the last ends once at most this many bidders are left (with the phase
-    /// cut on, see [`SPARSE_PHASE_CUT`]); at most [`SPARSE_WARP_BIDDERS`].
+    /// cut on, see [`SPARSE_PHASE_CUT`]); 1..=[`SPARSE_WARP_BIDDERS`] (warp 0's rounds end
+    /// the phase).
     pub cut: usize,
 }
 
@@ -104,23 +105,25 @@ pub struct RaceVariant {
 /// is good for every matrix. Chosen with the CPU model (greedy, then swaps) among 392 schedules
 /// (cut 2..16, theta 5..16, divisor 1..64) on 80 seeded 300x300 uniform matrices, not the
 /// benchmark's, for the least mean + 0.05 x worst estimated time (per-round costs measured on
-/// H100): on 80 other seeds the mean falls from 607 us (block 0 alone) to 221, the worst from
-/// 2028 to 528. Most start finer, scale by a smaller factor and cut phases at 8-16 bidders.
+/// H100, the winners chosen by work as the kernel does): on 80 other seeds the mean falls from
+/// 558 us (block 0 alone) to 199, the worst from 1791 to 370. All start 8-64 times finer,
+/// scale by 5-7 and cut phases at 6-16 bidders. (Cuts up to 64 with theta 4 did no better on
+/// 200 further seeds: mean 205 against 209, worst 1464 against 720.)
 pub const RACE_VARIANTS: [RaceVariant; SPARSE_CLUSTER_BLOCKS as usize - 1] = [
     RaceVariant {
         theta: 7,
-        divisor: 12,
-        cut: 8,
+        divisor: 32,
+        cut: 12,
     },
     RaceVariant {
         theta: 6,
         divisor: 64,
-        cut: 6,
+        cut: 8,
     },
     RaceVariant {
-        theta: 6,
-        divisor: 16,
-        cut: 8,
+        theta: 5,
+        divisor: 8,
+        cut: 6,
     },
     RaceVariant {
         theta: 5,
@@ -128,14 +131,14 @@ pub const RACE_VARIANTS: [RaceVariant; SPARSE_CLUSTER_BLOCKS as usize - 1] = [
         cut: 16,
     },
     RaceVariant {
-        theta: 10,
-        divisor: 32,
-        cut: 8,
+        theta: 5,
+        divisor: 16,
+        cut: 16,
     },
     RaceVariant {
-        theta: 7,
-        divisor: 4,
-        cut: 12,
+        theta: 5,
+        divisor: 32,
+        cut: 16,
     },
     RaceVariant {
         theta: 6,
@@ -146,18 +149,21 @@ pub const RACE_VARIANTS: [RaceVariant; SPARSE_CLUSTER_BLOCKS as usize - 1] = [
 /// Sparse forward rounds of at most this many bidders run in warp 0 alone, without block
 /// barriers (the kernel's `kSmallBidders`); larger ones take the whole block.
 pub const SPARSE_WARP_BIDDERS: usize = 16;
-/// Work of a round in which every person is scanned (a phase's first round, a round after the
-/// sparse check, a reverse part's first round): about 4 us at 300x300 (H100).
-pub const RACE_WORK_FULL_ROUND: u64 = 13;
-/// Work of a block-wide round (more than [`SPARSE_WARP_BIDDERS`] on the sparse path, 2 or more on the dense
-/// one, reverse rounds of several objects): ~1.8 us.
-pub const RACE_WORK_BLOCK_ROUND: u64 = 6;
-/// Work of a sparse round of 2..=[`SPARSE_WARP_BIDDERS`] bidders in warp 0: ~0.8 us.
-pub const RACE_WORK_WARP_ROUND: u64 = 3;
-/// Work of one step of a lone bidder's chain: ~0.31 us.
+/// Race work of a round in which every person is scanned (a phase's first round, a round after
+/// the sparse check, a reverse part's first round), in units of a chain step: ~4.3 us at
+/// 300x300 on H100. The weights follow the measured time of each kind, so that the least work
+/// is the fastest variant and a beaten block stops about when the winner finishes.
+pub const RACE_WORK_FULL_ROUND: u64 = 11;
+/// Race work of a block-wide round (more than [`SPARSE_WARP_BIDDERS`] bidders on the sparse
+/// path, 2 or more on the dense one, reverse rounds of several objects): ~2.0 us.
+pub const RACE_WORK_BLOCK_ROUND: u64 = 5;
+/// Race work of a sparse round in warp 0 of 2..=4, 5..=8 and 9..=[`SPARSE_WARP_BIDDERS`]
+/// bidders (8, 4 and 2 lanes each): ~0.75, ~1.2 and ~1.9 us.
+pub const RACE_WORK_WARP_ROUND: [u64; 3] = [2, 3, 5];
+/// Race work of one step of a lone bidder's chain: ~0.38 us.
 pub const RACE_WORK_CHAIN_STEP: u64 = 1;
 
-// Warp 0 runs the rounds of up to SPARSE_WARP_BIDDERS bidders, which is where the cut applies.
+// Warp 0 runs the rounds of up to SPARSE_WARP_BIDDERS bidders, which is where a cut applies.
 const _: () = {
     let mut k = 0;
     while k < RACE_VARIANTS.len() {
