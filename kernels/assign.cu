@@ -801,6 +801,25 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
     return *reinterpret_cast<volatile int*>(nxt_count);
 }
 
+// Race keys travel between running blocks (a finisher writes its key into every block's slot,
+// the others poll their slots), so both sides use atomics: plain accesses are data races to
+// racecheck. The write names the shared::cluster state space explicitly (mapa + atom): a
+// 64-bit atomicMin through a map_shared_rank (generic) address lost updates on H100.
+__device__ __forceinline__ void race_key_put(unsigned long long* slot, int rank, unsigned long long key) {
+#ifdef FINESAM_CLUSTERS
+    const unsigned local = static_cast<unsigned>(__cvta_generic_to_shared(slot));
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    unsigned long long old;
+    asm volatile("atom.shared::cluster.exch.b64 %0, [%1], %2;" : "=l"(old) : "r"(remote), "l"(key) : "memory");
+#else
+    *slot = key;
+#endif
+}
+__device__ __forceinline__ unsigned long long race_key_get(const unsigned long long* slot) {
+    return atomicOr(const_cast<unsigned long long*>(slot), 0ULL);
+}
+
 // The rounds of one solve and their cap; in a race (kRaceTheta) also its work and `stop`, this
 // block's copy of the race keys the finished variants published (kSparseCluster slots, ~0 for
 // none; nullptr: no race). The CPU model's State::count_round: the cap first, then the race.
@@ -811,7 +830,7 @@ struct RoundCount {
     const unsigned long long* stop;
     unsigned rank;
     // Counts a round of work w: kIterationLimit past the cap, else kOptimal (the race is
-    // tested by the caller: beaten, or count_warp).
+    // tested by the caller: poll, or count_warp).
     __device__ __forceinline__ uint32_t count(unsigned w) {
         work += w;
         return ++rounds > cap ? kIterationLimit : kOptimal;
@@ -819,12 +838,14 @@ struct RoundCount {
     // Whether finished variant k beats this one: its race key (race_key in src/assign/mod.rs)
     // is lower than this one's can still become. Keys only appear, so the answer is final.
     __device__ __forceinline__ bool beaten_by(int k) const {
-        return stop != nullptr && ((work << 3) | rank) > *reinterpret_cast<const volatile unsigned long long*>(stop + k);
+        return stop != nullptr && ((work << 3) | rank) > race_key_get(stop + k);
     }
-    __device__ __forceinline__ bool beaten() const {
-        bool b = false;
-        for (int k = 0; k < kSparseCluster; ++k) b |= beaten_by(k);
-        return b;
+    // Block-level rounds: warp 0 tests the slots (a lane each, one atomic round trip) and lane 0
+    // sets *flag, which the block reads after its next barrier; every second round (thread 0
+    // testing all slots every round made block rounds ~0.7 us slower).
+    __device__ __forceinline__ void poll(int warp, int lane, int* flag) const {
+        if (warp != 0 || stop == nullptr || (rounds & 1) != 0) return;
+        if (__any_sync(kFull, lane < kSparseCluster && beaten_by(lane)) && lane == 0) *flag = 1;
     }
     // count for warp 0's loops: kAborted when beaten, tested every fourth round (the vote cost
     // a chain step ~0.07 us when taken every round; the winner is the same either way).
@@ -1731,7 +1752,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 return tail_status;
             }
             if (rc.count(kWorkBlockRound) != kOptimal) return kIterationLimit;
-            if (tid == 0 && rc.beaten()) race_stop = 1;  // read after the next barrier
+            rc.poll(warp, lane, &race_stop);  // read after the next barrier
             const int* cur = A.list(r);
             if (A.slots != 0) {
                 // Sparse path: as many lanes per bidder as the block has (up to 8; 16 lanes for
@@ -1780,7 +1801,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             status = kIterationLimit;
             break;
         }
-        if (tid == 0 && rc.beaten()) race_stop = 1;  // forward_rounds reads it after its barrier
+        rc.poll(warp, lane, &race_stop);  // forward_rounds reads it after its barrier
         {
             int* cur = A.list(r);
             // Person i keeps its object o while own = a_io - p_o >= v1 - eps; otherwise it
@@ -1961,7 +1982,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             status = kIterationLimit;
             break;
         }
-        if (tid == 0 && rc.beaten()) race_stop = 1;
+        rc.poll(warp, lane, &race_stop);
         status = forward_rounds(1);
     }
     // Past a budget the solve starts again (Problem / auction in the CPU model): the sparse path
@@ -1990,11 +2011,10 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     }
     prof_mark(prof, kProfReverse);
     if (racing) {
-        // Every finisher writes its key into its slot of every block's race_keys; after the
-        // barrier all blocks hold the same keys, and the block of the lowest (block 0 when
-        // none finished: its status) reports. (Plain stores, one writer per slot: a 64-bit
-        // atomicMin through a distributed shared memory address lost updates on H100.)
-        if (status == kOptimal && tid < kBlocks) *cluster_block(&race_keys[rank], tid) = (rc.work << 3) | rank;
+        // Every finisher writes its key into its slot of every block's race_keys (one writer
+        // per slot); after the barrier all blocks hold the same keys, and the block of the
+        // lowest (block 0 when none finished: its status) reports.
+        if (status == kOptimal && tid < kBlocks) race_key_put(&race_keys[rank], tid, (rc.work << 3) | rank);
         cluster_sync();
         unsigned long long best = ~0ULL;
         for (int k = 0; k < kBlocks; ++k) best = min(best, race_keys[k]);
