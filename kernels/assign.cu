@@ -3,7 +3,8 @@
 //
 //   assign_solve      batched epsilon-scaling auction (Bertsekas), one block per matrix
 //                     (assign_solve_512: a cluster of kSparseCluster blocks prepares a sparse
-//                     matrix, then its block 0 solves).
+//                     matrix, then its blocks race epsilon schedules and the least-work one
+//                     reports; see kRaceTheta).
 //                     Reference op: scipy.optimize.linear_sum_assignment (same optimum; float
 //                     costs within the bound in docs/ASSIGN.md, integer costs exactly). The CPU
 //                     model src/assign/cpu.rs reproduces it round for round (same result).
@@ -86,8 +87,9 @@ constexpr int kPhaseCut = 2;
 // thread block cluster on sm_90 and newer. Pass 1 and the candidate selection of a sparse
 // matrix run on all of them (~105 us on one SM at 300x300): each scans a slice of the rows,
 // the partial ranges meet in distributed shared memory, and every warp of the cluster selects
-// rows, writing the kept keys into block 0's shared memory. Then the others exit and block 0
-// runs the auction alone. Without cluster support (older cards) block 0 does it all.
+// rows, writing the kept keys into block 0's shared memory (in a race into every block's).
+// Then the others exit and block 0 runs the auction alone, or all race (below). Without
+// cluster support (older cards) block 0 does it all.
 constexpr int kSparseCluster = 8;
 // The race (RACE_VARIANTS in src/assign/mod.rs, params.race): after the preparation every
 // block of the cluster solves the sparse matrix with its own schedule, block k >= 1 with factor
@@ -1351,7 +1353,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     }
 
     // assign_solve_512 runs kSparseCluster blocks per matrix (one cluster); `rank` is this
-    // block's place in it. Only rank 0 writes results.
+    // block's place in it. Only rank 0 writes results (in a race: the winner).
     constexpr int kBlocks = Sparse ? kSparseCluster : 1;
 #ifdef FINESAM_CLUSTERS
     constexpr bool kCluster = Sparse;
@@ -1664,7 +1666,8 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     bool racing = false;
     if (Sparse && A.slots != 0) {
         // With cluster preparation every warp of the cluster selects rows and writes them into
-        // block 0's shared memory; then the other blocks are done, or in a race copy them.
+        // block 0's shared memory, then the other blocks are done; in a race into every
+        // block's, and all solve.
         const bool race = cluster_prep && params.race != 0;
         SelectionWrites writes{0};
         int* tied = &tied_rows;

@@ -77,8 +77,8 @@ pub const SPARSE_CUT_ROUNDS_BASE: u32 = 512;
 pub const SPARSE_MAX_BLOCK_THREADS: u32 = 512;
 /// Blocks per matrix of a launch that may take the sparse path (`kSparseCluster`): one thread
 /// block cluster on sm_90 and newer, which runs the sparse matrix's pass 1 and candidate
-/// selection (~105 us on one SM at 300x300) before block 0 solves alone. Older cards use block
-/// 0 only.
+/// selection (~105 us on one SM at 300x300) before block 0 solves alone or, with
+/// [`AssignConfig::race`], all blocks race [`RACE_VARIANTS`]. Older cards use block 0 only.
 pub const SPARSE_CLUSTER_BLOCKS: u32 = 8;
 
 /// One epsilon schedule of the race ([`RACE_VARIANTS`]).
