@@ -458,15 +458,13 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
 // largest key (ties to the smaller k, as a full scan breaks them) and j follows from its low bits.
 // Lane sub reads the slots sub, sub + G, ... rotated by i * G, which puts the groups of a warp
 // (different persons) on different banks; then the group merges. The top-2 does not depend on
-// the order of the slots, so every G gives the same result. With Own (G = 1: the first round's
-// check of the object held) *own receives own_obj's value when it is kept (unchanged
-// otherwise); a compile-time choice: the test on every slot kept the compiler from issuing the
-// batch's price loads together (warp rounds 236 -> 208 us at 300x300 without it; a branch-free
-// test made the thread-per-person first rounds slower). Group-collective (G > 1: every lane of
-// the warp calls it).
-template <int G, bool Own = false>
-__device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int own_obj = -1,
-                                           long long* own = nullptr) {
+// the order of the slots, so every G gives the same result. Nothing but the scan happens per
+// slot: a test of each slot against the held object had kept the compiler from issuing a
+// batch's price loads together (warp rounds 236 -> 208 us at 300x300 without it; the first
+// round now reads the held object's cost from the scratch instead). Group-collective (G > 1:
+// every lane of the warp calls it).
+template <int G>
+__device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub) {
     constexpr int kPer = kSparseSlots / G;                       // slots per lane
     constexpr int kBatch = kPer < 8 ? kPer : 8;                  // loads in flight per lane
     constexpr int kAcc = kPer >= 8 ? 4 : (kPer >= 2 ? 2 : 1);    // independent insert chains
@@ -501,9 +499,6 @@ __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub, int
 #pragma unroll
         for (int u = 0; u < kBatch; ++u) {
             const long long k = slot[u] - price[u] * 512;
-            if constexpr (Own) {
-                if (obj[u] == own_obj && slot[u] != kEmptySlot) *own = k >> 9;
-            }
             merge(key[u % kAcc], v2[u % kAcc], k, kEmptySlot >> 9);
         }
     }
@@ -1826,17 +1821,21 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 return true;
             };
             if (A.slots != 0) {
-                // Sparse path: a thread per person (its scan also reads the held object's value:
-                // a sparse row only ever holds one of its kept objects), dense rows by their
-                // warp's full scan; the bidders are listed with one atomic per warp.
+                // Sparse path: a thread per person, dense rows by their warp's full scan; the
+                // bidders are listed with one atomic per warp.
                 for (int i0 = 0; i0 < n; i0 += nthreads) {
                     const int i = i0 + tid;
                     const bool dense_row = i < n && A.dense[i] != 0;
                     bool bid = false;
                     if (i < n && !dense_row) {
-                        long long own = kNegInf;
-                        const Top2 t = group_top2<1, true>(A, i, 0, A.object[i], &own);
-                        bid = keep_or_bid(i, t, own);
+                        // The held object's quantised cost is loaded (from the scratch) before
+                        // the scan, so its latency hides behind it: testing every slot for the
+                        // held object (group_top2's Own) serialised the scan's loads (first
+                        // rounds ~4.3 us each at 300x300).
+                        const int o = A.object[i];
+                        const int qo = o >= 0 ? q[static_cast<size_t>(i) * m + o] : 0;
+                        const Top2 t = group_top2<1>(A, i, 0);
+                        bid = keep_or_bid(i, t, o >= 0 ? A.benefit(qo) - A.price[o] : kNegInf);
                     }
                     unsigned dense = __ballot_sync(kFull, dense_row);
                     while (dense != 0) {
