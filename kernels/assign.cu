@@ -832,10 +832,15 @@ struct RoundCount {
         work += w;
         return ++rounds > cap ? kIterationLimit : kOptimal;
     }
-    // Whether finished variant k beats this one: its race key (race_key in src/assign/mod.rs)
-    // is lower than this one's can still become. Keys only appear, so the answer is final.
+    // Whether finished variant k beats this one: its race key is lower than this one's can
+    // still become. Keys only appear, so the answer is final.
+    // This variant's race key (race_key in src/assign/mod.rs): work, then the block.
+    __device__ __forceinline__ unsigned long long key() const {
+        static_assert(kSparseCluster == 8, "race keys hold the block in 3 bits");
+        return (work << 3) | rank;
+    }
     __device__ __forceinline__ bool beaten_by(int k) const {
-        return stop != nullptr && ((work << 3) | rank) > race_key_get(stop + k);
+        return stop != nullptr && key() > race_key_get(stop + k);
     }
     // Block-level rounds: warp 0 tests the slots (a lane each, one atomic round trip) and lane 0
     // sets *flag, which the block reads after its next barrier; every second round (thread 0
@@ -1706,10 +1711,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
 
     // This block's schedule: epsilon factor, first epsilon (Scaling::first_epsilon in the CPU
     // model), bidders that end a phase before the last (with the phase cut on).
-    const unsigned theta = racing && rank != 0 ? kRaceTheta[rank - 1] : params.theta;
-    const long long divisor = racing && rank != 0 ? kRaceDivisor[rank - 1] : 1;
+    const int variant = racing ? rank : 0;  // 0: params.theta, no divisor, kPhaseCut
+    const unsigned theta = variant != 0 ? kRaceTheta[variant - 1] : params.theta;
+    const long long divisor = variant != 0 ? kRaceDivisor[variant - 1] : 1;
     const long long eps0 = max(1LL, s.range / (static_cast<long long>(theta) * divisor));
-    const int cut = racing && rank != 0 ? kRaceCut[rank - 1] : kPhaseCut;
+    const int cut = variant != 0 ? kRaceCut[variant - 1] : kPhaseCut;
 
     // Resolves the bids placed in list(r) and runs the forward rounds that follow until no
     // bidder is left (block-collective; starts with a barrier). Returns kOptimal,
@@ -2016,7 +2022,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         // Every finisher writes its key into its slot of every block's race_keys (one writer
         // per slot); after the barrier all blocks hold the same keys, and the block of the
         // lowest (block 0 when none finished: its status) reports.
-        if (status == kOptimal && tid < kBlocks) race_key_put(&race_keys[rank], tid, (rc.work << 3) | rank);
+        if (status == kOptimal && tid < kBlocks) race_key_put(&race_keys[rank], tid, rc.key());
         cluster_sync();
         unsigned long long best = ~0ULL;
         for (int k = 0; k < kBlocks; ++k) best = min(best, race_keys[k]);

@@ -185,8 +185,10 @@ pub fn race_variant(cfg: &AssignConfig, rank: usize) -> RaceVariant {
     }
 }
 
-/// The order of finished race variants: less work first, then the lower block.
+/// The order of finished race variants: less work first, then the lower block (3 bits: the
+/// cluster's 8 blocks; the kernel's RoundCount::key).
 pub fn race_key(work: u64, rank: usize) -> u64 {
+    const _: () = assert!(SPARSE_CLUSTER_BLOCKS == 8);
     (work << 3) | rank as u64
 }
 
