@@ -231,7 +231,7 @@ pub fn uses_shortest_path(
 
 /// Whether a `persons x objects` matrix starts on the sparse path (the kernel's rule; it applies
 /// on GPUs whose blocks may opt in to the state plus the kept entries in shared memory: at most
-/// 384 x (52 + 328) bytes, true on A100, H100 and H200). It falls back to the dense path when
+/// 384 x (52 + 338) bytes, true on A100, H100 and H200). It falls back to the dense path when
 /// its kept entries leave a column to the diagonal alone or its round budget runs out.
 pub fn uses_sparse(cfg: &AssignConfig, persons: usize, objects: usize, has_inf: bool) -> bool {
     cfg.sparse

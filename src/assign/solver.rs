@@ -32,11 +32,15 @@ fn cache_bytes(persons: usize, width: usize) -> usize {
     persons * (width * 12 + 8)
 }
 
+/// Slots between two persons' kept entries (the kernel's `kSparseStride`: one padding slot keeps
+/// consecutive rows on different shared-memory banks).
+const SPARSE_STRIDE: usize = SPARSE_SLOTS + 1;
+
 /// Shared-memory bytes of the sparse path for square matrices of side up to `side`: per person
-/// its kept entries (an i64 key each: benefit and rotated position), its floor and its dense
-/// flag.
+/// its kept entries (an i64 key each: benefit and rotated position; a u16 object each), its
+/// floor and its dense flag.
 fn sparse_region_bytes(side: usize) -> usize {
-    side * (SPARSE_SLOTS * 8 + 8)
+    side * (SPARSE_STRIDE * 10 + 8)
 }
 
 /// Mirrors `AssignProblem` in kernels/assign.cu: one matrix of a ragged batch.
