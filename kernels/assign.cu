@@ -281,10 +281,10 @@ __device__ __forceinline__ void cluster_sync() {
 }
 
 // Where the sparse selection writes (kept keys, floors, dense flags, coverage marks): with
-// cluster preparation into block 0's shared memory, in a race into every block's (each then
-// solves from its own copy; the writes spread over the cluster, where copying block 0's
-// afterwards made seven blocks read one SM's shared memory: ~16 us at 300x300), else into this
-// block's. `p` is this block's address of the item.
+// cluster preparation and no race into block 0's shared memory (block 0 then solves alone),
+// else into this block's (in a race each block then pulls the rows the others selected; pushing
+// every row into all eight blocks cost ~9 us more at 300x300, and seven blocks copying block 0's
+// afterwards ~16 us: all read one SM). `p` is this block's address of the item.
 struct SelectionWrites {
     int blocks;  // cluster blocks written, from rank 0 (0: this block only)
     template <typename T>
@@ -1681,14 +1681,14 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     bool racing = false;
     if (Sparse && A.slots != 0) {
         // With cluster preparation every warp of the cluster selects rows and writes them into
-        // block 0's shared memory, then the other blocks are done; in a race into every
-        // block's, and all solve.
+        // block 0's shared memory, then the other blocks are done; in a race into its own
+        // block's, each block then pulls the others' rows (below), and all solve.
         const bool race = cluster_prep && params.race != 0;
         SelectionWrites writes{0};
         int* tied = &tied_rows;
         int first = warp, stride = nwarps;
         if (cluster_prep) {
-            writes.blocks = race ? kBlocks : 1;
+            writes.blocks = race ? 0 : 1;
             tied = cluster_block(&tied_rows, 0);
             first = rank * nwarps + warp;
             stride = kBlocks * nwarps;
@@ -1703,6 +1703,44 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         if (cluster_prep) {
             cluster_sync();  // every row's keys, marks and scratch row, cluster-wide
             if (rank != 0 && !race) return;
+        }
+        if (race) {
+            // Block (i / nwarps) mod kBlocks selected row i: pull the other blocks' kept keys and
+            // floors from their shared memory (the loads spread over seven SMs; the selection
+            // pushing eight copies of every row cost ~9 us more at 300x300), and collect the
+            // union of every block's coverage marks in list0 (unused until the first round).
+            // The union goes into target only after a second cluster barrier: until then the
+            // others may still read this block's marks, and its bids will write target.
+            constexpr int kPull = 4;  // remote loads in flight per thread
+            const int total = n * kSparseSlots;
+            for (int e0 = tid; e0 < total; e0 += kPull * nthreads) {
+                long long key[kPull];
+                int slot[kPull];
+#pragma unroll
+                for (int u = 0; u < kPull; ++u) {
+                    const int e = e0 + u * nthreads, i = e / kSparseSlots;
+                    const int owner = (i / nwarps) % kBlocks;
+                    slot[u] = e < total && owner != rank ? i * kSparseStride + e % kSparseSlots : -1;
+                    key[u] = slot[u] >= 0 ? *cluster_block(A.sparse_key + slot[u], owner) : 0;
+                }
+#pragma unroll
+                for (int u = 0; u < kPull; ++u)
+                    if (slot[u] >= 0) A.sparse_key[slot[u]] = key[u];
+            }
+            for (int i = tid; i < n; i += nthreads) {
+                const int owner = (i / nwarps) % kBlocks;
+                if (owner != rank) {
+                    A.sparse_floor[i] = *cluster_block(A.sparse_floor + i, owner);
+                    A.dense[i] = 0;
+                }
+            }
+            for (int j = tid; j < m; j += nthreads) {
+                int mark = 0;
+                for (int k = 0; k < kBlocks; ++k) mark |= *cluster_block(A.target + j, k);
+                A.list0[j] = mark;
+            }
+            cluster_sync();
+            for (int j = tid; j < m; j += nthreads) A.target[j] = A.list0[j];
         }
         // Kept sets that leave an object to the diagonal alone (rows ranking the columns alike:
         // low rank, sums) make the sparse auction a price war that ends in the dense fallback
