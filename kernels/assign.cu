@@ -92,8 +92,9 @@ constexpr int kPhaseCut = 2;
 // thread block cluster on sm_90 and newer. Pass 1 and the candidate selection of a sparse
 // matrix run on all of them (~105 us on one SM at 300x300): each scans a slice of the rows,
 // the partial ranges meet in distributed shared memory, and every warp of the cluster selects
-// rows, writing the kept keys into block 0's shared memory (in a race into every block's).
-// Then the others exit and block 0 runs the auction alone, or all race (below). Without
+// rows, writing the kept keys into block 0's shared memory (in a race into its own block's,
+// and each block then pulls the rows the others selected). Then the others exit and block 0
+// runs the auction alone, or all race (below). Without
 // cluster support (older cards) block 0 does it all.
 constexpr int kSparseCluster = 8;
 // The race (RACE_VARIANTS in src/assign/mod.rs, params.race): after the preparation every
