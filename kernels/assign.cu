@@ -94,8 +94,8 @@ constexpr int kPhaseCut = 2;
 // the partial ranges meet in distributed shared memory, and every warp of the cluster selects
 // rows, writing the kept keys into block 0's shared memory (in a race into its own block's,
 // and each block then pulls the rows the others selected). Then the others exit and block 0
-// runs the auction alone, or all race (below). Without
-// cluster support (older cards) block 0 does it all.
+// runs the auction alone, or all race (below). Without cluster support (older cards) block 0
+// does it all.
 constexpr int kSparseCluster = 8;
 // The race (RACE_VARIANTS in src/assign/mod.rs, params.race): after the preparation every
 // block of the cluster solves the sparse matrix with its own schedule, block k >= 1 with factor
@@ -287,14 +287,10 @@ __device__ __forceinline__ void cluster_sync() {
 // every row into all eight blocks cost ~9 us more at 300x300, and seven blocks copying block 0's
 // afterwards ~16 us: all read one SM). `p` is this block's address of the item.
 struct SelectionWrites {
-    int blocks;  // cluster blocks written, from rank 0 (0: this block only)
+    bool to_block0;
     template <typename T>
     __device__ __forceinline__ void put(T* p, T v) const {
-        if (blocks == 0) {
-            *p = v;
-            return;
-        }
-        for (int r = 0; r < blocks; ++r) *cluster_block(p, r) = v;
+        *(to_block0 ? cluster_block(p, 0) : p) = v;
     }
 };
 
@@ -846,13 +842,13 @@ struct RoundCount {
         work += w;
         return ++rounds > cap ? kIterationLimit : kOptimal;
     }
-    // Whether finished variant k beats this one: its race key is lower than this one's can
-    // still become. Keys only appear, so the answer is final.
     // This variant's race key (race_key in src/assign/mod.rs): work, then the block.
     __device__ __forceinline__ unsigned long long key() const {
         static_assert(kSparseCluster == 8, "race keys hold the block in 3 bits");
         return (work << 3) | rank;
     }
+    // Whether finished variant k beats this one: its race key is lower than this one's can
+    // still become. Keys only appear, so the answer is final.
     __device__ __forceinline__ bool beaten_by(int k) const {
         return stop != nullptr && key() > race_key_get(stop + k);
     }
@@ -1018,8 +1014,9 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
 // Each bidder is scanned by a group of lanes (8 lanes for up to 4 bidders, then 4, 2: the
 // fewer the bidders, the shorter the dependent chain; warp_round); a lone bidder's chain
 // (forward_chain) ends the part. With cut > 0 (phases before the last) the forward part ends
-// once at most `cut` bidders are left (kPhaseCut, or the race variant's). The same Jacobi rounds as the block-wide loop. Lane 0
-// leaves the round count, the status and the next round index in *tail, *tail_status, *tail_r.
+// once at most `cut` bidders are left (kPhaseCut, or the race variant's). The same Jacobi rounds
+// as the block-wide loop. Lane 0 leaves the round count, the status and the next round index in
+// *tail, *tail_status, *tail_r.
 __device__ void warp_forward(const Auction& A, unsigned r, int next, long long eps, int cut, RoundCount rc, int lane,
                              RoundCount* tail, uint32_t* tail_status, unsigned* tail_r, unsigned long long* prof) {
     uint32_t status = kOptimal;
@@ -1685,11 +1682,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         // block 0's shared memory, then the other blocks are done; in a race into its own
         // block's, each block then pulls the others' rows (below), and all solve.
         const bool race = cluster_prep && params.race != 0;
-        SelectionWrites writes{0};
+        SelectionWrites writes{false};
         int* tied = &tied_rows;
         int first = warp, stride = nwarps;
         if (cluster_prep) {
-            writes.blocks = race ? 0 : 1;
+            writes.to_block0 = !race;
             tied = cluster_block(&tied_rows, 0);
             first = rank * nwarps + warp;
             stride = kBlocks * nwarps;
@@ -1712,6 +1709,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             // union of every block's coverage marks in list0 (unused until the first round).
             // The union goes into target only after a second cluster barrier: until then the
             // others may still read this block's marks, and its bids will write target.
+            auto selected_by = [&](int i) { return (i / nwarps) % kBlocks; };
             constexpr int kPull = 4;  // remote loads in flight per thread
             const int total = n * kSparseSlots;
             for (int e0 = tid; e0 < total; e0 += kPull * nthreads) {
@@ -1720,7 +1718,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
 #pragma unroll
                 for (int u = 0; u < kPull; ++u) {
                     const int e = e0 + u * nthreads, i = e / kSparseSlots;
-                    const int owner = (i / nwarps) % kBlocks;
+                    const int owner = selected_by(i);
                     slot[u] = e < total && owner != rank ? i * kSparseStride + e % kSparseSlots : -1;
                     key[u] = slot[u] >= 0 ? *cluster_block(A.sparse_key + slot[u], owner) : 0;
                 }
@@ -1729,7 +1727,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                     if (slot[u] >= 0) A.sparse_key[slot[u]] = key[u];
             }
             for (int i = tid; i < n; i += nthreads) {
-                const int owner = (i / nwarps) % kBlocks;
+                const int owner = selected_by(i);
                 if (owner != rank) {
                     A.sparse_floor[i] = *cluster_block(A.sparse_floor + i, owner);
                     A.dense[i] = 0;
