@@ -912,18 +912,15 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount
     }
 }
 
-// Bids of sparse-path persons list[0..count) by a warp with G lanes per person (group g =
-// lane / G bids for list[g]; count <= 32 / G): returns the group's top-2. Dense rows (turned so
-// by the final check) take the warp's full scan instead, one after another; with !any_dense
-// (no row is dense) that test is skipped. Warp-collective.
+// Bid of sparse-path person i by its group of G lanes (the aligned run containing this lane;
+// `active`: the group has a bidder, else it scans row i unused): the group's top-2. Dense rows
+// (turned so by the final check) take the warp's full scan instead, one after another; with
+// !any_dense (no row is dense) that test is skipped. Warp-collective.
 template <int G>
-__device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, int count, int lane,
-                                           bool any_dense = true) {
-    const int g = lane / G;
-    const int i = g < count ? list[g] : list[0];  // idle groups scan a real row, unused
+__device__ __forceinline__ Top2 group_bid(const Auction& A, int i, bool active, int lane, bool any_dense) {
     Top2 t = group_top2<G>(A, i, lane % G);
     if (!any_dense) return t;
-    unsigned dense = __ballot_sync(kFull, lane % G == 0 && g < count && A.dense[i] != 0);
+    unsigned dense = __ballot_sync(kFull, lane % G == 0 && active && A.dense[i] != 0);
     while (dense != 0) {
         const int leader = __ffs(dense) - 1;
         const Top2 td = scan_person(A, __shfl_sync(kFull, i, leader), lane);
@@ -933,24 +930,97 @@ __device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, in
     return t;
 }
 
-// Bids of sparse-path persons list[0..count), G lanes per person, spread over the block's
-// warps (32 / G persons per warp and pass); each group's first lane places the bid.
-// With !any_dense (no row is dense) the dense test is skipped. Block-collective (every warp
-// runs the same number of passes).
+// Bids of sparse-path persons list[0..count) by a warp, G lanes per person (group g = lane / G
+// bids for list[g]; count <= 32 / G): returns the group's top-2. Warp-collective.
 template <int G>
-__device__ void group_bids_block(const Auction& A, const int* list, int count, long long eps, bool any_dense,
-                                 int lane, int warp, int nwarps) {
-    constexpr int kPerWarp = 32 / G;
-    for (int e0 = 0; e0 < count; e0 += nwarps * kPerWarp) {
-        const int w0 = e0 + warp * kPerWarp;
-        if (w0 >= count) continue;  // warp-uniform
-        const Top2 t = group_bids<G>(A, list + w0, count - w0, lane, any_dense);
-        const int e = w0 + lane / G;
-        if (lane % G == 0 && e < count) {
-            const int i = list[e];
-            const int j = A.object_at(i, t.k1);
-            place_bid(A, i, j, t, eps);
+__device__ __forceinline__ Top2 group_bids(const Auction& A, const int* list, int count, int lane,
+                                           bool any_dense = true) {
+    const int g = lane / G;
+    return group_bid<G>(A, g < count ? list[g] : list[0], g < count, lane, any_dense);
+}
+
+// Block-wide forward rounds of the sparse path, G lanes per bidder (32 / G bidders per warp),
+// starting from the `next` bidders of A.list(r) (next * G <= nthreads: one pass). Each group
+// keeps its bidder across rounds and resolves its own bid: after the barrier that follows the
+// bids its leader reads the object's slot (the highest key won, as in resolve_forward) and, if
+// it won, takes the object and bids next round for the owner it displaced; a loser bids again.
+// So a round is the bids, one barrier, the resolve in registers and a counting barrier, with no
+// bidder list and no bid state passed through shared memory (resolve_forward read both back
+// after a barrier: ~0.47 us of a ~1.8 us round at 300x300, H100). The rounds and the result are
+// resolve_forward's: a round's bids all see the same prices and the highest key wins, whichever
+// group places it. Once at most kSmallBidders bidders are left, or few enough for twice the
+// lanes (the block-wide loop's choice of G, so each round runs the same G as before), they are
+// listed in A.list(r + 1) (r advances; the counts rotate as resolve_forward leaves them) and the
+// count is returned; -1 with *status set when the rounds stop (kIterationLimit, kOverflow,
+// kAborted). Block-collective; ends with a barrier.
+template <int G>
+__device__ int group_rounds_block(const Auction& A, unsigned& r, int next, long long eps, bool any_dense,
+                                  RoundCount& rc, int* race_stop, uint32_t* status, int lane, int warp,
+                                  int nthreads) {
+    const int g = warp * (32 / G) + lane / G;
+    const bool leader = lane % G == 0;
+    int person = g < next ? A.list(r)[g] : -1;
+    while (true) {
+        if (rc.count(kWorkBlockRound) != kOptimal) {
+            *status = kIterationLimit;
+            return -1;
         }
+        rc.poll(warp, lane, race_stop);  // read after the barrier below
+        int j = 0, previous_owner = -1;
+        long long price = 0, inc = 0, profit = 0;
+        if (__any_sync(kFull, person >= 0)) {  // warp-uniform: warps without bidders only wait
+            const Top2 t = group_bid<G>(A, person >= 0 ? person : 0, person >= 0, lane, any_dense);
+            if (leader && person >= 0) {
+                j = A.object_at(person, t.k1);
+                inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
+                profit = t.v1 - inc;
+                // The winner's reads of j: nothing writes them before the resolve below.
+                previous_owner = A.owner[j];
+                price = A.price[j];
+                if (inc >= kMaxIncrement) {
+                    *A.overflow = 1;
+                } else {
+                    atomicMax(&A.slot[j], (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned>(person + 1));
+                }
+            }
+        }
+        __syncthreads();
+        if (*reinterpret_cast<volatile int*>(A.overflow)) {
+            *status = kOverflow;
+            return -1;
+        }
+        if (*reinterpret_cast<volatile int*>(race_stop)) {
+            *status = kAborted;
+            return -1;
+        }
+        if (leader && person >= 0) {
+            // An atomic read: a loser that reads after its winner cleared the slot sees 0, which
+            // also says "lost" (resolve_bid).
+            const unsigned long long key = atomicCAS(&A.slot[j], 0ULL, 0ULL);
+            if (static_cast<int>(key & 0xFFFF) == person + 1) {
+                A.price[j] = price + inc;
+                A.owner[j] = person;
+                A.object[person] = j;
+                A.profit[person] = profit;
+                atomicExch(&A.slot[j], 0ULL);
+                if (previous_owner >= 0) A.object[previous_owner] = -1;
+                person = previous_owner;
+            }
+        }
+        person = __shfl_sync(kFull, person, lane & ~(G - 1));
+        // Also orders this round's updates before the next round's scans.
+        const int left = __syncthreads_count(leader && person >= 0);
+        if (left > kSmallBidders && (G == 8 || 2 * G * left > nthreads)) continue;
+        const bool push = leader && person >= 0;
+        const unsigned pushed = __ballot_sync(kFull, push);
+        int base = 0;
+        if (lane == 0 && pushed != 0) base = atomicAdd(&A.counts[(r + 1) % 3], __popc(pushed));
+        base = __shfl_sync(kFull, base, 0);
+        if (push) A.list(r + 1)[base + __popc(pushed & ((1u << lane) - 1))] = person;
+        if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
+        ++r;
+        __syncthreads();
+        return left;
     }
 }
 
@@ -1780,12 +1850,12 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     // bidder is left (block-collective; starts with a barrier). Returns kOptimal,
     // kIterationLimit, kAborted or kOverflow; advances `rc` and `r`.
     auto forward_rounds = [&](long long eps) -> uint32_t {
+        __syncthreads();
+        if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
+        if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
+        int next = resolve_forward(A, r);
+        ++r;
         while (true) {
-            __syncthreads();
-            if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
-            if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
-            const int next = resolve_forward(A, r);
-            ++r;
             if (next == 0) return kOptimal;
             if (A.slots != 0 && next <= kSmallBidders) {
                 // The rest of the forward part in warp 0 (a phase before the last may end early).
@@ -1814,25 +1884,28 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 if (tid == 0) A.counts[r % 3] = 0;
                 return tail_status;
             }
+            if (A.slots != 0) {
+                // Sparse path: as many lanes per bidder as the block has (up to 8; 16 lanes for
+                // 17-32 bidders measured 3% slower on H100), each group resolving its own bids.
+                // Rows turn dense only in the final check, so the flag read here holds for the
+                // whole forward part.
+                const bool dense_rows = *reinterpret_cast<volatile int*>(A.any_dense) != 0;
+                uint32_t status = kOptimal;
+                if (8 * next <= nthreads) {
+                    next = group_rounds_block<8>(A, r, next, eps, dense_rows, rc, &race_stop, &status, lane, warp, nthreads);
+                } else if (4 * next <= nthreads) {
+                    next = group_rounds_block<4>(A, r, next, eps, dense_rows, rc, &race_stop, &status, lane, warp, nthreads);
+                } else if (2 * next <= nthreads) {
+                    next = group_rounds_block<2>(A, r, next, eps, dense_rows, rc, &race_stop, &status, lane, warp, nthreads);
+                } else {
+                    next = group_rounds_block<1>(A, r, next, eps, dense_rows, rc, &race_stop, &status, lane, warp, nthreads);
+                }
+                if (next < 0) return status;
+                continue;
+            }
             if (rc.count(kWorkBlockRound) != kOptimal) return kIterationLimit;
             rc.poll(warp, lane, &race_stop);  // read after the next barrier
             const int* cur = A.list(r);
-            if (A.slots != 0) {
-                // Sparse path: as many lanes per bidder as the block has (up to 8; 16 lanes for
-                // 17-32 bidders measured 3% slower on H100). Rows turn dense only in the final
-                // check, so the flag read here holds for the whole round.
-                const bool dense_rows = *reinterpret_cast<volatile int*>(A.any_dense) != 0;
-                if (8 * next <= nthreads) {
-                    group_bids_block<8>(A, cur, next, eps, dense_rows, lane, warp, nwarps);
-                } else if (4 * next <= nthreads) {
-                    group_bids_block<4>(A, cur, next, eps, dense_rows, lane, warp, nwarps);
-                } else if (2 * next <= nthreads) {
-                    group_bids_block<2>(A, cur, next, eps, dense_rows, lane, warp, nwarps);
-                } else {
-                    group_bids_block<1>(A, cur, next, eps, dense_rows, lane, warp, nwarps);
-                }
-                continue;
-            }
             for (int e = warp; e < next; e += nwarps) {
                 const int i = cur[e];
                 const Top2 t = bid_values(A, i, lane);
@@ -1841,6 +1914,11 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                     place_bid(A, i, j, t, eps);
                 }
             }
+            __syncthreads();
+            if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
+            if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
+            next = resolve_forward(A, r);
+            ++r;
         }
     };
 
