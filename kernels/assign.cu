@@ -1758,7 +1758,9 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
         if (cluster_prep) {
             writes.to_block0 = !race;
             tied = cluster_block(&tied_rows, 0);
-            first = rank * nwarps + warp;
+            // Row i goes to block i mod kBlocks: 37-38 rows each at 300x300, where runs of
+            // nwarps rows per block gave three blocks 48 and the others 32.
+            first = rank + kBlocks * warp;
             stride = kBlocks * nwarps;
         }
         for (int i = first; i < n; i += stride) {
@@ -1773,13 +1775,13 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             if (rank != 0 && !race) return;
         }
         if (race) {
-            // Block (i / nwarps) mod kBlocks selected row i: pull the other blocks' kept keys and
+            // Block i mod kBlocks selected row i: pull the other blocks' kept keys and
             // floors from their shared memory (the loads spread over seven SMs; the selection
             // pushing eight copies of every row cost ~9 us more at 300x300), and collect the
             // union of every block's coverage marks in list0 (unused until the first round).
             // The union goes into target only after a second cluster barrier: until then the
             // others may still read this block's marks, and its bids will write target.
-            auto selected_by = [&](int i) { return (i / nwarps) % kBlocks; };
+            auto selected_by = [&](int i) { return i % kBlocks; };
             constexpr int kPull = 4;  // remote loads in flight per thread
             const int total = n * kSparseSlots;
             for (int e0 = tid; e0 < total; e0 += kPull * nthreads) {
