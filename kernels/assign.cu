@@ -477,6 +477,31 @@ __device__ __forceinline__ void top2_key_merge(long long& k1, long long& k2, lon
     k1 = max(k1, o1);
 }
 
+// One key per lane: k1 becomes the warp's best key and k2 the best key of the other lanes, each
+// by two 32-bit max reductions (REDUX) on the order-preserving unsigned image of the key; a
+// shorter dependent chain than five shuffle merge steps. Real keys differ in their low bits (the
+// position), so exactly one lane holds the best: at least the diagonal is kept, and every real
+// key is above an empty slot's. Returns whether this lane holds it. Warp-collective.
+__device__ __forceinline__ bool warp_top2_keys(long long& k1, long long& k2) {
+    constexpr unsigned long long kSign = 1ULL << 63;
+    const unsigned long long u = static_cast<unsigned long long>(k1) ^ kSign;
+    const unsigned hi = static_cast<unsigned>(u >> 32), lo = static_cast<unsigned>(u);
+    const unsigned h1 = __reduce_max_sync(kFull, hi);
+    const unsigned l1 = __reduce_max_sync(kFull, hi == h1 ? lo : 0u);
+    const bool best = hi == h1 && lo == l1;
+    const unsigned h2 = __reduce_max_sync(kFull, best ? 0u : hi);
+    const unsigned l2 = __reduce_max_sync(kFull, !best && hi == h2 ? lo : 0u);
+    k1 = static_cast<long long>(((static_cast<unsigned long long>(h1) << 32) | l1) ^ kSign);
+    k2 = static_cast<long long>(((static_cast<unsigned long long>(h2) << 32) | l2) ^ kSign);
+    return best;
+}
+
+// The top-2 of a sparse row from its two largest keys (an empty slot's value is -inf).
+__device__ __forceinline__ Top2 keys_top2(long long k1, long long k2) {
+    const long long v1 = k1 >> 9, v2 = k2 >> 9;
+    return Top2{v1 < kEmptyValue ? kNegInf : v1, v2 < kEmptyValue ? kNegInf : v2, 511 - static_cast<int>(k1 & 511)};
+}
+
 template <int G>
 __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub) {
     constexpr int kPer = kSparseSlots / G;                       // slots per lane
@@ -506,21 +531,7 @@ __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub) {
 #pragma unroll
     for (int a = 1; a < kAcc; ++a) top2_key_merge(k1[0], k2[0], k1[a], k2[a]);
     if constexpr (G == 32) {
-        // One key per lane: the warp's best key, then the best key of the other lanes, each by
-        // two 32-bit max reductions (REDUX) on the order-preserving unsigned image of the key;
-        // a shorter dependent chain than five shuffle merge steps. Real keys differ in their low
-        // bits (the position), so exactly one lane holds the best: at least the diagonal is
-        // kept, and every real key is above an empty slot's.
-        constexpr unsigned long long kSign = 1ULL << 63;
-        const unsigned long long u = static_cast<unsigned long long>(k1[0]) ^ kSign;
-        const unsigned hi = static_cast<unsigned>(u >> 32), lo = static_cast<unsigned>(u);
-        const unsigned h1 = __reduce_max_sync(kFull, hi);
-        const unsigned l1 = __reduce_max_sync(kFull, hi == h1 ? lo : 0u);
-        const bool best = hi == h1 && lo == l1;
-        const unsigned h2 = __reduce_max_sync(kFull, best ? 0u : hi);
-        const unsigned l2 = __reduce_max_sync(kFull, !best && hi == h2 ? lo : 0u);
-        k1[0] = static_cast<long long>(((static_cast<unsigned long long>(h1) << 32) | l1) ^ kSign);
-        k2[0] = static_cast<long long>(((static_cast<unsigned long long>(h2) << 32) | l2) ^ kSign);
+        warp_top2_keys(k1[0], k2[0]);
     } else {
 #pragma unroll
         for (int off = G >> 1; off; off >>= 1) {
@@ -529,9 +540,7 @@ __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub) {
             top2_key_merge(k1[0], k2[0], o1, o2);
         }
     }
-    const long long v1 = k1[0] >> 9, v2 = k2[0] >> 9;
-    return Top2{v1 < kEmptyValue ? kNegInf : v1, v2 < kEmptyValue ? kNegInf : v2,
-                511 - static_cast<int>(k1[0] & 511)};
+    return keys_top2(k1[0], k2[0]);
 }
 
 // A bid's scan: over the kept objects of a sparse row, else bid_scan. Warp-collective.
@@ -880,20 +889,42 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount
     // Rows turn dense only in the final check, never during a forward part: without any dense
     // row a sparse chain skips the per-step dense-row test (a dependent load before the scan).
     const bool all_sparse = A.slots != 0 && *reinterpret_cast<volatile int*>(A.any_dense) == 0;
+    // All sparse: lane l holds slot l of the bidder's row. The next bidder's slots are loaded
+    // as soon as the best slot is known, while the second-best reductions run (kept sets never
+    // change during the auction), and each lane reads its slot object's owner with its price,
+    // so the displaced owner comes from the best lane instead of a load after the top-2.
+    long long key = 0;
+    int obj = 0;
+    auto load_row = [&](int p) {
+        key = A.sparse_key[p * kSparseStride + lane];
+        obj = A.sparse_obj[p * kSparseStride + lane];
+    };
+    if (all_sparse) load_row(i);
     while (true) {
         status = rc.count_warp(kWorkChainStep, lane);
         if (status != kOptimal) break;
-        // Every lane holds the same top-2, so every lane derives the bid and reads the displaced
-        // owner itself (one broadcast load, no shuffle of the result); lane 0 writes.
-        const Top2 t = all_sparse ? group_top2<32>(A, i, lane) : bid_values(A, i, lane);
-        const int j = A.object_at(i, t.k1);
+        // Every lane holds the same top-2, so every lane derives the bid; lane 0 writes.
+        Top2 t;
+        int j, old;
+        if (all_sparse) {
+            const int slot_owner = A.owner[obj];
+            long long k1 = key - A.price[obj] * 512, k2;
+            const int best = __ffs(__ballot_sync(kFull, warp_top2_keys(k1, k2))) - 1;
+            j = __shfl_sync(kFull, obj, best);
+            old = __shfl_sync(kFull, slot_owner, best);
+            load_row(old >= 0 ? old : i);
+            t = keys_top2(k1, k2);
+        } else {
+            t = bid_values(A, i, lane);
+            j = A.object_at(i, t.k1);
+            old = A.owner[j];
+        }
         const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
         const long long inc = t.v1 - second + eps;
         if (inc >= kMaxIncrement) {
             status = kOverflow;
             break;
         }
-        const int old = A.owner[j];
         __syncwarp();  // every lane has read owner[j] before lane 0 replaces it
         if (lane == 0) {
             A.price[j] += inc;
