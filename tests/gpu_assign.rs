@@ -289,6 +289,46 @@ fn sparse_path_and_fallbacks_match_the_model() {
     }
 }
 
+/// Blocks configured smaller than the side (`AssignConfig::block_threads` below n) run the same
+/// sparse rounds: more bidders than threads take the warp-per-bidder rounds instead of the
+/// lane-group ones (a first version of the lane-group rounds dropped the bidders past the
+/// block's threads and returned a wrong total at 64 threads). Bit-identical to the CPU model and
+/// optimal, with and without the race.
+#[test]
+fn sparse_path_with_small_blocks_matches_the_model() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = SplitMix64::new(93);
+    for n in [300usize, 384] {
+        let cost: Vec<f32> = (0..n * n).map(|_| rng.next_f32()).collect();
+        let exact = oracle::solve(&cost.iter().map(|&c| c as f64).collect::<Vec<_>>(), n, n)
+            .expect("feasible");
+        for block_threads in [64u32, 128, 256] {
+            for race in [true, false] {
+                let cfg = AssignConfig {
+                    block_threads,
+                    race,
+                    ..AssignConfig::default()
+                };
+                let what = format!("uniform {n}x{n}, {block_threads} threads, race {race}");
+                let a = solve_host(&gpu, &cost, n, n, &cfg).expect(&what);
+                check_structure(&a, &cost, n, &what);
+                let model = cpu::solve(&cost, n, n, n, &cfg).expect(&what);
+                check_same_as_model(&a, &model, &what);
+                assert_eq!(a.algorithm, Algorithm::SparseAuction, "{what}: solver");
+                assert!(
+                    (a.total_cost - exact.total).abs()
+                        <= a.gap_bound() + 1e-9 * (1.0 + exact.total.abs()),
+                    "{what}: total {} vs optimum {} (bound {})",
+                    a.total_cost,
+                    exact.total,
+                    a.gap_bound()
+                );
+            }
+        }
+        eprintln!("uniform {n}x{n}: 64, 128 and 256 threads match the model and the optimum");
+    }
+}
+
 /// The race (`AssignConfig::race`) picks its winner deterministically, also where variants tie:
 /// 0/1 costs make seven of the eight variants run identically (their first epsilon is 1), and
 /// the lowest of them must report every time. Each matrix is solved 10 times; every result is
