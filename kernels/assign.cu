@@ -44,6 +44,10 @@ constexpr unsigned kFull = 0xffffffffu;
 constexpr long long kNegInf = -9223372036854775807LL - 1;
 constexpr long long kPosInf = 9223372036854775807LL;
 constexpr long long kMaxIncrement = 1LL << 47;                 // packed bid keys: inc << 16 | id
+// Prices are shifted to min 0 at a phase start only once one of them reached this (see the
+// phases in solve_matrix). Solves from prices 0 stay far below it (scaled benefits are below
+// kScaledRangeLimit); it keeps a sparse key's p * 512 and an empty slot's key far from 2^63.
+constexpr long long kPriceShiftAt = 1LL << 48;
 constexpr unsigned long long kScaledRangeLimit = 1ULL << 44;  // see docs/ASSIGN.md
 constexpr int kMaxSide = 65534;
 // SHORTEST_PATH_MAX_ENTRIES / SHORTEST_PATH_MAX_OBJECTS in src/assign/mod.rs (uses_shortest_path).
@@ -311,6 +315,7 @@ struct Auction {
     int* list1;                // [m] bidders of odd rounds
     int* counts;               // [3] list sizes, rotating
     int* overflow;             // set when a bid leaves the packed range
+    int* price_high;           // set when a price reaches kPriceShiftAt (set_price)
     // Bid candidates (forward part only, when q is in global memory): person i's full scan
     // keeps cw candidates (the best object of each group of 32 / cw lanes) and a bound every
     // other object's value was <= at that scan. See bid_scan.
@@ -334,6 +339,11 @@ struct Auction {
         return qv < 0 ? -big : -(static_cast<long long>(qv) * static_cast<long long>(static_cast<int>(mult)));
     }
     __device__ __forceinline__ int* list(unsigned r) const { return (r & 1) ? list1 : list0; }
+    // Every price change of a solve goes through here (the phase's shift and the resets aside).
+    __device__ __forceinline__ void set_price(int j, long long p) const {
+        price[j] = p;
+        if (p >= kPriceShiftAt) atomicOr(price_high, 1);  // winners of one round may set it together
+    }
     // Object at rotated position k of person i's scan: (i + k) mod m, for 0 <= k < m.
     __device__ __forceinline__ int object_at(int i, int k) const { return i + k >= m ? i + k - m : i + k; }
     __device__ __forceinline__ bool sparse_row(int i) const { return slots != 0 && dense[i] == 0; }
@@ -342,9 +352,9 @@ struct Auction {
 // Stage profile: thread 0 adds the clock64 cycles since its last mark to prof[k]
 // (prof[kProfStages]: the last mark, prof[kProfStages + 1]: globaltimer at entry). Only
 // thread 0 touches prof. Stages: pass 1 (scan), pass 2 (quantise) and the state's
-// initialisation, the sparse selection, phase bookkeeping (price shift, lambda), forward first
-// rounds, block-wide forward rounds, warp 0's rounds (sparse path), single-bidder chains,
-// reverse part or the sparse check, final sum (SolveProfile in src/assign/solver.rs).
+// initialisation, the sparse selection, phase bookkeeping (price shift when due, lambda),
+// forward first rounds, block-wide forward rounds, warp 0's rounds (sparse path), single-bidder
+// chains, reverse part or the sparse check, final sum (SolveProfile in src/assign/solver.rs).
 enum ProfStage {
     kProfScan = 0,
     kProfQuantise = 1,
@@ -697,7 +707,7 @@ __device__ __forceinline__ bool reverse_bid(const Auction& A, int j, long long l
     const Top2 t = scan_object(A, j, lane);
     if (t.v1 - eps <= lambda) {
         if (lane == 0) {
-            A.price[j] = lambda;
+            A.set_price(j, lambda);
             A.target[j] = -1;
         }
         return false;
@@ -737,7 +747,7 @@ __device__ __forceinline__ int resolve_bid(const Auction& A, const int* cur, int
     const int j = A.target[i];
     const unsigned long long key = atomicCAS(&A.slot[j], 0ULL, 0ULL);  // an atomic read
     if (static_cast<int>(key & 0xFFFF) != i + 1) return i;
-    A.price[j] += static_cast<long long>(key >> 16);
+    A.set_price(j, A.price[j] + static_cast<long long>(key >> 16));
     const int old = A.owner[j];
     A.owner[j] = i;
     A.object[i] = j;
@@ -793,7 +803,7 @@ __device__ int resolve_reverse(const Auction& A, unsigned r, long long lambda) {
         if (i >= 0) {
             const unsigned long long key = load_key(&A.slot[i]);
             const int k = A.object[i];
-            A.price[j] = A.aux[j];
+            A.set_price(j, A.aux[j]);
             A.owner[j] = i;
             A.object[i] = j;
             A.profit[i] += static_cast<long long>(key >> 16);
@@ -927,7 +937,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount
         }
         __syncwarp();  // every lane has read owner[j] before lane 0 replaces it
         if (lane == 0) {
-            A.price[j] += inc;
+            A.set_price(j, A.price[j] + inc);
             A.owner[j] = i;
             A.object[i] = j;
             A.profit[i] = t.v1 - inc;
@@ -1029,7 +1039,7 @@ __device__ int group_rounds_block(const Auction& A, unsigned& r, int next, long 
             // also says "lost" (resolve_bid).
             const unsigned long long key = atomicCAS(&A.slot[j], 0ULL, 0ULL);
             if (static_cast<int>(key & 0xFFFF) == person + 1) {
-                A.price[j] = price + inc;
+                A.set_price(j, price + inc);
                 A.owner[j] = person;
                 A.object[person] = j;
                 A.profit[person] = profit;
@@ -1097,7 +1107,7 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
     if (wins) {
         if (contested) A.slot[j] = 0;
         next = previous_owner;
-        A.price[j] = price + inc;
+        A.set_price(j, price + inc);
         A.owner[j] = i;
         A.object[i] = j;
         A.profit[i] = t.v1 - inc;
@@ -1164,7 +1174,7 @@ __device__ void reverse_chain(const Auction& A, int j, long long lambda, long lo
         int next = -1;
         if (lane == 0) {
             if (t.v1 - eps <= lambda) {
-                A.price[j] = lambda;
+                A.set_price(j, lambda);
             } else {
                 int i = j % A.n + t.k1;
                 if (i >= A.n) i -= A.n;
@@ -1174,7 +1184,7 @@ __device__ void reverse_chain(const Auction& A, int j, long long lambda, long lo
                     status = kOverflow;
                 } else {
                     const int k = A.object[i];
-                    A.price[j] = offered;
+                    A.set_price(j, offered);
                     A.owner[j] = i;
                     A.object[i] = j;
                     A.profit[i] += delta;
@@ -1444,6 +1454,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     __shared__ double red_d[32];
     __shared__ int counts[3];
     __shared__ int overflow;
+    __shared__ int price_high;  // Auction::price_high
     __shared__ int lost;
     __shared__ unsigned tail_rounds;
     __shared__ RoundCount tail_count;
@@ -1568,6 +1579,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     A.list1 = A.list0 + params.capacity;
     A.counts = counts;
     A.overflow = &overflow;
+    A.price_high = &price_high;
     A.cw = 0;
     A.slots = 0;
     auto reset_state = [&]() {
@@ -1578,7 +1590,10 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
             A.target[j] = 0;  // the sparse selection's coverage marks
         }
         for (int i = tid; i < n; i += nthreads) A.object[i] = -1;
-        if (tid == 0) counts[0] = counts[1] = counts[2] = 0;
+        if (tid == 0) {
+            counts[0] = counts[1] = counts[2] = 0;
+            price_high = 0;
+        }
     };
 
     // Pass 1: finite range, forbidden entries, integrality, invalid values. With q in shared
@@ -1619,6 +1634,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     if (tid == 0) {
         counts[0] = counts[1] = counts[2] = 0;
         overflow = 0;
+        price_high = 0;
         lost = 0;
         for (int k = 0; k < kSparseCluster; ++k) race_keys[k] = ~0ULL;  // before the cluster barriers
         race_stop = 0;
@@ -1963,10 +1979,18 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     for (;;) {
     while (true) {
         ++phases;
-        long long pmin = kPosInf;
-        for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
-        pmin = block_reduce(pmin, MinLL{}, red_ll, kPosInf);
-        for (int j = tid; j < m; j += nthreads) A.price[j] -= pmin;
+        // Prices are shifted to min 0 only once one reached kPriceShiftAt: a uniform shift
+        // changes no value difference, so no bid, test or tie (every decision compares values
+        // of one person or increments; the sparse check takes its own minimum), and shifting
+        // every phase cost a reduction and three barriers, ~0.6 us a phase at 300x300. The flag
+        // is read after the barriers that ended the previous phase.
+        if (*reinterpret_cast<volatile int*>(&price_high) != 0) {
+            long long pmin = kPosInf;
+            for (int j = tid; j < m; j += nthreads) pmin = min(pmin, A.price[j]);
+            pmin = block_reduce(pmin, MinLL{}, red_ll, kPosInf);  // every thread read the flag
+            for (int j = tid; j < m; j += nthreads) A.price[j] -= pmin;
+            if (tid == 0) price_high = 0;
+        }
         __syncthreads();
         prof_mark(prof, kProfPhase);
 

@@ -136,7 +136,8 @@ pub struct SolveProfile {
     pub quantise_cycles: u32,
     /// The sparse path's selection of kept entries.
     pub select_cycles: u32,
-    /// Per-phase bookkeeping: price shift (min reduction) and lambda (min reduction).
+    /// Per-phase bookkeeping: price shift (min reduction, only once a price reached 2^48) and
+    /// lambda (min reduction).
     pub phase_cycles: u32,
     /// The first round of each phase (a full scan per person, eps-CS check, bids).
     pub forward_first_cycles: u32,
