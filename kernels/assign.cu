@@ -344,6 +344,15 @@ struct Auction {
         price[j] = p;
         if (p >= kPriceShiftAt) atomicOr(price_high, 1);  // winners of one round may set it together
     }
+    // Person i takes object j at price p with profit v; `old`, j's owner until now as the caller
+    // read it (-1: none), loses it. The winner's update of every forward step.
+    __device__ __forceinline__ void take(int i, int j, long long p, long long v, int old) const {
+        set_price(j, p);
+        owner[j] = i;
+        object[i] = j;
+        profit[i] = v;
+        if (old >= 0) object[old] = -1;
+    }
     // Object at rotated position k of person i's scan: (i + k) mod m, for 0 <= k < m.
     __device__ __forceinline__ int object_at(int i, int k) const { return i + k >= m ? i + k - m : i + k; }
     __device__ __forceinline__ bool sparse_row(int i) const { return slots != 0 && dense[i] == 0; }
@@ -738,6 +747,24 @@ __device__ __forceinline__ long long next_epsilon(long long eps, unsigned theta,
     return e < 1 ? 1 : e;
 }
 
+// Appends `value` of every lane with `push` to `list` (one atomic per warp on *count; the order
+// of a list does not matter: a round's bids all see the same prices). Warp-collective.
+__device__ __forceinline__ void warp_append(int* list, int* count, bool push, int value, int lane) {
+    const unsigned pushed = __ballot_sync(kFull, push);
+    int base = 0;
+    if (lane == 0 && pushed != 0) base = atomicAdd(count, __popc(pushed));
+    base = __shfl_sync(kFull, base, 0);
+    if (push) list[base + __popc(pushed & ((1u << lane) - 1))] = value;
+}
+
+// Whether a block's forward rounds stop, read after a barrier: kOverflow when a bid left the
+// packed range, kAborted when the race beat this block, else kOptimal.
+__device__ __forceinline__ uint32_t rounds_stopped(const Auction& A, const int* race_stop) {
+    if (*reinterpret_cast<const volatile int*>(A.overflow)) return kOverflow;
+    if (*reinterpret_cast<const volatile int*>(race_stop)) return kAborted;
+    return kOptimal;
+}
+
 // Forward resolve of one bid: the highest key on each object wins it. Returns the person who
 // bids next round (the loser itself, or the owner the winner displaced), or -1. The slot is read
 // and cleared with atomics: a loser that reads after its winner cleared the slot sees 0, which
@@ -747,13 +774,9 @@ __device__ __forceinline__ int resolve_bid(const Auction& A, const int* cur, int
     const int j = A.target[i];
     const unsigned long long key = atomicCAS(&A.slot[j], 0ULL, 0ULL);  // an atomic read
     if (static_cast<int>(key & 0xFFFF) != i + 1) return i;
-    A.set_price(j, A.price[j] + static_cast<long long>(key >> 16));
     const int old = A.owner[j];
-    A.owner[j] = i;
-    A.object[i] = j;
-    A.profit[i] = A.aux[i];
+    A.take(i, j, A.price[j] + static_cast<long long>(key >> 16), A.aux[i], old);
     atomicExch(&A.slot[j], 0ULL);
-    if (old >= 0) A.object[old] = -1;
     return old;
 }
 
@@ -765,17 +788,10 @@ __device__ int resolve_forward(const Auction& A, unsigned r) {
     int* nxt = A.list(r + 1);
     int* nxt_count = &A.counts[(r + 1) % 3];
     if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
-    // One atomic per warp for the list positions (the order of a list does not matter: a
-    // round's bids all see the same prices and the highest key wins).
     for (int e0 = 0; e0 < cnt; e0 += blockDim.x) {
         const int e = e0 + threadIdx.x;
         const int next = e < cnt ? resolve_bid(A, cur, e) : -1;
-        const unsigned pushed = __ballot_sync(kFull, next >= 0);
-        const int lane = threadIdx.x & 31;
-        int base = 0;
-        if (lane == 0 && pushed != 0) base = atomicAdd(nxt_count, __popc(pushed));
-        base = __shfl_sync(kFull, base, 0);
-        if (next >= 0) nxt[base + __popc(pushed & ((1u << lane) - 1))] = next;
+        warp_append(nxt, nxt_count, next >= 0, next, threadIdx.x & 31);
     }
     __syncthreads();
     return *reinterpret_cast<volatile int*>(nxt_count);
@@ -936,13 +952,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount
             break;
         }
         __syncwarp();  // every lane has read owner[j] before lane 0 replaces it
-        if (lane == 0) {
-            A.set_price(j, A.price[j] + inc);
-            A.owner[j] = i;
-            A.object[i] = j;
-            A.profit[i] = t.v1 - inc;
-            if (old >= 0) A.object[old] = -1;
-        }
+        if (lane == 0) A.take(i, j, A.price[j] + inc, t.v1 - inc, old);
         __syncwarp();
         if (old < 0) break;
         i = old;
@@ -1026,25 +1036,15 @@ __device__ int group_rounds_block(const Auction& A, unsigned& r, int next, long 
             }
         }
         __syncthreads();
-        if (*reinterpret_cast<volatile int*>(A.overflow)) {
-            *status = kOverflow;
-            return -1;
-        }
-        if (*reinterpret_cast<volatile int*>(race_stop)) {
-            *status = kAborted;
-            return -1;
-        }
+        *status = rounds_stopped(A, race_stop);
+        if (*status != kOptimal) return -1;
         if (leader && person >= 0) {
             // An atomic read: a loser that reads after its winner cleared the slot sees 0, which
             // also says "lost" (resolve_bid).
             const unsigned long long key = atomicCAS(&A.slot[j], 0ULL, 0ULL);
             if (static_cast<int>(key & 0xFFFF) == person + 1) {
-                A.set_price(j, price + inc);
-                A.owner[j] = person;
-                A.object[person] = j;
-                A.profit[person] = profit;
+                A.take(person, j, price + inc, profit, previous_owner);
                 atomicExch(&A.slot[j], 0ULL);
-                if (previous_owner >= 0) A.object[previous_owner] = -1;
                 person = previous_owner;
             }
         }
@@ -1052,12 +1052,7 @@ __device__ int group_rounds_block(const Auction& A, unsigned& r, int next, long 
         // Also orders this round's updates before the next round's scans.
         const int left = __syncthreads_count(leader && person >= 0);
         if (left > kSmallBidders && (G == 8 || 2 * G * left > nthreads)) continue;
-        const bool push = leader && person >= 0;
-        const unsigned pushed = __ballot_sync(kFull, push);
-        int base = 0;
-        if (lane == 0 && pushed != 0) base = atomicAdd(&A.counts[(r + 1) % 3], __popc(pushed));
-        base = __shfl_sync(kFull, base, 0);
-        if (push) A.list(r + 1)[base + __popc(pushed & ((1u << lane) - 1))] = person;
+        warp_append(A.list(r + 1), &A.counts[(r + 1) % 3], leader && person >= 0, person, lane);
         if (threadIdx.x == 0) A.counts[(r + 2) % 3] = 0;
         ++r;
         __syncthreads();
@@ -1107,11 +1102,7 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
     if (wins) {
         if (contested) A.slot[j] = 0;
         next = previous_owner;
-        A.set_price(j, price + inc);
-        A.owner[j] = i;
-        A.object[i] = j;
-        A.profit[i] = t.v1 - inc;
-        if (next >= 0) A.object[next] = -1;
+        A.take(i, j, price + inc, t.v1 - inc, previous_owner);
     }
     const unsigned pushed = __ballot_sync(kFull, next >= 0);
     if (next >= 0) nxt[__popc(pushed & ((1u << lane) - 1))] = next;
@@ -1900,8 +1891,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
     // kIterationLimit, kAborted or kOverflow; advances `rc` and `r`.
     auto forward_rounds = [&](long long eps) -> uint32_t {
         __syncthreads();
-        if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
-        if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
+        if (const uint32_t stop = rounds_stopped(A, &race_stop); stop != kOptimal) return stop;
         int next = resolve_forward(A, r);
         ++r;
         while (true) {
@@ -1965,8 +1955,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 }
             }
             __syncthreads();
-            if (*reinterpret_cast<volatile int*>(&overflow)) return kOverflow;
-            if (*reinterpret_cast<volatile int*>(&race_stop)) return kAborted;
+            if (const uint32_t stop = rounds_stopped(A, &race_stop); stop != kOptimal) return stop;
             next = resolve_forward(A, r);
             ++r;
         }
@@ -2046,11 +2035,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                         if (lane == leader) bid = keep_or_bid(i, t, kNegInf);
                         dense &= dense - 1;
                     }
-                    const unsigned sel = __ballot_sync(kFull, bid);
-                    int base = 0;
-                    if (lane == 0 && sel != 0) base = atomicAdd(&A.counts[r % 3], __popc(sel));
-                    base = __shfl_sync(kFull, base, 0);
-                    if (bid) cur[base + __popc(sel & ((1u << lane) - 1))] = i;
+                    warp_append(cur, &A.counts[r % 3], bid, i, lane);
                 }
             } else {
                 for (int i = warp; i < n; i += nwarps) {
@@ -2088,11 +2073,7 @@ __device__ __forceinline__ void solve_matrix(const float* __restrict__ costs, co
                 for (int j0 = 0; j0 < m; j0 += nthreads) {
                     const int j = j0 + tid;
                     const bool want = j < m && A.owner[j] < 0 && A.price[j] > lam;
-                    const unsigned sel = __ballot_sync(kFull, want);
-                    int base = 0;
-                    if (lane == 0 && sel != 0) base = atomicAdd(cur_count, __popc(sel));
-                    base = __shfl_sync(kFull, base, 0);
-                    if (want) cur[base + __popc(sel & ((1u << lane) - 1))] = j;
+                    warp_append(cur, cur_count, want, j, lane);
                 }
                 __syncthreads();
                 const int bidders = *reinterpret_cast<volatile int*>(cur_count);
