@@ -473,19 +473,7 @@ __device__ __forceinline__ Top2 bid_scan(const Auction& A, int i, int lane) {
     return scan_person(A, i, lane);
 }
 
-// Person i's top-2 over its kept objects (a sparse row), computed by a group of G lanes: the
-// aligned run of G lanes containing this one, `sub` = its index in the run (G = 1: one thread
-// alone). A slot holds the key a_ij * 512 + (511 - k) with k = (j - i) mod m the rotated
-// position, so the object's value as a key is key - p_j * 512, the best is the largest key (ties
-// to the smaller k, as a full scan breaks them), and the second-largest key carries the second
-// value. Lane sub reads the slots sub, sub + G, ... at fixed offsets from its row (the padded
-// stride keeps them conflict-free), with the object of each slot from sparse_obj, then the group
-// merges. The top-2 does not depend on the order of the slots, so every G gives the same result.
-// A slot costs its two loads, its price load and ~19 instructions (was ~30 with rotated reads
-// and the object derived from the key; 300x300 on H100: first rounds 46 -> 34 us, block rounds
-// 126 -> 114 us); nothing else happens per slot (a test of each slot against the held object had
-// kept the compiler from issuing a batch's price loads together).
-// Group-collective (G > 1: every lane of the warp calls it).
+// Top-2 of packed keys (value << 9 | position): insert one key, merge two pairs.
 __device__ __forceinline__ void top2_key_insert(long long& k1, long long& k2, long long x) {
     const bool above = x > k1;  // one 64-bit comparison for both the min and the max
     k2 = max(k2, above ? k1 : x);
@@ -521,6 +509,19 @@ __device__ __forceinline__ Top2 keys_top2(long long k1, long long k2) {
     return Top2{v1 < kEmptyValue ? kNegInf : v1, v2 < kEmptyValue ? kNegInf : v2, 511 - static_cast<int>(k1 & 511)};
 }
 
+// Person i's top-2 over its kept objects (a sparse row), computed by a group of G lanes: the
+// aligned run of G lanes containing this one, `sub` = its index in the run (G = 1: one thread
+// alone). A slot holds the key a_ij * 512 + (511 - k) with k = (j - i) mod m the rotated
+// position, so the object's value as a key is key - p_j * 512, the best is the largest key (ties
+// to the smaller k, as a full scan breaks them), and the second-largest key carries the second
+// value. Lane sub reads the slots sub, sub + G, ... at fixed offsets from its row (the padded
+// stride keeps them conflict-free), with the object of each slot from sparse_obj, then the group
+// merges. The top-2 does not depend on the order of the slots, so every G gives the same result.
+// A slot costs its two loads, its price load and ~19 instructions (was ~30 with rotated reads
+// and the object derived from the key; 300x300 on H100: first rounds 46 -> 34 us, block rounds
+// 126 -> 114 us); nothing else happens per slot (a test of each slot against the held object had
+// kept the compiler from issuing a batch's price loads together).
+// Group-collective (G > 1: every lane of the warp calls it).
 template <int G>
 __device__ __forceinline__ Top2 group_top2(const Auction& A, int i, int sub) {
     constexpr int kPer = kSparseSlots / G;                       // slots per lane
