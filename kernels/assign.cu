@@ -699,10 +699,15 @@ __device__ __forceinline__ Top2 scan_object(const Auction& A, int j, int lane) {
     return warp_top2(t);
 }
 
+// A forward bid's price increment over the best object's price: v1 - v2 + eps (v2 = v1 when
+// the person has a single object). Leaves the bidder's profit at v1 - inc = v2 - eps.
+__device__ __forceinline__ long long bid_increment(const Top2& t, long long eps) {
+    return t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
+}
+
 // Lane 0: person i bids for object j at price + (v1 - v2 + eps).
 __device__ __forceinline__ void place_bid(const Auction& A, int i, int j, const Top2& t, long long eps) {
-    const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
-    const long long inc = t.v1 - second + eps;
+    const long long inc = bid_increment(t, eps);
     if (inc >= kMaxIncrement) {
         *A.overflow = 1;
         return;
@@ -948,8 +953,7 @@ __device__ void forward_chain(const Auction& A, int i, long long eps, RoundCount
             j = A.object_at(i, t.k1);
             old = A.owner[j];
         }
-        const long long second = t.v2 == kNegInf ? t.v1 : t.v2;
-        const long long inc = t.v1 - second + eps;
+        const long long inc = bid_increment(t, eps);
         if (inc >= kMaxIncrement) {
             status = kOverflow;
             break;
@@ -1026,7 +1030,7 @@ __device__ int group_rounds_block(const Auction& A, unsigned& r, int next, long 
             const Top2 t = group_bid<G>(A, person >= 0 ? person : 0, person >= 0, lane, any_dense);
             if (leader && person >= 0) {
                 j = A.object_at(person, t.k1);
-                inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
+                inc = bid_increment(t, eps);
                 profit = t.v1 - inc;
                 // The winner's reads of j: nothing writes them before the resolve below.
                 previous_owner = A.owner[j];
@@ -1080,7 +1084,7 @@ __device__ __forceinline__ int warp_round(const Auction& A, const int* cur, int*
     // them before the winner does (two bidders that want j settle it first).
     const int previous_owner = A.owner[j];
     const long long price = A.price[j];
-    const long long inc = t.v1 - (t.v2 == kNegInf ? t.v1 : t.v2) + eps;
+    const long long inc = bid_increment(t, eps);
     if (__any_sync(kFull, leader && inc >= kMaxIncrement)) return -1;
     const unsigned long long key = (static_cast<unsigned long long>(inc) << 16) | static_cast<unsigned>(i + 1);
     // Whether another bidder of the round wants j: compared with the other group leaders' j
